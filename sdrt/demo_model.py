@@ -1,0 +1,198 @@
+"""A small random-weight Stable Diffusion 1.x model in diffusers layout, for the demo and the tests.
+
+The topology is SD 1.5's (four UNet levels with cross-attention in the first three, a four-level
+VAE with 8x downsampling, a CLIP text encoder with quick-GELU, 77 tokens) at a tiny width, so every
+code path a real model takes is exercised, in seconds, on a CPU. The tokenizer is a real CLIP
+byte-level BPE whose merges are learned from a small embedded corpus of prompt words.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_CORPUS = """
+a photo of an astronaut riding a horse on the moon, highly detailed, sharp focus, studio lighting
+portrait of a woman with red hair in a garden, oil painting, trending on artstation, 4k, 8k
+a cat sitting on a wooden table next to a cup of coffee, morning light, bokeh, cinematic
+landscape with mountains and a lake at sunset, dramatic clouds, wide angle, masterpiece
+a futuristic city at night with neon lights and flying cars, cyberpunk, concept art
+blurry, low quality, worst quality, jpeg artifacts, watermark, text, deformed, ugly, extra fingers
+an old castle in the forest, fantasy, illustration, digital art, intricate, elegant, colorful
+a dog running on the beach, golden hour, photograph, realistic, high resolution, detailed fur
+still life of flowers in a vase, watercolor, soft pastel colors, painting by a famous artist
+a robot reading a book in a library, warm light, dust, volumetric, octane render, unreal engine
+"""
+
+_NUM_MERGES = 400
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Learn CLIP-style BPE merges (words end in '</w>') and build the vocabulary CLIP's tokenizer expects."""
+    byte_chars = _bytes_to_unicode()
+    words = collections.Counter(
+        tuple("".join(byte_chars[b] for b in w.encode())) for w in corpus.lower().replace(",", " , ").split()
+    )
+    splits = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        for w, count in words.items():
+            parts = splits[w]
+            for a, b in zip(parts, parts[1:]):
+                pairs[(a, b)] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))  # ties broken deterministically
+        merges.append(best)
+        for w in words:
+            parts, merged, i = splits[w], [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            splits[w] = merged
+    chars = list(byte_chars.values())
+    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab: dict[str, int] = {}
+    for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def _components(seed: int):
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = learn_bpe(_CORPUS, _NUM_MERGES)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=32,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
+    )
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    # The weights are random; scale the UNet's output and the VAE's input so images are not pure noise
+    # or saturated, which makes parity checks meaningful (a clipped image hides errors).
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(0.5)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return tokenizer, text_encoder, unet, vae, scheduler
+
+
+def write_demo_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the demo model to `out_dir` (atomically: a temporary directory renamed into place)."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"output directory {out} exists and is not empty; choose another path or remove it")
+    tokenizer, text_encoder, unet, vae, scheduler = _components(seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        scheduler.save_pretrained(tmp / "scheduler")
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": _diffusers_version(),
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", "PNDMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "README.md").write_text(
+            "sdrt demo model: random weights in the Stable Diffusion 1.x architecture at a tiny width.\n"
+            "Its images are abstract patterns, not pictures. Point sdrt at a real model directory for real images.\n"
+        )
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote demo model to %s", out)
+    return out
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__

@@ -1,0 +1,100 @@
+"""Export a whole diffusers model directory to an sdrt artifact, atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from sdrt.components import component_modules, latent_factor
+from sdrt.export.onnx_export import export_component
+from sdrt.manifest import SCHEDULER_DIR, TOKENIZER_DIR, Manifest, write_manifest
+from sdrt.model_dir import ModelDir
+from sdrt.spec import ShapeRanges
+from sdrt.versions import library_versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export: the shapes the artifact must support and the ONNX opset."""
+
+    max_batch: int = 4  # most images per engine call (the UNet's batch axis goes to twice this)
+    min_size: int = 256  # smallest image height/width in pixels
+    max_size: int = 1024  # largest image height/width in pixels
+    opt_size: int | None = None  # size engines are tuned for; default 512 clamped into the range
+    opset: int = 17  # ONNX opset (17 or newer)
+
+    def __post_init__(self) -> None:
+        if self.opset < 17:
+            raise ValueError(f"opset {self.opset} is too old; use 17 or newer")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch {self.max_batch} must be at least 1")
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} is larger than max_size {self.max_size}")
+
+    def ranges(self, latent_factor: int) -> ShapeRanges:
+        opt = self.opt_size if self.opt_size is not None else min(max(512, self.min_size), self.max_size)
+        return ShapeRanges(
+            max_batch=self.max_batch,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            opt_size=opt,
+            latent_factor=latent_factor,
+        )
+
+
+def export_model(
+    model_dir: str | os.PathLike,
+    artifact_dir: str | os.PathLike,
+    config: ExportConfig = ExportConfig(),
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Manifest:
+    """Export every component of `model_dir` to ONNX under `artifact_dir`, with tokenizer, scheduler and manifest.
+
+    Everything is written to a temporary sibling directory and renamed into place at the end, so an
+    interrupted export never leaves a directory that looks like an artifact.
+    """
+    model = ModelDir.open(model_dir)
+    out = Path(artifact_dir)
+    if out.exists() and not overwrite:
+        raise ValueError(f"artifact directory {out} already exists; pass --overwrite to replace it")
+    manifest = Manifest.for_model(model, config.ranges(latent_factor(model.configs["vae"])))
+    text_encoder, unet, vae = model.load_modules()
+    modules = component_modules(text_encoder, unet, vae)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        files = {}
+        for name in tqdm(manifest.components, desc="export", unit="component", disable=not progress):
+            files[name] = export_component(modules[name], manifest.components[name], manifest.ranges, tmp / name, config.opset)
+        shutil.copytree(model.path / "tokenizer", tmp / TOKENIZER_DIR)
+        shutil.copytree(model.path / "scheduler", tmp / SCHEDULER_DIR)
+        manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)})
+        write_manifest(tmp, manifest)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s to %s", model.path, out)
+    return manifest
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename `new` to `target`; an existing target is moved aside first and removed after."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""Export one component's torch module to an ONNX file whose IO is exactly its ComponentSpec."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from sdrt.hashing import file_sha256
+from sdrt.manifest import OnnxFile
+from sdrt.spec import ComponentSpec, ShapeRanges
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx.data"
+# protobuf cannot serialize a message over 2 GiB; stay clear of it
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def trace_values(spec: ComponentSpec, ranges: ShapeRanges) -> dict[str, int]:
+    """Symbol values to trace at: inside the ranges, height != width, and odd latent sizes.
+
+    An odd latent size makes diffusers' UNet take its size-matched upsampling path, so the traced
+    graph works at every latent size, not only at multiples of the UNet's overall downsampling.
+    """
+    dims = ranges.dims()
+    values = {}
+    for symbol, r in dims.items():
+        if "batch" in symbol:
+            values[symbol] = min(2, r.max)
+        elif symbol.startswith("latent_"):
+            v = r.opt if r.opt % 2 else (r.opt - 1 if r.opt - 1 >= r.min else r.opt + 1)
+            values[symbol] = max(r.min, min(v, r.max))
+        else:
+            values[symbol] = r.opt
+    if values["latent_width"] == values["latent_height"]:
+        w = values["latent_height"] + 2
+        values["latent_width"] = w if w <= dims["latent_width"].max else max(dims["latent_width"].min, w - 4)
+    return values
+
+
+def export_component(
+    module: nn.Module, spec: ComponentSpec, ranges: ShapeRanges, out_dir: Path, opset: int = 17
+) -> OnnxFile:
+    """Trace `module` to `out_dir/model.onnx` with the spec's names and dynamic axes.
+
+    Graphs over ~2 GB keep their weights in one external file beside it (`model.onnx.data`).
+    Returns paths relative to `out_dir`'s parent (the artifact root).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    feeds = spec.sample_inputs(trace_values(spec, ranges), torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory(prefix=f"sdrt-export-{spec.name}-") as scratch:
+        raw = Path(scratch) / MODEL_FILE
+        log.info("tracing %s to ONNX (opset %d)", spec.name, opset)
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter warns about every Python branch on a shape; the trace shapes
+            # above were chosen so the branches taken are the general ones.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                tuple(feeds[name] for name in spec.input_names),
+                str(raw),
+                dynamo=False,  # the TorchScript exporter: 40x faster than dynamo on the UNet, exact
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        size = sum(p.stat().st_size for p in Path(scratch).iterdir())
+        target = out_dir / MODEL_FILE
+        if size > EXTERNAL_DATA_THRESHOLD or len(list(Path(scratch).iterdir())) > 1:
+            model = onnx.load(str(raw), load_external_data=True)
+            onnx.save_model(
+                model,
+                str(target),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=EXTERNAL_DATA_FILE,
+                size_threshold=1024,
+            )
+        else:
+            shutil.move(str(raw), target)
+    onnx.checker.check_model(str(target))
+    artifact_root = out_dir.parent
+    external = out_dir / EXTERNAL_DATA_FILE
+    return OnnxFile(
+        path=str(target.relative_to(artifact_root)),
+        sha256=file_sha256(target),
+        external_data=str(external.relative_to(artifact_root)) if external.exists() else None,
+        external_data_sha256=file_sha256(external) if external.exists() else None,
+    )

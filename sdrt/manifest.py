@@ -1,0 +1,142 @@
+"""manifest.json: the contract between an exported artifact and everything that runs it (C++ included)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from sdrt.components import COMPONENTS, component_specs, latent_factor
+from sdrt.model_dir import ModelDir
+from sdrt.spec import ComponentSpec, ShapeRanges
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+SCHEDULER_DIR = "scheduler"
+
+
+@dataclass(frozen=True)
+class OnnxFile:
+    """Where a component's ONNX graph lies in the artifact, and a hash of its bytes."""
+
+    path: str  # relative to the artifact root, e.g. "unet/model.onnx"
+    sha256: str  # of the .onnx file
+    external_data: str | None = None  # relative path of the external weights file, when the graph passed 2 GB
+    external_data_sha256: str | None = None  # of the external weights file
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an artifact holds: component IO specs, supported shapes, model facts and provenance."""
+
+    family: str  # "sd1" or "sd2"
+    ranges: ShapeRanges  # batch and image sizes the artifact supports
+    components: Mapping[str, ComponentSpec]  # component name -> IO spec
+    vae_scaling_factor: float  # latents are divided by this before the VAE decoder
+    source_sha256: str  # sha256 over the source model's weight files
+    files: Mapping[str, OnnxFile] = field(default_factory=dict)  # component name -> ONNX file (empty for a model dir)
+    versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
+    format_version: int = FORMAT_VERSION  # bumped on any incompatible change
+
+    def __post_init__(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"artifact format version {self.format_version} is not supported by this sdrt "
+                f"(it reads version {FORMAT_VERSION}); re-export the model with this sdrt"
+            )
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"manifest names unknown components {sorted(unknown)}; known: {list(COMPONENTS)}")
+
+    @classmethod
+    def for_model(cls, model: ModelDir, ranges: ShapeRanges | None = None) -> "Manifest":
+        """The manifest describing a model directory (no ONNX files yet)."""
+        specs = component_specs(model.configs)
+        factor = latent_factor(model.configs["vae"])
+        if ranges is None:
+            ranges = ShapeRanges(latent_factor=factor)
+        elif ranges.latent_factor != factor:
+            raise ValueError(f"ranges use latent factor {ranges.latent_factor}, but the model's VAE has {factor}")
+        return cls(
+            family=model.family,
+            ranges=ranges,
+            components=specs,
+            vae_scaling_factor=float(model.configs["vae"].get("scaling_factor", 0.18215)),
+            source_sha256=model.weights_sha256(),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "family": self.family,
+            "ranges": self.ranges.to_json(),
+            "dims": {k: vars(v) for k, v in self.ranges.dims().items()},
+            "vae_scaling_factor": self.vae_scaling_factor,
+            "source_sha256": self.source_sha256,
+            "tokenizer": TOKENIZER_DIR,
+            "scheduler": SCHEDULER_DIR,
+            "components": {
+                name: {**spec.to_json(), "onnx": vars(self.files[name]) if name in self.files else None}
+                for name, spec in self.components.items()
+            },
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Manifest":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"artifact format version {version!r} is not supported by this sdrt "
+                f"(it reads version {FORMAT_VERSION}); re-export the model with this sdrt"
+            )
+        try:
+            components = {n: ComponentSpec.from_json(c) for n, c in data["components"].items()}
+            files = {n: OnnxFile(**c["onnx"]) for n, c in data["components"].items() if c.get("onnx")}
+            return cls(
+                family=data["family"],
+                ranges=ShapeRanges.from_json(data["ranges"]),
+                components=components,
+                vae_scaling_factor=float(data["vae_scaling_factor"]),
+                source_sha256=data["source_sha256"],
+                files=files,
+                versions=dict(data.get("versions", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"manifest is malformed: {exc!r}") from exc
+
+    def with_files(self, files: Mapping[str, OnnxFile], versions: Mapping[str, str]) -> "Manifest":
+        return replace(self, files=dict(files), versions=dict(versions))
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    """Read and validate `directory/manifest.json`; raise ValueError saying what is wrong."""
+    root = Path(directory)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ValueError(f"artifact directory {root} does not exist or is not a directory")
+    if not path.is_file():
+        raise ValueError(f"{root} is not an sdrt artifact: it has no {MANIFEST_NAME} (create one with 'sdrt export')")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    manifest = Manifest.from_json(data)
+    for name, onnx_file in manifest.files.items():
+        for rel in (onnx_file.path, onnx_file.external_data):
+            if rel is not None and not (root / rel).is_file():
+                raise ValueError(f"artifact {root} is incomplete: {name} file {rel} is missing")
+    for rel in (TOKENIZER_DIR, SCHEDULER_DIR):
+        if not (root / rel).is_dir():
+            raise ValueError(f"artifact {root} is incomplete: {rel}/ is missing")
+    return manifest

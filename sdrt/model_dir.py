@@ -1,0 +1,104 @@
+"""Reading a diffusers-format Stable Diffusion model directory strictly from disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdrt.hashing import files_sha256
+
+log = logging.getLogger(__name__)
+
+REQUIRED_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
+_WEIGHT_FILES = {
+    "text_encoder": ("model.safetensors",),
+    "unet": ("diffusion_pytorch_model.safetensors",),
+    "vae": ("diffusion_pytorch_model.safetensors",),
+}
+SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "sd1"}
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A validated diffusers model directory: its configs and weight files, nothing loaded yet."""
+
+    path: Path  # the directory holding model_index.json
+    family: str  # "sd1" or "sd2"
+    configs: dict[str, Any]  # "text_encoder", "unet", "vae", "scheduler" -> config dict
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ModelDir":
+        """Validate the layout and read the configs; raise ValueError naming what is missing or wrong."""
+        root = Path(path)
+        if not root.is_dir():
+            raise ValueError(f"model directory {root} does not exist or is not a directory")
+        index_file = root / "model_index.json"
+        if not index_file.is_file():
+            raise ValueError(
+                f"{root} is not a diffusers model directory: it has no model_index.json "
+                f"(expected model_index.json and {', '.join(p + '/' for p in REQUIRED_PARTS)})"
+            )
+        index = _read_json(index_file)
+        pipeline = index.get("_class_name")
+        if pipeline not in SUPPORTED_PIPELINES:
+            raise ValueError(
+                f"{index_file}: pipeline {pipeline!r} is not supported; supported: {sorted(SUPPORTED_PIPELINES)}"
+            )
+        missing = [p for p in REQUIRED_PARTS if not (root / p).is_dir()]
+        if missing:
+            raise ValueError(f"model directory {root} lacks {', '.join(m + '/' for m in missing)}")
+        configs = {
+            "text_encoder": _read_json(root / "text_encoder" / "config.json"),
+            "unet": _read_json(root / "unet" / "config.json"),
+            "vae": _read_json(root / "vae" / "config.json"),
+            "scheduler": _read_json(root / "scheduler" / "scheduler_config.json"),
+        }
+        for part, names in _WEIGHT_FILES.items():
+            if not any((root / part / n).is_file() for n in names):
+                pickles = sorted(p.name for p in (root / part).glob("*.bin"))
+                hint = (
+                    f"; it has {pickles}, pickle files that sdrt does not load (convert them to safetensors)"
+                    if pickles
+                    else ""
+                )
+                raise ValueError(f"{root / part} has no {' or '.join(names)}{hint}")
+        text_act = configs["text_encoder"].get("hidden_act")
+        family = SUPPORTED_PIPELINES[pipeline] if text_act == "quick_gelu" else "sd2"
+        return cls(path=root, family=family, configs=configs)
+
+    def weight_files(self) -> list[str]:
+        """Relative paths of the weight files, for the source hash."""
+        return [
+            f"{part}/{n}" for part, names in _WEIGHT_FILES.items() for n in names if (self.path / part / n).is_file()
+        ]
+
+    def weights_sha256(self) -> str:
+        return files_sha256(self.path, self.weight_files())
+
+    def load_modules(self):
+        """Load the text encoder, UNet and VAE from safetensors on disk, in eval mode, fp32."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        opts = {"local_files_only": True, "use_safetensors": True}
+        log.info("loading torch modules from %s", self.path)
+        text_encoder = CLIPTextModel.from_pretrained(self.path / "text_encoder", **opts)
+        unet = UNet2DConditionModel.from_pretrained(self.path / "unet", **opts)
+        vae = AutoencoderKL.from_pretrained(self.path / "vae", **opts)
+        return text_encoder.eval(), unet.eval(), vae.eval()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data

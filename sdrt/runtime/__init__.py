@@ -1,0 +1,1 @@
+"""The denoising loop and everything around the engine calls."""

@@ -1,0 +1,77 @@
+"""Decoded tensors -> PIL images, and PNGs carrying their generation parameters as the web UI writes them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) float in [-1, 1] -> 8-bit RGB images, rounded exactly as diffusers' VaeImageProcessor does."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(VaeImageProcessor.denormalize(images)))
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """The settings that produced one image, for the PNG `parameters` text chunk."""
+
+    prompt: str  # positive prompt
+    negative_prompt: str  # negative prompt ("" for none)
+    steps: int  # denoising steps
+    sampler: str  # the web UI's sampler label, e.g. "DPM++ 2M Karras"
+    guidance_scale: float  # CFG scale
+    seed: int  # the image's own seed
+    width: int  # pixels
+    height: int  # pixels
+    model_hash: str  # short hash of the source weights
+    model: str  # model name
+
+    def infotext(self) -> str:
+        """The AUTOMATIC1111 web UI's infotext: prompt, 'Negative prompt: ...', then 'Key: value' pairs."""
+        from sdrt import __version__
+
+        lines = [self.prompt]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        pairs = {
+            "Steps": self.steps,
+            "Sampler": self.sampler,
+            "CFG scale": f"{self.guidance_scale:g}",
+            "Seed": self.seed,
+            "Size": f"{self.width}x{self.height}",
+            "Model hash": self.model_hash,
+            "Model": self.model,
+            "Version": f"sdrt {__version__}",
+        }
+        lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items()))
+        return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    """Quote a value containing the separators, as the web UI does."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if ("," in value or ":" in value) else value
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str) -> Path:
+    """Write `image` with a `parameters` text chunk, to a temporary name renamed into place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

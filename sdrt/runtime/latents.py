@@ -1,0 +1,27 @@
+"""Seeds, generators and initial noise, drawn exactly as diffusers draws them from a list of CPU generators."""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+MAX_SEED = 2**63 - 1
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randrange(2**32)
+
+
+def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, as `generator=[torch.Generator("cpu").manual_seed(s) ...]` in diffusers."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(
+    gens: Sequence[torch.Generator], shape: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """Noise (N, *shape) float32: row i drawn from gens[i] on the CPU (like diffusers' randn_tensor), then moved."""
+    rows = [torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens]
+    return torch.cat(rows).to(device)

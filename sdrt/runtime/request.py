@@ -1,0 +1,80 @@
+"""A text-to-image request, validated before any engine runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sdrt.runtime.latents import MAX_SEED
+from sdrt.runtime.schedulers import check_sampler
+from sdrt.spec import ShapeRanges
+
+MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything that determines a generation's images."""
+
+    prompts: tuple[str, ...]  # one entry per prompt; each gives num_images_per_prompt images
+    negative_prompts: tuple[str, ...]  # one per prompt ("" = unconditional)
+    height: int  # pixels, a multiple of the latent factor inside the artifact's range
+    width: int  # pixels, likewise
+    steps: int  # denoising steps, 1..1000
+    guidance_scale: float  # classifier-free guidance scale; <= 1 skips the unconditional pass
+    seed: int  # seed of the first image; image i uses seed + i
+    num_images_per_prompt: int = 1  # images per prompt
+    scheduler: str | None = None  # sampler name, or None for the model's own scheduler
+    eta: float = 0.0  # DDIM's eta (noise added per step); ignored by other samplers
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("prompt is empty: give at least one prompt")
+        for field_name, texts in (("prompt", self.prompts), ("negative_prompt", self.negative_prompts)):
+            for text in texts:
+                if not isinstance(text, str):
+                    raise ValueError(f"{field_name} {text!r} is not a string")
+        if len(self.negative_prompts) != len(self.prompts):
+            raise ValueError(
+                f"negative_prompt has {len(self.negative_prompts)} entries for {len(self.prompts)} prompts; "
+                "give one, or one per prompt"
+            )
+        _check_int("num_inference_steps", self.steps, 1, MAX_STEPS)
+        _check_int("num_images_per_prompt", self.num_images_per_prompt, 1, None)
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not math.isfinite(
+            self.guidance_scale
+        ):
+            raise ValueError(f"guidance_scale {self.guidance_scale!r} is not a finite number")
+        if not math.isfinite(self.eta) or not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta {self.eta!r} is outside 0..1")
+        _check_int("seed", self.seed, 0, MAX_SEED - self.num_images - 1)
+        check_sampler(self.scheduler)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.prompts) * self.num_images_per_prompt
+
+    def check_against(self, ranges: ShapeRanges, max_images: int) -> None:
+        """Raise ValueError unless the artifact supports this request's size and image count."""
+        ranges.check_size(self.height, self.width)
+        if self.num_images > max_images:
+            raise ValueError(
+                f"batch of {self.num_images} images ({len(self.prompts)} prompts x {self.num_images_per_prompt}) "
+                f"is over the pipeline's maximum of {max_images} per request"
+            )
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_images)]
+
+    def per_image(self, values: tuple[str, ...]) -> list[str]:
+        """Expand a per-prompt tuple to one entry per image, in diffusers' order (prompt-major)."""
+        return [v for v in values for _ in range(self.num_images_per_prompt)]
+
+
+def _check_int(name: str, value: object, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} {value!r} is not an integer")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} {value} is outside {allowed}")

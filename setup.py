@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sdrt",
+    version="0.1.0",
+    description="An optimized Stable Diffusion inference runtime: ONNX export, engines, and a lightweight runtime",
+    packages=find_packages(include=["sdrt", "sdrt.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is not listed here on purpose: a bare 'torch' requirement pulls several GB of CUDA
+        # wheels; install the build you want first (the Makefile installs torch==2.13.0 for the CPU).
+        "diffusers>=0.35",
+        "transformers>=4.45",
+        "tokenizers",
+        "safetensors",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "numpy",
+        "pillow",
+        "tqdm",
+        "scipy",
+    ],
+    entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
+)
