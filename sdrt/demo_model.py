@@ -9,6 +9,7 @@ byte-level BPE whose merges are learned from a small embedded corpus of prompt w
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -61,7 +62,7 @@ def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[
         pairs: collections.Counter[tuple[str, str]] = collections.Counter()
         for w, count in words.items():
             parts = splits[w]
-            for a, b in zip(parts, parts[1:]):
+            for a, b in itertools.pairwise(parts):
                 pairs[(a, b)] += count
         if not pairs:
             break

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from sdrt.components import COMPONENTS, component_specs, latent_factor
 from sdrt.model_dir import ModelDir
@@ -52,7 +53,7 @@ class Manifest:
             raise ValueError(f"manifest names unknown components {sorted(unknown)}; known: {list(COMPONENTS)}")
 
     @classmethod
-    def for_model(cls, model: ModelDir, ranges: ShapeRanges | None = None) -> "Manifest":
+    def for_model(cls, model: ModelDir, ranges: ShapeRanges | None = None) -> Manifest:
         """The manifest describing a model directory (no ONNX files yet)."""
         specs = component_specs(model.configs)
         factor = latent_factor(model.configs["vae"])
@@ -86,7 +87,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Manifest":
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(
@@ -109,7 +110,7 @@ class Manifest:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"manifest is malformed: {exc!r}") from exc
 
-    def with_files(self, files: Mapping[str, OnnxFile], versions: Mapping[str, str]) -> "Manifest":
+    def with_files(self, files: Mapping[str, OnnxFile], versions: Mapping[str, str]) -> Manifest:
         return replace(self, files=dict(files), versions=dict(versions))
 
 

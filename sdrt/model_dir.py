@@ -31,7 +31,7 @@ class ModelDir:
     configs: dict[str, Any]  # "text_encoder", "unet", "vae", "scheduler" -> config dict
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "ModelDir":
+    def open(cls, path: str | os.PathLike) -> ModelDir:
         """Validate the layout and read the configs; raise ValueError naming what is missing or wrong."""
         root = Path(path)
         if not root.is_dir():

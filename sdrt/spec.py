@@ -8,8 +8,9 @@ range can never drift between export and run.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -102,7 +103,7 @@ class ShapeRanges:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ShapeRanges":
+    def from_json(cls, data: Mapping[str, Any]) -> ShapeRanges:
         return cls(**{k: int(v) for k, v in data.items()})
 
 
@@ -140,7 +141,7 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "TensorSpec":
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
 
 
@@ -186,16 +187,14 @@ class ComponentSpec:
                 raise ValueError(
                     f"{self.name} input {spec.name} must have shape {list(spec.shape)}, got {list(tensor.shape)}"
                 )
-            for axis, (dim, size) in enumerate(zip(spec.shape, tensor.shape)):
+            for axis, (dim, size) in enumerate(zip(spec.shape, tensor.shape, strict=True)):
                 factor, symbol = parse_dim(dim)
                 if symbol is None:
                     if size != factor:
                         raise ValueError(f"{self.name} input {spec.name} axis {axis} must be {factor}, got {size}")
                     continue
                 if size % factor:
-                    raise ValueError(
-                        f"{self.name} input {spec.name} axis {axis} is {size}, not a multiple of {factor}"
-                    )
+                    raise ValueError(f"{self.name} input {spec.name} axis {axis} is {size}, not a multiple of {factor}")
                 value = size // factor
                 if values.setdefault(symbol, value) != value:
                     raise ValueError(
@@ -242,7 +241,7 @@ class ComponentSpec:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ComponentSpec":
+    def from_json(cls, data: Mapping[str, Any]) -> ComponentSpec:
         return cls(
             name=data["name"],
             inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),

@@ -76,7 +76,9 @@ def export_model(
     try:
         files = {}
         for name in tqdm(manifest.components, desc="export", unit="component", disable=not progress):
-            files[name] = export_component(modules[name], manifest.components[name], manifest.ranges, tmp / name, config.opset)
+            files[name] = export_component(
+                modules[name], manifest.components[name], manifest.ranges, tmp / name, config.opset
+            )
         shutil.copytree(model.path / "tokenizer", tmp / TOKENIZER_DIR)
         shutil.copytree(model.path / "scheduler", tmp / SCHEDULER_DIR)
         manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)})

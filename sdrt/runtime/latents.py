@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -19,9 +19,7 @@ def generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
 
-def initial_noise(
-    gens: Sequence[torch.Generator], shape: tuple[int, ...], device: torch.device
-) -> torch.Tensor:
+def initial_noise(gens: Sequence[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Noise (N, *shape) float32: row i drawn from gens[i] on the CPU (like diffusers' randn_tensor), then moved."""
     rows = [torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens]
     return torch.cat(rows).to(device)

@@ -7,9 +7,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -72,7 +73,7 @@ class Pipeline:
         device: str = "cpu",
         ranges: ShapeRanges | None = None,
         **options: Any,
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
 
         `ranges` sets the shapes a model directory accepts (an artifact's come from its manifest).
@@ -157,9 +158,9 @@ class Pipeline:
         latents = self.denoise(scheduler, text_states, cfg, request, gens, clock, progress)
 
         with clock.stage("vae_decode"):
-            images = call_in_chunks(
-                self.engines[VAE_DECODER], {"latent": latents / self.manifest.vae_scaling_factor}
-            )["images"]
+            images = call_in_chunks(self.engines[VAE_DECODER], {"latent": latents / self.manifest.vae_scaling_factor})[
+                "images"
+            ]
         pil = to_pil(images)
         total = time.perf_counter() - start
         s = clock.seconds
@@ -187,7 +188,9 @@ class Pipeline:
             ).infotext()
             for i, seed in enumerate(request.seeds)
         ]
-        return GenerationResult(images=pil, seeds=request.seeds, parameters=parameters, timings=timings, request=request)
+        return GenerationResult(
+            images=pil, seeds=request.seeds, parameters=parameters, timings=timings, request=request
+        )
 
     def denoise(
         self,

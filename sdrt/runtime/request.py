@@ -41,8 +41,10 @@ class GenerationRequest:
             )
         _check_int("num_inference_steps", self.steps, 1, MAX_STEPS)
         _check_int("num_images_per_prompt", self.num_images_per_prompt, 1, None)
-        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) or not math.isfinite(
-            self.guidance_scale
+        if (
+            isinstance(self.guidance_scale, bool)
+            or not isinstance(self.guidance_scale, (int, float))
+            or not math.isfinite(self.guidance_scale)
         ):
             raise ValueError(f"guidance_scale {self.guidance_scale!r} is not a finite number")
         if not math.isfinite(self.eta) or not 0.0 <= self.eta <= 1.0:

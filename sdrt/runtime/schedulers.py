@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import diffusers
+
+# Sigma spacings a model's own scheduler config may switch on; a named sampler states its spacing in
+# full, so "euler" on a model shipped with Karras sigmas is still plain Euler.
+_SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 
 @dataclass(frozen=True)
@@ -23,14 +29,14 @@ SAMPLERS: dict[str, Sampler] = {
     for s in (
         Sampler("ddim", "DDIMScheduler", "DDIM"),
         Sampler("pndm", "PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
-        Sampler("lms", "LMSDiscreteScheduler", "LMS", {"use_karras_sigmas": False}),
-        Sampler("euler", "EulerDiscreteScheduler", "Euler", {"use_karras_sigmas": False}),
+        Sampler("lms", "LMSDiscreteScheduler", "LMS"),
+        Sampler("euler", "EulerDiscreteScheduler", "Euler"),
         Sampler("euler_a", "EulerAncestralDiscreteScheduler", "Euler a"),
         Sampler(
             "dpmpp_2m",
             "DPMSolverMultistepScheduler",
             "DPM++ 2M",
-            {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
         ),
         Sampler(
             "dpmpp_2m_karras",
@@ -58,7 +64,10 @@ def make_scheduler(name: str | None, config: Mapping[str, Any]):
             raise ValueError(f"scheduler config names class {class_name!r}, which diffusers does not have")
         return cls.from_config(config)
     sampler = SAMPLERS[name]
-    return getattr(diffusers, sampler.scheduler_class).from_config(config, **sampler.options)
+    cls = getattr(diffusers, sampler.scheduler_class)
+    accepted = inspect.signature(cls.__init__).parameters
+    plain = {k: False for k in _SIGMA_SPACINGS if k in accepted}
+    return cls.from_config(config, **{**plain, **sampler.options})
 
 
 def sampler_label(name: str | None, config: Mapping[str, Any]) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 
 @dataclass
@@ -41,6 +41,11 @@ class Timings:
     def unet_per_step(self) -> float:
         return self.unet / self.steps if self.steps else 0.0
 
+    @property
+    def other(self) -> float:
+        """Time outside the stages: scheduler set-up, first-use imports, image conversion."""
+        return max(0.0, self.total - self.text_encoder - self.unet - self.scheduler - self.vae_decode)
+
     def rows(self) -> list[tuple[str, float]]:
         return [
             ("text encoder", self.text_encoder),
@@ -48,6 +53,7 @@ class Timings:
             ("unet per step", self.unet_per_step),
             ("scheduler + overhead", self.scheduler),
             ("vae decode", self.vae_decode),
+            ("other (setup, image conversion)", self.other),
             ("total", self.total),
         ]
 

@@ -1,0 +1,197 @@
+"""The `sdrt` command: demo-model, export, build, generate, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdrt.engines import BACKENDS, DEVICES
+from sdrt.runtime.schedulers import SAMPLERS
+
+log = logging.getLogger("sdrt")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdrt", description="Optimized Stable Diffusion inference runtime.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="show warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo-model", help="write a small random-weight SD 1.x model in diffusers layout")
+    p.add_argument("out_dir", type=Path, help="directory to create")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+
+    p = sub.add_parser("export", help="export a diffusers model directory to ONNX with a manifest")
+    p.add_argument("model_dir", type=Path, help="diffusers-format model directory on disk (model_index.json, ...)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="artifact directory to create")
+    p.add_argument("--max-batch", type=int, default=4, help="most images per engine call (default 4)")
+    p.add_argument("--min-size", type=int, default=256, help="smallest image height/width in pixels (default 256)")
+    p.add_argument("--max-size", type=int, default=1024, help="largest image height/width in pixels (default 1024)")
+    p.add_argument("--opt-size", type=int, default=None, help="size engines are tuned for (default 512, clamped)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
+
+    p = sub.add_parser("build", help="prepare engines for a backend under ARTIFACT_DIR/engines/<backend>/")
+    p.add_argument("artifact_dir", type=Path)
+    _backend_args(p, default="onnxruntime")
+    p.add_argument(
+        "--optimization",
+        choices=("disable", "basic", "extended", "all"),
+        default=None,
+        help="onnxruntime graph optimization level (default all)",
+    )
+
+    samplers = ", ".join(f"{name} ({s.label})" for name, s in SAMPLERS.items())
+    p = sub.add_parser("generate", help="text-to-image", epilog=f"schedulers: {samplers}")
+    p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
+    p.add_argument("prompt", help="the prompt")
+    p.add_argument("--negative-prompt", default=None, help="what the image should not contain")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)"
+    )
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument(
+        "--height", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)"
+    )
+    p.add_argument("--width", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)")
+    p.add_argument("--scheduler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's own)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    p.add_argument("--batch", type=int, default=1, help="images to generate (default 1)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("sdrt.png"), help="PNG path; with --batch N, -i is appended"
+    )
+    _backend_args(p, default="onnxruntime")
+
+    p = sub.add_parser("info", help="print an artifact's manifest summary")
+    p.add_argument("artifact_dir", type=Path)
+    return parser
+
+
+def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--backend", choices=list(BACKENDS), default=default, help=f"engine backend (default {default})")
+    p.add_argument("--device", default="cpu", help=f"{' or '.join(DEVICES)}[:N] (default cpu)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return _COMMANDS[args.command](args)
+    except ValueError as exc:
+        print(f"sdrt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    from sdrt.demo_model import write_demo_model
+
+    write_demo_model(args.out_dir, seed=args.seed)
+    print(f"wrote a random-weight SD 1.x demo model to {args.out_dir}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sdrt.export import ExportConfig, export_model
+
+    config = ExportConfig(
+        max_batch=args.max_batch,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        opt_size=args.opt_size,
+        opset=args.opset,
+    )
+    manifest = export_model(args.model_dir, args.output, config, overwrite=args.overwrite, progress=True)
+    r = manifest.ranges
+    print(
+        f"exported {args.model_dir} ({manifest.family}) to {args.output}: "
+        f"{', '.join(manifest.components)}; batch 1..{r.max_batch}, sizes {r.min_size}..{r.max_size} px"
+    )
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from sdrt.engines import build_engines
+    from sdrt.manifest import read_manifest
+
+    options = {} if args.optimization is None else {"optimization": args.optimization}
+    records = build_engines(args.artifact_dir, read_manifest(args.artifact_dir), args.backend, args.device, **options)
+    for r in records:
+        state = "reused" if r.reused else f"built in {r.seconds:.1f} s"
+        print(f"{r.component:<14} {state:<18} {r.path}")
+    if not records:
+        print(f"backend {args.backend} needs no build")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sdrt import Pipeline
+    from sdrt.runtime.images import save_png
+
+    _quiet_third_party()
+    pipe = Pipeline.load(args.path, backend=args.backend, device=args.device)
+    result = pipe.generate(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        num_images_per_prompt=args.batch,
+        scheduler=args.scheduler,
+        eta=args.eta,
+        progress=True,
+    )
+    for i, (image, parameters, seed) in enumerate(zip(result.images, result.parameters, result.seeds, strict=True)):
+        out = (
+            args.output
+            if len(result.images) == 1
+            else args.output.with_name(f"{args.output.stem}-{i}{args.output.suffix}")
+        )
+        save_png(image, out, parameters)
+        print(f"wrote {out} (seed {seed})")
+    print(result.timings.table())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from sdrt.manifest import read_manifest
+
+    print(json.dumps(read_manifest(args.artifact_dir).to_json(), indent=2))
+    return 0
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sdrt").setLevel(level)
+
+
+def _quiet_third_party() -> None:
+    """Model loading in transformers/diffusers prints progress bars and advice meant for their own users."""
+    import diffusers
+    import transformers
+
+    for lib in (transformers, diffusers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+_COMMANDS = {
+    "demo-model": _demo_model,
+    "export": _export,
+    "build": _build,
+    "generate": _generate,
+    "info": _info,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

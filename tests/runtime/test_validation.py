@@ -1,0 +1,86 @@
+"""Bad input gets an error naming the value and what is allowed, before any engine runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from sdrt import Pipeline
+
+
+class _Untouchable:
+    """Stands in for every engine: any call means validation came too late."""
+
+    def __init__(self, engine):
+        self.spec, self.ranges, self.device = engine.spec, engine.ranges, engine.device
+
+    def __call__(self, feeds):
+        raise AssertionError("an engine ran before the request was validated")
+
+
+@pytest.fixture()
+def guarded(pipelines):
+    real = pipelines["onnxruntime"]
+    return Pipeline(
+        {n: _Untouchable(e) for n, e in real.engines.items()}, real.manifest, real.tokenizer, real.scheduler_config
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"height": 100}, "height 100 is not a multiple of 8"),
+        ({"width": 130}, "width 130 is not a multiple of 8"),
+        ({"height": 512}, r"height 512 is outside the artifact's range 64\.\.256"),
+        ({"width": 32}, r"width 32 is outside the artifact's range 64\.\.256"),
+        ({"height": 64.0}, "height 64.0 is not an integer"),
+        ({"num_inference_steps": 0}, r"num_inference_steps 0 is outside 1\.\.1000"),
+        ({"guidance_scale": float("nan")}, "guidance_scale nan is not a finite number"),
+        ({"guidance_scale": float("inf")}, "guidance_scale inf is not a finite number"),
+        ({"scheduler": "dpm_fast"}, "unknown scheduler 'dpm_fast'; known: ddim, pndm"),
+        ({"num_images_per_prompt": 0}, r"num_images_per_prompt 0 is outside >= 1"),
+        ({"num_images_per_prompt": 65}, "batch of 65 images .* over the pipeline's maximum of 64"),
+        ({"seed": -1}, "seed -1 is outside"),
+        ({"eta": 2.0}, r"eta 2.0 is outside 0\.\.1"),
+        ({"prompt": []}, "prompt is empty"),
+        ({"prompt": ["a", "b"], "negative_prompt": ["x", "y", "z"]}, "negative_prompt has 3 entries for 2 prompts"),
+    ],
+)
+def test_bad_request(guarded, kwargs, message):
+    args = {"prompt": "a cat", "height": 64, "width": 64, "num_inference_steps": 2, "seed": 1} | kwargs
+    with pytest.raises(ValueError, match=message):
+        guarded.generate(**args)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(ValueError, match="neither an sdrt artifact .* nor a diffusers model directory"):
+        Pipeline.load(tmp_path)
+
+
+def test_artifact_from_another_format_version(artifact, tmp_path):
+    copy = tmp_path / "art"
+    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
+    data = json.loads((copy / "manifest.json").read_text())
+    data["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="artifact format version 99 is not supported by this sdrt .* re-export"):
+        Pipeline.load(copy)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: (d / "manifest.json").write_text("{truncated"), "manifest.json is not valid JSON"),
+        (lambda d: (d / "manifest.json").write_text('{"format_version": 1}'), "manifest is malformed"),
+        (lambda d: (d / "unet" / "model.onnx").unlink(), "is incomplete: unet file unet/model.onnx is missing"),
+        (lambda d: shutil.rmtree(d / "tokenizer"), "is incomplete: tokenizer/ is missing"),
+    ],
+)
+def test_malformed_artifact(artifact, tmp_path, mutate, message):
+    copy = tmp_path / "art"
+    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
+    mutate(copy)
+    with pytest.raises(ValueError, match=message):
+        Pipeline.load(copy)

@@ -1,0 +1,85 @@
+"""The `sdrt` command end to end: demo-model -> export -> build -> generate, and its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdrt.cli import main
+
+
+def test_export_build_generate(demo_model, tmp_path, capsys):
+    art = tmp_path / "art"
+    assert (
+        main(["export", str(demo_model), "-o", str(art), "--max-batch", "1", "--min-size", "64", "--max-size", "128"])
+        == 0
+    )
+    assert main(["build", str(art), "--backend", "onnxruntime"]) == 0
+    assert "built in" in capsys.readouterr().out
+    assert main(["build", str(art)]) == 0
+    assert capsys.readouterr().out.count("reused") == 4
+
+    out = tmp_path / "img.png"
+    args = [
+        "generate",
+        str(art),
+        "a red (castle): at dusk",
+        "--negative-prompt",
+        "blurry",
+        "--seed",
+        "42",
+        "--steps",
+        "3",
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--scheduler",
+        "euler_a",
+        "--guidance-scale",
+        "6.5",
+    ]
+    assert main([*args, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("text encoder", "unet total", "unet per step", "scheduler + overhead", "vae decode", "total"):
+        assert stage in printed
+    image = Image.open(out)
+    assert image.size == (96, 64)
+    params = image.text["parameters"].splitlines()
+    assert params[0] == "a red (castle): at dusk"
+    assert params[1] == "Negative prompt: blurry"
+    assert "Steps: 3, Sampler: Euler a, CFG scale: 6.5, Seed: 42, Size: 96x64, Model hash: " in params[2]
+
+    # the same command gives the same image; --batch 2 writes -0 and -1 with consecutive seeds
+    assert main([*args, "-o", str(tmp_path / "again.png")]) == 0
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(tmp_path / "again.png")))
+    assert main([*args, "--batch", "2", "-o", str(tmp_path / "b.png")]) == 0
+    assert "Seed: 43," in Image.open(tmp_path / "b-1.png").text["parameters"]
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(tmp_path / "b-0.png")))
+
+
+def test_errors_exit_nonzero_with_the_reason(artifact, tmp_path, capsys):
+    assert main(["generate", str(artifact), "a cat", "--height", "100", "-o", str(tmp_path / "x.png")]) == 2
+    assert "height 100 is not a multiple of 8" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    assert main(["build", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", str(artifact), "a cat", "--scheduler", "nope"])
+    assert exc.value.code == 2
+
+
+def test_generate_help_lists_schedulers(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = capsys.readouterr().out
+    for name in ("ddim", "pndm", "lms", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "DPM++ 2M Karras"):
+        assert name in text
+
+
+def test_demo_model_command(tmp_path, capsys):
+    assert main(["demo-model", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model_index.json").is_file()
+    assert main(["demo-model", str(tmp_path / "m")]) == 2  # refuses to overwrite
+    assert "not empty" in capsys.readouterr().err
