@@ -13,11 +13,11 @@ import itertools
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from sdrt.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -151,49 +151,35 @@ def _components(seed: int):
     return tokenizer, text_encoder, unet, vae, scheduler
 
 
+_MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
 def write_demo_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write the demo model to `out_dir` (atomically: a temporary directory renamed into place)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output directory {out} exists and is not empty; choose another path or remove it")
     tokenizer, text_encoder, unet, vae, scheduler = _components(seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_directory(out) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
         text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
-        index = {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": _diffusers_version(),
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "PNDMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "model_index.json").write_text(json.dumps(_MODEL_INDEX, indent=2) + "\n")
         (tmp / "README.md").write_text(
             "sdrt demo model: random weights in the Stable Diffusion 1.x architecture at a tiny width.\n"
             "Its images are abstract patterns, not pictures. Point sdrt at a real model directory for real images.\n"
         )
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote demo model to %s", out)
     return out
-
-
-def _diffusers_version() -> str:
-    import diffusers
-
-    return diffusers.__version__

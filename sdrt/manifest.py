@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.components import COMPONENTS, component_specs, latent_factor
+from sdrt.files import read_json_object
 from sdrt.model_dir import ModelDir
 from sdrt.spec import ComponentSpec, ShapeRanges
 
@@ -126,13 +127,7 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
         raise ValueError(f"artifact directory {root} does not exist or is not a directory")
     if not path.is_file():
         raise ValueError(f"{root} is not an sdrt artifact: it has no {MANIFEST_NAME} (create one with 'sdrt export')")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    manifest = Manifest.from_json(data)
+    manifest = Manifest.from_json(read_json_object(path))
     for name, onnx_file in manifest.files.items():
         for rel in (onnx_file.path, onnx_file.external_data):
             if rel is not None and not (root / rel).is_file():

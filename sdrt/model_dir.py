@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrt.files import read_json_object
 from sdrt.hashing import files_sha256
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class ModelDir:
                 f"{root} is not a diffusers model directory: it has no model_index.json "
                 f"(expected model_index.json and {', '.join(p + '/' for p in REQUIRED_PARTS)})"
             )
-        index = _read_json(index_file)
+        index = read_json_object(index_file)
         pipeline = index.get("_class_name")
         if pipeline not in SUPPORTED_PIPELINES:
             raise ValueError(
@@ -52,10 +52,10 @@ class ModelDir:
         if missing:
             raise ValueError(f"model directory {root} lacks {', '.join(m + '/' for m in missing)}")
         configs = {
-            "text_encoder": _read_json(root / "text_encoder" / "config.json"),
-            "unet": _read_json(root / "unet" / "config.json"),
-            "vae": _read_json(root / "vae" / "config.json"),
-            "scheduler": _read_json(root / "scheduler" / "scheduler_config.json"),
+            "text_encoder": read_json_object(root / "text_encoder" / "config.json"),
+            "unet": read_json_object(root / "unet" / "config.json"),
+            "vae": read_json_object(root / "vae" / "config.json"),
+            "scheduler": read_json_object(root / "scheduler" / "scheduler_config.json"),
         }
         for part, names in _WEIGHT_FILES.items():
             if not any((root / part / n).is_file() for n in names):
@@ -90,15 +90,3 @@ class ModelDir:
         unet = UNet2DConditionModel.from_pretrained(self.path / "unet", **opts)
         vae = AutoencoderKL.from_pretrained(self.path / "vae", **opts)
         return text_encoder.eval(), unet.eval(), vae.eval()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"{path} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from tqdm.auto import tqdm
 
 from sdrt.components import component_modules, latent_factor
 from sdrt.export.onnx_export import export_component
+from sdrt.files import atomic_directory
 from sdrt.manifest import SCHEDULER_DIR, TOKENIZER_DIR, Manifest, write_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.spec import ShapeRanges
@@ -70,10 +70,7 @@ def export_model(
     text_encoder, unet, vae = model.load_modules()
     modules = component_modules(text_encoder, unet, vae)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_directory(out) as tmp:
         files = {}
         for name in tqdm(manifest.components, desc="export", unit="component", disable=not progress):
             files[name] = export_component(
@@ -83,20 +80,5 @@ def export_model(
         shutil.copytree(model.path / "scheduler", tmp / SCHEDULER_DIR)
         manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)})
         write_manifest(tmp, manifest)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s to %s", model.path, out)
     return manifest
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an existing target is moved aside first and removed after."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)

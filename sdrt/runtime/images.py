@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from sdrt.files import atomic_file
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -62,16 +63,8 @@ def _quote(value: str) -> str:
 
 def save_png(image: Image.Image, path: str | os.PathLike, parameters: str) -> Path:
     """Write `image` with a `parameters` text chunk, to a temporary name renamed into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text("parameters", parameters)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return Path(path)

@@ -79,3 +79,23 @@ def test_missing_model_directory(tmp_path):
 def test_bad_export_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ExportConfig(**kwargs)
+
+
+def test_large_graphs_keep_weights_in_one_external_file(demo_model, artifact, tmp_path, monkeypatch):
+    """The >2 GB path (a full-size fp32 UNet), forced on the tiny model: export, build and run."""
+    import numpy as np
+
+    from sdrt import Pipeline
+    from sdrt.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "external"
+    manifest = export_model(demo_model, out, ExportConfig(max_batch=2, min_size=64, max_size=256, opt_size=128))
+    for name, onnx_file in manifest.files.items():
+        assert onnx_file.external_data == f"{name}/model.onnx.data"
+        assert sorted(p.name for p in (out / name).iterdir()) == ["model.onnx", "model.onnx.data"]
+    kwargs = {"height": 64, "width": 64, "num_inference_steps": 3, "seed": 3}
+    image = Pipeline.load(out).generate("a cat", **kwargs).images[0]
+    assert list((out / "engines" / "onnxruntime" / "unet").glob("*/model.onnx.data")), "engine lost its weights file"
+    reference = Pipeline.load(artifact).generate("a cat", **kwargs).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(reference))
