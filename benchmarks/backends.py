@@ -140,7 +140,10 @@ def main() -> int:
         for name, run in runners.items():
             samples[name].append(run(1000 + i))
 
-    stages = ("text_encoder", "unet", "vae_decode", "total")
+    for rs in samples.values():  # everything outside the three networks: scheduler, guidance, setup, conversion
+        for r in rs:
+            r["other"] = r["total"] - r["text_encoder"] - r["unet"] - r["vae_decode"]
+    stages = ("text_encoder", "unet", "vae_decode", "other", "total")
     medians = {n: {s: statistics.median(r[s] for r in rs) for s in stages} for n, rs in samples.items()}
     base = medians["diffusers"]
     print(f"\n{args.width}x{args.height}, {args.steps} steps, {args.scheduler}, median of {args.runs} runs (seconds)")

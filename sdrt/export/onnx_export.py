@@ -89,6 +89,8 @@ def export_component(
         else:
             shutil.move(str(raw), target)
     onnx.checker.check_model(str(target))
+    for written in out_dir.iterdir():  # onnx writes external data owner-only; deployments read as other users
+        written.chmod(0o644)
     artifact_root = out_dir.parent
     external = out_dir / EXTERNAL_DATA_FILE
     return OnnxFile(

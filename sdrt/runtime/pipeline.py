@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from sdrt.components import TEXT_ENCODER, UNET, VAE_DECODER, latent_factor
 from sdrt.engines import Engine, call_in_chunks, check_device, load_engines
+from sdrt.files import read_json_object
 from sdrt.manifest import MANIFEST_NAME, SCHEDULER_DIR, TOKENIZER_DIR, Manifest, read_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.runtime.guidance import ClassifierFreeGuidance
@@ -94,9 +94,9 @@ class Pipeline:
                 f"{root} is neither an sdrt artifact (no {MANIFEST_NAME}) nor a diffusers model directory "
                 "(no model_index.json)"
             )
-        engines = load_engines(root, manifest, backend, device, **options)
         tokenizer = load_tokenizer(root / TOKENIZER_DIR)
-        scheduler_config = json.loads((root / SCHEDULER_DIR / "scheduler_config.json").read_text())
+        scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
+        engines = load_engines(root, manifest, backend, device, **options)
         return cls(engines, manifest, tokenizer, scheduler_config, model_name=root.resolve().name)
 
     def generate(
@@ -106,7 +106,7 @@ class Pipeline:
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 30,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | Sequence[float] = 7.5,
         seed: int | None = None,
         num_images_per_prompt: int = 1,
         scheduler: str | None = None,
@@ -115,23 +115,26 @@ class Pipeline:
     ) -> GenerationResult:
         """Generate images for one prompt or a list of prompts (a batch).
 
+        negative_prompt and guidance_scale take one value for all prompts or one per prompt; prompts
+        with different guidance scales still share every UNet call.
+
         height/width default to the size the artifact is tuned for (512 for a default SD 1.x export).
         Image i uses seed + i; with no seed a random one is drawn and reported in the result.
         """
-        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
-        if negative_prompt is None:
-            negatives = ("",) * len(prompts)
-        elif isinstance(negative_prompt, str):
-            negatives = (negative_prompt,) * len(prompts)
-        else:
-            negatives = tuple(negative_prompt)
+        prompts = _texts("prompt", prompt)
+        negatives = ("",) * len(prompts) if negative_prompt is None else _texts("negative_prompt", negative_prompt)
+        if len(negatives) == 1:
+            negatives *= len(prompts)
+        scales = tuple(guidance_scale) if isinstance(guidance_scale, Sequence) else (guidance_scale,)
+        if len(scales) == 1:
+            scales *= len(prompts)
         request = GenerationRequest(
             prompts=prompts,
             negative_prompts=negatives,
             height=self.manifest.ranges.opt_size if height is None else height,
             width=self.manifest.ranges.opt_size if width is None else width,
             steps=num_inference_steps,
-            guidance_scale=guidance_scale,
+            guidance_scales=scales,
             seed=random_seed() if seed is None else seed,
             num_images_per_prompt=num_images_per_prompt,
             scheduler=scheduler,
@@ -144,9 +147,9 @@ class Pipeline:
         """Run a validated request."""
         start = time.perf_counter()
         clock = StageClock(sync=self._sync)
-        n = request.num_images
         prompts, negatives = request.per_image(request.prompts), request.per_image(request.negative_prompts)
-        cfg = ClassifierFreeGuidance([request.guidance_scale] * n, self.device)
+        scales = request.per_image(request.guidance_scales)
+        cfg = ClassifierFreeGuidance(request.per_image(request.guidance_scales), self.device)
 
         with clock.stage("text_encoder"):
             # one text-encoder batch in the UNet's order: negatives of guided samples, then all prompts
@@ -179,7 +182,7 @@ class Pipeline:
                 negative_prompt=negatives[i],
                 steps=request.steps,
                 sampler=label,
-                guidance_scale=request.guidance_scale,
+                guidance_scale=scales[i],
                 seed=seed,
                 width=request.width,
                 height=request.height,
@@ -228,6 +231,15 @@ class Pipeline:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _texts(name: str, value: object) -> tuple[str, ...]:
+    """One string or a sequence of strings as a tuple; ValueError naming the field otherwise."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Sequence):
+        return tuple(value)
+    raise ValueError(f"{name} {value!r} is not a string or a list of strings")
 
 
 def _step_kwargs(scheduler: Any, gens: list[torch.Generator], eta: float) -> dict[str, Any]:

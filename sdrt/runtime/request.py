@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sdrt.runtime.latents import MAX_SEED
 from sdrt.runtime.schedulers import check_sampler
 from sdrt.spec import ShapeRanges
 
 MAX_STEPS = 1000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class GenerationRequest:
     height: int  # pixels, a multiple of the latent factor inside the artifact's range
     width: int  # pixels, likewise
     steps: int  # denoising steps, 1..1000
-    guidance_scale: float  # classifier-free guidance scale; <= 1 skips the unconditional pass
+    guidance_scales: tuple[float, ...]  # classifier-free guidance scale per prompt; <= 1 skips the uncond pass
     seed: int  # seed of the first image; image i uses seed + i
     num_images_per_prompt: int = 1  # images per prompt
     scheduler: str | None = None  # sampler name, or None for the model's own scheduler
@@ -34,19 +36,18 @@ class GenerationRequest:
             for text in texts:
                 if not isinstance(text, str):
                     raise ValueError(f"{field_name} {text!r} is not a string")
-        if len(self.negative_prompts) != len(self.prompts):
-            raise ValueError(
-                f"negative_prompt has {len(self.negative_prompts)} entries for {len(self.prompts)} prompts; "
-                "give one, or one per prompt"
-            )
+        per_prompt = (("negative_prompt", self.negative_prompts), ("guidance_scale", self.guidance_scales))
+        for field_name, values in per_prompt:
+            if len(values) != len(self.prompts):
+                raise ValueError(
+                    f"{field_name} has {len(values)} entries for {len(self.prompts)} prompts; "
+                    "give one, or one per prompt"
+                )
         _check_int("num_inference_steps", self.steps, 1, MAX_STEPS)
         _check_int("num_images_per_prompt", self.num_images_per_prompt, 1, None)
-        if (
-            isinstance(self.guidance_scale, bool)
-            or not isinstance(self.guidance_scale, (int, float))
-            or not math.isfinite(self.guidance_scale)
-        ):
-            raise ValueError(f"guidance_scale {self.guidance_scale!r} is not a finite number")
+        for scale in self.guidance_scales:
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+                raise ValueError(f"guidance_scale {scale!r} is not a finite number")
         if not math.isfinite(self.eta) or not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta {self.eta!r} is outside 0..1")
         _check_int("seed", self.seed, 0, MAX_SEED - self.num_images - 1)
@@ -69,7 +70,7 @@ class GenerationRequest:
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_images)]
 
-    def per_image(self, values: tuple[str, ...]) -> list[str]:
+    def per_image(self, values: tuple[T, ...]) -> list[T]:
         """Expand a per-prompt tuple to one entry per image, in diffusers' order (prompt-major)."""
         return [v for v in values for _ in range(self.num_images_per_prompt)]
 

@@ -94,6 +94,24 @@ def test_batch_of_prompts_with_several_images_each(pipelines, diffusers_pipe, ba
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_prompts_with_different_guidance_scales_share_a_batch(pipelines, diffusers_pipe, backend):
+    """One call with scales 7.5 and 1.0 gives each image what diffusers gives that prompt alone."""
+    ours = pipelines[backend].generate(
+        ["a castle in the forest", "a robot reading a book"],
+        height=HEIGHT,
+        width=WIDTH,
+        num_inference_steps=STEPS,
+        guidance_scale=[7.5, 1.0],
+        seed=50,
+        scheduler="dpmpp_2m",
+    )
+    guided = _reference(diffusers_pipe, "dpmpp_2m", ["a castle in the forest"], None, 50, 7.5)
+    unguided = _reference(diffusers_pipe, "dpmpp_2m", ["a robot reading a book"], None, 51, 1.0)
+    _assert_close(ours.images, guided + unguided)
+    assert "CFG scale: 7.5" in ours.parameters[0] and "CFG scale: 1," in ours.parameters[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ddim_eta_matches_diffusers(pipelines, diffusers_pipe, backend):
     """eta > 0 draws per-step noise from each image's generator, as diffusers does."""
     ours = pipelines[backend].generate(

@@ -45,6 +45,10 @@ def guarded(pipelines):
         ({"seed": -1}, "seed -1 is outside"),
         ({"eta": 2.0}, r"eta 2.0 is outside 0\.\.1"),
         ({"prompt": []}, "prompt is empty"),
+        ({"prompt": None}, "prompt None is not a string or a list of strings"),
+        ({"prompt": ["a", "b"], "guidance_scale": [7.0, 5.0, 3.0]}, "guidance_scale has 3 entries for 2 prompts"),
+        ({"prompt": ["a", "b"], "guidance_scale": [7.0, float("nan")]}, "guidance_scale nan is not a finite number"),
+        ({"prompt": ["a", 3]}, "prompt 3 is not a string"),
         ({"prompt": ["a", "b"], "negative_prompt": ["x", "y", "z"]}, "negative_prompt has 3 entries for 2 prompts"),
     ],
 )
