@@ -1,0 +1,66 @@
+"""The one protocol every backend speaks: named torch tensors in, named torch tensors out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, runtime_checkable
+
+import torch
+
+from sdrt.spec import ComponentSpec, ShapeRanges
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A runnable component. Inputs and outputs are torch tensors on `device` (no host copies on a GPU)."""
+
+    spec: ComponentSpec  # the IO spec it was built with
+    ranges: ShapeRanges  # the shapes it accepts
+    device: torch.device  # where its inputs must live and its outputs are returned
+
+    def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+class CheckedEngine:
+    """Base for backends: checks feeds against the spec before running, so errors name the tensor and range."""
+
+    def __init__(self, spec: ComponentSpec, ranges: ShapeRanges, device: torch.device) -> None:
+        self.spec = spec
+        self.ranges = ranges
+        self.device = device
+
+    def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dims = self.spec.resolve(feeds, self.ranges)
+        for name, tensor in feeds.items():
+            if tensor.device != self.device:
+                raise ValueError(f"{self.spec.name} input {name} is on {tensor.device}; this engine runs on {self.device}")
+        return self._run(feeds, dims)
+
+    def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def max_batch(engine: Engine) -> int:
+    """Largest batch the engine accepts on its batch axis."""
+    return engine.ranges.dims()[engine.spec.batch_dim].max
+
+
+def call_in_chunks(engine: Engine, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run `engine` on feeds of any batch size, split along axis 0 into calls the engine accepts."""
+    limit = max_batch(engine)
+    total = next(iter(feeds.values())).shape[0]
+    if total <= limit:
+        return engine(feeds)
+    parts = [engine({k: v[start : start + limit] for k, v in feeds.items()}) for start in range(0, total, limit)]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What `build` did for one component."""
+
+    component: str  # component name
+    key: str  # cache key of the engine
+    path: str  # where the engine lies
+    reused: bool  # True when an engine with the same key was already built
+    seconds: float  # build time (0 when reused)
