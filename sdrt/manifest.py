@@ -130,7 +130,11 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     manifest = Manifest.from_json(read_json_object(path))
     for name, onnx_file in manifest.files.items():
         for rel in (onnx_file.path, onnx_file.external_data):
-            if rel is not None and not (root / rel).is_file():
+            if rel is None:
+                continue
+            if not (root / rel).resolve().is_relative_to(root.resolve()):
+                raise ValueError(f"manifest of {root} points {name} at {rel}, outside the artifact")
+            if not (root / rel).is_file():
                 raise ValueError(f"artifact {root} is incomplete: {name} file {rel} is missing")
     for rel in (TOKENIZER_DIR, SCHEDULER_DIR):
         if not (root / rel).is_dir():

@@ -222,8 +222,9 @@ class ComponentSpec:
             shape = spec.concrete(values)
             if spec.torch_dtype.is_floating_point:
                 high = self.attributes.get(f"{spec.name}_max")
-                tensor = torch.randn(shape, generator=generator)
-                if high is not None:  # e.g. a timestep in [0, num_train_timesteps)
+                if high is None:
+                    tensor = torch.randn(shape, generator=generator)
+                else:  # a bounded input, e.g. a timestep in [0, num_train_timesteps)
                     tensor = torch.rand(shape, generator=generator) * float(high)
                 feeds[spec.name] = tensor.to(spec.torch_dtype)
             else:

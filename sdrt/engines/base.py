@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -33,7 +34,9 @@ class CheckedEngine:
         dims = self.spec.resolve(feeds, self.ranges)
         for name, tensor in feeds.items():
             if tensor.device != self.device:
-                raise ValueError(f"{self.spec.name} input {name} is on {tensor.device}; this engine runs on {self.device}")
+                raise ValueError(
+                    f"{self.spec.name} input {name} is on {tensor.device}; this engine runs on {self.device}"
+                )
         return self._run(feeds, dims)
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:

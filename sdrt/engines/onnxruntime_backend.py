@@ -11,10 +11,11 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
+import numpy as np
 import torch
 
 from sdrt.engines.base import BuildRecord, CheckedEngine
@@ -31,7 +32,8 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 RECORD_FILE = "build.json"
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-_NUMPY_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int32: "int32", torch.int64: "int64"}
+# IO binding takes numpy element types
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64}
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def build(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions)
     return [_build_one(artifact, name, manifest.files[name], opts) for name in manifest.components]
 
 
-def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> dict[str, "OnnxRuntimeEngine"]:
+def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> dict[str, OnnxRuntimeEngine]:
     """Sessions over the cached optimized graphs (built first where missing)."""
     import onnxruntime as ort
 
@@ -132,7 +134,12 @@ class OnnxRuntimeEngine(CheckedEngine):
             tensor = feeds[spec.name].contiguous()
             keep.append(tensor)
             binding.bind_input(
-                spec.name, self._device_type, self._device_id, _NUMPY_DTYPES[tensor.dtype], tuple(tensor.shape), tensor.data_ptr()
+                spec.name,
+                self._device_type,
+                self._device_id,
+                _NUMPY_DTYPES[tensor.dtype],
+                tuple(tensor.shape),
+                tensor.data_ptr(),
             )
         outputs = {}
         for spec, shape in zip(self.spec.outputs, self.spec.output_shapes(dims).values(), strict=True):
@@ -142,10 +149,10 @@ class OnnxRuntimeEngine(CheckedEngine):
                 spec.name, self._device_type, self._device_id, _NUMPY_DTYPES[tensor.dtype], shape, tensor.data_ptr()
             )
         if self._device_type == "cuda":
-            binding.synchronize_inputs()
+            # ONNX Runtime runs on its own stream: torch's queued writes to the inputs must land first.
+            torch.cuda.current_stream(self.device).synchronize()
+        # Run returns once the execution provider's stream is done, so torch may read the outputs at once.
         self.session.run_with_iobinding(binding)
-        if self._device_type == "cuda":
-            binding.synchronize_outputs()
         return outputs
 
 
@@ -168,7 +175,13 @@ def _build_one(artifact: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntime
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(artifact / onnx_file.path), so, providers=opts.providers())
         seconds = time.perf_counter() - start
-        record = {"component": name, "key": key, "options": vars(opts), "onnxruntime": ort.__version__, "seconds": seconds}
+        record = {
+            "component": name,
+            "key": key,
+            "options": vars(opts),
+            "onnxruntime": ort.__version__,
+            "seconds": seconds,
+        }
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return BuildRecord(name, key, str(target), reused=False, seconds=seconds)
 

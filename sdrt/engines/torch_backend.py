@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -53,7 +53,9 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> dic
     model = _model_dir(path)
     device = torch.device(opts.device)
     modules = component_modules(*model.load_modules())
-    return {name: TorchEngine(modules[name], spec, manifest.ranges, device) for name, spec in manifest.components.items()}
+    return {
+        name: TorchEngine(modules[name], spec, manifest.ranges, device) for name, spec in manifest.components.items()
+    }
 
 
 def _model_dir(path: str | os.PathLike) -> ModelDir:

@@ -61,6 +61,7 @@ class Pipeline:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
+        make_scheduler(None, self.scheduler_config)  # a bad config fails here, not at the first generation
         self.model_name = model_name
         self.max_images = max_images
         self.device = self.engines[UNET].device

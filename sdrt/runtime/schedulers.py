@@ -60,8 +60,8 @@ def make_scheduler(name: str | None, config: Mapping[str, Any]):
     if name is None:
         class_name = config.get("_class_name")
         cls = getattr(diffusers, str(class_name), None)
-        if cls is None or not hasattr(cls, "from_config"):
-            raise ValueError(f"scheduler config names class {class_name!r}, which diffusers does not have")
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise ValueError(f"scheduler config names {class_name!r}, which is not a diffusers scheduler class")
         return cls.from_config(config)
     sampler = SAMPLERS[name]
     cls = getattr(diffusers, sampler.scheduler_class)

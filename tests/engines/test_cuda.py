@@ -32,10 +32,14 @@ def test_onnxruntime_cuda_matches_cpu(artifact, pipelines):
         pytest.skip(f"needs onnxruntime-gpu; this onnxruntime has {ort.get_available_providers()}")
     gpu = Pipeline.load(artifact, backend="onnxruntime", device="cuda")
     assert gpu.engines["unet"].device.type == "cuda"
-    _assert_close(gpu.generate("a cat", **KWARGS).images[0], pipelines["onnxruntime"].generate("a cat", **KWARGS).images[0], 2)
+    _assert_close(
+        gpu.generate("a cat", **KWARGS).images[0], pipelines["onnxruntime"].generate("a cat", **KWARGS).images[0], 2
+    )
 
 
 def test_torch_cuda_matches_cpu(demo_model, pipelines):
     _needs_cuda()
     gpu = Pipeline.load(demo_model, backend="torch", device="cuda", ranges=RANGES)
-    _assert_close(gpu.generate("a cat", **KWARGS).images[0], pipelines["torch"].generate("a cat", **KWARGS).images[0], 2)
+    _assert_close(
+        gpu.generate("a cat", **KWARGS).images[0], pipelines["torch"].generate("a cat", **KWARGS).images[0], 2
+    )

@@ -80,6 +80,11 @@ def test_artifact_from_another_format_version(artifact, tmp_path):
         (lambda d: (d / "manifest.json").write_text('{"format_version": 1}'), "manifest is malformed"),
         (lambda d: (d / "unet" / "model.onnx").unlink(), "is incomplete: unet file unet/model.onnx is missing"),
         (lambda d: shutil.rmtree(d / "tokenizer"), "is incomplete: tokenizer/ is missing"),
+        (lambda d: _point_unet_at(d, "../../etc/passwd"), "points unet at ../../etc/passwd, outside the artifact"),
+        (
+            lambda d: (d / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "UNet2DConditionModel"}'),
+            "'UNet2DConditionModel', which is not a diffusers scheduler class",
+        ),
     ],
 )
 def test_malformed_artifact(artifact, tmp_path, mutate, message):
@@ -88,3 +93,9 @@ def test_malformed_artifact(artifact, tmp_path, mutate, message):
     mutate(copy)
     with pytest.raises(ValueError, match=message):
         Pipeline.load(copy)
+
+
+def _point_unet_at(artifact, path):
+    data = json.loads((artifact / "manifest.json").read_text())
+    data["components"]["unet"]["onnx"]["path"] = path
+    (artifact / "manifest.json").write_text(json.dumps(data))
