@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--scheduler", default="euler_a")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per backend (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per backend first (default 1)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/backends-cpu.json"))
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/backends-cpu-demo.json"))
     args = parser.parse_args()
     args.width, args.height = (int(v) for v in args.size.lower().split("x"))
 

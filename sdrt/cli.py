@@ -24,6 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-model", help="write a small random-weight SD 1.x model in diffusers layout")
     p.add_argument("out_dir", type=Path, help="directory to create")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument(
+        "--preset",
+        choices=("tiny", "sd15"),
+        default="tiny",
+        help="tiny (seconds on a CPU; the default) or sd15 (published SD 1.5 sizes, ~4 GB, for benchmarks)",
+    )
 
     p = sub.add_parser("export", help="export a diffusers model directory to ONNX with a manifest")
     p.add_argument("model_dir", type=Path, help="diffusers-format model directory on disk (model_index.json, ...)")
@@ -93,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo_model(args: argparse.Namespace) -> int:
     from sdrt.demo_model import write_demo_model
 
-    write_demo_model(args.out_dir, seed=args.seed)
-    print(f"wrote a random-weight SD 1.x demo model to {args.out_dir}")
+    write_demo_model(args.out_dir, seed=args.seed, preset=args.preset)
+    print(f"wrote a random-weight SD 1.x model (preset {args.preset}) to {args.out_dir}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """A small random-weight Stable Diffusion 1.x model in diffusers layout, for the demo and the tests.
 
 The topology is SD 1.5's (four UNet levels with cross-attention in the first three, a four-level
-VAE with 8x downsampling, a CLIP text encoder with quick-GELU, 77 tokens) at a tiny width, so every
-code path a real model takes is exercised, in seconds, on a CPU. The tokenizer is a real CLIP
+VAE with 8x downsampling, a CLIP text encoder with quick-GELU, 77 tokens). Preset "tiny" has tiny
+widths, so every code path a real model takes runs in seconds on a CPU; preset "sd15" has the
+published SD 1.5 sizes, so it costs exactly what the real model costs (for benchmarks). The tokenizer is a real CLIP
 byte-level BPE whose merges are learned from a small embedded corpus of prompt words.
 """
 
@@ -13,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,23 +89,52 @@ def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[
     return vocab, merges
 
 
-def _components(seed: int):
+@dataclass(frozen=True)
+class Preset:
+    """Widths and depths of one demo architecture; everything else is SD 1.x's."""
+
+    text: dict[str, int]  # CLIPTextConfig sizes
+    unet_channels: tuple[int, ...]  # UNet block_out_channels
+    unet_layers: int  # UNet layers_per_block
+    vae_channels: tuple[int, ...]  # VAE block_out_channels
+    vae_layers: int  # VAE layers_per_block
+
+
+PRESETS = {
+    # tiny: seconds to write, export and run on a 2-core CPU
+    "tiny": Preset(
+        text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
+        unet_channels=(32, 32, 64, 64),
+        unet_layers=1,
+        vae_channels=(32, 32, 64, 64),
+        vae_layers=1,
+    ),
+    # sd15: the published Stable Diffusion 1.5 sizes (860M-parameter UNet), so it times like the real model
+    "sd15": Preset(
+        text={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+        unet_channels=(320, 640, 1280, 1280),
+        unet_layers=2,
+        vae_channels=(128, 256, 512, 512),
+        vae_layers=2,
+    ),
+}
+
+
+def _components(seed: int, preset: Preset):
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab, merges = learn_bpe(_CORPUS, _NUM_MERGES)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    hidden = preset.text["hidden_size"]
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
+            **preset.text,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
-            projection_dim=32,
+            projection_dim=hidden,
             bos_token_id=vocab["<|startoftext|>"],
             eos_token_id=vocab["<|endoftext|>"],
             pad_token_id=vocab["<|endoftext|>"],
@@ -114,11 +145,11 @@ def _components(seed: int):
         sample_size=64,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=1,
+        block_out_channels=preset.unet_channels,
+        layers_per_block=preset.unet_layers,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
+        cross_attention_dim=hidden,
         attention_head_dim=8,
         norm_num_groups=32,
     )
@@ -126,17 +157,17 @@ def _components(seed: int):
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(32, 32, 64, 64),
+        block_out_channels=preset.vae_channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        layers_per_block=1,
+        layers_per_block=preset.vae_layers,
         norm_num_groups=32,
         sample_size=512,
         scaling_factor=0.18215,
     )
-    # The weights are random; scale the UNet's output and the VAE's input so images are not pure noise
-    # or saturated, which makes parity checks meaningful (a clipped image hides errors).
+    # The weights are random; halving the UNet's output keeps the images from saturating, which keeps
+    # parity checks meaningful (a clipped image hides errors).
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.5)
     scheduler = PNDMScheduler(
@@ -164,12 +195,14 @@ _MODEL_INDEX = {
 }
 
 
-def write_demo_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Write the demo model to `out_dir` (atomically: a temporary directory renamed into place)."""
+def write_demo_model(out_dir: str | os.PathLike, seed: int = 0, preset: str = "tiny") -> Path:
+    """Write a random-weight model of `preset` to `out_dir` (atomically: a temporary directory renamed into place)."""
     out = Path(out_dir)
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output directory {out} exists and is not empty; choose another path or remove it")
-    tokenizer, text_encoder, unet, vae, scheduler = _components(seed)
+    tokenizer, text_encoder, unet, vae, scheduler = _components(seed, PRESETS[preset])
     with atomic_directory(out) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
         text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
@@ -178,7 +211,7 @@ def write_demo_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(_MODEL_INDEX, indent=2) + "\n")
         (tmp / "README.md").write_text(
-            "sdrt demo model: random weights in the Stable Diffusion 1.x architecture at a tiny width.\n"
+            f"sdrt demo model (preset {preset}): random weights in the Stable Diffusion 1.x architecture.\n"
             "Its images are abstract patterns, not pictures. Point sdrt at a real model directory for real images.\n"
         )
     log.info("wrote demo model to %s", out)

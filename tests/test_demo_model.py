@@ -47,3 +47,11 @@ def test_tokenizer_is_clip_bpe(demo_model):
     ]  # learned merges for corpus words, lower-cased; an unseen word falls back to byte tokens
     padded = tok("a cat", padding="max_length", max_length=77).input_ids
     assert len(padded) == 77
+
+
+def test_unknown_preset(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="preset 'sdxl' is not one of tiny, sd15"):
+        write_demo_model(tmp_path / "m", preset="sdxl")
+    assert not (tmp_path / "m").exists()
