@@ -83,3 +83,16 @@ def test_demo_model_command(tmp_path, capsys):
     assert (tmp_path / "m" / "model_index.json").is_file()
     assert main(["demo-model", str(tmp_path / "m")]) == 2  # refuses to overwrite
     assert "not empty" in capsys.readouterr().err
+
+
+def test_info_prints_the_manifest(artifact, capsys):
+    import json
+
+    assert main(["info", str(artifact)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["format_version"] == 1 and set(printed["components"]) == {
+        "text_encoder",
+        "unet",
+        "vae_decoder",
+        "vae_encoder",
+    }
