@@ -107,6 +107,7 @@ def _demo_model(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from sdrt.export import ExportConfig, export_model
 
+    _quiet_third_party()
     config = ExportConfig(
         max_batch=args.max_batch,
         min_size=args.min_size,

@@ -28,7 +28,7 @@ class CheckedEngine:
     def __init__(self, spec: ComponentSpec, ranges: ShapeRanges, device: torch.device) -> None:
         self.spec = spec
         self.ranges = ranges
-        self.device = device
+        self.device = indexed(device)
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         dims = self.spec.resolve(feeds, self.ranges)
@@ -41,6 +41,13 @@ class CheckedEngine:
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def indexed(device: torch.device) -> torch.device:
+    """`cuda` as `cuda:N` (the current device), so it compares equal to the device of tensors on it."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def max_batch(engine: Engine) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdrt.engines.base import BuildRecord, CheckedEngine
+from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
 from sdrt.engines.options import make_options
 from sdrt.files import atomic_directory
 from sdrt.hashing import file_sha256, json_sha256
@@ -52,7 +52,7 @@ class OnnxRuntimeOptions:
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device(self.device)
+        return indexed(torch.device(self.device))
 
     def providers(self) -> list:
         import onnxruntime as ort
@@ -124,8 +124,8 @@ class OnnxRuntimeEngine(CheckedEngine):
     def __init__(self, session, spec: ComponentSpec, ranges: ShapeRanges, device: torch.device) -> None:
         super().__init__(spec, ranges, device)
         self.session = session
-        self._device_type = "cuda" if device.type == "cuda" else "cpu"
-        self._device_id = device.index or 0
+        self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
+        self._device_id = self.device.index or 0
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
         binding = self.session.io_binding()

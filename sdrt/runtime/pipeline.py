@@ -150,7 +150,7 @@ class Pipeline:
         clock = StageClock(sync=self._sync)
         prompts, negatives = request.per_image(request.prompts), request.per_image(request.negative_prompts)
         scales = request.per_image(request.guidance_scales)
-        cfg = ClassifierFreeGuidance(request.per_image(request.guidance_scales), self.device)
+        cfg = ClassifierFreeGuidance(scales, self.device)
 
         with clock.stage("text_encoder"):
             # one text-encoder batch in the UNet's order: negatives of guided samples, then all prompts
@@ -162,9 +162,8 @@ class Pipeline:
         latents = self.denoise(scheduler, text_states, cfg, request, gens, clock, progress)
 
         with clock.stage("vae_decode"):
-            images = call_in_chunks(self.engines[VAE_DECODER], {"latent": latents / self.manifest.vae_scaling_factor})[
-                "images"
-            ]
+            latents = latents / self.manifest.vae_scaling_factor
+            images = call_in_chunks(self.engines[VAE_DECODER], {"latent": latents})["images"]
         pil = to_pil(images)
         total = time.perf_counter() - start
         s = clock.seconds
