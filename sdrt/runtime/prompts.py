@@ -46,7 +46,7 @@ def encode_texts(tokenizer, engine: Engine, texts: Sequence[str]) -> torch.Tenso
 
 def _warn_truncated(tokenizer, texts: Sequence[str], length: int) -> None:
     for text in texts:
-        ids = tokenizer(text, truncation=False).input_ids
+        ids = tokenizer(text, truncation=False, verbose=False).input_ids  # counting only: no length warning
         if len(ids) > length:
             dropped = tokenizer.decode(ids[length - 1 : -1])
             log.warning("prompt is longer than %d tokens; this part was dropped: %r", length - 2, dropped)
