@@ -9,10 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sdrt.demo_model import PRESETS
 from sdrt.engines import BACKENDS, DEVICES
 from sdrt.runtime.schedulers import SAMPLERS
-
-log = logging.getLogger("sdrt")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument(
         "--preset",
-        choices=("tiny", "sd15"),
+        choices=list(PRESETS),
         default="tiny",
         help="tiny (seconds on a CPU; the default) or sd15 (published SD 1.5 sizes, ~4 GB, for benchmarks)",
     )
@@ -45,10 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("artifact_dir", type=Path)
     _backend_args(p, default="onnxruntime")
     p.add_argument(
-        "--optimization",
-        choices=("disable", "basic", "extended", "all"),
-        default=None,
-        help="onnxruntime graph optimization level (default all)",
+        "--optimization", default=None, help="onnxruntime graph optimization: disable, basic, extended or all (default)"
     )
 
     samplers = ", ".join(f"{name} ({s.label})" for name, s in SAMPLERS.items())

@@ -18,6 +18,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 SCHEDULER_DIR = "scheduler"
+ONNX_FILE = "model.onnx"  # a component's graph, in its own directory (exported or engine-optimized)
+ONNX_DATA_FILE = "model.onnx.data"  # its weights, when the graph passes 2 GB
 
 
 @dataclass(frozen=True)

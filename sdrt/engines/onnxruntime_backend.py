@@ -22,14 +22,12 @@ from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
 from sdrt.engines.options import make_options
 from sdrt.files import atomic_directory
 from sdrt.hashing import file_sha256, json_sha256
-from sdrt.manifest import Manifest, OnnxFile
+from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, Manifest, OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
 
 BACKEND = "onnxruntime"
-MODEL_FILE = "model.onnx"
-EXTERNAL_DATA_FILE = "model.onnx.data"
 RECORD_FILE = "build.json"
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # IO binding takes numpy element types
@@ -113,7 +111,7 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) 
         record = _build_one(artifact, name, manifest.files[name], opts)
         so = _session_options(opts)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already applied at build
-        session = ort.InferenceSession(str(Path(record.path) / MODEL_FILE), so, providers=providers)
+        session = ort.InferenceSession(str(Path(record.path) / ONNX_FILE), so, providers=providers)
         engines[name] = OnnxRuntimeEngine(session, spec, manifest.ranges, opts.torch_device)
     return engines
 
@@ -169,9 +167,9 @@ def _build_one(artifact: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntime
     with atomic_directory(target) as tmp:
         so = _session_options(opts)
         so.graph_optimization_level = _level(opts.optimization)
-        so.optimized_model_filepath = str(tmp / MODEL_FILE)
+        so.optimized_model_filepath = str(tmp / ONNX_FILE)
         if onnx_file.external_data:
-            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", EXTERNAL_DATA_FILE)
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ONNX_DATA_FILE)
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(artifact / onnx_file.path), so, providers=opts.providers())
         seconds = time.perf_counter() - start

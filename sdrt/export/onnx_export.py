@@ -13,13 +13,11 @@ import torch
 from torch import nn
 
 from sdrt.hashing import file_sha256
-from sdrt.manifest import OnnxFile
+from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-EXTERNAL_DATA_FILE = "model.onnx.data"
 # protobuf cannot serialize a message over 2 GiB; stay clear of it
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
@@ -57,7 +55,7 @@ def export_component(
     out_dir.mkdir(parents=True, exist_ok=True)
     feeds = spec.sample_inputs(trace_values(spec, ranges), torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix=f"sdrt-export-{spec.name}-") as scratch:
-        raw = Path(scratch) / MODEL_FILE
+        raw = Path(scratch) / ONNX_FILE
         log.info("tracing %s to ONNX (opset %d)", spec.name, opset)
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter warns about every Python branch on a shape; the trace shapes
@@ -75,7 +73,7 @@ def export_component(
                 do_constant_folding=True,
             )
         size = sum(p.stat().st_size for p in Path(scratch).iterdir())
-        target = out_dir / MODEL_FILE
+        target = out_dir / ONNX_FILE
         if size > EXTERNAL_DATA_THRESHOLD or len(list(Path(scratch).iterdir())) > 1:
             model = onnx.load(str(raw), load_external_data=True)
             onnx.save_model(
@@ -83,7 +81,7 @@ def export_component(
                 str(target),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
-                location=EXTERNAL_DATA_FILE,
+                location=ONNX_DATA_FILE,
                 size_threshold=1024,
             )
         else:
@@ -92,7 +90,7 @@ def export_component(
     for written in out_dir.iterdir():  # onnx writes external data owner-only; deployments read as other users
         written.chmod(0o644)
     artifact_root = out_dir.parent
-    external = out_dir / EXTERNAL_DATA_FILE
+    external = out_dir / ONNX_DATA_FILE
     return OnnxFile(
         path=str(target.relative_to(artifact_root)),
         sha256=file_sha256(target),

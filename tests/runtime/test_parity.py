@@ -13,6 +13,7 @@ from tests.conftest import BACKENDS
 MAX_PIXEL_DIFF = 2
 HEIGHT, WIDTH = 72, 104  # non-square, and latents (9x13) not divisible by the UNet's 8x downsampling
 STEPS = 6
+SIZE_STEPS = {"height": HEIGHT, "width": WIDTH, "num_inference_steps": STEPS}
 
 
 def _reference(diffusers_pipe, scheduler, prompts, negatives, seed, guidance, per_prompt=1, eta=0.0):
@@ -22,9 +23,7 @@ def _reference(diffusers_pipe, scheduler, prompts, negatives, seed, guidance, pe
     return pipe(
         prompts,
         negative_prompt=negatives,
-        height=HEIGHT,
-        width=WIDTH,
-        num_inference_steps=STEPS,
+        **SIZE_STEPS,
         guidance_scale=guidance,
         num_images_per_prompt=per_prompt,
         eta=eta,
@@ -49,9 +48,7 @@ def test_every_sampler_matches_diffusers(pipelines, diffusers_pipe, backend, sch
     ours = pipelines[backend].generate(
         prompt,
         negative_prompt=negative,
-        height=HEIGHT,
-        width=WIDTH,
-        num_inference_steps=STEPS,
+        **SIZE_STEPS,
         guidance_scale=7.5,
         seed=123,
         scheduler=scheduler,
@@ -64,9 +61,7 @@ def test_every_sampler_matches_diffusers(pipelines, diffusers_pipe, backend, sch
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_default_scheduler_and_no_guidance(pipelines, diffusers_pipe, backend):
     """guidance 1.0: diffusers runs no unconditional pass, and neither do we."""
-    ours = pipelines[backend].generate(
-        "a cat on a table", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=1.0, seed=7
-    )
+    ours = pipelines[backend].generate("a cat on a table", **SIZE_STEPS, guidance_scale=1.0, seed=7)
     theirs = _reference(diffusers_pipe, None, ["a cat on a table"], None, 7, 1.0)
     _assert_close(ours.images, theirs)
 
@@ -79,9 +74,7 @@ def test_batch_of_prompts_with_several_images_each(pipelines, diffusers_pipe, ba
     ours = pipelines[backend].generate(
         prompts,
         negative_prompt=negatives,
-        height=HEIGHT,
-        width=WIDTH,
-        num_inference_steps=STEPS,
+        **SIZE_STEPS,
         guidance_scale=5.0,
         seed=1000,
         num_images_per_prompt=2,
@@ -98,9 +91,7 @@ def test_prompts_with_different_guidance_scales_share_a_batch(pipelines, diffuse
     """One call with scales 7.5 and 1.0 gives each image what diffusers gives that prompt alone."""
     ours = pipelines[backend].generate(
         ["a castle in the forest", "a robot reading a book"],
-        height=HEIGHT,
-        width=WIDTH,
-        num_inference_steps=STEPS,
+        **SIZE_STEPS,
         guidance_scale=[7.5, 1.0],
         seed=50,
         scheduler="dpmpp_2m",
@@ -114,16 +105,14 @@ def test_prompts_with_different_guidance_scales_share_a_batch(pipelines, diffuse
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ddim_eta_matches_diffusers(pipelines, diffusers_pipe, backend):
     """eta > 0 draws per-step noise from each image's generator, as diffusers does."""
-    ours = pipelines[backend].generate(
-        "a dog on the beach", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, seed=5, scheduler="ddim", eta=0.7
-    )
+    ours = pipelines[backend].generate("a dog on the beach", **SIZE_STEPS, seed=5, scheduler="ddim", eta=0.7)
     theirs = _reference(diffusers_pipe, "ddim", ["a dog on the beach"], None, 5, 7.5, eta=0.7)
     _assert_close(ours.images, theirs)
 
 
 def test_backends_agree_with_each_other(pipelines):
     """The exported ONNX graphs and the torch modules give the same image (tighter than the diffusers bound)."""
-    kwargs = dict(height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, seed=99, scheduler="dpmpp_2m")
+    kwargs = dict(**SIZE_STEPS, seed=99, scheduler="dpmpp_2m")
     a = pipelines["torch"].generate("a lake at sunset", **kwargs).images[0]
     b = pipelines["onnxruntime"].generate("a lake at sunset", **kwargs).images[0]
     assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 1
