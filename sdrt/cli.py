@@ -36,7 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=4, help="most images per engine call (default 4)")
     p.add_argument("--min-size", type=int, default=256, help="smallest image height/width in pixels (default 256)")
     p.add_argument("--max-size", type=int, default=1024, help="largest image height/width in pixels (default 1024)")
-    p.add_argument("--opt-size", type=int, default=None, help="size engines are tuned for (default 512, clamped)")
+    p.add_argument(
+        "--opt-size", type=int, default=None, help="size engines are tuned for (default the model's, e.g. 512)"
+    )
+    p.add_argument(
+        "--max-text-chunks",
+        type=int,
+        default=4,
+        help="most 75-token chunks a prompt may use (default 4: 300 tokens)",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
 
@@ -48,9 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     samplers = ", ".join(f"{name} ({s.label})" for name, s in SAMPLERS.items())
-    p = sub.add_parser("generate", help="text-to-image", epilog=f"schedulers: {samplers}")
+    p = sub.add_parser(
+        "generate",
+        help="text-to-image, image-to-image (--image) or inpainting (--image --mask)",
+        epilog=f"schedulers: {samplers}",
+    )
     p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
-    p.add_argument("prompt", help="the prompt")
+    p.add_argument("prompt", help="the prompt; web UI emphasis syntax: (word:1.3), (word), [word], BREAK")
     p.add_argument("--negative-prompt", default=None, help="what the image should not contain")
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)"
@@ -63,6 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)")
     p.add_argument("--scheduler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's own)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    p.add_argument(
+        "--clip-skip",
+        type=int,
+        default=None,
+        help="text-encoder layers to skip from the end, diffusers' numbering: 1 is the web UI's 'CLIP skip 2'",
+    )
+    p.add_argument("--image", type=Path, default=None, help="input image: image-to-image, or inpainting with --mask")
+    p.add_argument("--mask", type=Path, default=None, help="inpainting mask of the image's size: white is repainted")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="with --image: share of the schedule run, 0..1 (default 0.8; 1.0 when inpainting)",
+    )
+    p.add_argument("--preview-every", type=int, default=None, metavar="N", help="write a cheap preview every N steps")
+    p.add_argument("--preview-dir", type=Path, default=None, help="directory for previews (default: beside the output)")
     p.add_argument("--batch", type=int, default=1, help="images to generate (default 1)")
     p.add_argument(
         "-o", "--output", type=Path, default=Path("sdrt.png"), help="PNG path; with --batch N, -i is appended"
@@ -109,6 +137,7 @@ def _export(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         max_size=args.max_size,
         opt_size=args.opt_size,
+        max_text_chunks=args.max_text_chunks,
         opset=args.opset,
     )
     manifest = export_model(args.model_dir, args.output, config, overwrite=args.overwrite, progress=True)
@@ -139,6 +168,14 @@ def _generate(args: argparse.Namespace) -> int:
     from sdrt.runtime.images import save_png
 
     _quiet_third_party()
+    if args.preview_every is not None and args.preview_every < 1:
+        raise ValueError(f"--preview-every {args.preview_every} must be at least 1")
+    preview = None
+    if args.preview_every is not None:
+        from sdrt.runtime.previews import PreviewWriter
+
+        preview_dir = args.preview_dir or args.output.parent / f"{args.output.stem}-previews"
+        preview = PreviewWriter(preview_dir, prefix=args.output.stem)
     pipe = Pipeline.load(args.path, backend=args.backend, device=args.device)
     result = pipe.generate(
         args.prompt,
@@ -151,8 +188,16 @@ def _generate(args: argparse.Namespace) -> int:
         num_images_per_prompt=args.batch,
         scheduler=args.scheduler,
         eta=args.eta,
+        clip_skip=args.clip_skip,
+        image=args.image,
+        mask_image=args.mask,
+        strength=args.strength,
+        callback=preview,
+        callback_steps=args.preview_every or 1,
         progress=True,
     )
+    if preview is not None:
+        print(f"wrote previews every {args.preview_every} steps to {preview_dir}")
     for i, (image, parameters, seed) in enumerate(zip(result.images, result.parameters, result.seeds, strict=True)):
         out = (
             args.output

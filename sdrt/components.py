@@ -20,26 +20,49 @@ VAE_ENCODER = "vae_encoder"
 COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)
 
 
-def text_encoder_spec(hidden_size: int, vocab_size: int) -> ComponentSpec:
-    """CLIP text encoder: token ids (B, 77) int32 -> last hidden state after the final layer norm (B, 77, D)."""
+def text_encoder_spec(hidden_size: int, vocab_size: int, num_layers: int) -> ComponentSpec:
+    """CLIP text encoder: token ids (B, 77) int32 and a per-row CLIP skip (B,) int32 -> text embeddings (B, 77, D).
+
+    Row i's embeddings are the output of layer `num_layers - 1 - clip_skip[i]` through the final layer
+    norm, as diffusers' `clip_skip` numbering has it: 0 is the last layer (the usual embeddings), 1 the
+    penultimate (the web UI's "CLIP skip 2"). Any value works without a re-export.
+    """
     return ComponentSpec(
         name=TEXT_ENCODER,
-        inputs=(TensorSpec("input_ids", "int32", ("cfg_batch", "text_length")),),
-        outputs=(TensorSpec("last_hidden_state", "float32", ("cfg_batch", "text_length", hidden_size)),),
+        inputs=(
+            TensorSpec("input_ids", "int32", ("cfg_batch", "text_length")),
+            TensorSpec("clip_skip", "int32", ("cfg_batch",)),
+        ),
+        outputs=(TensorSpec("text_embeddings", "float32", ("cfg_batch", "text_length", hidden_size)),),
         batch_dim="cfg_batch",
-        attributes={"hidden_size": hidden_size, "input_ids_max": vocab_size},
+        attributes={
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "input_ids_max": vocab_size,  # exclusive bounds of integer inputs
+            "clip_skip_max": num_layers,
+        },
     )
 
 
-def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, num_train_timesteps: int) -> ComponentSpec:
-    """Denoising UNet: latents (2B, C, h, w), per-sample timesteps (2B,), text states -> noise prediction."""
+def unet_spec(
+    in_channels: int,
+    out_channels: int,
+    text_hidden_size: int,
+    num_train_timesteps: int,
+    upcast_attention: bool = False,
+) -> ComponentSpec:
+    """Denoising UNet: latents (2B, C, h, w), per-sample timesteps (2B,), text states (2B, 77k, D) -> noise prediction.
+
+    An inpainting UNet takes C = 9 channels (latents, mask, masked-image latents) and predicts 4.
+    The text axis holds k consecutive 77-token chunks of a long prompt.
+    """
     latent = ("cfg_batch", in_channels, "latent_height", "latent_width")
     return ComponentSpec(
         name=UNET,
         inputs=(
             TensorSpec("sample", "float32", latent),
             TensorSpec("timestep", "float32", ("cfg_batch",)),
-            TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_length", text_hidden_size)),
+            TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_sequence", text_hidden_size)),
         ),
         outputs=(TensorSpec("noise_pred", "float32", ("cfg_batch", out_channels, "latent_height", "latent_width")),),
         batch_dim="cfg_batch",
@@ -47,6 +70,8 @@ def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, num_tr
             "in_channels": in_channels,
             "out_channels": out_channels,
             "timestep_max": num_train_timesteps,
+            # attention computed in fp32 (SD 2.x): an fp16 build must keep attention in fp32 to stay finite
+            "upcast_attention": upcast_attention,
         },
     )
 
@@ -80,12 +105,13 @@ def component_specs(configs: dict[str, Any]) -> dict[str, ComponentSpec]:
     text, unet, vae = configs["text_encoder"], configs["unet"], configs["vae"]
     factor = latent_factor(vae)
     return {
-        TEXT_ENCODER: text_encoder_spec(text["hidden_size"], text["vocab_size"]),
+        TEXT_ENCODER: text_encoder_spec(text["hidden_size"], text["vocab_size"], text["num_hidden_layers"]),
         UNET: unet_spec(
             unet["in_channels"],
             unet["out_channels"],
             unet["cross_attention_dim"],
             configs["scheduler"].get("num_train_timesteps", 1000),
+            bool(unet.get("upcast_attention", False)),
         ),
         VAE_DECODER: vae_decoder_spec(vae["latent_channels"], factor),
         VAE_ENCODER: vae_encoder_spec(vae["latent_channels"], factor),
@@ -98,14 +124,21 @@ def latent_factor(vae_config: dict[str, Any]) -> int:
 
 
 class TextEncoderModule(nn.Module):
-    """CLIPTextModel with the spec's IO: int32 ids in, last hidden state out."""
+    """CLIPTextModel with the spec's IO: int32 ids and CLIP skips in, the chosen layer's normalized states out."""
 
     def __init__(self, text_encoder: nn.Module) -> None:
         super().__init__()
         self.text_encoder = text_encoder
+        # transformers 5 keeps the final layer norm on CLIPTextModel itself; older releases under .text_model
+        owner = text_encoder if hasattr(text_encoder, "final_layer_norm") else text_encoder.text_model
+        self.final_layer_norm = owner.final_layer_norm
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids.to(torch.int64), return_dict=False)[0]
+    def forward(self, input_ids: torch.Tensor, clip_skip: torch.Tensor) -> torch.Tensor:
+        out = self.text_encoder(input_ids.to(torch.int64), output_hidden_states=True, return_dict=True)
+        layers = torch.stack(out.hidden_states[1:], dim=1)  # (B, L, T, D): every layer's output
+        index = (layers.shape[1] - 1 - clip_skip.to(torch.int64)).view(-1, 1, 1, 1)
+        picked = torch.gather(layers, 1, index.expand(-1, 1, layers.shape[2], layers.shape[3])).squeeze(1)
+        return self.final_layer_norm(picked)
 
 
 class UNetModule(nn.Module):

@@ -14,12 +14,13 @@ from sdrt.files import read_json_object
 from sdrt.model_dir import ModelDir
 from sdrt.spec import ComponentSpec, ShapeRanges
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CLIP-skip input on the text encoder, dynamic text axis on the UNet, inpainting flag
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 SCHEDULER_DIR = "scheduler"
 ONNX_FILE = "model.onnx"  # a component's graph, in its own directory (exported or engine-optimized)
 ONNX_DATA_FILE = "model.onnx.data"  # its weights, when the graph passes 2 GB
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Manifest:
     components: Mapping[str, ComponentSpec]  # component name -> IO spec
     vae_scaling_factor: float  # latents are divided by this before the VAE decoder
     source_sha256: str  # sha256 over the source model's weight files
+    inpainting: bool = False  # the UNet takes latents + mask + masked-image latents (9 channels for SD)
+    prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon", "v_prediction" (SD 2.x 768) or "sample"
     files: Mapping[str, OnnxFile] = field(default_factory=dict)  # component name -> ONNX file (empty for a model dir)
     versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
     format_version: int = FORMAT_VERSION  # bumped on any incompatible change
@@ -51,6 +54,8 @@ class Manifest:
                 f"artifact format version {self.format_version} is not supported by this sdrt "
                 f"(it reads version {FORMAT_VERSION}); re-export the model with this sdrt"
             )
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
         unknown = set(self.components) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"manifest names unknown components {sorted(unknown)}; known: {list(COMPONENTS)}")
@@ -70,6 +75,8 @@ class Manifest:
             components=specs,
             vae_scaling_factor=float(model.configs["vae"].get("scaling_factor", 0.18215)),
             source_sha256=model.weights_sha256(),
+            inpainting=is_inpainting_unet(model.configs),
+            prediction_type=str(model.configs["scheduler"].get("prediction_type", "epsilon")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +87,8 @@ class Manifest:
             "dims": {k: vars(v) for k, v in self.ranges.dims().items()},
             "vae_scaling_factor": self.vae_scaling_factor,
             "source_sha256": self.source_sha256,
+            "inpainting": self.inpainting,
+            "prediction_type": self.prediction_type,
             "tokenizer": TOKENIZER_DIR,
             "scheduler": SCHEDULER_DIR,
             "components": {
@@ -106,6 +115,8 @@ class Manifest:
                 components=components,
                 vae_scaling_factor=float(data["vae_scaling_factor"]),
                 source_sha256=data["source_sha256"],
+                inpainting=bool(data["inpainting"]),
+                prediction_type=str(data["prediction_type"]),
                 files=files,
                 versions=dict(data.get("versions", {})),
                 format_version=version,
@@ -115,6 +126,17 @@ class Manifest:
 
     def with_files(self, files: Mapping[str, OnnxFile], versions: Mapping[str, str]) -> Manifest:
         return replace(self, files=dict(files), versions=dict(versions))
+
+
+def is_inpainting_unet(configs: Mapping[str, Any]) -> bool:
+    """True for an inpainting UNet: its input is latents, a 1-channel mask and masked-image latents."""
+    latent = int(configs["vae"]["latent_channels"])
+    channels = int(configs["unet"]["in_channels"])
+    if channels not in (latent, 2 * latent + 1):
+        raise ValueError(
+            f"UNet in_channels {channels} is neither {latent} (text-to-image) nor {2 * latent + 1} (inpainting)"
+        )
+    return channels == 2 * latent + 1
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrt.components import latent_factor
 from sdrt.files import read_json_object
 from sdrt.hashing import files_sha256
 
@@ -19,7 +20,8 @@ _WEIGHT_FILES = {
     "unet": ("diffusion_pytorch_model.safetensors",),
     "vae": ("diffusion_pytorch_model.safetensors",),
 }
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "sd1"}
+# diffusers pipeline classes whose model directories hold one SD 1.x/2.x text encoder, UNet and VAE
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class ModelDir:
         pipeline = index.get("_class_name")
         if pipeline not in SUPPORTED_PIPELINES:
             raise ValueError(
-                f"{index_file}: pipeline {pipeline!r} is not supported; supported: {sorted(SUPPORTED_PIPELINES)}"
+                f"{index_file}: pipeline {pipeline!r} is not supported; supported: {list(SUPPORTED_PIPELINES)}"
             )
         missing = [p for p in REQUIRED_PARTS if not (root / p).is_dir()]
         if missing:
@@ -67,8 +69,17 @@ class ModelDir:
                 )
                 raise ValueError(f"{root / part} has no {' or '.join(names)}{hint}")
         text_act = configs["text_encoder"].get("hidden_act")
-        family = SUPPORTED_PIPELINES[pipeline] if text_act == "quick_gelu" else "sd2"
+        family = "sd1" if text_act == "quick_gelu" else "sd2"  # SD 2.x's OpenCLIP text encoder uses plain GELU
         return cls(path=root, family=family, configs=configs)
+
+    @property
+    def latent_factor(self) -> int:
+        return latent_factor(self.configs["vae"])
+
+    @property
+    def native_size(self) -> int:
+        """Image size in pixels the UNet was trained at: 512 for SD 1.x, 768 for SD 2.x-768."""
+        return int(self.configs["unet"].get("sample_size", 64)) * self.latent_factor
 
     def weight_files(self) -> list[str]:
         """Relative paths of the weight files, for the source hash."""

@@ -56,13 +56,16 @@ class ShapeRanges:
     max_size: int = 1024  # largest height/width in pixels
     opt_size: int = 512  # height/width engines are tuned for
     opt_batch: int = 1  # images per call engines are tuned for
-    text_length: int = 77  # tokens per prompt
+    text_length: int = 77  # tokens per text-encoder call: begin token, 75 prompt tokens, end token
+    max_text_chunks: int = 4  # most text-encoder chunks one prompt may use (the UNet's text axis is up to this x 77)
     latent_factor: int = 8  # pixels per latent cell (the VAE's downsampling)
 
     def __post_init__(self) -> None:
         f = self.latent_factor
         if self.max_batch < 1:
             raise ValueError(f"max_batch {self.max_batch} must be at least 1")
+        if self.max_text_chunks < 1:
+            raise ValueError(f"max_text_chunks {self.max_text_chunks} must be at least 1")
         if not 1 <= self.opt_batch <= self.max_batch:
             raise ValueError(f"opt_batch {self.opt_batch} is outside 1..max_batch ({self.max_batch})")
         for name in ("min_size", "max_size", "opt_size"):
@@ -84,6 +87,7 @@ class ShapeRanges:
             "latent_height": latent,
             "latent_width": latent,
             "text_length": DimRange(self.text_length, self.text_length, self.text_length),
+            "text_sequence": DimRange(self.text_length, self.text_length, self.text_length * self.max_text_chunks),
         }
 
     def check_size(self, height: int, width: int) -> None:
@@ -104,6 +108,9 @@ class ShapeRanges:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShapeRanges:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"ranges name unknown fields {sorted(unknown)}; known: {list(cls.__dataclass_fields__)}")
         return cls(**{k: int(v) for k, v in data.items()})
 
 

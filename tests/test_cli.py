@@ -90,7 +90,7 @@ def test_info_prints_the_manifest(artifact, capsys):
 
     assert main(["info", str(artifact)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["format_version"] == 1 and set(printed["components"]) == {
+    assert printed["format_version"] == 2 and set(printed["components"]) == {
         "text_encoder",
         "unet",
         "vae_decoder",

@@ -51,7 +51,9 @@ def test_inconsistent_symbols_are_reported():
     from sdrt.components import unet_spec
 
     spec = unet_spec(4, 4, 32, 1000)
-    feeds = spec.sample_inputs({"cfg_batch": 2, "latent_height": 8, "latent_width": 8, "text_length": 77})
+    feeds = spec.sample_inputs(
+        {"cfg_batch": 2, "latent_height": 8, "latent_width": 8, "text_length": 77, "text_sequence": 77}
+    )
     feeds["timestep"] = torch.zeros(3)
     with pytest.raises(ValueError, match="timestep axis 0 gives cfg_batch=3, but another input gives 2"):
         spec.resolve(feeds, ShapeRanges(min_size=64))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sdrt.components import component_modules, latent_factor
+from sdrt.components import component_modules
 from sdrt.export.onnx_export import export_component
 from sdrt.files import atomic_directory
 from sdrt.manifest import SCHEDULER_DIR, TOKENIZER_DIR, Manifest, write_manifest
@@ -28,7 +28,8 @@ class ExportConfig:
     max_batch: int = 4  # most images per engine call (the UNet's batch axis goes to twice this)
     min_size: int = 256  # smallest image height/width in pixels
     max_size: int = 1024  # largest image height/width in pixels
-    opt_size: int | None = None  # size engines are tuned for; default 512 clamped into the range
+    opt_size: int | None = None  # size engines are tuned for; default the model's native size clamped into the range
+    max_text_chunks: int = 4  # most 75-token prompt chunks the UNet accepts (longer prompts need more)
     opset: int = 17  # ONNX opset (17 or newer)
 
     def __post_init__(self) -> None:
@@ -39,13 +40,15 @@ class ExportConfig:
         if self.min_size > self.max_size:
             raise ValueError(f"min_size {self.min_size} is larger than max_size {self.max_size}")
 
-    def ranges(self, latent_factor: int) -> ShapeRanges:
-        opt = self.opt_size if self.opt_size is not None else min(max(512, self.min_size), self.max_size)
+    def ranges(self, latent_factor: int, native_size: int = 512) -> ShapeRanges:
+        """The artifact's shape ranges; `native_size` is the size the model was trained at (512, or 768 for SD 2.x)."""
+        opt = self.opt_size if self.opt_size is not None else min(max(native_size, self.min_size), self.max_size)
         return ShapeRanges(
             max_batch=self.max_batch,
             min_size=self.min_size,
             max_size=self.max_size,
             opt_size=opt,
+            max_text_chunks=self.max_text_chunks,
             latent_factor=latent_factor,
         )
 
@@ -66,7 +69,7 @@ def export_model(
     out = Path(artifact_dir)
     if out.exists() and not overwrite:
         raise ValueError(f"artifact directory {out} already exists; pass --overwrite to replace it")
-    manifest = Manifest.for_model(model, config.ranges(latent_factor(model.configs["vae"])))
+    manifest = Manifest.for_model(model, config.ranges(model.latent_factor, model.native_size))
     text_encoder, unet, vae = model.load_modules()
     modules = component_modules(text_encoder, unet, vae)
 

@@ -23,10 +23,11 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def trace_values(spec: ComponentSpec, ranges: ShapeRanges) -> dict[str, int]:
-    """Symbol values to trace at: inside the ranges, height != width, and odd latent sizes.
+    """Symbol values to trace at: inside the ranges, height != width, odd latent sizes, two text chunks.
 
     An odd latent size makes diffusers' UNet take its size-matched upsampling path, so the traced
     graph works at every latent size, not only at multiples of the UNet's overall downsampling.
+    A text sequence longer than one chunk keeps 77 from being baked into the attention reshapes.
     """
     dims = ranges.dims()
     values = {}
@@ -36,6 +37,8 @@ def trace_values(spec: ComponentSpec, ranges: ShapeRanges) -> dict[str, int]:
         elif symbol.startswith("latent_"):
             v = r.opt if r.opt % 2 else (r.opt - 1 if r.opt - 1 >= r.min else r.opt + 1)
             values[symbol] = max(r.min, min(v, r.max))
+        elif symbol == "text_sequence":
+            values[symbol] = min(2 * r.min, r.max)
         else:
             values[symbol] = r.opt
     if values["latent_width"] == values["latent_height"]:

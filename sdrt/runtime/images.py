@@ -34,6 +34,8 @@ class Parameters:
     height: int  # pixels
     model_hash: str  # short hash of the source weights
     model: str  # model name
+    clip_skip: int = 0  # diffusers' numbering; the web UI writes it plus one ("Clip skip: 2")
+    denoising_strength: float | None = None  # image-to-image / inpainting strength
 
     def infotext(self) -> str:
         """The AUTOMATIC1111 web UI's infotext: prompt, 'Negative prompt: ...', then 'Key: value' pairs."""
@@ -42,7 +44,7 @@ class Parameters:
         lines = [self.prompt]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
-        pairs = {
+        pairs: dict[str, object] = {
             "Steps": self.steps,
             "Sampler": self.sampler,
             "CFG scale": f"{self.guidance_scale:g}",
@@ -50,6 +52,8 @@ class Parameters:
             "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash,
             "Model": self.model,
+            **({"Denoising strength": f"{self.denoising_strength:g}"} if self.denoising_strength is not None else {}),
+            **({"Clip skip": self.clip_skip + 1} if self.clip_skip else {}),
             "Version": f"sdrt {__version__}",
         }
         lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items()))

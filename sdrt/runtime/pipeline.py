@@ -1,4 +1,4 @@
-"""The text-to-image pipeline: prompts -> text states -> denoising loop with batched CFG -> VAE -> images."""
+"""The pipeline: prompts -> text states -> start latents -> denoising loop with batched CFG -> VAE -> images."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +15,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdrt.components import TEXT_ENCODER, UNET, VAE_DECODER, latent_factor
+from sdrt.components import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, latent_factor
 from sdrt.engines import Engine, call_in_chunks, check_device, load_engines
 from sdrt.files import read_json_object
 from sdrt.manifest import MANIFEST_NAME, SCHEDULER_DIR, TOKENIZER_DIR, Manifest, read_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.runtime.guidance import ClassifierFreeGuidance
+from sdrt.runtime.image_inputs import ImageInput, open_image, preprocess_image, preprocess_mask, size_from_image
 from sdrt.runtime.images import Parameters, to_pil
-from sdrt.runtime.latents import generators, initial_noise, random_seed
-from sdrt.runtime.prompts import encode_texts, load_tokenizer
+from sdrt.runtime.init_latents import Inpainting, latent_mask, strength_timesteps
+from sdrt.runtime.latents import generators, initial_noise, random_seed, sample_vae_latents
+from sdrt.runtime.prompts import encode_prompts, load_tokenizer
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import make_scheduler, sampler_label
 from sdrt.runtime.timing import StageClock, Timings
@@ -32,6 +34,9 @@ from sdrt.spec import ShapeRanges
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGES = 64
+
+# callback(step index, timestep, latents (N, C, h, w)) after a denoising step
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class GenerationResult:
 
 
 class Pipeline:
-    """Stable Diffusion text-to-image on any backend's engines."""
+    """Stable Diffusion text-to-image, image-to-image and inpainting on any backend's engines."""
 
     def __init__(
         self,
@@ -100,6 +105,11 @@ class Pipeline:
         engines = load_engines(root, manifest, backend, device, **options)
         return cls(engines, manifest, tokenizer, scheduler_config, model_name=root.resolve().name)
 
+    @property
+    def clip_skip_max(self) -> int:
+        """Largest clip_skip the text encoder allows (its layer count minus one)."""
+        return int(self.engines[TEXT_ENCODER].spec.attributes["num_layers"]) - 1
+
     def generate(
         self,
         prompt: str | Sequence[str],
@@ -112,15 +122,27 @@ class Pipeline:
         num_images_per_prompt: int = 1,
         scheduler: str | None = None,
         eta: float = 0.0,
+        clip_skip: int | None = None,
+        image: ImageInput | None = None,
+        mask_image: ImageInput | None = None,
+        strength: float | None = None,
+        callback: StepCallback | None = None,
+        callback_steps: int = 1,
         progress: bool = False,
     ) -> GenerationResult:
         """Generate images for one prompt or a list of prompts (a batch).
 
-        negative_prompt and guidance_scale take one value for all prompts or one per prompt; prompts
-        with different guidance scales still share every UNet call.
+        Prompts use the web UI's emphasis syntax (`(word:1.3)`, `[word]`, `BREAK`) and may be longer
+        than 75 tokens. negative_prompt and guidance_scale take one value for all prompts or one per
+        prompt; prompts with different guidance scales still share every UNet call. clip_skip counts
+        as diffusers does (1 = the web UI's "CLIP skip 2") and applies to negative prompts too.
 
-        height/width default to the size the artifact is tuned for (512 for a default SD 1.x export).
-        Image i uses seed + i; with no seed a random one is drawn and reported in the result.
+        With `image`: image-to-image (strength default 0.8); with `image` and `mask_image`: inpainting
+        (strength default 1.0; white mask pixels are repainted). Images are resized to height x width,
+        which default to the image's size rounded down to a multiple of 8; without an image they
+        default to the size the artifact is tuned for. Image i uses seed + i; with no seed a random one
+        is drawn and reported in the result. `callback(step, timestep, latents)` runs after every
+        `callback_steps`-th step.
         """
         prompts = _texts("prompt", prompt)
         negatives = ("",) * len(prompts) if negative_prompt is None else _texts("negative_prompt", negative_prompt)
@@ -129,23 +151,55 @@ class Pipeline:
         scales = tuple(guidance_scale) if isinstance(guidance_scale, Sequence) else (guidance_scale,)
         if len(scales) == 1:
             scales *= len(prompts)
+        init_image = None if image is None else open_image(image, "image")
+        mask = None if mask_image is None else open_image(mask_image, "mask_image")
+        default_height = default_width = self.manifest.ranges.opt_size
+        if init_image is not None:
+            default_height, default_width = size_from_image(init_image, self.manifest.ranges.latent_factor)
+            if strength is None:
+                strength = 1.0 if mask is not None else 0.8
         request = GenerationRequest(
             prompts=prompts,
             negative_prompts=negatives,
-            height=self.manifest.ranges.opt_size if height is None else height,
-            width=self.manifest.ranges.opt_size if width is None else width,
+            height=default_height if height is None else height,
+            width=default_width if width is None else width,
             steps=num_inference_steps,
             guidance_scales=scales,
             seed=random_seed() if seed is None else seed,
             num_images_per_prompt=num_images_per_prompt,
             scheduler=scheduler,
             eta=eta,
+            clip_skip=0 if clip_skip is None else clip_skip,
+            image=init_image,
+            mask_image=mask,
+            strength=strength,
         )
-        request.check_against(self.manifest.ranges, self.max_images)
-        return self.run(request, progress=progress)
+        self.check(request)
+        return self.run(request, progress=progress, callback=callback, callback_steps=callback_steps)
 
-    def run(self, request: GenerationRequest, progress: bool = False) -> GenerationResult:
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ValueError unless this pipeline's engines can run `request`."""
+        request.check_against(self.manifest.ranges, self.max_images)
+        if request.clip_skip > self.clip_skip_max:
+            raise ValueError(
+                f"clip_skip {request.clip_skip} is outside 0..{self.clip_skip_max} "
+                f"(the text encoder has {self.clip_skip_max + 1} layers)"
+            )
+        if self.manifest.inpainting and request.mode != "inpaint":
+            raise ValueError(
+                "this model's UNet is an inpainting UNet (latents + mask + masked image): give image and mask_image"
+            )
+
+    def run(
+        self,
+        request: GenerationRequest,
+        progress: bool = False,
+        callback: StepCallback | None = None,
+        callback_steps: int = 1,
+    ) -> GenerationResult:
         """Run a validated request."""
+        if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
+            raise ValueError(f"callback_steps {callback_steps!r} is not a positive integer")
         start = time.perf_counter()
         clock = StageClock(sync=self._sync)
         prompts, negatives = request.per_image(request.prompts), request.per_image(request.negative_prompts)
@@ -155,11 +209,19 @@ class Pipeline:
         with clock.stage("text_encoder"):
             # one text-encoder batch in the UNet's order: negatives of guided samples, then all prompts
             texts = [negatives[i] for i in cfg.guided.tolist()] + prompts
-            text_states = encode_texts(self.tokenizer, self.engines[TEXT_ENCODER], texts)
+            text_states = encode_prompts(self.tokenizer, self.engines[TEXT_ENCODER], texts, request.clip_skip)
 
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(request.steps, device=self.device)
+        timesteps = strength_timesteps(scheduler, request.steps, request.strength)
         gens = generators(request.seeds)
-        latents = self.denoise(scheduler, text_states, cfg, request, gens, clock, progress)
+        latents, inpainting = self.initial_latents(request, scheduler, timesteps, gens, clock)
+        step_kwargs = _step_kwargs(scheduler, gens, request.eta)
+        with clock.stage("denoise"):
+            latents = self.denoise(
+                scheduler, timesteps, latents, text_states, cfg, step_kwargs, clock, inpainting, progress,
+                callback, callback_steps,
+            )  # fmt: skip
 
         with clock.stage("vae_decode"):
             latents = latents / self.manifest.vae_scaling_factor
@@ -173,7 +235,8 @@ class Pipeline:
             scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0),
             vae_decode=s.get("vae_decode", 0.0),
             total=total,
-            steps=request.steps,
+            steps=request.steps_run,
+            vae_encode=s.get("vae_encode", 0.0),
         )
         label = sampler_label(request.scheduler, self.scheduler_config)
         parameters = [
@@ -188,6 +251,8 @@ class Pipeline:
                 height=request.height,
                 model_hash=self.manifest.source_sha256[:10],
                 model=self.model_name,
+                clip_skip=request.clip_skip,
+                denoising_strength=request.strength,
             ).infotext()
             for i, seed in enumerate(request.seeds)
         ]
@@ -195,38 +260,100 @@ class Pipeline:
             images=pil, seeds=request.seeds, parameters=parameters, timings=timings, request=request
         )
 
+    def initial_latents(
+        self,
+        request: GenerationRequest,
+        scheduler: Any,
+        timesteps: torch.Tensor,
+        gens: list[torch.Generator],
+        clock: StageClock,
+    ) -> tuple[torch.Tensor, Inpainting | None]:
+        """Latents (N, C, h, w) to start denoising from, and the inpainting state when inpainting.
+
+        Random numbers are drawn from each image's generator in diffusers' order: the VAE sample of
+        the input image, then the initial noise, then (inpainting) the VAE sample of the masked image.
+        """
+        factor, n = self.manifest.ranges.latent_factor, request.num_images
+        channels = self.engines[VAE_DECODER].spec.attributes["latent_channels"]
+        shape = (channels, request.height // factor, request.width // factor)
+        if request.image is None:
+            return initial_noise(gens, shape, self.device) * scheduler.init_noise_sigma, None
+        scaling = self.manifest.vae_scaling_factor
+        image = preprocess_image(request.image, request.height, request.width, factor).to(self.device)
+        first = timesteps[:1].repeat(n)
+        if request.mask_image is None:
+            with clock.stage("vae_encode"):
+                image_latents = sample_vae_latents(self._encode(image), gens, scaling)
+            noise = initial_noise(gens, shape, self.device)
+            return scheduler.add_noise(image_latents, noise, first), None
+
+        mask = preprocess_mask(request.mask_image, request.height, request.width, factor).to(self.device)
+        full_strength = request.strength == 1.0
+        nine_channels = self.manifest.inpainting
+        image_latents = masked_image_latents = None
+        with clock.stage("vae_encode"):
+            if not nine_channels or not full_strength:
+                image_latents = sample_vae_latents(self._encode(image), gens, scaling)
+            noise = initial_noise(gens, shape, self.device)
+            if nine_channels:
+                masked_image_latents = sample_vae_latents(self._encode(image * (mask < 0.5)), gens, scaling)
+            else:
+                # diffusers encodes and samples the masked image even for a 4-channel UNet, which never
+                # uses it; draw the same numbers so later per-step noise (ancestral samplers) matches
+                initial_noise(gens, shape, self.device)
+        if full_strength:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = scheduler.add_noise(image_latents, noise, first)
+        inpainting = Inpainting(
+            mask=latent_mask(mask, shape[1], shape[2], n),
+            masked_image_latents=masked_image_latents,
+            image_latents=None if nine_channels else image_latents,
+            noise=noise,
+        )
+        return latents, inpainting
+
     def denoise(
         self,
         scheduler: Any,
+        timesteps: torch.Tensor,
+        latents: torch.Tensor,
         text_states: torch.Tensor,
         cfg: ClassifierFreeGuidance,
-        request: GenerationRequest,
-        gens: list[torch.Generator],
+        step_kwargs: Mapping[str, Any],
         clock: StageClock,
+        inpainting: Inpainting | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
+        callback_steps: int = 1,
     ) -> torch.Tensor:
-        """The sampling loop: (N, C, h, w) latents from noise, one batched-CFG UNet call per step."""
+        """The sampling loop: one batched-CFG UNet call per timestep, then the scheduler's step."""
         unet = self.engines[UNET]
-        factor = self.manifest.ranges.latent_factor
-        channels = unet.spec.attributes["out_channels"]
-        with clock.stage("denoise"):
-            scheduler.set_timesteps(request.steps, device=self.device)
-            shape = (channels, request.height // factor, request.width // factor)
-            latents = initial_noise(gens, shape, self.device) * scheduler.init_noise_sigma
-            step_kwargs = _step_kwargs(scheduler, gens, request.eta)
-            for t in tqdm(scheduler.timesteps, desc="denoise", unit="step", disable=not progress):
-                sample = cfg.expand(scheduler.scale_model_input(latents, t))
-                with clock.stage("unet"):
-                    noise = call_in_chunks(
-                        unet,
-                        {
-                            "sample": sample,
-                            "timestep": t.to(torch.float32).expand(sample.shape[0]).contiguous(),
-                            "encoder_hidden_states": text_states,
-                        },
-                    )["noise_pred"]
-                latents = scheduler.step(cfg.combine(noise), t, latents, **step_kwargs, return_dict=False)[0]
+        order = scheduler.order
+        for i, t in enumerate(tqdm(timesteps, desc="denoise", unit="step", disable=not progress)):
+            sample = scheduler.scale_model_input(latents, t)
+            if inpainting is not None:
+                sample = inpainting.unet_input(sample)
+            sample = cfg.expand(sample)
+            with clock.stage("unet"):
+                noise = call_in_chunks(
+                    unet,
+                    {
+                        "sample": sample,
+                        "timestep": t.to(torch.float32).expand(sample.shape[0]).contiguous(),
+                        "encoder_hidden_states": text_states,
+                    },
+                )["noise_pred"]
+            latents = scheduler.step(cfg.combine(noise), t, latents, **step_kwargs, return_dict=False)[0]
+            if inpainting is not None:
+                latents = inpainting.blend(latents, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None)
+            if callback is not None and (i + 1) % order == 0 and (i // order) % callback_steps == 0:
+                callback(i // order, t, latents)
         return latents
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE encoder: images (N, 3, H, W) in [-1, 1] -> latent Gaussian parameters (N, 2C, h, w)."""
+        return call_in_chunks(self.engines[VAE_ENCODER], {"images": images})["latent_parameters"]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

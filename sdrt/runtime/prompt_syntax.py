@@ -8,9 +8,9 @@ from dataclasses import dataclass
 ROUND_MULTIPLIER = 1.1  # what `(text)` multiplies attention by
 SQUARE_MULTIPLIER = 1 / 1.1  # what `[text]` multiplies attention by
 
-# Tried in order at each position. Two readings differ from the web UI's on purpose: a lone backslash (one not before
-# ( ) [ ] or \) is text, where the web UI drops it; and the weight must be a number, where the web UI's `[.\d]+` makes
-# it raise on `(a:1.2.3)`: here that colon is text and the `)` a plain closer.
+# Tried in order at each position. A lone backslash (one not before ( ) [ ] or \) is dropped, as the web UI drops it.
+# One reading differs from the web UI's on purpose: the weight must be a number, where the web UI's `[.\d]+` makes it
+# raise on `(a:1.2.3)`: here that colon is text and the `)` a plain closer.
 _TOKEN = re.compile(
     r"""
       \\(?P<escaped>[()\[\]\\])
@@ -65,6 +65,8 @@ def parse_prompt(text: str) -> list[Fragment]:
             scale(rounds.pop(), ROUND_MULTIPLIER)
         elif token == "]" and squares:
             scale(squares.pop(), SQUARE_MULTIPLIER)
+        elif token == "\\":
+            continue
         else:  # text, or a closer with nothing open: literal
             for i, part in enumerate(_BREAK.split(token)):
                 if i:  # a chunk break even inside brackets, where the web UI reads the word BREAK as weighted text

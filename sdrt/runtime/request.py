@@ -1,4 +1,4 @@
-"""A text-to-image request, validated before any engine runs."""
+"""A generation request (text-to-image, image-to-image, inpainting), validated before any engine runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import TypeVar
 
+from PIL import Image
+
+from sdrt.runtime.image_inputs import check_mask_matches
 from sdrt.runtime.latents import MAX_SEED
 from sdrt.runtime.schedulers import check_sampler
 from sdrt.spec import ShapeRanges
@@ -28,6 +31,10 @@ class GenerationRequest:
     num_images_per_prompt: int = 1  # images per prompt
     scheduler: str | None = None  # sampler name, or None for the model's own scheduler
     eta: float = 0.0  # DDIM's eta (noise added per step); ignored by other samplers
+    clip_skip: int = 0  # text-encoder layers skipped from the end, diffusers' numbering (1 = web UI "CLIP skip 2")
+    image: Image.Image | None = None  # image-to-image / inpainting input, resized to height x width
+    mask_image: Image.Image | None = None  # inpainting mask of the image's size: white is repainted, black kept
+    strength: float | None = None  # with an image: share of the schedule run, 0..1 (1 = from pure noise)
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -52,10 +59,42 @@ class GenerationRequest:
             raise ValueError(f"eta {self.eta!r} is outside 0..1")
         _check_int("seed", self.seed, 0, MAX_SEED - self.num_images - 1)
         check_sampler(self.scheduler)
+        _check_int("clip_skip", self.clip_skip, 0, None)
+        self._check_images()
+
+    def _check_images(self) -> None:
+        if self.mask_image is not None and self.image is None:
+            raise ValueError("mask_image needs an image to inpaint: give image as well")
+        if self.image is None:
+            if self.strength is not None:
+                raise ValueError(f"strength {self.strength} needs an input image (image-to-image or inpainting)")
+            return
+        if self.mask_image is not None:
+            check_mask_matches(self.image, self.mask_image)
+        strength = self.strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength {strength!r} is outside 0..1")
+        if int(self.steps * strength) < 1:
+            raise ValueError(
+                f"strength {strength} of {self.steps} steps runs no step (int(steps * strength) = 0); "
+                "raise strength or num_inference_steps"
+            )
 
     @property
     def num_images(self) -> int:
         return len(self.prompts) * self.num_images_per_prompt
+
+    @property
+    def mode(self) -> str:
+        """ "txt2img", "img2img" or "inpaint"."""
+        if self.image is None:
+            return "txt2img"
+        return "img2img" if self.mask_image is None else "inpaint"
+
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps actually run: all of them, or int(steps * strength) with an input image."""
+        return self.steps if self.strength is None else min(int(self.steps * self.strength), self.steps)
 
     def check_against(self, ranges: ShapeRanges, max_images: int) -> None:
         """Raise ValueError unless the artifact supports this request's size and image count."""

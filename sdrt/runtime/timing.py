@@ -36,6 +36,7 @@ class Timings:
     vae_decode: float  # VAE decoder calls
     total: float  # end to end, including image conversion
     steps: int  # denoising steps run
+    vae_encode: float = 0.0  # VAE encoder calls (image-to-image, inpainting)
 
     @property
     def unet_per_step(self) -> float:
@@ -44,11 +45,13 @@ class Timings:
     @property
     def other(self) -> float:
         """Time outside the stages: scheduler set-up, first-use imports, image conversion."""
-        return max(0.0, self.total - self.text_encoder - self.unet - self.scheduler - self.vae_decode)
+        staged = self.text_encoder + self.vae_encode + self.unet + self.scheduler + self.vae_decode
+        return max(0.0, self.total - staged)
 
     def rows(self) -> list[tuple[str, float]]:
         return [
             ("text encoder", self.text_encoder),
+            ("vae encode", self.vae_encode),
             ("unet total", self.unet),
             ("unet per step", self.unet_per_step),
             ("scheduler + overhead", self.scheduler),

@@ -63,7 +63,9 @@ def test_half_built_engine_is_not_used(fresh_artifact):
 def test_engine_rejects_batch_outside_profile(artifact):
     manifest = read_manifest(artifact)
     unet = load_engines(artifact, manifest, "onnxruntime")["unet"]
-    feeds = unet.spec.sample_inputs({"cfg_batch": 5, "latent_height": 8, "latent_width": 8, "text_length": 77})
+    feeds = unet.spec.sample_inputs(
+        {"cfg_batch": 5, "latent_height": 8, "latent_width": 8, "text_length": 77, "text_sequence": 77}
+    )
     with pytest.raises(ValueError, match=r"cfg_batch 5 is outside the engine's profile 1\.\.4; rebuild with a larger"):
         unet(feeds)
     with pytest.raises(ValueError, match="must be float32"):

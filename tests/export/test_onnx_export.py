@@ -17,10 +17,11 @@ from sdrt.model_dir import ModelDir
 # axis, a frozen shape, a dropped op) is off by O(0.1) or more.
 ATOL = 1e-4
 
-# two points inside the artifact's range (64..256 px, 1..2 images): odd and even latents, h != w
+# two points inside the artifact's range (64..256 px, 1..2 images, 1..4 text chunks) other than the traced one:
+# odd and even latents, h != w, one and three text chunks
 SHAPES = [
-    {"batch": 1, "cfg_batch": 1, "latent_height": 8, "latent_width": 32, "text_length": 77},
-    {"batch": 2, "cfg_batch": 4, "latent_height": 23, "latent_width": 17, "text_length": 77},
+    {"batch": 1, "cfg_batch": 1, "latent_height": 8, "latent_width": 32, "text_length": 77, "text_sequence": 77},
+    {"batch": 2, "cfg_batch": 4, "latent_height": 23, "latent_width": 17, "text_length": 77, "text_sequence": 231},
 ]
 
 
@@ -63,7 +64,8 @@ def test_graphs_have_spec_names_dynamic_axes_and_opset(artifact):
 def test_manifest_describes_the_artifact(artifact, demo_model):
     manifest = read_manifest(artifact)
     data = manifest.to_json()
-    assert data["format_version"] == 1 and data["family"] == "sd1"
+    assert data["format_version"] == 2 and data["family"] == "sd1"
+    assert data["inpainting"] is False and data["prediction_type"] == "epsilon"
     assert data["dims"]["cfg_batch"] == {"min": 1, "opt": 2, "max": 4}
     assert data["dims"]["latent_height"] == {"min": 8, "opt": 16, "max": 32}
     assert data["vae_scaling_factor"] == pytest.approx(0.18215)
@@ -72,5 +74,10 @@ def test_manifest_describes_the_artifact(artifact, demo_model):
     unet = data["components"]["unet"]
     assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
     assert unet["inputs"][0]["shape"] == ["cfg_batch", 4, "latent_height", "latent_width"]
+    assert unet["inputs"][2]["shape"] == ["cfg_batch", "text_sequence", 32]  # 1..4 chunks of 77 tokens
+    assert data["dims"]["text_sequence"] == {"min": 77, "opt": 77, "max": 308}
+    text = data["components"]["text_encoder"]
+    assert [i["name"] for i in text["inputs"]] == ["input_ids", "clip_skip"]
+    assert text["attributes"]["num_layers"] == 3 and text["outputs"][0]["name"] == "text_embeddings"
     assert data["components"]["vae_decoder"]["outputs"][0]["shape"] == ["batch", 3, "8*latent_height", "8*latent_width"]
     assert (artifact / "tokenizer").is_dir() and (artifact / "scheduler" / "scheduler_config.json").is_file()

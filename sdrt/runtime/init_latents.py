@@ -1,0 +1,58 @@
+"""Where denoising starts: noise (text-to-image), a noised encoded image (image-to-image), or inpainting state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def strength_timesteps(scheduler, steps: int, strength: float | None) -> torch.Tensor:
+    """The timesteps to run: all of them, or the last int(steps * strength) steps (SDEdit, Meng et al. 2021).
+
+    As diffusers' img2img `get_timesteps`: the scheduler's begin index moves to the first step run, so
+    samplers that index their sigmas by step (Euler, DPM++) start at the right noise level.
+    """
+    if strength is None:
+        return scheduler.timesteps
+    run = min(int(steps * strength), steps)
+    begin = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return scheduler.timesteps[begin:]
+
+
+@dataclass(frozen=True)
+class Inpainting:
+    """What the loop needs to inpaint: the mask at latent size, and the known region's latents.
+
+    A 9-channel inpainting UNet sees [latents, mask, masked-image latents] on its channel axis; an
+    ordinary 4-channel UNet denoises everything and the known region is blended back in after each
+    step, re-noised to the next step's level, as diffusers' StableDiffusionInpaintPipeline does.
+    """
+
+    mask: torch.Tensor  # (N, 1, h, w): 1 where the image is repainted, 0 where it is kept
+    masked_image_latents: torch.Tensor | None  # (N, C, h, w) for a 9-channel UNet, else None
+    image_latents: torch.Tensor | None  # (N, C, h, w) the image's latents, for blending into a 4-channel UNet's output
+    noise: torch.Tensor  # (N, C, h, w) the initial noise, to re-noise the known region
+
+    def unet_input(self, scaled_latents: torch.Tensor) -> torch.Tensor:
+        """The UNet's sample: latents alone, or with mask and masked-image latents for a 9-channel UNet."""
+        if self.masked_image_latents is None:
+            return scaled_latents
+        return torch.cat([scaled_latents, self.mask, self.masked_image_latents], dim=1)
+
+    def blend(self, latents: torch.Tensor, scheduler, next_timestep: torch.Tensor | None) -> torch.Tensor:
+        """After a step: put the known region back (noised to `next_timestep`; clean after the last step)."""
+        if self.image_latents is None:
+            return latents
+        known = self.image_latents
+        if next_timestep is not None:
+            known = scheduler.add_noise(known, self.noise, next_timestep.reshape(1))
+        return (1 - self.mask) * known + self.mask * latents
+
+
+def latent_mask(mask: torch.Tensor, height: int, width: int, count: int) -> torch.Tensor:
+    """A (1, 1, H, W) pixel mask at latent size (nearest), one row per image: (count, 1, height, width)."""
+    return F.interpolate(mask, size=(height, width)).expand(count, -1, -1, -1)
