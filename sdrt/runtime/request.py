@@ -117,6 +117,7 @@ class GenerationRequest:
 def _check_int(name: str, value: object, low: int, high: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} {value!r} is not an integer")
-    if value < low or (high is not None and value > high):
-        allowed = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} {value} is outside {allowed}")
+    if high is None and value < low:
+        raise ValueError(f"{name} {value} must be at least {low}")
+    if high is not None and not low <= value <= high:
+        raise ValueError(f"{name} {value} is outside {low}..{high}")

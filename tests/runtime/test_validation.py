@@ -40,7 +40,7 @@ def guarded(pipelines):
         ({"guidance_scale": float("nan")}, "guidance_scale nan is not a finite number"),
         ({"guidance_scale": float("inf")}, "guidance_scale inf is not a finite number"),
         ({"scheduler": "dpm_fast"}, "unknown scheduler 'dpm_fast'; known: ddim, pndm"),
-        ({"num_images_per_prompt": 0}, r"num_images_per_prompt 0 is outside >= 1"),
+        ({"num_images_per_prompt": 0}, r"num_images_per_prompt 0 must be at least 1"),
         ({"num_images_per_prompt": 65}, "batch of 65 images .* over the pipeline's maximum of 64"),
         ({"seed": -1}, "seed -1 is outside"),
         ({"eta": 2.0}, r"eta 2.0 is outside 0\.\.1"),
