@@ -157,7 +157,7 @@ class Pipeline:
             texts = [negatives[i] for i in cfg.guided.tolist()] + prompts
             text_states = encode_texts(self.tokenizer, self.engines[TEXT_ENCODER], texts)
 
-        scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        scheduler = make_scheduler(request.scheduler, self.scheduler_config, seeds=request.seeds)
         gens = generators(request.seeds)
         latents = self.denoise(scheduler, text_states, cfg, request, gens, clock, progress)
 

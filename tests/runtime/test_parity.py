@@ -18,8 +18,12 @@ SIZE_STEPS = {"height": HEIGHT, "width": WIDTH, "num_inference_steps": STEPS}
 
 def _reference(diffusers_pipe, scheduler, prompts, negatives, seed, guidance, per_prompt=1, eta=0.0):
     pipe = diffusers_pipe
-    pipe.scheduler = make_scheduler(scheduler, pipe.original_scheduler.config) if scheduler else pipe.original_scheduler
     n = len(prompts) * per_prompt
+    seeds = [seed + i for i in range(n)]
+    # the SDE sampler's Brownian trees are seeded per image, as the pipeline seeds them
+    pipe.scheduler = (
+        make_scheduler(scheduler, pipe.original_scheduler.config, seeds=seeds) if scheduler else pipe.original_scheduler
+    )
     return pipe(
         prompts,
         negative_prompt=negatives,
@@ -27,7 +31,7 @@ def _reference(diffusers_pipe, scheduler, prompts, negatives, seed, guidance, pe
         guidance_scale=guidance,
         num_images_per_prompt=per_prompt,
         eta=eta,
-        generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(n)],
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
     ).images
 
 
