@@ -19,6 +19,7 @@ setup(
         "pillow",
         "tqdm",
         "scipy",
+        "torchsde",  # the DPM++ SDE sampler's Brownian noise
     ],
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sdrt.demo_model import PRESETS
 from sdrt.engines import BACKENDS, DEVICES
-from sdrt.runtime.schedulers import SAMPLERS
+from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         "--height", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)"
     )
     p.add_argument("--width", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)")
-    p.add_argument("--scheduler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's own)")
+    p.add_argument(
+        "--scheduler",
+        type=_sampler,
+        default=None,
+        help="sampler name or web UI label, e.g. dpmpp_2m_karras or 'DPM++ 2M Karras' (default: the model's own)",
+    )
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     p.add_argument(
         "--clip-skip",
@@ -100,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print an artifact's manifest summary")
     p.add_argument("artifact_dir", type=Path)
     return parser
+
+
+def _sampler(value: str) -> str:
+    """argparse type: a sampler name or web UI label, as sdrt's name."""
+    try:
+        return str(canonical_sampler(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _backend_args(p: argparse.ArgumentParser, default: str) -> None:

@@ -211,7 +211,7 @@ class Pipeline:
             texts = [negatives[i] for i in cfg.guided.tolist()] + prompts
             text_states = encode_prompts(self.tokenizer, self.engines[TEXT_ENCODER], texts, request.clip_skip)
 
-        scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        scheduler = make_scheduler(request.scheduler, self.scheduler_config, seeds=request.seeds)
         scheduler.set_timesteps(request.steps, device=self.device)
         timesteps = strength_timesteps(scheduler, request.steps, request.strength)
         gens = generators(request.seeds)

@@ -1,4 +1,4 @@
-"""CLIP skip on prompt and negative prompt, against diffusers given embeddings built from the text encoder's hidden states.
+"""CLIP skip on prompt and negative prompt, against diffusers fed embeddings made from the hidden states.
 
 diffusers' own `clip_skip=` path reaches for `text_encoder.text_model`, which transformers 5 removed,
 and it applies the skip to the positive prompt only; the web UI applies it to both. The reference

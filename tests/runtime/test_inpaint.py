@@ -1,4 +1,4 @@
-"""Inpainting matches diffusers' StableDiffusionInpaintPipeline: a 9-channel inpainting UNet, or a 4-channel one blended."""
+"""Inpainting matches diffusers' StableDiffusionInpaintPipeline: a 9-channel UNet, or a 4-channel one blended."""
 
 from __future__ import annotations
 

@@ -8,18 +8,19 @@ import torch
 
 from sdrt.runtime.schedulers import SAMPLERS, make_scheduler
 from tests.conftest import BACKENDS
+from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 
-# 8-bit pixels: the issue's bound. torch and onnxruntime differ from diffusers only in float rounding.
-MAX_PIXEL_DIFF = 2
-HEIGHT, WIDTH = 72, 104  # non-square, and latents (9x13) not divisible by the UNet's 8x downsampling
-STEPS = 6
 SIZE_STEPS = {"height": HEIGHT, "width": WIDTH, "num_inference_steps": STEPS}
 
 
 def _reference(diffusers_pipe, scheduler, prompts, negatives, seed, guidance, per_prompt=1, eta=0.0):
     pipe = diffusers_pipe
-    pipe.scheduler = make_scheduler(scheduler, pipe.original_scheduler.config) if scheduler else pipe.original_scheduler
     n = len(prompts) * per_prompt
+    seeds = [seed + i for i in range(n)]
+    # the SDE sampler's Brownian trees are seeded per image, as the pipeline seeds them
+    pipe.scheduler = (
+        make_scheduler(scheduler, pipe.original_scheduler.config, seeds=seeds) if scheduler else pipe.original_scheduler
+    )
     return pipe(
         prompts,
         negative_prompt=negatives,
@@ -27,18 +28,8 @@ def _reference(diffusers_pipe, scheduler, prompts, negatives, seed, guidance, pe
         guidance_scale=guidance,
         num_images_per_prompt=per_prompt,
         eta=eta,
-        generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(n)],
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
     ).images
-
-
-def _assert_close(ours, theirs):
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs, strict=True):
-        a, b = np.asarray(a, dtype=np.int16), np.asarray(b, dtype=np.int16)
-        assert a.shape == b.shape == (HEIGHT, WIDTH, 3)
-        assert b.std() > 10, "reference image is nearly flat: the comparison would prove little"
-        diff = np.abs(a - b).max()
-        assert diff <= MAX_PIXEL_DIFF, f"max 8-bit difference {diff} > {MAX_PIXEL_DIFF}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -54,7 +45,7 @@ def test_every_sampler_matches_diffusers(pipelines, diffusers_pipe, backend, sch
         scheduler=scheduler,
     )
     theirs = _reference(diffusers_pipe, scheduler, [prompt], [negative], 123, 7.5)
-    _assert_close(ours.images, theirs)
+    assert_images_close(ours.images, theirs)
     assert ours.seeds == [123]
 
 
@@ -63,7 +54,7 @@ def test_default_scheduler_and_no_guidance(pipelines, diffusers_pipe, backend):
     """guidance 1.0: diffusers runs no unconditional pass, and neither do we."""
     ours = pipelines[backend].generate("a cat on a table", **SIZE_STEPS, guidance_scale=1.0, seed=7)
     theirs = _reference(diffusers_pipe, None, ["a cat on a table"], None, 7, 1.0)
-    _assert_close(ours.images, theirs)
+    assert_images_close(ours.images, theirs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -81,7 +72,7 @@ def test_batch_of_prompts_with_several_images_each(pipelines, diffusers_pipe, ba
         scheduler="euler_a",
     )
     theirs = _reference(diffusers_pipe, "euler_a", prompts, negatives, 1000, 5.0, per_prompt=2)
-    _assert_close(ours.images, theirs)
+    assert_images_close(ours.images, theirs)
     assert ours.seeds == [1000, 1001, 1002, 1003]
     assert "Negative prompt: watermark" in ours.parameters[1] and ours.parameters[2].startswith("a robot")
 
@@ -98,7 +89,7 @@ def test_prompts_with_different_guidance_scales_share_a_batch(pipelines, diffuse
     )
     guided = _reference(diffusers_pipe, "dpmpp_2m", ["a castle in the forest"], None, 50, 7.5)
     unguided = _reference(diffusers_pipe, "dpmpp_2m", ["a robot reading a book"], None, 51, 1.0)
-    _assert_close(ours.images, guided + unguided)
+    assert_images_close(ours.images, guided + unguided)
     assert "CFG scale: 7.5" in ours.parameters[0] and "CFG scale: 1," in ours.parameters[1]
 
 
@@ -107,7 +98,7 @@ def test_ddim_eta_matches_diffusers(pipelines, diffusers_pipe, backend):
     """eta > 0 draws per-step noise from each image's generator, as diffusers does."""
     ours = pipelines[backend].generate("a dog on the beach", **SIZE_STEPS, seed=5, scheduler="ddim", eta=0.7)
     theirs = _reference(diffusers_pipe, "ddim", ["a dog on the beach"], None, 5, 7.5, eta=0.7)
-    _assert_close(ours.images, theirs)
+    assert_images_close(ours.images, theirs)
 
 
 def test_backends_agree_with_each_other(pipelines):
