@@ -77,7 +77,7 @@ def test_artifact_from_another_format_version(artifact, tmp_path):
     "mutate, message",
     [
         (lambda d: (d / "manifest.json").write_text("{truncated"), "manifest.json is not valid JSON"),
-        (lambda d: (d / "manifest.json").write_text('{"format_version": 1}'), "manifest is malformed"),
+        (lambda d: (d / "manifest.json").write_text('{"format_version": 2}'), "manifest is malformed"),
         (lambda d: (d / "unet" / "model.onnx").unlink(), "is incomplete: unet file unet/model.onnx is missing"),
         (lambda d: shutil.rmtree(d / "tokenizer"), "is incomplete: tokenizer/ is missing"),
         (lambda d: _point_unet_at(d, "../../etc/passwd"), "points unet at ../../etc/passwd, outside the artifact"),
