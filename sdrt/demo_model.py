@@ -1,10 +1,12 @@
-"""A small random-weight Stable Diffusion 1.x model in diffusers layout, for the demo and the tests.
+"""Small random-weight Stable Diffusion models in diffusers layout, for the demo and the tests.
 
-The topology is SD 1.5's (four UNet levels with cross-attention in the first three, a four-level
-VAE with 8x downsampling, a CLIP text encoder with quick-GELU, 77 tokens). Preset "tiny" has tiny
-widths, so every code path a real model takes runs in seconds on a CPU; preset "sd15" has the
-published SD 1.5 sizes, so it costs exactly what the real model costs (for benchmarks). The tokenizer is a real CLIP
-byte-level BPE whose merges are learned from a small embedded corpus of prompt words.
+The topology is SD's (four UNet levels with cross-attention in the first three, a four-level VAE with 8x
+downsampling, a CLIP text encoder, 77 tokens). The variant picks the family: "sd1" (CLIP with quick-GELU,
+epsilon prediction), "sd2" (SD 2.x 768: GELU text encoder, linear-projection UNet with upcast attention,
+v-prediction) or "inpaint" (SD 1.x with a 9-channel UNet input). Preset "tiny" has tiny widths, so every code path
+a real model takes runs in seconds on a CPU; presets "sd15" and "sd21" have the published SD 1.5 and SD 2.1 sizes,
+so they cost exactly what the real models cost (for benchmarks). The tokenizer is a real CLIP byte-level BPE whose
+merges are learned from a small embedded corpus of prompt words.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -91,13 +94,22 @@ def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[
 
 @dataclass(frozen=True)
 class Preset:
-    """Widths and depths of one demo architecture; everything else is SD 1.x's."""
+    """Widths and depths of one demo architecture; the variant decides everything else."""
 
     text: dict[str, int]  # CLIPTextConfig sizes
     unet_channels: tuple[int, ...]  # UNet block_out_channels
     unet_layers: int  # UNet layers_per_block
     vae_channels: tuple[int, ...]  # VAE block_out_channels
     vae_layers: int  # VAE layers_per_block
+    head_width: int  # channels per attention head in SD 2.x-style UNets (SD 2.1: 64)
+    sample_size: int  # UNet sample_size: default latent size (64 -> 512 px, 96 -> 768 px)
+    variants: tuple[str, ...]  # the variants that come in these sizes; the first is the default
+
+    def __post_init__(self) -> None:
+        if any(c % self.head_width for c in self.unet_channels):
+            raise ValueError(f"head_width {self.head_width} does not divide the UNet widths {self.unet_channels}")
+        if not self.variants:
+            raise ValueError("a preset needs at least one variant")
 
 
 PRESETS = {
@@ -108,6 +120,9 @@ PRESETS = {
         unet_layers=1,
         vae_channels=(32, 32, 64, 64),
         vae_layers=1,
+        head_width=8,
+        sample_size=64,
+        variants=("sd1", "sd2", "inpaint"),
     ),
     # sd15: the published Stable Diffusion 1.5 sizes (860M-parameter UNet), so it times like the real model
     "sd15": Preset(
@@ -116,16 +131,99 @@ PRESETS = {
         unet_layers=2,
         vae_channels=(128, 256, 512, 512),
         vae_layers=2,
+        head_width=64,
+        sample_size=64,
+        variants=("sd1", "inpaint"),
+    ),
+    # sd21: the published Stable Diffusion 2.1 (768) sizes; SD 2 uses 23 of OpenCLIP ViT-H's 24 text layers
+    "sd21": Preset(
+        text={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16},
+        unet_channels=(320, 640, 1280, 1280),
+        unet_layers=2,
+        vae_channels=(128, 256, 512, 512),
+        vae_layers=2,
+        head_width=64,
+        sample_size=96,
+        variants=("sd2",),
     ),
 }
 
 
-def _components(seed: int, preset: Preset):
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+@dataclass(frozen=True)
+class Variant:
+    """What one model family changes on top of a preset's sizes."""
+
+    pipeline: str  # model_index.json _class_name
+    hidden_act: str  # text encoder activation: SD 1.x's CLIP uses quick_gelu, SD 2.x's OpenCLIP gelu
+    pad_token: str  # tokenizer pad token: SD 1.x pads with the end token, SD 2.x with "!"
+    unet_in_channels: int  # 4 latent channels; inpainting adds 1 mask + 4 masked-image latent channels
+    sd2_attention: bool  # SD 2.x UNet: per-block head counts of head_width channels, linear projections, upcast
+    prediction_type: str  # what the UNet predicts: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x 768)
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not one of epsilon, v_prediction")
+
+
+VARIANTS = {
+    "sd1": Variant(
+        pipeline="StableDiffusionPipeline",
+        hidden_act="quick_gelu",
+        pad_token="<|endoftext|>",
+        unet_in_channels=4,
+        sd2_attention=False,
+        prediction_type="epsilon",
+    ),
+    "sd2": Variant(
+        pipeline="StableDiffusionPipeline",
+        hidden_act="gelu",
+        pad_token="!",
+        unet_in_channels=4,
+        sd2_attention=True,
+        prediction_type="v_prediction",
+    ),
+    "inpaint": Variant(
+        pipeline="StableDiffusionInpaintPipeline",
+        hidden_act="quick_gelu",
+        pad_token="<|endoftext|>",
+        unet_in_channels=9,
+        sd2_attention=False,
+        prediction_type="epsilon",
+    ),
+}
+
+
+def _unet_config(preset: Preset, variant: Variant) -> dict[str, Any]:
+    """UNet2DConditionModel arguments for `preset` sizes in `variant`'s family."""
+    if variant.sd2_attention:
+        # SD 2.x: heads of a fixed width at every level (diffusers calls the per-block head counts attention_head_dim)
+        attention: dict[str, Any] = {
+            "attention_head_dim": tuple(c // preset.head_width for c in preset.unet_channels),
+            "use_linear_projection": True,
+            "upcast_attention": True,
+        }
+    else:
+        attention = {"attention_head_dim": 8}  # SD 1.x: 8 heads at every level
+    return {
+        "sample_size": preset.sample_size,
+        "in_channels": variant.unet_in_channels,
+        "out_channels": 4,
+        "block_out_channels": preset.unet_channels,
+        "layers_per_block": preset.unet_layers,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": preset.text["hidden_size"],
+        **attention,
+        "norm_num_groups": 32,
+    }
+
+
+def _components(seed: int, preset: Preset, variant: Variant):
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab, merges = learn_bpe(_CORPUS, _NUM_MERGES)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=variant.pad_token)
     hidden = preset.text["hidden_size"]
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
@@ -133,26 +231,15 @@ def _components(seed: int, preset: Preset):
             vocab_size=len(vocab),
             **preset.text,
             max_position_embeddings=77,
-            hidden_act="quick_gelu",
+            hidden_act=variant.hidden_act,
             projection_dim=hidden,
             bos_token_id=vocab["<|startoftext|>"],
             eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab[variant.pad_token],
         )
     )
     torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=preset.unet_channels,
-        layers_per_block=preset.unet_layers,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=hidden,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel(**_unet_config(preset, variant))
     torch.manual_seed(seed + 2)
     vae = AutoencoderKL(
         in_channels=3,
@@ -167,52 +254,108 @@ def _components(seed: int, preset: Preset):
         scaling_factor=0.18215,
     )
     # The weights are random; halving the UNet's output keeps the images from saturating, which keeps
-    # parity checks meaningful (a clipped image hides errors).
+    # parity checks meaningful (a clipped image hides errors). It suits every variant: v-prediction's update mixes
+    # the latents and the output, so there the output's share of the image is larger, not saturated.
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.5)
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    if variant.prediction_type == "v_prediction":
+        # the published SD 2.1 (768) scheduler config
+        scheduler = DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="v_prediction",
+            timestep_spacing="leading",
+        )
+    else:
+        scheduler = PNDMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            skip_prk_steps=True,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
     return tokenizer, text_encoder, unet, vae, scheduler
 
 
-_MODEL_INDEX = {
-    "_class_name": "StableDiffusionPipeline",
-    "feature_extractor": [None, None],
-    "requires_safety_checker": False,
-    "safety_checker": [None, None],
-    "scheduler": ["diffusers", "PNDMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
+def _model_index(pipeline: str, scheduler: str) -> dict:
+    """model_index.json: which class loads each part (no safety checker or feature extractor)."""
+    index: dict = {"_class_name": pipeline}
+    if pipeline == "StableDiffusionInpaintPipeline":
+        import diffusers
+
+        # diffusers' loader reads this to send pre-0.6 inpainting checkpoints to its legacy class; without it, it fails
+        index["_diffusers_version"] = diffusers.__version__
+    return index | {
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", scheduler],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+_README = {
+    "sd1": "random weights in the Stable Diffusion 1.x architecture",
+    "sd2": "random weights in the Stable Diffusion 2.x (768, v-prediction) architecture",
+    "inpaint": "random weights in the Stable Diffusion 1.x inpainting architecture (9-channel UNet input)",
 }
 
 
-def write_demo_model(out_dir: str | os.PathLike, seed: int = 0, preset: str = "tiny") -> Path:
-    """Write a random-weight model of `preset` to `out_dir` (atomically: a temporary directory renamed into place)."""
-    out = Path(out_dir)
+def resolve_variant(preset: str, variant: str | None) -> str:
+    """The variant to write for `preset` (None: the preset's default); ValueError for unknown or mismatched names."""
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
+    if variant is None:
+        return PRESETS[preset].variants[0]
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    allowed = PRESETS[preset].variants
+    if variant not in allowed:
+        fits = [name for name, p in PRESETS.items() if variant in p.variants]
+        raise ValueError(
+            f"variant {variant!r} does not come in preset {preset!r}, which allows {', '.join(allowed)}; "
+            f"variant {variant!r} comes in presets {', '.join(fits)}"
+        )
+    return variant
+
+
+def write_demo_model(
+    out_dir: str | os.PathLike, seed: int = 0, preset: str = "tiny", variant: str | None = None
+) -> Path:
+    """Write a random-weight model of `preset` sizes and `variant` family to `out_dir`.
+
+    Variants: "sd1" (SD 1.x), "sd2" (SD 2.x 768: OpenCLIP-style gelu text encoder, linear-projection UNet with
+    upcast attention, v-prediction DDIM scheduler), "inpaint" (SD 1.x inpainting: 9-channel UNet input). None picks
+    the preset's own: "sd2" for "sd21", "sd1" otherwise. Written atomically: a temporary directory renamed into place.
+    """
+    out = Path(out_dir)
+    variant = resolve_variant(preset, variant)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output directory {out} exists and is not empty; choose another path or remove it")
-    tokenizer, text_encoder, unet, vae, scheduler = _components(seed, PRESETS[preset])
+    family = VARIANTS[variant]
+    tokenizer, text_encoder, unet, vae, scheduler = _components(seed, PRESETS[preset], family)
     with atomic_directory(out) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
         text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
-        (tmp / "model_index.json").write_text(json.dumps(_MODEL_INDEX, indent=2) + "\n")
+        index = _model_index(family.pipeline, type(scheduler).__name__)
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "README.md").write_text(
-            f"sdrt demo model (preset {preset}): random weights in the Stable Diffusion 1.x architecture.\n"
+            f"sdrt demo model (preset {preset}{'' if variant == 'sd1' else f', variant {variant}'}): "
+            f"{_README[variant]}.\n"
             "Its images are abstract patterns, not pictures. Point sdrt at a real model directory for real images.\n"
         )
-    log.info("wrote demo model to %s", out)
+    log.info("wrote demo model (preset %s, variant %s) to %s", preset, variant, out)
     return out

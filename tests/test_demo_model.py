@@ -1,8 +1,16 @@
-"""The demo model: SD 1.x layout, a working CLIP BPE tokenizer, deterministic for a seed."""
+"""The demo model: SD layout in three variants, a working CLIP BPE tokenizer, deterministic for a seed."""
 
 from __future__ import annotations
 
-from sdrt.demo_model import write_demo_model
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdrt.demo_model import PRESETS, VARIANTS, _unet_config, resolve_variant, write_demo_model
 from sdrt.hashing import files_sha256
 from sdrt.model_dir import ModelDir
 
@@ -50,8 +58,172 @@ def test_tokenizer_is_clip_bpe(demo_model):
 
 
 def test_unknown_preset(tmp_path):
-    import pytest
-
-    with pytest.raises(ValueError, match="preset 'sdxl' is not one of tiny, sd15"):
+    with pytest.raises(ValueError, match="preset 'sdxl' is not one of tiny, sd15, sd21"):
         write_demo_model(tmp_path / "m", preset="sdxl")
     assert not (tmp_path / "m").exists()
+
+
+# --- variants -----------------------------------------------------------------------------------------------------
+
+# a size that is not square and not a multiple of 64, small enough for a CPU
+HEIGHT, WIDTH, STEPS = 72, 104, 6
+
+
+@pytest.fixture(scope="module")
+def sd2_model(tmp_path_factory) -> Path:
+    return write_demo_model(tmp_path_factory.mktemp("models") / "sd2", variant="sd2")
+
+
+@pytest.fixture(scope="module")
+def inpaint_model(tmp_path_factory) -> Path:
+    return write_demo_model(tmp_path_factory.mktemp("models") / "inpaint", variant="inpaint")
+
+
+def _config(model: Path, part: str) -> dict:
+    name = (
+        "model_index.json"
+        if part == "index"
+        else f"{part}/{'scheduler_config' if part == 'scheduler' else 'config'}.json"
+    )
+    return json.loads((model / name).read_text())
+
+
+def _assert_not_flat(images: np.ndarray) -> None:
+    """(N, H, W, 3) floats in [0, 1]: each image varies and is not clipped to black or white."""
+    pixels = (images * 255).round()
+    for i, image in enumerate(pixels):
+        assert image.std() > 10, f"image {i} is flat: pixel std {image.std():.1f}"
+        clipped = ((image == 0) | (image == 255)).mean()
+        assert clipped < 0.1, f"image {i} is saturated: {clipped:.0%} of its values are 0 or 255"
+
+
+def test_sd1_variant_is_the_default(demo_model, tmp_path):
+    explicit = write_demo_model(tmp_path / "sd1", variant="sd1")
+    files = sorted(str(p.relative_to(demo_model)) for p in demo_model.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(explicit)) for p in explicit.rglob("*") if p.is_file())
+    assert files_sha256(demo_model, files) == files_sha256(explicit, files)
+
+
+def test_sd2_configs(sd2_model):
+    from transformers import CLIPTokenizer
+
+    assert _config(sd2_model, "index")["_class_name"] == "StableDiffusionPipeline"
+    assert _config(sd2_model, "index")["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert _config(sd2_model, "text_encoder")["hidden_act"] == "gelu"
+    unet = _config(sd2_model, "unet")
+    assert unet["use_linear_projection"] is True and unet["upcast_attention"] is True
+    assert unet["attention_head_dim"] == [4, 4, 8, 8]  # per-block head counts, 8 channels each at tiny widths
+    assert unet["in_channels"] == 4
+    scheduler = _config(sd2_model, "scheduler")
+    assert scheduler["_class_name"] == "DDIMScheduler"
+    assert {k: scheduler[k] for k in SD21_SCHEDULER} == SD21_SCHEDULER
+
+    tok = CLIPTokenizer.from_pretrained(sd2_model / "tokenizer", local_files_only=True)
+    assert tok.pad_token == "!" and tok.pad_token_id == tok.get_vocab()["!"] != tok.eos_token_id
+    ids = tok("a cat", padding="max_length", max_length=77).input_ids
+    assert ids[3] == tok.eos_token_id and set(ids[4:]) == {tok.pad_token_id}  # SD 2 pads with "!" after one end token
+
+
+# the published stabilityai/stable-diffusion-2-1 scheduler settings
+SD21_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "v_prediction",
+    "timestep_spacing": "leading",
+}
+
+
+def test_sd21_preset_has_published_sizes():
+    preset, variant = PRESETS["sd21"], VARIANTS["sd2"]
+    unet = _unet_config(preset, variant)
+    assert unet["attention_head_dim"] == (5, 10, 20, 20)
+    assert unet["cross_attention_dim"] == 1024 and unet["sample_size"] == 96
+    assert unet["block_out_channels"] == (320, 640, 1280, 1280) and unet["layers_per_block"] == 2
+    assert preset.text == {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 23,
+        "num_attention_heads": 16,
+    }
+    assert preset.vae_channels == PRESETS["sd15"].vae_channels and preset.vae_layers == PRESETS["sd15"].vae_layers
+
+
+def test_sd2_runs_in_diffusers(sd2_model):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd2_model, safety_checker=None, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.text_encoder.config.hidden_act == "gelu"
+    images = pipe(
+        ["a photo of a cat", "a dog running on the beach"],
+        height=HEIGHT,
+        width=WIDTH,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert images.shape == (2, HEIGHT, WIDTH, 3)
+    _assert_not_flat(images)
+
+
+def test_inpaint_configs(inpaint_model):
+    index = _config(inpaint_model, "index")
+    assert index["_class_name"] == "StableDiffusionInpaintPipeline"
+    unet = _config(inpaint_model, "unet")
+    assert unet["in_channels"] == 9 and unet["out_channels"] == 4  # latent + mask + masked-image latent
+    assert _config(inpaint_model, "text_encoder")["hidden_act"] == "quick_gelu"
+    assert _config(inpaint_model, "scheduler")["prediction_type"] == "epsilon"
+
+
+def test_inpaint_runs_in_diffusers(inpaint_model):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(inpaint_model, safety_checker=None, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.in_channels == 9
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    mask[16:56, 24:80] = 255  # white: repaint
+    images = pipe(
+        ["a photo of a cat", "a dog running on the beach"],
+        image=image,
+        mask_image=Image.fromarray(mask),
+        height=HEIGHT,
+        width=WIDTH,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert images.shape == (2, HEIGHT, WIDTH, 3)
+    _assert_not_flat(images)
+
+
+def test_unknown_variant(tmp_path):
+    with pytest.raises(ValueError, match="variant 'sdxl' is not one of sd1, sd2, inpaint"):
+        write_demo_model(tmp_path / "m", variant="sdxl")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("preset", "variant", "fits"),
+    [("sd15", "sd2", "tiny, sd21"), ("sd21", "sd1", "tiny, sd15"), ("sd21", "inpaint", "tiny, sd15")],
+)
+def test_variant_must_come_in_the_preset(tmp_path, preset, variant, fits):
+    with pytest.raises(ValueError, match=f"variant '{variant}' does not come in preset '{preset}'.*presets {fits}"):
+        write_demo_model(tmp_path / "m", preset=preset, variant=variant)
+    assert not (tmp_path / "m").exists()
+
+
+def test_default_variant_follows_the_preset():
+    assert resolve_variant("tiny", None) == "sd1"
+    assert resolve_variant("sd15", None) == "sd1"
+    assert resolve_variant("sd21", None) == "sd2"
+    assert resolve_variant("tiny", "inpaint") == "inpaint"
