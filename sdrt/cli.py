@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdrt.demo_model import PRESETS
+from sdrt.demo_model import PRESETS, VARIANTS
 from sdrt.engines import BACKENDS, DEVICES
 from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler
 
@@ -20,14 +20,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="show warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo-model", help="write a small random-weight SD 1.x model in diffusers layout")
+    p = sub.add_parser("demo-model", help="write a random-weight SD 1.x/2.x model in diffusers layout")
     p.add_argument("out_dir", type=Path, help="directory to create")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
         default="tiny",
-        help="tiny (seconds on a CPU; the default) or sd15 (published SD 1.5 sizes, ~4 GB, for benchmarks)",
+        help="tiny (seconds on a CPU; the default), sd15 or sd21 (published SD 1.5 / 2.1 sizes, for benchmarks)",
+    )
+    p.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default=None,
+        help="sd1 (SD 1.x), sd2 (SD 2.x 768: v-prediction, GELU text encoder, linear-projection UNet) "
+        "or inpaint (SD 1.x inpainting, 9-channel UNet); default: the preset's own (sd2 for sd21, else sd1)",
     )
 
     p = sub.add_parser("export", help="export a diffusers model directory to ONNX with a manifest")
@@ -134,10 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from sdrt.demo_model import write_demo_model
+    from sdrt.demo_model import resolve_variant, write_demo_model
 
-    write_demo_model(args.out_dir, seed=args.seed, preset=args.preset)
-    print(f"wrote a random-weight SD 1.x model (preset {args.preset}) to {args.out_dir}")
+    write_demo_model(args.out_dir, seed=args.seed, preset=args.preset, variant=args.variant)
+    variant = resolve_variant(args.preset, args.variant)
+    print(f"wrote a random-weight model (preset {args.preset}, variant {variant}) to {args.out_dir}")
     return 0
 
 

@@ -39,6 +39,7 @@ def test_cli_writes_previews_every_n_steps(artifact, tmp_path):
     out = tmp_path / "cat.png"
     code = main([
         "generate", str(artifact), "a cat", "--steps", "4", "--height", "64", "--width", "64", "--seed", "1",
+        "--scheduler", "Euler",
         "--preview-every", "2", "--preview-dir", str(tmp_path / "previews"), "-o", str(out),
     ])  # fmt: skip
     assert code == 0 and out.is_file()
