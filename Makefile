@@ -10,6 +10,7 @@ TORCH ?= torch==2.13.0
 DEMO_MODEL := models/demo
 DEMO_ARTIFACT := artifacts/demo
 DEMO_IMAGE := outputs/demo.png
+DEMO_IMG2IMG := outputs/demo-img2img.png
 
 .PHONY: install demo test lint bench clean
 
@@ -29,11 +30,14 @@ $(DEMO_MODEL)/model_index.json: | $(STAMP)
 demo: $(STAMP) $(DEMO_MODEL)/model_index.json
 	$(SDRT) export $(DEMO_MODEL) -o $(DEMO_ARTIFACT) --max-batch 2 --min-size 64 --max-size 256 --opt-size 128 --overwrite
 	$(SDRT) build $(DEMO_ARTIFACT) --backend onnxruntime
-	$(SDRT) generate $(DEMO_ARTIFACT) "a photo of an astronaut riding a horse on the moon" \
-		--negative-prompt "blurry, low quality" --steps 20 --seed 42 --scheduler dpmpp_2m_karras -o $(DEMO_IMAGE)
+	$(SDRT) generate $(DEMO_ARTIFACT) "a photo of an (astronaut:1.2) riding a horse on the moon" \
+		--negative-prompt "blurry, low quality" --steps 20 --seed 42 --scheduler "DPM++ 2M Karras" -o $(DEMO_IMAGE)
+	$(SDRT) generate $(DEMO_ARTIFACT) "an oil painting of an astronaut riding a horse" --image $(DEMO_IMAGE) \
+		--strength 0.6 --steps 20 --seed 42 --clip-skip 1 -o $(DEMO_IMG2IMG)
 	@echo
-	@echo "The demo model's weights are random: $(DEMO_IMAGE) is an abstract pattern, not a picture."
-	@echo "For real images, point sdrt at a Stable Diffusion 1.x model in diffusers layout on disk:"
+	@echo "The demo model's weights are random: $(DEMO_IMAGE) (text-to-image) and $(DEMO_IMG2IMG)"
+	@echo "(image-to-image from it) are abstract patterns, not pictures."
+	@echo "For real images, point sdrt at a Stable Diffusion 1.x/2.x model in diffusers layout on disk:"
 	@echo "  $(SDRT) export /path/to/stable-diffusion-v1-5 -o artifacts/sd15"
 	@echo "  $(SDRT) build artifacts/sd15 --backend onnxruntime"
 	@echo "  $(SDRT) generate artifacts/sd15 \"a photo of an astronaut riding a horse\" -o astronaut.png"
