@@ -97,3 +97,34 @@ def test_info_prints_the_manifest(artifact, capsys):
         "vae_decoder",
         "vae_encoder",
     }
+
+
+def test_generate_image_to_image_and_inpainting_from_files(artifact, tmp_path, capsys):
+    from tests.runtime.test_img2img import input_image
+
+    source, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    input_image(width=96, height=64).save(source)
+    mask_array = np.zeros((64, 96), dtype=np.uint8)
+    mask_array[16:48, 24:72] = 255
+    Image.fromarray(mask_array).save(mask)
+    common = ["--steps", "5", "--seed", "3", "--scheduler", "DPM++ 2M Karras", "--clip-skip", "1"]
+    assert main(["generate", str(artifact), "a (cat:1.2)", "--image", str(source), "--strength", "0.6",
+                 *common, "-o", str(tmp_path / "i2i.png")]) == 0  # fmt: skip
+    params = Image.open(tmp_path / "i2i.png").text["parameters"]
+    assert "Sampler: DPM++ 2M Karras" in params and "Denoising strength: 0.6" in params and "Clip skip: 2" in params
+    assert Image.open(tmp_path / "i2i.png").size == (96, 64)  # the size of the input image
+    assert "vae encode" in capsys.readouterr().out
+    assert main(["generate", str(artifact), "a cat", "--image", str(source), "--mask", str(mask), *common,
+                 "-o", str(tmp_path / "inpaint.png")]) == 0  # fmt: skip
+    painted = np.asarray(Image.open(tmp_path / "inpaint.png"), dtype=np.int16)
+    assert painted.shape == (64, 96, 3)
+
+
+def test_generate_refuses_bad_image_inputs_with_the_reason(artifact, tmp_path, capsys):
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello")
+    assert main(["generate", str(artifact), "a cat", "--image", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+    assert "cannot be read as an image" in capsys.readouterr().err
+    assert main(["generate", str(artifact), "a cat", "--strength", "0.5", "-o", str(tmp_path / "x.png")]) == 2
+    assert "strength 0.5 needs an input image" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
