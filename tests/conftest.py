@@ -1,7 +1,8 @@
-"""Session fixtures: one tiny random-weight SD 1.x model, its export, and pipelines on every CPU backend."""
+"""Session fixtures: a tiny random-weight SD 1.x model, its export, and pipelines on every CPU backend."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,30 +14,46 @@ RANGES = ShapeRanges(max_batch=2, min_size=64, max_size=256, opt_size=128)
 BACKENDS = ("torch", "onnxruntime")
 
 
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory) -> Path:
+def write_model(tmp_path_factory, name: str, variant: str = "sd1") -> Path:
+    """A tiny random-weight model of `variant` in diffusers layout."""
     from sdrt.demo_model import write_demo_model
 
-    return write_demo_model(tmp_path_factory.mktemp("models") / "demo")
+    return write_demo_model(tmp_path_factory.mktemp("models") / name, variant=variant)
+
+
+def export(model: Path, tmp_path_factory, name: str, opt_size: int | None = 128) -> Path:
+    """`model` exported for RANGES' batch and sizes."""
+    from sdrt.export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("artifacts") / name
+    config = ExportConfig(max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size)
+    export_model(model, out, config if opt_size is None else replace(config, opt_size=opt_size))
+    return out
+
+
+def load_pipelines(model: Path, artifact: Path) -> dict:
+    """The model on the torch backend and its artifact on onnxruntime, by backend name."""
+    from sdrt import Pipeline
+
+    return {
+        "torch": Pipeline.load(model, backend="torch", ranges=RANGES),
+        "onnxruntime": Pipeline.load(artifact, backend="onnxruntime"),
+    }
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    return write_model(tmp_path_factory, "demo")
 
 
 @pytest.fixture(scope="session")
 def artifact(demo_model, tmp_path_factory) -> Path:
-    from sdrt.export import ExportConfig, export_model
-
-    out = tmp_path_factory.mktemp("artifacts") / "demo"
-    export_model(demo_model, out, ExportConfig(max_batch=2, min_size=64, max_size=256, opt_size=128))
-    return out
+    return export(demo_model, tmp_path_factory, "demo")
 
 
 @pytest.fixture(scope="session")
 def pipelines(demo_model, artifact):
-    from sdrt import Pipeline
-
-    return {
-        "torch": Pipeline.load(demo_model, backend="torch", ranges=RANGES),
-        "onnxruntime": Pipeline.load(artifact, backend="onnxruntime"),
-    }
+    return load_pipelines(demo_model, artifact)
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +64,15 @@ def diffusers_pipe(demo_model):
     pipe.set_progress_bar_config(disable=True)
     pipe.original_scheduler = pipe.scheduler  # tests swap schedulers; each builds from the model's own config
     return pipe
+
+
+@pytest.fixture(scope="session")
+def sd2_model(tmp_path_factory) -> Path:
+    """A tiny SD 2.x model: GELU text encoder padding with "!", linear-projection UNet with upcast, v-prediction."""
+    return write_model(tmp_path_factory, "sd2", variant="sd2")
+
+
+@pytest.fixture(scope="session")
+def inpaint_model(tmp_path_factory) -> Path:
+    """A tiny SD 1.x inpainting model: a 9-channel UNet."""
+    return write_model(tmp_path_factory, "inpaint", variant="inpaint")

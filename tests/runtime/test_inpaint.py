@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sdrt.runtime.schedulers import make_scheduler
-from tests.conftest import BACKENDS, RANGES
+from tests.conftest import BACKENDS, export, load_pipelines
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 from tests.runtime.test_img2img import input_image
 
@@ -21,23 +21,8 @@ def mask_image() -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def inpaint_model(tmp_path_factory):
-    from sdrt.demo_model import write_demo_model
-
-    return write_demo_model(tmp_path_factory.mktemp("models") / "inpaint", variant="inpaint")
-
-
-@pytest.fixture(scope="module")
 def inpaint_pipelines(inpaint_model, tmp_path_factory):
-    from sdrt import Pipeline
-    from sdrt.export import ExportConfig, export_model
-
-    artifact = tmp_path_factory.mktemp("artifacts") / "inpaint"
-    export_model(inpaint_model, artifact, ExportConfig(max_batch=2, min_size=64, max_size=256, opt_size=128))
-    return {
-        "torch": Pipeline.load(inpaint_model, backend="torch", ranges=RANGES),
-        "onnxruntime": Pipeline.load(artifact, backend="onnxruntime"),
-    }
+    return load_pipelines(inpaint_model, export(inpaint_model, tmp_path_factory, "inpaint"))
 
 
 def _diffusers_inpaint(components):

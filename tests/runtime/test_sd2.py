@@ -6,28 +6,14 @@ import pytest
 import torch
 
 from sdrt.runtime.schedulers import make_scheduler
-from tests.conftest import BACKENDS, RANGES
+from tests.conftest import BACKENDS, export, load_pipelines
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 
 
 @pytest.fixture(scope="module")
-def sd2_model(tmp_path_factory):
-    from sdrt.demo_model import write_demo_model
-
-    return write_demo_model(tmp_path_factory.mktemp("models") / "sd2", variant="sd2")
-
-
-@pytest.fixture(scope="module")
 def sd2_pipelines(sd2_model, tmp_path_factory):
-    from sdrt import Pipeline
-    from sdrt.export import ExportConfig, export_model
-
-    artifact = tmp_path_factory.mktemp("artifacts") / "sd2"
-    export_model(sd2_model, artifact, ExportConfig(max_batch=2, min_size=64, max_size=256))
-    return {
-        "torch": Pipeline.load(sd2_model, backend="torch", ranges=RANGES),
-        "onnxruntime": Pipeline.load(artifact, backend="onnxruntime"),
-    }
+    # no opt_size: the export picks the model's native size (768), clamped into 64..256
+    return load_pipelines(sd2_model, export(sd2_model, tmp_path_factory, "sd2", opt_size=None))
 
 
 @pytest.fixture(scope="module")
