@@ -25,9 +25,9 @@ from sdrt.runtime.image_inputs import ImageInput, open_image, preprocess_image, 
 from sdrt.runtime.images import Parameters, to_pil
 from sdrt.runtime.init_latents import Inpainting, latent_mask, strength_timesteps
 from sdrt.runtime.latents import generators, initial_noise, random_seed, sample_vae_latents
-from sdrt.runtime.prompts import encode_prompts, load_tokenizer
+from sdrt.runtime.prompts import chunk_count, encode_prompts, load_tokenizer
 from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.schedulers import make_scheduler, sampler_label
+from sdrt.runtime.schedulers import canonical_sampler, make_scheduler, sampler_label
 from sdrt.runtime.timing import StageClock, Timings
 from sdrt.spec import ShapeRanges
 
@@ -190,6 +190,27 @@ class Pipeline:
                 "this model's UNet is an inpainting UNet (latents + mask + masked image): give image and mask_image"
             )
 
+    def batch_key(self, request: GenerationRequest) -> tuple:
+        """Requests with equal keys can share every engine call without changing any of their images.
+
+        Everything the whole batch shares is in it: mode, size, steps, sampler, eta, strength, CLIP
+        skip, and the prompt chunk count (a batch pads every prompt to its longest one's chunks).
+        """
+        texts = [n for n, g in zip(request.negative_prompts, request.guidance_scales, strict=True) if g > 1.0]
+        engine = self.engines[TEXT_ENCODER]
+        chunks = chunk_count(self.tokenizer, [*texts, *request.prompts], engine.ranges.text_length)
+        return (
+            request.mode,
+            request.height,
+            request.width,
+            request.steps,
+            canonical_sampler(request.scheduler),
+            request.eta,
+            request.strength,
+            request.clip_skip,
+            chunks,
+        )
+
     def run(
         self,
         request: GenerationRequest,
@@ -198,25 +219,47 @@ class Pipeline:
         callback_steps: int = 1,
     ) -> GenerationResult:
         """Run a validated request."""
+        return self.run_batch([request], progress=progress, callback=callback, callback_steps=callback_steps)[0]
+
+    def run_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        progress: bool = False,
+        callback: StepCallback | None = None,
+        callback_steps: int = 1,
+    ) -> list[GenerationResult]:
+        """Run validated requests with equal `batch_key`s together: one text-encoder call and one UNet call per step.
+
+        Each image keeps its own prompt, negative prompt, guidance scale, seed and input image, so
+        every request gets exactly the images it gets alone (up to float rounding). Each result
+        carries the timings of the whole batch.
+        """
         if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
             raise ValueError(f"callback_steps {callback_steps!r} is not a positive integer")
+        if not requests:
+            raise ValueError("run_batch needs at least one request")
+        if len({self.batch_key(r) for r in requests}) > 1:
+            raise ValueError("requests in one batch must have equal batch_key()s (size, steps, sampler, ...)")
         start = time.perf_counter()
         clock = StageClock(sync=self._sync)
-        prompts, negatives = request.per_image(request.prompts), request.per_image(request.negative_prompts)
-        scales = request.per_image(request.guidance_scales)
+        first = requests[0]  # the settings all requests share
+        prompts = [p for r in requests for p in r.per_image(r.prompts)]
+        negatives = [n for r in requests for n in r.per_image(r.negative_prompts)]
+        scales = [g for r in requests for g in r.per_image(r.guidance_scales)]
+        seeds = [s for r in requests for s in r.seeds]
         cfg = ClassifierFreeGuidance(scales, self.device)
 
         with clock.stage("text_encoder"):
             # one text-encoder batch in the UNet's order: negatives of guided samples, then all prompts
             texts = [negatives[i] for i in cfg.guided.tolist()] + prompts
-            text_states = encode_prompts(self.tokenizer, self.engines[TEXT_ENCODER], texts, request.clip_skip)
+            text_states = encode_prompts(self.tokenizer, self.engines[TEXT_ENCODER], texts, first.clip_skip)
 
-        scheduler = make_scheduler(request.scheduler, self.scheduler_config, seeds=request.seeds)
-        scheduler.set_timesteps(request.steps, device=self.device)
-        timesteps = strength_timesteps(scheduler, request.steps, request.strength)
-        gens = generators(request.seeds)
-        latents, inpainting = self.initial_latents(request, scheduler, timesteps, gens, clock)
-        step_kwargs = _step_kwargs(scheduler, gens, request.eta)
+        scheduler = make_scheduler(first.scheduler, self.scheduler_config, seeds=seeds)
+        scheduler.set_timesteps(first.steps, device=self.device)
+        timesteps = strength_timesteps(scheduler, first.steps, first.strength)
+        gens = generators(seeds)
+        latents, inpainting = self.initial_latents(requests, scheduler, timesteps, gens, clock)
+        step_kwargs = _step_kwargs(scheduler, gens, first.eta)
         with clock.stage("denoise"):
             latents = self.denoise(
                 scheduler, timesteps, latents, text_states, cfg, step_kwargs, clock, inpainting, progress,
@@ -227,42 +270,48 @@ class Pipeline:
             latents = latents / self.manifest.vae_scaling_factor
             images = call_in_chunks(self.engines[VAE_DECODER], {"latent": latents})["images"]
         pil = to_pil(images)
-        total = time.perf_counter() - start
         s = clock.seconds
         timings = Timings(
             text_encoder=s.get("text_encoder", 0.0),
             unet=s.get("unet", 0.0),
             scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0),
             vae_decode=s.get("vae_decode", 0.0),
-            total=total,
-            steps=request.steps_run,
+            total=time.perf_counter() - start,
+            steps=first.steps_run,
             vae_encode=s.get("vae_encode", 0.0),
         )
-        label = sampler_label(request.scheduler, self.scheduler_config)
+        label = sampler_label(first.scheduler, self.scheduler_config)
         parameters = [
             Parameters(
                 prompt=prompts[i],
                 negative_prompt=negatives[i],
-                steps=request.steps,
+                steps=first.steps,
                 sampler=label,
                 guidance_scale=scales[i],
                 seed=seed,
-                width=request.width,
-                height=request.height,
+                width=first.width,
+                height=first.height,
                 model_hash=self.manifest.source_sha256[:10],
                 model=self.model_name,
-                clip_skip=request.clip_skip,
-                denoising_strength=request.strength,
+                clip_skip=first.clip_skip,
+                denoising_strength=first.strength,
             ).infotext()
-            for i, seed in enumerate(request.seeds)
+            for i, seed in enumerate(seeds)
         ]
-        return GenerationResult(
-            images=pil, seeds=request.seeds, parameters=parameters, timings=timings, request=request
-        )
+        results, at = [], 0
+        for r in requests:
+            rows = slice(at, at + r.num_images)
+            at += r.num_images
+            results.append(
+                GenerationResult(
+                    images=pil[rows], seeds=r.seeds, parameters=parameters[rows], timings=timings, request=r
+                )
+            )
+        return results
 
     def initial_latents(
         self,
-        request: GenerationRequest,
+        requests: Sequence[GenerationRequest],
         scheduler: Any,
         timesteps: torch.Tensor,
         gens: list[torch.Generator],
@@ -273,30 +322,32 @@ class Pipeline:
         Random numbers are drawn from each image's generator in diffusers' order: the VAE sample of
         the input image, then the initial noise, then (inpainting) the VAE sample of the masked image.
         """
-        factor, n = self.manifest.ranges.latent_factor, request.num_images
+        first = requests[0]  # size, mode and strength are shared
+        factor, n = self.manifest.ranges.latent_factor, len(gens)
         channels = self.engines[VAE_DECODER].spec.attributes["latent_channels"]
-        shape = (channels, request.height // factor, request.width // factor)
-        if request.image is None:
+        shape = (channels, first.height // factor, first.width // factor)
+        if first.mode == "txt2img":
             return initial_noise(gens, shape, self.device) * scheduler.init_noise_sigma, None
         scaling = self.manifest.vae_scaling_factor
-        image = preprocess_image(request.image, request.height, request.width, factor).to(self.device)
-        first = timesteps[:1].repeat(n)
-        if request.mask_image is None:
+        images = [preprocess_image(r.image, r.height, r.width, factor).to(self.device) for r in requests]
+        start_timestep = timesteps[:1].repeat(n)
+        if first.mode == "img2img":
             with clock.stage("vae_encode"):
-                image_latents = sample_vae_latents(self._encode(image), gens, scaling)
+                image_latents = sample_vae_latents(self._encode_per_image(requests, images), gens, scaling)
             noise = initial_noise(gens, shape, self.device)
-            return scheduler.add_noise(image_latents, noise, first), None
+            return scheduler.add_noise(image_latents, noise, start_timestep), None
 
-        mask = preprocess_mask(request.mask_image, request.height, request.width, factor).to(self.device)
-        full_strength = request.strength == 1.0
+        masks = [preprocess_mask(r.mask_image, r.height, r.width, factor).to(self.device) for r in requests]
+        full_strength = first.strength == 1.0
         nine_channels = self.manifest.inpainting
         image_latents = masked_image_latents = None
         with clock.stage("vae_encode"):
             if not nine_channels or not full_strength:
-                image_latents = sample_vae_latents(self._encode(image), gens, scaling)
+                image_latents = sample_vae_latents(self._encode_per_image(requests, images), gens, scaling)
             noise = initial_noise(gens, shape, self.device)
             if nine_channels:
-                masked_image_latents = sample_vae_latents(self._encode(image * (mask < 0.5)), gens, scaling)
+                masked = [image * (mask < 0.5) for image, mask in zip(images, masks, strict=True)]
+                masked_image_latents = sample_vae_latents(self._encode_per_image(requests, masked), gens, scaling)
             else:
                 # diffusers encodes and samples the masked image even for a 4-channel UNet, which never
                 # uses it; draw the same numbers so later per-step noise (ancestral samplers) matches
@@ -304,14 +355,20 @@ class Pipeline:
         if full_strength:
             latents = noise * scheduler.init_noise_sigma
         else:
-            latents = scheduler.add_noise(image_latents, noise, first)
+            latents = scheduler.add_noise(image_latents, noise, start_timestep)
+        mask_rows = [latent_mask(m, shape[1], shape[2], r.num_images) for m, r in zip(masks, requests, strict=True)]
         inpainting = Inpainting(
-            mask=latent_mask(mask, shape[1], shape[2], n),
+            mask=torch.cat(mask_rows),
             masked_image_latents=masked_image_latents,
             image_latents=None if nine_channels else image_latents,
             noise=noise,
         )
         return latents, inpainting
+
+    def _encode_per_image(self, requests: Sequence[GenerationRequest], images: list[torch.Tensor]) -> torch.Tensor:
+        """Latent Gaussian parameters (N, 2C, h, w): each request's image encoded once, one row per image."""
+        rows = [self._encode(image).expand(r.num_images, -1, -1, -1) for r, image in zip(requests, images, strict=True)]
+        return torch.cat(rows)
 
     def denoise(
         self,

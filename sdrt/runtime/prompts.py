@@ -115,6 +115,11 @@ def tokenize_prompts(tokenizer, texts: Sequence[str], length: int, max_chunks: i
     return [padded[text] for text in texts]
 
 
+def chunk_count(tokenizer, texts: Sequence[str], length: int = 77) -> int:
+    """How many chunks the longest of `texts` takes: the text axis of a batch holding them is 77 times this."""
+    return max(tokenize_prompt(tokenizer, text, length).num_chunks for text in dict.fromkeys(texts))
+
+
 def encode_prompts(
     tokenizer, engine: Engine, texts: Sequence[str], clip_skip: int = 0, max_chunks: int | None = None
 ) -> torch.Tensor:
