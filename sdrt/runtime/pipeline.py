@@ -25,7 +25,7 @@ from sdrt.runtime.image_inputs import ImageInput, open_image, preprocess_image, 
 from sdrt.runtime.images import Parameters, to_pil
 from sdrt.runtime.init_latents import Inpainting, latent_mask, strength_timesteps
 from sdrt.runtime.latents import generators, initial_noise, random_seed, sample_vae_latents
-from sdrt.runtime.prompts import chunk_count, encode_prompts, load_tokenizer
+from sdrt.runtime.prompts import chunk_count, encode_prompts, load_tokenizer, tokenize_prompts
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import canonical_sampler, make_scheduler, sampler_label
 from sdrt.runtime.timing import StageClock, Timings
@@ -189,6 +189,8 @@ class Pipeline:
             raise ValueError(
                 "this model's UNet is an inpainting UNet (latents + mask + masked image): give image and mask_image"
             )
+        ranges = self.engines[TEXT_ENCODER].ranges
+        tokenize_prompts(self.tokenizer, _encoded_texts(request), ranges.text_length, ranges.max_text_chunks)
 
     def batch_key(self, request: GenerationRequest) -> tuple:
         """Requests with equal keys can share every engine call without changing any of their images.
@@ -196,9 +198,8 @@ class Pipeline:
         Everything the whole batch shares is in it: mode, size, steps, sampler, eta, strength, CLIP
         skip, and the prompt chunk count (a batch pads every prompt to its longest one's chunks).
         """
-        texts = [n for n, g in zip(request.negative_prompts, request.guidance_scales, strict=True) if g > 1.0]
         engine = self.engines[TEXT_ENCODER]
-        chunks = chunk_count(self.tokenizer, [*texts, *request.prompts], engine.ranges.text_length)
+        chunks = chunk_count(self.tokenizer, _encoded_texts(request), engine.ranges.text_length)
         return (
             request.mode,
             request.height,
@@ -415,6 +416,12 @@ class Pipeline:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _encoded_texts(request: GenerationRequest) -> list[str]:
+    """The texts a request sends to the text encoder: negatives of guided prompts, and the prompts."""
+    negatives = [n for n, g in zip(request.negative_prompts, request.guidance_scales, strict=True) if g > 1.0]
+    return [*negatives, *request.prompts]
 
 
 def _texts(name: str, value: object) -> tuple[str, ...]:
