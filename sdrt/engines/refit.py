@@ -93,9 +93,7 @@ class WeightMap:
     def to_json(self) -> dict[str, Any]:
         return {
             "version": MAP_VERSION,
-            "weights": [
-                {**vars(w), "params": list(w.params), "shape": list(w.shape)} for w in self.weights
-            ],
+            "weights": [{**vars(w), "params": list(w.params), "shape": list(w.shape)} for w in self.weights],
             "unmapped_initializers": list(self.unmapped_initializers),
             "unmapped_params": list(self.unmapped_params),
         }
@@ -134,7 +132,9 @@ def build_weight_map(onnx_path: str | os.PathLike, module: nn.Module) -> WeightM
             continue
         if name in aliases:
             canonical = aliases[name]
-            if not _equal(array, params[canonical].reshape(array.shape) if params[canonical].size == array.size else None):
+            if not _equal(
+                array, params[canonical].reshape(array.shape) if params[canonical].size == array.size else None
+            ):
                 raise ValueError(
                     f"initializer {name} of {onnx_path} differs from the torch weight of that name: "
                     "the ONNX was exported from other weights"
@@ -225,7 +225,9 @@ def _equal(array: np.ndarray, value: np.ndarray | None) -> bool:
     if value is None:
         return False
     if array.dtype == np.float16:
-        return np.allclose(value.astype(np.float16).astype(np.float32), array.astype(np.float32), rtol=0, atol=_FP16_ATOL)
+        return np.allclose(
+            value.astype(np.float16).astype(np.float32), array.astype(np.float32), rtol=0, atol=_FP16_ATOL
+        )
     return np.array_equal(value.astype(array.dtype), array)
 
 

@@ -354,12 +354,19 @@ class TensorRTEngine(CheckedEngine):
         restated = self._onnx_values(missing)
         for name in missing:
             if name not in restated:
-                raise RuntimeError(f"{self.spec.name} refit: TensorRT needs weight {name}, which the ONNX does not hold")
+                raise RuntimeError(
+                    f"{self.spec.name} refit: TensorRT needs weight {name}, which the ONNX does not hold"
+                )
             keep.append(self._set_weight(trt, refitter, name, restated[name]))
         with torch.cuda.device(self.device):
             _ok(refitter.refit_cuda_engine(), "refit", self)
         self._graphs.clear()  # recapture: a graph may hold the addresses of the weights it was captured with
-        log.info("refit %d weights of %s (%d restated from the ONNX)", len(weights) - len(baked), self.spec.name, len(missing))
+        log.info(
+            "refit %d weights of %s (%d restated from the ONNX)",
+            len(weights) - len(baked),
+            self.spec.name,
+            len(missing),
+        )
 
     def _set_weight(self, trt, refitter, name: str, value: np.ndarray) -> np.ndarray:
         array = np.ascontiguousarray(value)
@@ -528,11 +535,12 @@ def _logger():
                 trt.ILogger.__init__(self)
 
             def log(self, severity, msg: str) -> None:
-                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+                levels = trt.ILogger.Severity
+                if severity in (levels.INTERNAL_ERROR, levels.ERROR):
                     log.error("TensorRT: %s", msg)
-                elif severity == trt.ILogger.WARNING:
+                elif severity == levels.WARNING:
                     log.warning("TensorRT: %s", msg)
-                elif severity == trt.ILogger.INFO:
+                elif severity == levels.INFO:
                     log.debug("TensorRT: %s", msg)
 
         _LOGGER = _Forward()

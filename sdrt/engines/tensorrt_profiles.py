@@ -36,10 +36,10 @@ class Profile:
 
     def shapes(self, spec: ComponentSpec) -> dict[str, tuple[Shape, Shape, Shape]]:
         """Input name -> (min, opt, max) shape, as `IOptimizationProfile.set_shape` takes them."""
-        pick = {
-            which: {s: getattr(r, which) for s, r in self.dims.items()} for which in ("min", "opt", "max")
+        pick = {which: {s: getattr(r, which) for s, r in self.dims.items()} for which in ("min", "opt", "max")}
+        return {
+            t.name: (t.concrete(pick["min"]), t.concrete(pick["opt"]), t.concrete(pick["max"])) for t in spec.inputs
         }
-        return {t.name: (t.concrete(pick["min"]), t.concrete(pick["opt"]), t.concrete(pick["max"])) for t in spec.inputs}
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "dims": {s: [r.min, r.opt, r.max] for s, r in sorted(self.dims.items())}}

@@ -91,7 +91,9 @@ def test_lora_refit_weights_equal_a_re_export(setup, tmp_path):
 
 
 def test_merged_parameters_must_stay_equal():
-    weight_map = WeightMap((MappedWeight("onnx::Mul_1", ("a.weight", "b.weight"), "reshape", (2, 1, 1), "float32"),), (), ())
+    weight_map = WeightMap(
+        (MappedWeight("onnx::Mul_1", ("a.weight", "b.weight"), "reshape", (2, 1, 1), "float32"),), (), ()
+    )
     equal = {"a.weight": torch.ones(2), "b.weight": torch.ones(2)}
     assert np.array_equal(weight_map.refit_weights(equal)["onnx::Mul_1"], np.ones((2, 1, 1), np.float32))
     with pytest.raises(ValueError, match="b.weight and a.weight now differ, but the export merged them"):

@@ -15,14 +15,34 @@ RANK = 4
 # (kohya key, module path in the UNet or text encoder, conv kernel or None); the text encoder's full
 # attention set, as trainers write it (diffusers' format detection needs more than a lone q_proj)
 KOHYA_LAYERS = [
-    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", None),
-    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", "unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", None),
-    ("lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_ff_net_2", "unet", "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2", None),
+    (
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+        "unet",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+        None,
+    ),
+    (
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+        "unet",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+        None,
+    ),
+    (
+        "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_ff_net_2",
+        "unet",
+        "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2",
+        None,
+    ),
     ("lora_unet_down_blocks_0_resnets_0_conv1", "unet", "down_blocks.0.resnets.0.conv1", 3),
     ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", "text_encoder", "encoder.layers.0.self_attn.q_proj", None),
     ("lora_te_text_model_encoder_layers_0_self_attn_k_proj", "text_encoder", "encoder.layers.0.self_attn.k_proj", None),
     ("lora_te_text_model_encoder_layers_0_self_attn_v_proj", "text_encoder", "encoder.layers.0.self_attn.v_proj", None),
-    ("lora_te_text_model_encoder_layers_0_self_attn_out_proj", "text_encoder", "encoder.layers.0.self_attn.out_proj", None),
+    (
+        "lora_te_text_model_encoder_layers_0_self_attn_out_proj",
+        "text_encoder",
+        "encoder.layers.0.self_attn.out_proj",
+        None,
+    ),
     ("lora_te_text_model_encoder_layers_1_mlp_fc1", "text_encoder", "encoder.layers.1.mlp.fc1", None),
 ]
 
@@ -116,7 +136,10 @@ def test_a_b_a_gives_a_exactly(modules, tmp_path):
 
 
 def test_lora_for_another_model_is_refused(modules, tmp_path):
-    layers = [*KOHYA_LAYERS[:2], ("lora_unet_mid_block_attentions_7_proj_in", "unet", "down_blocks.0.attentions.0.proj_in", None)]
+    layers = [
+        *KOHYA_LAYERS[:2],
+        ("lora_unet_mid_block_attentions_7_proj_in", "unet", "down_blocks.0.attentions.0.proj_in", None),
+    ]
     path = write_kohya_lora(tmp_path / "other.safetensors", lora_factors(modules, seed=3, layers=layers))
     base = {n: p.detach().clone() for n, p in modules["unet"].named_parameters()}
     fuser = LoraFuser(modules["text_encoder"], modules["unet"])
