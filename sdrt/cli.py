@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sdrt.demo_model import PRESETS, VARIANTS
 from sdrt.engines import BACKENDS, DEVICES
+from sdrt.engines.tensorrt_profiles import PROFILE_MODES as TENSORRT_PROFILES
 from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler
 
 
@@ -61,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--optimization", default=None, help="onnxruntime graph optimization: disable, basic, extended or all (default)"
     )
+    p.add_argument(
+        "--profile",
+        choices=list(TENSORRT_PROFILES),
+        default=None,
+        help="tensorrt optimization profiles: static (tuned shapes only, fastest), dynamic (whole range) "
+        "or both (default: static at the tuned shapes, dynamic for the rest)",
+    )
+    p.add_argument(
+        "--timing-cache", type=Path, default=None, help="tensorrt timing cache file (default: in the artifact)"
+    )
+    p.add_argument("--refit", action="store_true", help="tensorrt: build refittable engines (LoRA switching)")
 
     samplers = ", ".join(f"{name} ({s.label})" for name, s in SAMPLERS.items())
     p = sub.add_parser(
@@ -175,6 +187,12 @@ def _build(args: argparse.Namespace) -> int:
     from sdrt.manifest import read_manifest
 
     options = {} if args.optimization is None else {"optimization": args.optimization}
+    if args.profile is not None:
+        options["profile"] = args.profile
+    if args.timing_cache is not None:
+        options["timing_cache"] = str(args.timing_cache)
+    if args.refit:
+        options["refit"] = True
     records = build_engines(args.artifact_dir, read_manifest(args.artifact_dir), args.backend, args.device, **options)
     for r in records:
         state = "reused" if r.reused else f"built in {r.seconds:.1f} s"

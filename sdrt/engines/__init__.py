@@ -14,6 +14,7 @@ from sdrt.manifest import Manifest
 BACKENDS = {
     "torch": "sdrt.engines.torch_backend",
     "onnxruntime": "sdrt.engines.onnxruntime_backend",
+    "tensorrt": "sdrt.engines.tensorrt_backend",
 }
 DEVICES = ("cpu", "cuda")
 

@@ -1,0 +1,173 @@
+"""The refit weight map on a real tiny export: coverage, exact round trip, and LoRA weights equal to a re-export.
+
+The TensorRT refit itself needs a GPU (tests/engines/test_tensorrt.py); everything up to the arrays handed
+to `engine.refit` is checked here on the CPU, including LoRA switching through recording engines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from sdrt.components import TEXT_ENCODER, UNET, component_modules
+from sdrt.engines.refit import LoraRefitter, MappedWeight, WeightMap, build_weight_map, weight_map_for
+from sdrt.export.lora import LoraFuser
+from sdrt.export.onnx_export import export_component
+from sdrt.manifest import read_manifest
+from sdrt.model_dir import ModelDir
+from tests.export.test_lora import lora_factors, write_kohya_lora
+
+
+def initializers(path) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def setup(demo_model, artifact):
+    text_encoder, unet, vae = ModelDir.open(demo_model).load_modules()
+    modules = component_modules(text_encoder, unet, vae)
+    manifest = read_manifest(artifact)
+    maps = {c: build_weight_map(artifact / manifest.files[c].path, modules[c]) for c in (TEXT_ENCODER, UNET)}
+    return {"modules": modules, "manifest": manifest, "maps": maps, "raw": (text_encoder, unet)}
+
+
+@pytest.mark.parametrize("component", [TEXT_ENCODER, UNET])
+def test_every_conv_and_linear_weight_is_mapped(setup, artifact, component):
+    weight_map, module = setup["maps"][component], setup["modules"][component]
+    layers = [f"{n}.weight" for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert layers and not [n for n in layers if n not in weight_map.params()]
+    assert weight_map.unmapped_params == ()  # every parameter of these components reaches the graph
+    inits = initializers(artifact / setup["manifest"].files[component].path)
+    assert not [n for n in weight_map.unmapped_initializers if n in dict(module.named_parameters())]
+    assert {w.initializer for w in weight_map.weights} | set(weight_map.unmapped_initializers) == set(inits)
+
+
+def test_linear_weights_are_found_transposed(setup):
+    unet_map = setup["maps"][UNET]
+    to_q = [w for w in unet_map.weights if any(p.endswith("attn1.to_q.weight") for p in w.params)]
+    assert to_q and all(w.transform == "transpose" and w.initializer.startswith("onnx::MatMul") for w in to_q)
+    assert any(w.transform == "same" and w.initializer == "unet.conv_in.weight" for w in unet_map.weights)
+
+
+@pytest.mark.parametrize("component", [TEXT_ENCODER, UNET])
+def test_base_weights_round_trip_exactly(setup, artifact, component):
+    weight_map, module = setup["maps"][component], setup["modules"][component]
+    inits = initializers(artifact / setup["manifest"].files[component].path)
+    arrays = weight_map.refit_weights(dict(module.named_parameters()))
+    assert set(arrays) == {w.initializer for w in weight_map.weights}
+    for name, array in arrays.items():
+        assert array.dtype == inits[name].dtype and np.array_equal(array, inits[name]), name
+
+
+def test_lora_refit_weights_equal_a_re_export(setup, tmp_path):
+    """Fuse a LoRA, place it through the map, and compare with exporting the fused modules again."""
+    text_encoder, unet = setup["raw"]
+    modules, manifest = setup["modules"], setup["manifest"]
+    path = write_kohya_lora(tmp_path / "a.safetensors", lora_factors({"unet": unet, "text_encoder": text_encoder}, 1))
+    with LoraFuser(text_encoder, unet).fused(path, scale=0.8) as changed:
+        assert changed["unet"] and changed["text_encoder"]
+        for component in (TEXT_ENCODER, UNET):
+            weight_map = setup["maps"][component]
+            refit = weight_map.refit_weights(dict(modules[component].named_parameters()))
+            out = tmp_path / component
+            export_component(modules[component], manifest.components[component], manifest.ranges, out)
+            again = build_weight_map(out / "model.onnx", modules[component])
+            reexported = initializers(out / "model.onnx")
+            holder = {p: w.initializer for w in again.weights for p in w.params}
+            prefix = f"{component}."
+            lora_params = {prefix + n for n in changed[component]}
+            compared = 0
+            for w in weight_map.weights:
+                mine, theirs = refit[w.initializer], reexported[holder[w.params[0]]]
+                if w.transform != "transpose":  # merged equal weights may be held reshaped in the other export
+                    mine, theirs = mine.ravel(), theirs.ravel()
+                assert np.array_equal(mine, theirs), w.initializer
+                compared += bool(lora_params & set(w.params))
+            assert compared == len(lora_params)  # every LoRA-changed weight was compared, transposed ones too
+
+
+def test_merged_parameters_must_stay_equal():
+    weight_map = WeightMap(
+        (MappedWeight("onnx::Mul_1", ("a.weight", "b.weight"), "reshape", (2, 1, 1), "float32"),), (), ()
+    )
+    equal = {"a.weight": torch.ones(2), "b.weight": torch.ones(2)}
+    assert np.array_equal(weight_map.refit_weights(equal)["onnx::Mul_1"], np.ones((2, 1, 1), np.float32))
+    with pytest.raises(ValueError, match="b.weight and a.weight now differ, but the export merged them"):
+        weight_map.refit_weights({**equal, "b.weight": torch.tensor([1.0, 2.0])})
+
+
+def test_map_is_cached_as_json(setup, artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
+    first = weight_map_for(copy, setup["manifest"], UNET, setup["modules"][UNET])
+    assert first == setup["maps"][UNET]
+    [cached] = (copy / "engines" / "refit").glob("unet-*.json")
+    assert WeightMap.from_json(__import__("json").loads(cached.read_text())) == first
+    cached.write_text("{broken")
+    assert weight_map_for(copy, setup["manifest"], UNET, setup["modules"][UNET]) == first  # rebuilt, not trusted
+
+
+class RecordingEngine:
+    """Stands in for a refittable TensorRT engine: keeps the weights of its latest refit."""
+
+    refittable = True
+
+    def __init__(self) -> None:
+        self.weights: dict[str, np.ndarray] = {}
+
+    def refit(self, weights) -> None:
+        self.weights = {k: v.copy() for k, v in weights.items()}
+
+
+@pytest.fixture(scope="module")
+def refitter(demo_model, artifact):
+    return LoraRefitter(artifact, read_manifest(artifact), demo_model)
+
+
+@pytest.fixture(scope="module")
+def loras(refitter, tmp_path_factory):
+    raw = {"unet": refitter.modules[UNET].unet, "text_encoder": refitter.modules[TEXT_ENCODER].text_encoder}
+    directory = tmp_path_factory.mktemp("loras")
+    return [write_kohya_lora(directory / f"{seed}.safetensors", lora_factors(raw, seed)) for seed in (1, 2)]
+
+
+def test_switching_loras_a_b_a_refits_a_exactly(refitter, loras, artifact):
+    a, b = loras
+    engines = {TEXT_ENCODER: RecordingEngine(), UNET: RecordingEngine()}
+
+    def state(lora):
+        refitter.apply(engines, lora, scale=1.0)
+        return {c: dict(e.weights) for c, e in engines.items()}
+
+    first, other, again, none = state(a), state(b), state(a), state(None)
+    for c in engines:
+        assert set(first[c]) == {w.initializer for w in refitter.maps[c].weights}  # every mapped weight, every time
+        assert any(not np.array_equal(first[c][k], other[c][k]) for k in first[c])
+        assert all(np.array_equal(first[c][k], again[c][k]) for k in first[c])
+        onnx_values = initializers(artifact / read_manifest(artifact).files[c].path)
+        assert all(np.array_equal(v, onnx_values[k]) for k, v in none[c].items())  # no LoRA: the exported weights
+
+
+def test_refit_needs_refittable_engines_and_the_source_model(refitter, artifact, sd2_model):
+    with pytest.raises(ValueError, match="the unet engine cannot be refit; build the engines with --refit"):
+        refitter.apply({TEXT_ENCODER: RecordingEngine(), UNET: object()}, None)
+    with pytest.raises(ValueError, match="was not exported from"):
+        LoraRefitter(artifact, read_manifest(artifact), sd2_model)
+
+
+def test_lora_reaching_an_unmapped_weight_is_refused(refitter, loras):
+    """A LoRA can only be refit where the map reaches; a weight the export folded away is an error."""
+    conv = "unet.down_blocks.0.resnets.0.conv1.weight"  # adapted by the test LoRA
+    full = refitter.maps[UNET]
+    refitter.maps[UNET] = WeightMap(tuple(w for w in full.weights if conv not in w.params), (), (conv,))
+    try:
+        with pytest.raises(ValueError, match=r"folded into other constants.*down_blocks\.0\.resnets\.0\.conv1"):
+            refitter.apply({TEXT_ENCODER: RecordingEngine(), UNET: RecordingEngine()}, loras[0])
+    finally:
+        refitter.maps[UNET] = full

@@ -1,0 +1,267 @@
+"""The TensorRT backend: profiles, cache keys and plan checks on the CPU; builds and runs where TensorRT and a GPU are.
+
+The tests marked gpu skip, saying why, on a machine without TensorRT >= 10 and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sdrt import Pipeline
+from sdrt.components import unet_spec, vae_decoder_spec, vae_encoder_spec
+from sdrt.engines import build_engines
+from sdrt.engines.tensorrt_backend import TensorRTOptions
+from sdrt.engines.tensorrt_cache import PLAN_FILE, RECORD_FILE, GpuInfo, cache_key, plan_problem, write_plan
+from sdrt.engines.tensorrt_profiles import build_profiles, select_profile
+from sdrt.manifest import read_manifest
+from tests.conftest import RANGES
+
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
+UNET = unet_spec(in_channels=4, out_channels=4, text_hidden_size=32, num_train_timesteps=1000)
+
+
+# --- profiles from the manifest's ranges ---------------------------------------------------------------
+
+
+def test_unet_profiles_double_the_batch_and_span_the_long_prompt_axis():
+    """RANGES: 1..2 images (opt 1), 64..256 px (opt 128), 4 text chunks: cfg_batch 1..4, latents 8..32, text 77..308."""
+    static, dynamic = build_profiles(UNET, RANGES, "both")
+    assert (static.kind, dynamic.kind) == ("static", "dynamic")
+    shapes = dynamic.shapes(UNET)
+    assert shapes["sample"] == ((1, 4, 8, 8), (2, 4, 16, 16), (4, 4, 32, 32))
+    assert shapes["timestep"] == ((1,), (2,), (4,))
+    assert shapes["encoder_hidden_states"] == ((1, 77, 32), (2, 77, 32), (4, 308, 32))
+    for low, opt, high in static.shapes(UNET).values():
+        assert low == opt == high
+    assert static.shapes(UNET)["sample"][1] == (2, 4, 16, 16)
+
+
+def test_vae_and_text_encoder_profiles(artifact):
+    decoder, encoder = vae_decoder_spec(4, 8), vae_encoder_spec(4, 8)
+    assert build_profiles(decoder, RANGES, "dynamic")[0].shapes(decoder)["latent"] == (
+        (1, 4, 8, 8),
+        (1, 4, 16, 16),
+        (2, 4, 32, 32),
+    )
+    assert build_profiles(encoder, RANGES, "dynamic")[0].shapes(encoder)["images"] == (
+        (1, 3, 64, 64),
+        (1, 3, 128, 128),
+        (2, 3, 256, 256),
+    )
+    manifest = read_manifest(artifact)  # the real text encoder spec: cfg_batch rows of 77 tokens
+    text = manifest.components["text_encoder"]
+    shapes = build_profiles(text, manifest.ranges, "dynamic")[0].shapes(text)
+    assert shapes == {"input_ids": ((1, 77), (2, 77), (4, 77)), "clip_skip": ((1,), (2,), (4,))}
+
+
+def test_profile_modes():
+    assert [p.kind for p in build_profiles(UNET, RANGES, "static")] == ["static"]
+    assert [p.kind for p in build_profiles(UNET, RANGES, "dynamic")] == ["dynamic"]
+    fixed = dataclasses.replace(RANGES, min_size=128, max_size=128, max_batch=1, max_text_chunks=1)
+    decoder = vae_decoder_spec(4, 8)
+    assert [p.kind for p in build_profiles(decoder, fixed, "both")] == ["static"]  # nothing varies
+    assert [p.kind for p in build_profiles(UNET, fixed, "both")] == ["static", "dynamic"]  # cfg_batch is 1 or 2
+    with pytest.raises(ValueError, match="profile 'fast' is not one of static, dynamic, both"):
+        build_profiles(UNET, RANGES, "fast")
+
+
+def test_static_profile_at_opt_else_dynamic():
+    profiles = build_profiles(UNET, RANGES, "both")
+    at_opt = {"cfg_batch": 2, "latent_height": 16, "latent_width": 16, "text_sequence": 77}
+    assert select_profile(profiles, at_opt) == 0
+    for symbol, value in (("cfg_batch", 4), ("latent_width", 13), ("text_sequence", 154)):
+        assert select_profile(profiles, {**at_opt, symbol: value}) == 1
+    assert select_profile(build_profiles(UNET, RANGES, "dynamic"), at_opt) == 0
+    with pytest.raises(ValueError, match=r"unet: shapes cfg_batch=4.* fit none .*rebuild with --profile both"):
+        select_profile(build_profiles(UNET, RANGES, "static"), {**at_opt, "cfg_batch": 4}, "unet")
+
+
+# --- cache keys -------------------------------------------------------------------------------------------
+
+
+def _key(**change):
+    inputs = {
+        "onnx_sha256": "a" * 64,
+        "external_data_sha256": None,
+        "settings": TensorRTOptions().settings(),
+        "profiles": build_profiles(UNET, RANGES, "both"),
+        "tensorrt_version": "10.13.0",
+        "gpu": H100,
+    }
+    return cache_key(**{**inputs, **change})
+
+
+def test_cache_key_changes_with_every_input_and_only_with_them():
+    base = _key()
+    assert _key() == base
+    settings = TensorRTOptions().settings()
+    changed = {
+        "onnx": _key(onnx_sha256="b" * 64),
+        "external data": _key(external_data_sha256="c" * 64),
+        "tensorrt": _key(tensorrt_version="10.13.1"),
+        "gpu model": _key(gpu=GpuInfo("NVIDIA H200", "9.0")),
+        "compute capability": _key(gpu=GpuInfo(H100.name, "8.9")),
+        "profiles": _key(profiles=build_profiles(UNET, dataclasses.replace(RANGES, max_batch=3), "both")),
+        "text chunks": _key(profiles=build_profiles(UNET, dataclasses.replace(RANGES, max_text_chunks=2), "both")),
+    }
+    for field, value in (
+        ("fp16", False),
+        ("profile", "dynamic"),
+        ("refit", True),
+        ("workspace_gb", 8.0),
+        ("optimization_level", 5),
+    ):
+        assert field in settings
+        changed[field] = _key(settings={**settings, field: value})
+    assert base not in changed.values() and len(set(changed.values())) == len(changed), changed
+    # run-time options are not build settings: the same plan serves them
+    for runtime in ({"cuda_graphs": False}, {"timing_cache": "/tmp/t.cache"}):
+        assert TensorRTOptions(**runtime).settings() == settings
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="device 'cpu': the tensorrt backend needs TensorRT >= 10 and an NVIDIA GPU"):
+        TensorRTOptions(device="cpu")
+    with pytest.raises(ValueError, match="profile 'all' is not one of"):
+        TensorRTOptions(profile="all")
+    with pytest.raises(ValueError, match="workspace_gb -1"):
+        TensorRTOptions(workspace_gb=-1)
+    with pytest.raises(ValueError, match="optimization_level 6 is outside 0..5"):
+        TensorRTOptions(optimization_level=6)
+
+
+# --- plan records: what may be loaded ----------------------------------------------------------------------
+
+
+def test_plan_checks_decide_rebuild(tmp_path):
+    target = tmp_path / "engines" / "tensorrt" / "unet" / "0123456789abcdef"
+    assert plan_problem(target, "k", "10.13.0", H100) == "not built yet"
+    plan = bytes(range(256)) * 64
+    write_plan(target, plan, {"key": "k", "tensorrt": "10.13.0", "gpu": H100.name, "compute_capability": "9.0"})
+    assert plan_problem(target, "k", "10.13.0", H100) is None
+    assert "key" in plan_problem(target, "other", "10.13.0", H100)
+    assert "tensorrt '10.13.0'" in plan_problem(target, "k", "10.14.0", H100)
+    assert "gpu" in plan_problem(target, "k", "10.13.0", GpuInfo("NVIDIA A100-SXM4-80GB", "9.0"))
+    assert "compute_capability" in plan_problem(target, "k", "10.13.0", GpuInfo(H100.name, "8.0"))
+
+    (target / PLAN_FILE).write_bytes(plan[:1000])  # an interrupted copy
+    assert "truncated" in plan_problem(target, "k", "10.13.0", H100)
+    damaged = bytearray(plan)
+    damaged[5000] ^= 0xFF
+    (target / PLAN_FILE).write_bytes(bytes(damaged))
+    assert "sha256" in plan_problem(target, "k", "10.13.0", H100)
+    (target / PLAN_FILE).unlink()
+    assert "missing" in plan_problem(target, "k", "10.13.0", H100)
+    (target / RECORD_FILE).write_text("{not json")
+    assert "record is unusable" in plan_problem(target, "k", "10.13.0", H100)
+    (target / RECORD_FILE).unlink()
+    assert "record is unusable" in plan_problem(target, "k", "10.13.0", H100)
+
+
+def test_write_plan_is_atomic_and_records_the_plan(tmp_path):
+    target = tmp_path / "engine"
+    record = write_plan(target, b"plan", {"key": "k"})
+    assert json.loads((target / RECORD_FILE).read_text()) == record
+    assert record["plan_bytes"] == 4 and len(record["plan_sha256"]) == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["engine"]  # no partial directory left behind
+
+
+def test_without_tensorrt_the_errors_say_what_is_missing(artifact):
+    if _tensorrt_reason() is None:
+        pytest.skip("this machine has TensorRT and a GPU; the error path is for machines without them")
+    manifest = read_manifest(artifact)
+    with pytest.raises(ValueError, match="needs TensorRT >= 10 and an NVIDIA GPU"):
+        build_engines(artifact, manifest, "tensorrt")
+    if torch.cuda.is_available():  # a GPU but no TensorRT
+        with pytest.raises(ValueError, match="needs TensorRT >= 10 and an NVIDIA GPU"):
+            build_engines(artifact, manifest, "tensorrt", device="cuda")
+
+
+# --- on a GPU with TensorRT ---------------------------------------------------------------------------------
+
+KWARGS = {"height": 72, "width": 104, "num_inference_steps": 6, "seed": 11, "scheduler": "euler_a"}
+
+
+def _tensorrt_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU and a CUDA build of torch; this machine has neither"
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        return f"needs TensorRT >= 10 (import tensorrt failed: {exc})"
+    if int(tensorrt.__version__.split(".")[0]) < 10:
+        return f"needs TensorRT >= 10; this is {tensorrt.__version__}"
+    return None
+
+
+@pytest.fixture()
+def gpu_artifact(artifact, tmp_path):
+    reason = _tensorrt_reason()
+    if reason:
+        pytest.skip(reason)
+    copy = tmp_path / "artifact"
+    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
+    return copy
+
+
+def _max_diff(a, b) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+@pytest.mark.gpu
+def test_fp32_engines_match_onnxruntime_and_fp16_stay_close(gpu_artifact, pipelines):
+    reference = pipelines["onnxruntime"].generate("a cat", **KWARGS).images[0]
+    fp32 = Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda", fp16=False)
+    assert _max_diff(fp32.generate("a cat", **KWARGS).images[0], reference) <= 2
+    fp16 = Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda")
+    assert _max_diff(fp16.generate("a cat", **KWARGS).images[0], reference) <= 12  # fp16 kernels on random weights
+
+
+@pytest.mark.gpu
+def test_graphs_static_and_dynamic_shapes_agree_with_eager(gpu_artifact):
+    graphs = Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda", fp16=False)
+    eager = Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda", fp16=False, cuda_graphs=False)
+    for size in ({"height": 128, "width": 128}, {"height": 72, "width": 104}, {"height": 128, "width": 128}):
+        args = {**KWARGS, **size}
+        assert _max_diff(graphs.generate("a cat", **args).images[0], eager.generate("a cat", **args).images[0]) == 0
+    unet = graphs.engines["unet"]
+    assert {key[0] for key in unet._graphs} == {0, 1}  # the static profile at opt, the dynamic one elsewhere
+
+
+@pytest.mark.gpu
+def test_plans_are_reused_and_a_damaged_plan_is_rebuilt(gpu_artifact, caplog):
+    manifest = read_manifest(gpu_artifact)
+    first = {r.component: r for r in build_engines(gpu_artifact, manifest, "tensorrt", device="cuda")}
+    again = {r.component: r for r in build_engines(gpu_artifact, manifest, "tensorrt", device="cuda")}
+    assert all(r.reused for r in again.values()) and all(not r.reused for r in first.values())
+    plan = __import__("pathlib").Path(first["vae_decoder"].path) / PLAN_FILE
+    plan.write_bytes(plan.read_bytes()[: plan.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        rebuilt = {r.component: r for r in build_engines(gpu_artifact, manifest, "tensorrt", device="cuda")}
+    assert not rebuilt["vae_decoder"].reused and "truncated" in caplog.text
+    assert Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda").generate("a cat", **KWARGS).images
+
+
+@pytest.mark.gpu
+def test_lora_switching_by_refit_is_exact(gpu_artifact, demo_model, tmp_path):
+    from sdrt.engines.refit import LoraRefitter
+    from tests.export.test_lora import lora_factors, write_kohya_lora
+
+    pipe = Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda", refit=True)
+    refitter = LoraRefitter(gpu_artifact, read_manifest(gpu_artifact), demo_model)
+    raw = {"unet": refitter.modules["unet"].unet, "text_encoder": refitter.modules["text_encoder"].text_encoder}
+    a = write_kohya_lora(tmp_path / "a.safetensors", lora_factors(raw, 1))
+    b = write_kohya_lora(tmp_path / "b.safetensors", lora_factors(raw, 2))
+    base = pipe.generate("a cat", **KWARGS).images[0]
+    images = []
+    for lora in (a, b, a, None):
+        refitter.apply(pipe.engines, lora)
+        images.append(pipe.generate("a cat", **KWARGS).images[0])
+    assert _max_diff(images[0], images[1]) > 0
+    assert _max_diff(images[0], images[2]) == 0 and _max_diff(images[3], base) == 0
