@@ -76,6 +76,22 @@ class LoraFuser:
             self._unload()
             self._restore()
 
+    def set(self, path: str | os.PathLike | None, scale: float = 1.0) -> dict[str, set[str]]:
+        """Leave the LoRA at `path` fused in at `scale` (None: the base weights); return the changed names.
+
+        A failed fuse leaves the base weights in place.
+        """
+        self._unload()
+        self._restore()
+        if path is not None:
+            try:
+                self._fuse(path, scale)
+            except BaseException:
+                self._unload()
+                self._restore()
+                raise
+        return self._changed()
+
     def _fuse(self, path: str | os.PathLike, scale: float) -> None:
         from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
         from diffusers.loaders.lora_base import fuse_text_encoder_lora

@@ -70,6 +70,9 @@ class Pipeline:
         self.model_name = model_name
         self.max_images = max_images
         self.device = self.engines[UNET].device
+        self.path: Path | None = None  # where the pipeline was loaded from (set by `load`)
+        self.backend: str | None = None  # the backend name (set by `load`)
+        self._lora: Any = None  # what switches LoRAs for this backend, made on first use
 
     @classmethod
     def load(
@@ -103,7 +106,42 @@ class Pipeline:
         tokenizer = load_tokenizer(root / TOKENIZER_DIR)
         scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
         engines = load_engines(root, manifest, backend, device, **options)
-        return cls(engines, manifest, tokenizer, scheduler_config, model_name=root.resolve().name)
+        pipe = cls(engines, manifest, tokenizer, scheduler_config, model_name=root.resolve().name)
+        pipe.path, pipe.backend = root, backend
+        return pipe
+
+    def set_lora(
+        self, lora: str | os.PathLike | None, scale: float = 1.0, model_dir: str | os.PathLike | None = None
+    ) -> None:
+        """Fuse a LoRA (safetensors, kohya or diffusers format) into the text encoder and UNet; None removes it.
+
+        Switching is exact: A, then B, then A again gives A's weights bit for bit. The torch backend
+        fuses into its modules. The tensorrt backend refits engines built with `--refit`, which needs
+        the model directory the artifact was exported from (`model_dir`). ONNX Runtime engines have
+        their weights baked in: fuse the LoRA into the model and export that instead.
+        """
+        if self._lora is None:
+            self._lora = self._lora_switch(model_dir)
+        self._lora(lora, scale)
+
+    def _lora_switch(self, model_dir: str | os.PathLike | None) -> Callable[[Any, float], Any]:
+        if self.backend == "torch":
+            from sdrt.export.lora import LoraFuser
+
+            # the torch backend's engines hold the diffusers modules the exporter would trace
+            fuser = LoraFuser(self.engines[TEXT_ENCODER].module.text_encoder, self.engines[UNET].module.unet)
+            return fuser.set
+        if self.backend == "tensorrt":
+            from sdrt.engines.refit import LoraRefitter
+
+            if model_dir is None:
+                raise ValueError("set_lora on the tensorrt backend needs model_dir: the model the artifact came from")
+            refitter = LoraRefitter(self.path, self.manifest, model_dir)
+            return lambda lora, scale: refitter.apply(self.engines, lora, scale)
+        raise ValueError(
+            f"LoRA switching needs the torch backend or the tensorrt backend built with --refit, not {self.backend}; "
+            "ONNX Runtime engines have their weights baked in"
+        )
 
     @property
     def clip_skip_max(self) -> int:
