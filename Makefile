@@ -49,7 +49,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sdrt tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/backends.py
+	PY=$(PY) bash benchmarks/cpu.sh
 
 clean:
 	rm -rf $(VENV) models artifacts outputs .pytest_cache

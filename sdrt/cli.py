@@ -123,6 +123,48 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print an artifact's manifest summary")
     p.add_argument("artifact_dir", type=Path)
+
+    from sdrt.bench.scenario import SDRT_BACKENDS  # stdlib-only module: cheap to import for --help
+
+    p = sub.add_parser(
+        "bench",
+        help="time sdrt's backends against diffusers on the same weights: stages, throughput, cold start, memory",
+        description="Times every sdrt backend and the diffusers baselines on the same weights, alternating run by "
+        "run in one process; contenders that cannot run here are listed as skipped, with the reason.",
+    )
+    p.add_argument(
+        "path",
+        type=Path,
+        help="an artifact (from 'sdrt export'; with --model for the torch backend and the baselines) or a diffusers "
+        "model directory alone (torch backend and baselines only)",
+    )
+    p.add_argument("--model", type=Path, default=None, help="the model directory the artifact was exported from")
+    p.add_argument("--label", default=None, help="the model's name in tables (default: the directory's name)")
+    p.add_argument(
+        "--backend",
+        default=",".join(SDRT_BACKENDS),
+        help=f"comma-separated sdrt backends, or none (default {','.join(SDRT_BACKENDS)})",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=("diffusers", "none"),
+        default="diffusers",
+        help="diffusers on the same weights: fp32 on the CPU; fp16 + SDPA, and that with torch.compile, on a GPU",
+    )
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baseline (GPU)")
+    p.add_argument("--sizes", default=None, help="WIDTHxHEIGHT list, e.g. 512x512,768x768 (default: tuned size)")
+    p.add_argument("--batch", default="1", help="images per generation, e.g. 1,2,4,8 (default 1; clipped to max)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per scenario (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per contender first (default 1)")
+    p.add_argument("--scheduler", type=_sampler, default="dpmpp_2m", help="sampler for all (default dpmpp_2m)")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="guidance scale (default 7.5)")
+    p.add_argument("--mode", choices=("txt2img", "img2img"), default="txt2img", help="img2img adds the VAE encoder")
+    p.add_argument("--strength", type=float, default=0.8, help="img2img strength (default 0.8)")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu or cuda[:N]")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
+    p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG chart here")
     return parser
 
 
@@ -256,6 +298,45 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from sdrt.bench import BASELINES, BenchConfig, format_table, plot, run_bench, write_json
+    from sdrt.bench.scenario import parse_ints, parse_size
+
+    _quiet_third_party()
+    backends = () if args.backend == "none" else tuple(b.strip() for b in args.backend.split(",") if b.strip())
+    baselines = () if args.baseline == "none" else ("diffusers",) if args.no_compile else BASELINES
+    config = BenchConfig(
+        path=args.path,
+        model=args.model,
+        label=args.label,
+        backends=backends,
+        baselines=baselines,
+        sizes=None if args.sizes is None else tuple(parse_size(s) for s in args.sizes.split(",") if s.strip()),
+        batches=parse_ints("--batch", args.batch),
+        steps=args.steps,
+        runs=args.runs,
+        warmup=args.warmup,
+        scheduler=args.scheduler,
+        guidance_scale=args.guidance_scale,
+        mode=args.mode,
+        strength=args.strength,
+        device=args.device,
+        cold_start=not args.no_cold_start,
+    )
+    result = run_bench(config)
+    result.command = config.command()
+    print(format_table(result))
+    if args.json is not None:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        plot(result.records, args.plot)
+        print(f"wrote {args.plot}")
+    for record in result.failed:
+        print(f"sdrt bench: {record.scenario.contender} failed: {record.reason}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -278,6 +359,7 @@ _COMMANDS = {
     "build": _build,
     "generate": _generate,
     "info": _info,
+    "bench": _bench,
 }
 
 if __name__ == "__main__":

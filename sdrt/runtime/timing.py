@@ -1,4 +1,4 @@
-"""Per-stage wall-clock timings of one generation."""
+"""Per-stage timings of one generation: host clock on the CPU, CUDA events on a GPU."""
 
 from __future__ import annotations
 
@@ -6,24 +6,97 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def _no_sync() -> None:
+    pass
 
 
 @dataclass
 class StageClock:
-    """Accumulates seconds per stage; `sync` waits for queued device work before each reading."""
+    """Accumulates seconds and calls per stage.
 
-    sync: Callable[[], None] = lambda: None
-    seconds: dict[str, float] = field(default_factory=dict)
+    On the host clock, `sync` runs before each reading so that queued device work is counted in the
+    stage that queued it. Given a CUDA `device`, stages are timed instead with CUDA events on the
+    current stream: nothing waits inside the run, and `seconds` synchronizes once, when read.
+    """
+
+    sync: Callable[[], None] = _no_sync
+    device: torch.device | str | None = None  # a CUDA device: time stages with CUDA events
+    _seconds: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _calls: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    # open stage -> its host start time or start event; closed stages' (name, start, end) events not yet read
+    _open: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _pending: list[tuple[str, Any, Any]] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._cuda = self.device is not None and torch.device(self.device).type == "cuda"
+
+    @property
+    def uses_cuda_events(self) -> bool:
+        return self._cuda
+
+    def start(self, name: str) -> None:
+        """Open stage `name`; ValueError if it is already open."""
+        if name in self._open:
+            raise ValueError(f"stage {name!r} is already open")
+        if self._cuda:
+            self._open[name] = self._record()
+        else:
+            self.sync()
+            self._open[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        """Close stage `name` and add its time; ValueError if it is not open."""
+        if name not in self._open:
+            raise ValueError(f"stage {name!r} is not open")
+        begin = self._open.pop(name)
+        if self._cuda:
+            self._pending.append((name, begin, self._record()))
+        else:
+            self.sync()
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - begin
+        self._calls[name] = self._calls.get(name, 0) + 1
+
+    def is_open(self, name: str) -> bool:
+        return name in self._open
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        self.sync()
-        start = time.perf_counter()
+        self.start(name)
         try:
             yield
         finally:
-            self.sync()
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.stop(name)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per closed stage (on a GPU this waits for the stages' events)."""
+        for name, begin, end in self._pending:
+            end.synchronize()
+            self._seconds[name] = self._seconds.get(name, 0.0) + begin.elapsed_time(end) / 1000.0
+        self._pending.clear()
+        return self._seconds
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Times each stage was closed."""
+        return self._calls
+
+    def reset(self) -> None:
+        """Forget all stages, open or closed."""
+        self._seconds.clear()
+        self._calls.clear()
+        self._open.clear()
+        self._pending.clear()
+
+    def _record(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Benchmark suites and the random-weight models they time (see README.md)."""

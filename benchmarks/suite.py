@@ -1,0 +1,230 @@
+"""The two ready suites, built on `sdrt bench`'s code: `python -m benchmarks.suite cpu|gpu [--quick]`.
+
+Each suite makes its random-weight models and artifacts when they are missing or stale (kept under
+models/ and artifacts/ for the next run), runs `run_bench` on each, and writes
+benchmarks/results/<machine>.json (every scenario's record), <machine>.png (the chart) and
+<machine>.md (the tables), and puts those tables into benchmarks/README.md between its markers.
+`--quick` is a smoke test of the same path: the tiny models, 64x64, 2 steps, one run, results under
+outputs/bench-quick/ and the README left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdrt.bench import BenchConfig, BenchResult, format_table, plot, run_bench
+from sdrt.bench.machine import machine_info, machine_slug, versions
+from sdrt.export import ExportConfig
+
+log = logging.getLogger("benchmarks.suite")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "benchmarks" / "README.md"
+SCHEDULER = "dpmpp_2m"
+
+
+@dataclass(frozen=True)
+class SuiteModel:
+    """One model of a suite: how to make it and what to time on it."""
+
+    name: str  # directory under models/ (its artifact: artifacts/<name>-<suite>)
+    preset: str  # benchmarks.models preset
+    export: ExportConfig | None  # the artifact's export settings; None: time the model directory only
+    sizes: tuple[tuple[int, int], ...]  # (width, height)
+    batches: tuple[int, ...]  # images per generation
+    steps: int  # denoising steps
+    runs: int  # timed runs per scenario
+    warmup: int  # untimed runs per contender first
+
+
+def suites(onnxruntime_cuda: bool) -> dict[str, tuple[SuiteModel, ...]]:
+    """The suites; the GPU one exports SD 1.5 only when ONNX Runtime can use the GPU (else nothing would run it)."""
+    gpu_sd15 = ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512) if onnxruntime_cuda else None
+    return {
+        # the 2-core machine: the tiny demo model (batch 1 to 4) and full-size SD 1.5 at 256x256 with 4 steps
+        "cpu": (
+            SuiteModel("demo", "tiny", ExportConfig(max_batch=4, min_size=64, max_size=256, opt_size=128),
+                       ((128, 128),), (1, 2, 4), steps=20, runs=5, warmup=1),
+            SuiteModel("sd15-random", "sd15", ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256),
+                       ((256, 256),), (1,), steps=4, runs=3, warmup=1),
+        ),
+        # one H100: SD 1.5 at 512x512, 50 steps, batch 1 and 8; SDXL at 1024x1024, 30 steps, batch 1
+        "gpu": (
+            SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1, 8), steps=50, runs=3, warmup=1),
+            SuiteModel("sdxl-random", "sdxl", None, ((1024, 1024),), (1,), steps=30, runs=3, warmup=1),
+        ),
+    }  # fmt: skip
+
+
+def quick_suites() -> dict[str, tuple[SuiteModel, ...]]:
+    tiny = ExportConfig(max_batch=2, min_size=64, max_size=128, opt_size=64)
+    demo = SuiteModel("demo", "tiny", tiny, ((64, 64),), (1, 2), steps=2, runs=1, warmup=1)
+    sdxl = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=2, runs=1, warmup=1)
+    return {"cpu": (demo,), "gpu": (demo, sdxl)}
+
+
+def prepare(model: SuiteModel, suite: str, root: Path) -> tuple[Path, Path | None]:
+    """The model directory and artifact for `model`, made (or re-exported) when missing or stale."""
+    from benchmarks.models import write_model
+
+    model_dir = root / "models" / model.name
+    if not (model_dir / "model_index.json").is_file():
+        log.info("writing the %s model to %s", model.preset, model_dir)
+        write_model(model_dir, model.preset)
+    if model.export is None:
+        return model_dir, None
+    artifact = root / "artifacts" / f"{model.name}-{suite}"
+    stale = _stale(artifact, model_dir, model.export)
+    if stale:
+        from sdrt.export import export_model
+
+        log.info("exporting %s to %s (%s)", model_dir, artifact, stale)
+        export_model(model_dir, artifact, model.export, overwrite=True)
+    return model_dir, artifact
+
+
+def _stale(artifact: Path, model_dir: Path, export: ExportConfig) -> str | None:
+    """Why `artifact` must be (re-)exported, or None when it is current."""
+    from sdrt.manifest import read_manifest
+    from sdrt.model_dir import ModelDir
+
+    try:
+        manifest = read_manifest(artifact)
+    except ValueError as exc:
+        return str(exc)
+    r = manifest.ranges
+    wanted = (export.max_batch, export.min_size, export.max_size, export.opt_size)
+    if (r.max_batch, r.min_size, r.max_size, r.opt_size) != wanted:
+        return f"its ranges {r.max_batch}, {r.min_size}..{r.max_size} ({r.opt_size}) differ from the suite's"
+    if manifest.source_sha256 != ModelDir.open(model_dir).weights_sha256():
+        return "it was exported from other weights"
+    return None
+
+
+def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme: bool) -> int:
+    started = time.perf_counter()
+    device = "cpu" if suite == "cpu" else "cuda"
+    models = (quick_suites() if quick else suites(_onnxruntime_cuda()))[suite]
+    merged = BenchResult(records=[])
+    commands = []
+    for model in models:
+        t0 = time.perf_counter()
+        model_dir, artifact = prepare(model, f"{suite}-quick" if quick else suite, root)
+        model_dir, artifact = _relative(model_dir), artifact and _relative(artifact)
+        log.info("%s ready in %.0f s", model.name, time.perf_counter() - t0)
+        config = BenchConfig(
+            path=artifact or model_dir,
+            model=model_dir if artifact else None,
+            label=model.name,
+            sizes=model.sizes,
+            batches=model.batches,
+            steps=model.steps,
+            runs=model.runs,
+            warmup=model.warmup,
+            scheduler=SCHEDULER,
+            device=device,
+        )
+        commands.append(config.command())
+        t0 = time.perf_counter()
+        result = run_bench(config)
+        log.info("%s timed in %.0f s", model.name, time.perf_counter() - t0)
+        merged.records += result.records
+        merged.notes += [f"{model.name}: {n}" for n in result.notes]
+    merged.command = f"benchmarks/{suite}.sh" + (" --quick" if quick else "")
+    minutes = (time.perf_counter() - started) / 60
+
+    machine = machine_slug(device)
+    results.mkdir(parents=True, exist_ok=True)
+    table = format_table(merged)
+    print(table)
+    data = merged.to_json() | {"commands": commands, "suite_minutes": minutes}
+    (results / f"{machine}.json").write_text(json.dumps(data, indent=2) + "\n")
+    plot(merged.records, results / f"{machine}.png")
+    markdown = _markdown(merged, suite, machine, commands, minutes)
+    (results / f"{machine}.md").write_text(markdown)
+    if update_readme:
+        _update_readme(README, machine, markdown)
+    print(f"wrote {results / machine}.json, .png and .md ({minutes:.1f} minutes)")
+    for record in merged.failed:
+        print(f"{record.scenario.contender} failed: {record.reason}", file=sys.stderr)
+    return 1 if merged.failed else 0
+
+
+def _markdown(result: BenchResult, suite: str, machine: str, commands: list[str], minutes: float) -> str:
+    info, lib = machine_info(), versions()
+    gpu = next((r.environment.get("gpu") for r in result.records if r.environment.get("gpu")), None)
+    where = f"{gpu['name']}, " if gpu else ""
+    where += f"{info['cpu']} ({info['cpu_cores_logical']} cores), {info['memory_bytes'] / 2**30:.0f} GiB"
+    libs = ", ".join(f"{k} {lib[k]}" for k in ("torch", "diffusers", "transformers", "onnxruntime") if k in lib)
+    lines = [
+        f"Machine `{machine}`: {where}; {libs}. Produced by `{result.command}` in {minutes:.1f} minutes "
+        f"(results in `results/{machine}.json`, chart in `results/{machine}.png`), which ran:",
+        "",
+        *[f"    {c}" for c in commands],
+        "",
+        format_table(result, markdown=True).rstrip(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _update_readme(readme: Path, machine: str, markdown: str) -> None:
+    """Put `markdown` between this machine's markers in the README, adding a section the first time."""
+    begin, end = f"<!-- results:{machine} -->", f"<!-- /results:{machine} -->"
+    text = readme.read_text() if readme.is_file() else "# Benchmarks\n"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + f"\n\n## Results: {machine}\n\n{block}\n"
+    readme.write_text(text)
+
+
+def _relative(path: Path) -> Path:
+    """`path` relative to the working directory when it lies inside it, so published commands carry no home paths."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+def _onnxruntime_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=("cpu", "gpu"))
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, 64x64, 2 steps, one run")
+    parser.add_argument("--root", type=Path, default=ROOT, help="where models/ and artifacts/ are kept")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="results directory (default benchmarks/results; README untouched)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("sdrt", "benchmarks"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    from sdrt.cli import _quiet_third_party
+
+    _quiet_third_party()
+    results = args.results or (ROOT / "outputs" / "bench-quick" if args.quick else RESULTS)
+    try:
+        update = not args.quick and args.results is None
+        return run_suite(args.suite, args.quick, args.root, results, update_readme=update)
+    except ValueError as exc:
+        print(f"benchmarks.suite: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

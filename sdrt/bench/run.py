@@ -1,0 +1,224 @@
+"""`run_bench`: every contender on every scenario, alternating run by run in one process."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sdrt.bench.coldstart import measure_cold_start
+from sdrt.bench.machine import gpu_info, machine_info, versions
+from sdrt.bench.memory import MemorySampler
+from sdrt.bench.records import MEMORY_MEANING, SCHEMA, Record, attach_comparisons
+from sdrt.bench.runners import Runner, load_runner
+from sdrt.bench.scenario import BASELINES, BenchConfig, Scenario
+from sdrt.bench.weights import ContenderSpec, Weights, contender, resolve_weights
+
+log = logging.getLogger(__name__)
+
+WARMUP_SEED = 0
+RUN_SEED = 1000
+
+
+@dataclass
+class BenchResult:
+    """Every scenario's record, and notes about the run as a whole."""
+
+    records: list[Record]
+    notes: list[str] = field(default_factory=list)
+    command: str | None = None  # the command line that produced it, for the published tables
+
+    @property
+    def failed(self) -> list[Record]:
+        return [r for r in self.records if r.status == "failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "command": self.command,
+            "notes": self.notes,
+            "memory_meaning": MEMORY_MEANING,
+            "records": [r.to_json() for r in self.records],
+        }
+
+
+def resolve_device(device: str) -> str:
+    """Resolve "auto" to "cuda" when torch sees a GPU, else "cpu", and "cuda" to "cuda:N"; ValueError if absent."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} is not available: this torch has no CUDA or there is no GPU")
+        index = torch.device(device).index
+        return f"cuda:{torch.cuda.current_device() if index is None else index}"
+    return device
+
+
+def plan(config: BenchConfig, weights: Weights) -> tuple[list[tuple[int, int]], list[int], list[str]]:
+    """The sizes and batches to run, and notes on what was dropped; ValueError for sizes the artifact cannot take."""
+    notes = []
+    sizes = list(config.sizes or [(weights.default_size, weights.default_size)])
+    batches = sorted(set(config.batches))
+    if weights.ranges is not None:
+        for width, height in sizes:
+            weights.ranges.check_size(height, width)
+        dropped = [b for b in batches if b > weights.ranges.max_batch]
+        if dropped:
+            batches = [b for b in batches if b <= weights.ranges.max_batch]
+            notes.append(
+                f"batch {', '.join(map(str, dropped))} dropped: the artifact's max_batch is {weights.ranges.max_batch} "
+                f"(re-export with --max-batch {max(dropped)} to time it)"
+            )
+        if not batches:
+            raise ValueError(
+                f"every batch in {list(config.batches)} exceeds the artifact's max_batch {weights.ranges.max_batch}"
+            )
+    return sizes, batches, notes
+
+
+def run_bench(config: BenchConfig) -> BenchResult:
+    """Time every available contender on every (size, batch) of `config`; list the others as skipped, with why."""
+    device = resolve_device(config.device)
+    weights = resolve_weights(config.path, config.model)
+    sizes, batches, notes = plan(config, weights)
+    if config.mode == "img2img" and weights.artifact is not None:
+        from sdrt.manifest import read_manifest
+
+        if "vae_encoder" not in read_manifest(weights.artifact).components:
+            raise ValueError(f"artifact {weights.artifact} has no vae_encoder: it cannot run img2img")
+    if weights.family == "sdxl":
+        notes.append("sdrt does not run SDXL yet: its backends are listed as not supported; the baselines run")
+    environment = _environment(device)
+
+    specs: dict[str, ContenderSpec] = {}
+    reasons: dict[str, str] = {}
+    for backend in config.backends + config.baselines:
+        spec, reason = contender(backend, weights, device)
+        if spec is not None:
+            specs[backend] = spec
+        else:
+            reasons[backend] = reason or "unavailable"
+
+    def scenario(backend: str, width: int, height: int, batch: int) -> Scenario:
+        spec = specs.get(backend)
+        return Scenario(
+            model=config.label or weights.label,
+            family=weights.family,
+            backend=backend,
+            device=device.split(":")[0],
+            dtype=spec.dtype if spec is not None else _dtype(backend, device),
+            width=width,
+            height=height,
+            batch=batch,
+            steps=config.steps,
+            scheduler=config.scheduler,
+            guidance_scale=config.guidance_scale,
+            mode=config.mode,
+            strength=config.strength if config.mode == "img2img" else None,
+        )
+
+    groups = [(w, h, b) for (w, h) in sizes for b in batches]
+    records: dict[tuple[str, tuple[int, int, int]], Record] = {}
+    for group in groups:
+        for backend in config.backends + config.baselines:
+            record = Record(scenario(backend, *group), "ok", warmup=config.warmup, environment=environment)
+            if backend in reasons:
+                record.status, record.reason = "skipped", reasons[backend]
+            records[(backend, group)] = record
+
+    if config.cold_start:
+        first = groups[0]
+        for backend, spec in specs.items():
+            record = records[(backend, first)]
+            log.info("cold start: %s (fresh processes)", record.scenario.contender)
+            try:
+                record.cold_start = measure_cold_start(spec, record.scenario)
+            except ValueError as exc:
+                record.cold_start_error = str(exc)
+                log.warning("cold start of %s failed: %s", record.scenario.contender, exc)
+
+    runners: dict[str, Runner] = {}
+    for backend, spec in specs.items():
+        log.info("loading %s", records[(backend, groups[0])].scenario.contender)
+        try:
+            runners[backend] = load_runner(spec)
+        except Exception as exc:  # a contender that cannot load is reported, and the others still run
+            _fail([records[(backend, g)] for g in groups], f"loading failed: {type(exc).__name__}: {exc}")
+
+    with MemorySampler(device) as sampler:
+        for group in groups:
+            _time_group({b: records[(b, group)] for b in runners}, runners, config, sampler)
+
+    ordered = [records[(b, g)] for g in groups for b in config.backends + config.baselines]
+    attach_comparisons(ordered)
+    for record in ordered:
+        record.notes.extend(notes)
+    return BenchResult(ordered, notes)
+
+
+def _time_group(records: dict[str, Record], runners: dict[str, Runner], config: BenchConfig, sampler) -> None:
+    """Warm up each contender, then alternate timed runs, rotating who goes first so drift hits all alike."""
+    live = [b for b, r in records.items() if r.status == "ok"]
+    for backend in list(live):
+        log.info("warm-up: %s, %s", records[backend].scenario.contender, _describe(records[backend].scenario))
+        try:
+            for i in range(config.warmup):
+                time.sleep(config.settle_seconds)
+                runners[backend].run(records[backend].scenario, seed=WARMUP_SEED + i)
+        except Exception as exc:
+            _fail([records[backend]], f"warm-up failed: {type(exc).__name__}: {exc}")
+            live.remove(backend)
+    for i in range(config.runs):
+        order = live[i % len(live) :] + live[: i % len(live)] if live else []
+        for backend in order:
+            record = records[backend]
+            if record.status != "ok":
+                continue
+            time.sleep(config.settle_seconds)
+            try:
+                with sampler.window() as window:
+                    sample = runners[backend].run(record.scenario, seed=RUN_SEED + i)
+            except Exception as exc:
+                _fail([record], f"run {i + 1} failed: {type(exc).__name__}: {exc}")
+                continue
+            record.samples.append(sample)
+            record.windows.append(window)
+        log.info("timed run %d of %d done", i + 1, config.runs)
+
+
+def _fail(records: Sequence[Record], reason: str) -> None:
+    log.error("%s: %s", records[0].scenario.contender, reason)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # after an out-of-memory error, let the other contenders have the memory
+    for record in records:
+        record.status, record.reason = "failed", reason
+        record.samples.clear()
+        record.windows.clear()
+
+
+def _dtype(backend: str, device: str) -> str:
+    """What a contender would run in: sdrt in float32 everywhere; the baselines in float16 on a GPU."""
+    return "float16" if backend in BASELINES and device.startswith("cuda") else "float32"
+
+
+def _describe(s: Scenario) -> str:
+    return f"{s.size}, batch {s.batch}, {s.steps} steps"
+
+
+def _environment(device: str) -> dict[str, Any]:
+    cuda = device.startswith("cuda")
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "gpu": gpu_info(device),
+        "versions": versions(),
+        "timing": {
+            "stages": "CUDA events on the current stream" if cuda else "host clock (perf_counter)",
+            "total": "host clock, synchronized with the device before and after" if cuda else "host clock",
+        },
+    }

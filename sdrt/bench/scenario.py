@@ -1,0 +1,198 @@
+"""What a benchmark runs: one `Scenario` per (backend, size, batch, steps), and the `BenchConfig` that spans them."""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+# sdrt's backends a benchmark knows of; one that this sdrt lacks is listed as skipped, never faked
+SDRT_BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# diffusers on the same weights: eager (fp32 on the CPU, fp16 + SDPA on a GPU), and with torch.compile (GPU only)
+BASELINES = ("diffusers", "diffusers-compile")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float16")
+MODES = ("txt2img", "img2img")
+FAMILIES = ("sd1", "sd2", "sdxl")
+SIZE_STEP = 8  # every SD family's VAE works in 8-pixel cells
+
+PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
+NEGATIVE_PROMPT = "blurry, low quality"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One timed configuration: a backend (or baseline) generating `batch` images of one size."""
+
+    model: str  # label of the weights (the model or artifact directory's name)
+    family: str  # "sd1", "sd2" or "sdxl"
+    backend: str  # an sdrt backend (SDRT_BACKENDS) or a baseline (BASELINES)
+    device: str  # "cpu" or "cuda"
+    dtype: str  # weights and activations: "float32" or "float16"
+    width: int  # pixels, a multiple of 8
+    height: int  # pixels, a multiple of 8
+    batch: int  # images per generation (one prompt, num_images_per_prompt=batch)
+    steps: int  # denoising steps asked for (img2img runs strength x steps of them)
+    scheduler: str = "dpmpp_2m"  # sdrt sampler name, used by sdrt and the baselines alike
+    guidance_scale: float = 7.5  # > 1: classifier-free guidance, so the UNet sees 2 x batch rows
+    mode: str = "txt2img"  # "txt2img" or "img2img" (adds the VAE encoder)
+    strength: float | None = None  # img2img only: share of the schedule run, in (0, 1]
+
+    def __post_init__(self) -> None:
+        _check_choice("family", self.family, FAMILIES)
+        _check_choice("backend", self.backend, SDRT_BACKENDS + BASELINES)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("mode", self.mode, MODES)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check_int(name, value, minimum=SIZE_STEP)
+            if value % SIZE_STEP:
+                raise ValueError(f"{name} {value} is not a multiple of {SIZE_STEP}")
+        _check_int("batch", self.batch, minimum=1)
+        _check_int("steps", self.steps, minimum=1)
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+            raise ValueError(f"guidance_scale {g!r} is not a finite number >= 0")
+        if self.mode == "img2img":
+            s = self.strength
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
+                raise ValueError(f"strength {s!r} is outside (0, 1]; img2img needs one")
+        elif self.strength is not None:
+            raise ValueError(f"strength {self.strength!r} is only for img2img (mode is {self.mode})")
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.backend in BASELINES
+
+    @property
+    def contender(self) -> str:
+        """Display name: "sdrt-onnxruntime", "diffusers", ..."""
+        return self.backend if self.is_baseline else f"sdrt-{self.backend}"
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def group(self) -> tuple:
+        """What contenders share to be compared: everything but backend and dtype."""
+        return (self.model, self.width, self.height, self.batch, self.steps, self.mode)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"contender": self.contender}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One `sdrt bench` run: the weights, the contenders and the grid of sizes, batches and steps."""
+
+    path: Path  # an sdrt artifact (manifest.json) or a diffusers model directory (model_index.json)
+    model: Path | None = None  # with an artifact: the model directory it was exported from (torch, baselines)
+    label: str | None = None  # the model's name in tables (default: the directory's name)
+    backends: tuple[str, ...] = SDRT_BACKENDS  # sdrt backends to time (unavailable ones are listed as skipped)
+    baselines: tuple[str, ...] = BASELINES  # baselines to time (GPU-only ones are skipped on the CPU)
+    sizes: tuple[tuple[int, int], ...] | None = None  # (width, height) pairs; None: the artifact's tuned size
+    batches: tuple[int, ...] = (1,)  # images per generation; clipped to the artifact's max_batch
+    steps: int = 30  # denoising steps
+    runs: int = 5  # timed runs per scenario, after warm-up
+    warmup: int = 1  # untimed runs per contender first
+    scheduler: str = "dpmpp_2m"  # sampler for every contender
+    guidance_scale: float = 7.5  # classifier-free guidance scale
+    mode: str = "txt2img"  # "txt2img" or "img2img"
+    strength: float = 0.8  # img2img's strength
+    device: str = "auto"  # "cpu", "cuda[:N]", or "auto" (cuda when there is one)
+    cold_start: bool = True  # measure load-to-first-image and engine builds in fresh processes
+    # pause before every run: thread pools that spin-wait after a run (ONNX Runtime's, OpenMP's) would
+    # otherwise take the CPU from the next contender (measured: 5 ms -> 100 ms on a 2-core machine)
+    settle_seconds: float = 0.3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if self.model is not None:
+            object.__setattr__(self, "model", Path(self.model))
+        for name, values, known in (("backend", self.backends, SDRT_BACKENDS), ("baseline", self.baselines, BASELINES)):
+            for value in values:
+                _check_choice(name, value, known)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}s {list(values)} repeat a name")
+        if not self.backends and not self.baselines:
+            raise ValueError("nothing to time: give at least one backend or baseline")
+        if self.sizes is not None:
+            if not self.sizes:
+                raise ValueError("sizes is empty: give at least one WIDTHxHEIGHT")
+            for width, height in self.sizes:
+                for name, value in (("width", width), ("height", height)):
+                    _check_int(name, value, minimum=SIZE_STEP)
+                    if value % SIZE_STEP:
+                        raise ValueError(f"{name} {value} is not a multiple of {SIZE_STEP}")
+        if not self.batches:
+            raise ValueError("batches is empty: give at least one batch size")
+        for batch in self.batches:
+            _check_int("batch", batch, minimum=1)
+        _check_int("steps", self.steps, minimum=1)
+        _check_int("runs", self.runs, minimum=1)
+        _check_int("warmup", self.warmup, minimum=0)
+        _check_choice("mode", self.mode, MODES)
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength {self.strength!r} is outside (0, 1]")
+        if not 0 <= self.settle_seconds <= 60:
+            raise ValueError(f"settle_seconds {self.settle_seconds!r} is outside 0..60")
+        if self.device != "auto" and self.device.split(":")[0] not in DEVICES:
+            raise ValueError(f"device {self.device!r} is not auto, cpu or cuda[:N]")
+
+    def command(self) -> str:
+        """The `sdrt bench` command line that runs this configuration."""
+        args = ["sdrt", "bench", str(self.path)]
+        if self.model is not None:
+            args += ["--model", str(self.model)]
+        if self.label is not None:
+            args += ["--label", self.label]
+        args += ["--backend", ",".join(self.backends) or "none"]
+        if not self.baselines:
+            args += ["--baseline", "none"]
+        elif "diffusers-compile" not in self.baselines:
+            args += ["--no-compile"]
+        if self.sizes is not None:
+            args += ["--sizes", ",".join(f"{w}x{h}" for w, h in self.sizes)]
+        args += ["--batch", ",".join(map(str, self.batches)), "--steps", str(self.steps)]
+        args += ["--runs", str(self.runs), "--warmup", str(self.warmup), "--scheduler", self.scheduler]
+        args += ["--guidance-scale", f"{self.guidance_scale:g}"]
+        if self.mode != "txt2img":
+            args += ["--mode", self.mode, "--strength", f"{self.strength:g}"]
+        args += ["--device", self.device] + ([] if self.cold_start else ["--no-cold-start"])
+        return " ".join(shlex.quote(a) for a in args)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse WIDTHxHEIGHT: "512x768" -> (512, 768), in pixels; ValueError saying what is wrong."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 512x512")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_ints(name: str, text: str) -> tuple[int, ...]:
+    """Parse "1,2,4" -> (1, 2, 4); ValueError naming `name` otherwise."""
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise ValueError(f"{name} {text!r} is not a comma-separated list of integers") from exc
+
+
+def model_label(path: str | os.PathLike) -> str:
+    return Path(path).resolve().name
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} {value!r} is not an integer")
+    if value < minimum:
+        raise ValueError(f"{name} {value} must be at least {minimum}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")

@@ -1,0 +1,138 @@
+"""The weights a benchmark times, and which contenders can run them here (with the reason for each that cannot)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdrt.bench.scenario import BASELINES, SDRT_BACKENDS, model_label
+from sdrt.files import read_json_object
+from sdrt.spec import ShapeRanges
+
+SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """An sdrt artifact, the diffusers model directory it came from, or both; never a mix of two models."""
+
+    artifact: Path | None  # exported artifact (onnxruntime and later engine backends)
+    model_dir: Path | None  # diffusers model directory (the torch backend and the baselines)
+    family: str  # "sd1", "sd2" or "sdxl"
+    label: str  # name shown in tables
+    ranges: ShapeRanges | None  # the artifact's shapes; None for a model directory alone
+    native_size: int  # pixels the model was trained at (the default size without an artifact)
+
+    @property
+    def default_size(self) -> int:
+        return self.ranges.opt_size if self.ranges is not None else self.native_size
+
+
+def resolve_weights(path: str | os.PathLike, model: str | os.PathLike | None = None) -> Weights:
+    """Classify `path` (artifact or model directory) and check that `model`, if given, is what it was exported from."""
+    from sdrt.manifest import MANIFEST_NAME, read_manifest
+
+    root = Path(path)
+    if (root / MANIFEST_NAME).is_file():
+        manifest = read_manifest(root)
+        model_dir = None if model is None else Path(model)
+        native = manifest.ranges.opt_size
+        if model_dir is not None:
+            family, native = _model_family(model_dir)
+            if family == "sdxl":
+                raise ValueError(f"--model {model_dir} is an SDXL model; artifact {root} holds an SD 1.x/2.x model")
+            from sdrt.model_dir import ModelDir
+
+            if ModelDir.open(model_dir).weights_sha256() != manifest.source_sha256:
+                raise ValueError(
+                    f"--model {model_dir} is not the model artifact {root} was exported from (the weights' sha256 "
+                    "differs from the manifest's source_sha256); a comparison needs the same weights on both sides"
+                )
+        return Weights(root, model_dir, manifest.family, model_label(root), manifest.ranges, native)
+    if (root / "model_index.json").is_file():
+        if model is not None:
+            raise ValueError(f"{root} is a model directory already; --model goes with an artifact directory")
+        family, native = _model_family(root)
+        return Weights(None, root, family, model_label(root), None, native)
+    raise ValueError(
+        f"{root} is neither an sdrt artifact (no manifest.json) nor a diffusers model directory (no model_index.json)"
+    )
+
+
+def _model_family(model_dir: Path) -> tuple[str, int]:
+    """("sd1" | "sd2" | "sdxl", native size in pixels) of a diffusers model directory."""
+    index = read_json_object(model_dir / "model_index.json")
+    unet = read_json_object(model_dir / "unet" / "config.json")
+    vae = read_json_object(model_dir / "vae" / "config.json")
+    native = int(unet.get("sample_size", 64)) * 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    if index.get("_class_name") in SDXL_PIPELINES:
+        return "sdxl", native
+    from sdrt.model_dir import ModelDir
+
+    return ModelDir.open(model_dir).family, native
+
+
+@dataclass(frozen=True)
+class ContenderSpec:
+    """How to load one contender; plain data, so a fresh process (cold start) can load the same thing."""
+
+    backend: str  # an sdrt backend or a baseline
+    path: str  # the artifact or model directory it loads
+    family: str  # "sd1", "sd2" or "sdxl"
+    device: str  # "cpu" or "cuda:N"
+    dtype: str  # "float32" or "float16"
+    ranges: dict[str, Any] | None = None  # ShapeRanges for the torch backend on a model directory
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.backend in BASELINES
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContenderSpec:
+        return cls(**data)
+
+
+def contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSpec | None, str | None]:
+    """(spec, None) for a contender that can run here, or (None, the reason it cannot)."""
+    cuda = device.startswith("cuda")
+    if backend in BASELINES:
+        if backend == "diffusers-compile" and not cuda:
+            return None, "the torch.compile baseline runs on a GPU only (on the CPU the baseline is diffusers fp32)"
+        if weights.model_dir is None:
+            return None, _NEEDS_MODEL
+        dtype = "float16" if cuda else "float32"
+        return ContenderSpec(backend, str(weights.model_dir), weights.family, device, dtype), None
+    if backend not in SDRT_BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(SDRT_BACKENDS + BASELINES)}")
+    if weights.family == "sdxl":
+        return None, "not supported yet: sdrt does not run SDXL; only the diffusers baselines run it"
+    from sdrt.engines import BACKENDS
+
+    if backend not in BACKENDS:
+        return None, f"not implemented yet: this sdrt has no {backend} backend (it has {', '.join(BACKENDS)})"
+    if backend == "torch":
+        if weights.model_dir is None:
+            return None, _NEEDS_MODEL
+        ranges = weights.ranges.to_json() if weights.ranges is not None else None  # chunk exactly as the artifact
+        return ContenderSpec(backend, str(weights.model_dir), weights.family, device, "float32", ranges), None
+    if backend == "onnxruntime" and cuda:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return None, (
+                "this onnxruntime has no CUDAExecutionProvider "
+                f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+            )
+    if weights.artifact is None:
+        return None, f"the {backend} backend runs an exported artifact: give ARTIFACT_DIR (from 'sdrt export')"
+    return ContenderSpec(backend, str(weights.artifact), weights.family, device, "float32"), None
+
+
+_NEEDS_MODEL = (
+    "needs the diffusers model directory: add --model MODEL_DIR (an artifact does not hold the torch weights)"
+)
