@@ -185,10 +185,9 @@ def write_model(out_dir: str | os.PathLike, preset: str, seed: int = 0, device: 
         for name in ("tokenizer", "tokenizer_2"):
             CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77).save_pretrained(tmp / name)
         for name, module in modules.items():
-            module = module.to("cpu")
             if dtype != torch.float32:
-                module = module.to(dtype=dtype)
-            module.save_pretrained(tmp / name, safe_serialization=True)
+                module = module.to(dtype=dtype)  # on the device first: half the bytes to move
+            module.to("cpu").save_pretrained(tmp / name, safe_serialization=True)
         EulerDiscreteScheduler(**SDXL_SCHEDULER).save_pretrained(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(_SDXL_INDEX, indent=2) + "\n")
         (tmp / "README.md").write_text(

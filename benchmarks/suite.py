@@ -109,7 +109,7 @@ def _stale(artifact: Path, model_dir: Path, export: ExportConfig) -> str | None:
     return None
 
 
-def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme: bool) -> int:
+def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme: bool, cold_start: bool = True) -> int:
     started = time.perf_counter()
     device = "cpu" if suite == "cpu" else "cuda"
     models = (quick_suites() if quick else suites(_onnxruntime_cuda()))[suite]
@@ -131,6 +131,7 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
             warmup=model.warmup,
             scheduler=SCHEDULER,
             device=device,
+            cold_start=cold_start,
         )
         commands.append(config.command())
         t0 = time.perf_counter()
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", choices=("cpu", "gpu"))
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, 64x64, 2 steps, one run")
     parser.add_argument("--root", type=Path, default=ROOT, help="where models/ and artifacts/ are kept")
+    parser.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts")
     parser.add_argument(
         "--results", type=Path, default=None, help="results directory (default benchmarks/results; README untouched)"
     )
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results or (ROOT / "outputs" / "bench-quick" if args.quick else RESULTS)
     try:
         update = not args.quick and args.results is None
-        return run_suite(args.suite, args.quick, args.root, results, update_readme=update)
+        return run_suite(args.suite, args.quick, args.root, results, update, cold_start=not args.no_cold_start)
     except ValueError as exc:
         print(f"benchmarks.suite: error: {exc}", file=sys.stderr)
         return 2

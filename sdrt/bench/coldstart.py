@@ -3,8 +3,9 @@
 The parent runs `python -m sdrt.bench.fresh_process IN.json OUT.json` once per phase. An artifact's
 engines are built into a scratch copy of it (its files hard-linked, `engines/` empty), so the build is
 timed from scratch without touching the artifact's own cache; the load then uses those engines, as a
-deployment that ran `sdrt build` would. The disk's page cache is not dropped (that needs root and
-slows everyone else): "cold" means a fresh process, not a cold disk.
+deployment that ran `sdrt build` would. torch.compile's on-disk kernel caches are pointed at an empty
+directory, so the compiled baseline compiles from nothing. The disk's page cache is not dropped (that
+needs root and slows everyone else): "cold" means a fresh process, not a cold disk.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def _child(phase: str, spec: ContenderSpec, scenario: Scenario) -> dict[str, Any
         # the child imports this same sdrt, wherever it lies
         here = str(Path(sdrt.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        # torch.compile keeps compiled kernels on disk between processes: a cold start compiles from nothing
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
+        env["TRITON_CACHE_DIR"] = str(Path(tmp) / "triton")
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "sdrt.bench.fresh_process", str(request), str(result)],

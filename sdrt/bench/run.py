@@ -128,7 +128,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         for backend in config.backends + config.baselines:
             record = Record(scenario(backend, *group), "ok", warmup=config.warmup, environment=environment)
             if backend in reasons:
-                record.status, record.reason = "skipped", reasons[backend]
+                record.status, record.reason, record.warmup = "skipped", reasons[backend], 0
             records[(backend, group)] = record
 
     if config.cold_start:
@@ -161,7 +161,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     return BenchResult(ordered, notes)
 
 
-def _time_group(records: dict[str, Record], runners: dict[str, Runner], config: BenchConfig, sampler) -> None:
+def _time_group(
+    records: dict[str, Record], runners: dict[str, Runner], config: BenchConfig, sampler: MemorySampler
+) -> None:
     """Warm up each contender, then alternate timed runs, rotating who goes first so drift hits all alike."""
     live = [b for b, r in records.items() if r.status == "ok"]
     for backend in list(live):

@@ -175,7 +175,7 @@ class DiffusersRunner:
         sdxl = spec.family == "sdxl"
         self.device = torch.device(spec.device)
         self.dtype = torch.float16 if spec.dtype == "float16" else torch.float32
-        options: dict[str, Any] = {"local_files_only": True, "torch_dtype": self.dtype}
+        options: dict[str, Any] = {"local_files_only": True, "dtype": self.dtype}
         if not sdxl:
             options |= {"safety_checker": None, "requires_safety_checker": False}
         self.classes = {mode: getattr(diffusers, xl if sdxl else sd) for mode, (sd, xl) in _PIPELINES.items()}
