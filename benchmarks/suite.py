@@ -154,9 +154,9 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
     if update_readme:
         _update_readme(README, machine, markdown)
     print(f"wrote {results / machine}.json, .png and .md ({minutes:.1f} minutes)")
-    for record in merged.failed:
-        print(f"{record.scenario.contender} failed: {record.reason}", file=sys.stderr)
-    return 1 if merged.failed else 0
+    for failure in merged.failures():
+        print(f"benchmarks.suite: failed: {failure}", file=sys.stderr)
+    return 1 if merged.failures() else 0
 
 
 def _markdown(result: BenchResult, suite: str, machine: str, commands: list[str], minutes: float) -> str:

@@ -332,9 +332,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot(result.records, args.plot)
         print(f"wrote {args.plot}")
-    for record in result.failed:
-        print(f"sdrt bench: {record.scenario.contender} failed: {record.reason}", file=sys.stderr)
-    return 1 if result.failed else 0
+    for failure in result.failures():
+        print(f"sdrt bench: failed: {failure}", file=sys.stderr)
+    return 1 if result.failures() else 0
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:

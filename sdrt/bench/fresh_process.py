@@ -41,8 +41,9 @@ def main(request: Path, result: Path) -> None:
         }
     else:
         device = torch.device(spec.device)
-        if device.type == "cuda":
-            torch.cuda.init()  # the CUDA context is not the pipeline's memory: create it before measuring
+        if device.type == "cuda":  # the CUDA context is not the pipeline's memory: create it before measuring
+            torch.zeros(1, device=device)
+            torch.cuda.synchronize(device)
         with MemorySampler(device) as sampler, sampler.window() as window:
             start = time.perf_counter()
             runner = load_runner(spec)

@@ -37,6 +37,14 @@ class BenchResult:
     def failed(self) -> list[Record]:
         return [r for r in self.records if r.status == "failed"]
 
+    def failures(self) -> list[str]:
+        """What went wrong, one line each: failed scenarios and cold starts (a run with any exits non-zero)."""
+        lines = [f"{r.scenario.contender}: {r.reason}" for r in self.failed]
+        lines += [
+            f"{r.scenario.contender} cold start: {r.cold_start_error}" for r in self.records if r.cold_start_error
+        ]
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
@@ -131,16 +139,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
                 record.status, record.reason, record.warmup = "skipped", reasons[backend], 0
             records[(backend, group)] = record
 
-    if config.cold_start:
-        first = groups[0]
-        for backend, spec in specs.items():
-            record = records[(backend, first)]
-            log.info("cold start: %s (fresh processes)", record.scenario.contender)
-            try:
-                record.cold_start = measure_cold_start(spec, record.scenario)
-            except ValueError as exc:
-                record.cold_start_error = str(exc)
-                log.warning("cold start of %s failed: %s", record.scenario.contender, exc)
+    if config.cold_start:  # first, while this process holds no model: the machine is the child's alone
+        _cold_starts(specs, {b: records[(b, groups[0])] for b in specs})
 
     runners: dict[str, Runner] = {}
     for backend, spec in specs.items():
@@ -159,6 +159,18 @@ def run_bench(config: BenchConfig) -> BenchResult:
     for record in ordered:
         record.notes.extend(notes)
     return BenchResult(ordered, notes)
+
+
+def _cold_starts(specs: dict[str, ContenderSpec], records: dict[str, Record]) -> None:
+    """Measure each contender's cold start in fresh processes, at its record's scenario."""
+    for backend, spec in specs.items():
+        record = records[backend]
+        log.info("cold start: %s (fresh processes)", record.scenario.contender)
+        try:
+            record.cold_start = measure_cold_start(spec, record.scenario)
+        except ValueError as exc:
+            record.cold_start_error = str(exc)
+            log.error("cold start of %s failed: %s", record.scenario.contender, exc)
 
 
 def _time_group(

@@ -54,3 +54,22 @@ def test_bench_errors_exit_nonzero_with_the_reason(artifact, capsys):
     assert "--batch '1,x' is not a comma-separated list of integers" in capsys.readouterr().err
     assert main(["bench", str(artifact), "--backend", "none", "--baseline", "none"]) == 2
     assert "nothing to time" in capsys.readouterr().err
+
+
+def test_a_contender_that_fails_is_reported_and_the_run_exits_nonzero(demo_model, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_model, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(broken), "--backend", "torch", "--no-compile", "--sizes", "64x64", "--steps", "1"]
+    assert main([*argv, "--runs", "1", "--no-cold-start", "--device", "cpu", "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "sdrt bench: failed: sdrt-torch: loading failed:" in err
+    assert "sdrt bench: failed: diffusers: loading failed:" in err
+    records = json.loads(out.read_text())["records"]
+    assert [(r["scenario"]["contender"], r["status"]) for r in records] == [
+        ("sdrt-torch", "failed"),
+        ("diffusers", "failed"),
+    ]
