@@ -22,6 +22,7 @@ from pathlib import Path
 from sdrt.bench import BenchConfig, BenchResult, format_table, plot, run_bench
 from sdrt.bench.machine import machine_info, machine_slug, versions
 from sdrt.export import ExportConfig
+from sdrt.files import atomic_file
 
 log = logging.getLogger("benchmarks.suite")
 
@@ -147,7 +148,8 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
     table = format_table(merged)
     print(table)
     data = merged.to_json() | {"commands": commands, "suite_minutes": minutes}
-    (results / f"{machine}.json").write_text(json.dumps(data, indent=2) + "\n")
+    with atomic_file(results / f"{machine}.json") as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
     plot(merged.records, results / f"{machine}.png")
     markdown = _markdown(merged, suite, machine, commands, minutes)
     (results / f"{machine}.md").write_text(markdown)

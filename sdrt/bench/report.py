@@ -68,11 +68,12 @@ def _title(group: list[Record], markdown: bool) -> str:
     r = group[0]
     s = r.scenario
     runs = max(len(x.samples) for x in group)
+    warmup = max(x.warmup for x in group)
     text = (
         f"{s.model} ({s.family}) on {s.device}: {s.size}, batch {s.batch}, {s.steps} steps, {s.scheduler}, "
         f"guidance {s.guidance_scale:g}, {s.mode}"
         + (f" strength {s.strength:g}" if s.strength is not None else "")
-        + f"; {runs or 'no'} timed run{'' if runs == 1 else 's'} after {r.warmup} warm-up"
+        + f"; {runs or 'no'} timed run{'' if runs == 1 else 's'} after {warmup} warm-up"
     )
     return f"**{text}**" if markdown else text
 

@@ -1,0 +1,41 @@
+"""benchmarks/suite.py: when an artifact is re-exported, and how results land in the README."""
+
+from __future__ import annotations
+
+from benchmarks.suite import _stale, _update_readme, suites
+from sdrt.export import ExportConfig
+
+
+def test_an_artifact_is_re_exported_only_when_missing_or_different(artifact, demo_model, tmp_path):
+    same = ExportConfig(max_batch=2, min_size=64, max_size=256, opt_size=128)  # how conftest exported it
+    assert _stale(artifact, demo_model, same) is None
+    wider = ExportConfig(max_batch=4, min_size=64, max_size=256, opt_size=128)
+    assert "ranges 2, 64..256 (128) differ" in _stale(artifact, demo_model, wider)
+    assert "is not an sdrt artifact" in _stale(tmp_path, demo_model, same)
+
+
+def test_results_replace_their_own_block_in_the_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nintro\n")
+    _update_readme(readme, "cpu-2core-x86-64", "first table\n")
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n\n## Results: cpu-2core-x86-64\n\n<!-- results:cpu-2core-x86-64 -->")
+    _update_readme(readme, "nvidia-h100", "gpu table\n")
+    _update_readme(readme, "cpu-2core-x86-64", "second table\n")
+    text = readme.read_text()
+    assert "first table" not in text and text.count("second table") == 1 and "gpu table" in text
+    assert text.index("second table") < text.index("gpu table")  # replaced where it was
+
+
+def test_the_suites_time_what_the_issue_asks():
+    cpu, gpu = suites(onnxruntime_cuda=False)["cpu"], suites(onnxruntime_cuda=True)["gpu"]
+    assert [(m.preset, m.sizes, m.batches, m.steps) for m in cpu] == [
+        ("tiny", ((128, 128),), (1, 2, 4), 20),
+        ("sd15", ((256, 256),), (1,), 4),
+    ]
+    assert [(m.preset, m.sizes, m.batches, m.steps) for m in gpu] == [
+        ("sd15", ((512, 512),), (1, 8), 50),
+        ("sdxl", ((1024, 1024),), (1,), 30),
+    ]
+    assert gpu[0].export.max_batch == 8  # throughput up to batch 8 needs an artifact that takes it
+    assert suites(onnxruntime_cuda=False)["gpu"][0].export is None  # nothing would run an export
