@@ -46,9 +46,9 @@ class SuiteModel:
     warmup: int  # untimed runs per contender first
 
 
-def suites(onnxruntime_cuda: bool) -> dict[str, tuple[SuiteModel, ...]]:
-    """The suites; the GPU one exports SD 1.5 only when ONNX Runtime can use the GPU (else nothing would run it)."""
-    gpu_sd15 = ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512) if onnxruntime_cuda else None
+def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
+    """The suites; the GPU one exports SD 1.5 only when a backend can run the export there (else nothing would)."""
+    gpu_sd15 = ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512) if artifact_on_gpu else None
     return {
         # the 2-core machine: the tiny demo model (batch 1 to 4) and full-size SD 1.5 at 256x256 with 4 steps
         "cpu": (
@@ -113,7 +113,7 @@ def _stale(artifact: Path, model_dir: Path, export: ExportConfig) -> str | None:
 def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme: bool, cold_start: bool = True) -> int:
     started = time.perf_counter()
     device = "cpu" if suite == "cpu" else "cuda"
-    models = (quick_suites() if quick else suites(_onnxruntime_cuda()))[suite]
+    models = (quick_suites() if quick else suites(_artifact_on_gpu()))[suite]
     merged = BenchResult(records=[])
     commands = []
     for model in models:
@@ -199,10 +199,16 @@ def _relative(path: Path) -> Path:
         return path
 
 
-def _onnxruntime_cuda() -> bool:
+def _artifact_on_gpu() -> bool:
+    """True when ONNX Runtime's CUDA provider or TensorRT can run an exported artifact on this machine's GPU."""
     import onnxruntime as ort
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    from sdrt.bench.weights import Weights, contender
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return True
+    probe = Weights(artifact=Path("."), model_dir=None, family="sd1", label="", ranges=None, native_size=512)
+    return contender("tensorrt", probe, "cuda")[0] is not None
 
 
 def main(argv: list[str] | None = None) -> int:

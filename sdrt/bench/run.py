@@ -216,8 +216,8 @@ def _fail(records: Sequence[Record], reason: str) -> None:
 
 
 def _dtype(backend: str, device: str) -> str:
-    """What a contender would run in: sdrt in float32 everywhere; the baselines in float16 on a GPU."""
-    return "float16" if backend in BASELINES and device.startswith("cuda") else "float32"
+    """What a skipped contender would run in: TensorRT and the GPU baselines in float16, the rest in float32."""
+    return "float16" if backend == "tensorrt" or (backend in BASELINES and device.startswith("cuda")) else "float32"
 
 
 def _describe(s: Scenario) -> str:

@@ -123,6 +123,9 @@ class TimedEngine:
         with self.clock.stage(self.stage):
             return self.engine(feeds)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)  # anything else a backend's engine offers (e.g. the torch module)
+
 
 class SdrtRunner:
     """sdrt's Pipeline on one backend, its engine calls timed."""

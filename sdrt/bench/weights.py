@@ -111,10 +111,15 @@ def contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSpe
         raise ValueError(f"backend {backend!r} is not one of {', '.join(SDRT_BACKENDS + BASELINES)}")
     if weights.family == "sdxl":
         return None, "not supported yet: sdrt does not run SDXL; only the diffusers baselines run it"
-    from sdrt.engines import BACKENDS
+    from sdrt.engines import BACKENDS, backend_module
 
     if backend not in BACKENDS:
         return None, f"not implemented yet: this sdrt has no {backend} backend (it has {', '.join(BACKENDS)})"
+    try:  # each backend's options say what it needs that is missing here (a GPU, a library)
+        opts = backend_module(backend).options(device=device)
+    except ValueError as exc:
+        return None, str(exc)
+    dtype = "float16" if getattr(opts, "fp16", False) else "float32"  # TensorRT builds with fp16 kernels
     if backend == "torch":
         if weights.model_dir is None:
             return None, _NEEDS_MODEL
@@ -130,7 +135,7 @@ def contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSpe
             )
     if weights.artifact is None:
         return None, f"the {backend} backend runs an exported artifact: give ARTIFACT_DIR (from 'sdrt export')"
-    return ContenderSpec(backend, str(weights.artifact), weights.family, device, "float32"), None
+    return ContenderSpec(backend, str(weights.artifact), weights.family, device, dtype), None
 
 
 _NEEDS_MODEL = (

@@ -49,7 +49,8 @@ def test_every_contender_has_a_record_per_scenario(result):
         for name in ("sdrt-onnxruntime", "sdrt-torch", "diffusers"):
             assert _by(result, name, batch).status == "ok"
         trt = _by(result, "sdrt-tensorrt", batch)
-        assert trt.status == "skipped" and "no tensorrt backend" in trt.reason
+        assert trt.status == "skipped" and "needs TensorRT >= 10 and an NVIDIA GPU" in trt.reason
+        assert trt.scenario.dtype == "float16"  # what it would run in
         compiled = _by(result, "diffusers-compile", batch)
         assert compiled.status == "skipped" and "GPU only" in compiled.reason
     assert not result.failed
@@ -111,7 +112,7 @@ def test_table_lists_every_contender_and_why_some_did_not_run(result):
     assert rows["diffusers"].endswith("1 (itself)")
     ratio = _by(result, "sdrt-onnxruntime", 1).vs_baseline["diffusers"]["ratio"]["total"]
     assert rows["sdrt-onnxruntime"].endswith(f"{ratio:.2f}")
-    assert "skipped: not implemented yet: this sdrt has no tensorrt backend" in rows["sdrt-tensorrt"]
+    assert "skipped: device 'cpu': the tensorrt backend needs TensorRT >= 10" in rows["sdrt-tensorrt"]
     assert "skipped: the torch.compile baseline runs on a GPU only" in rows["diffusers-compile"]
     assert "Throughput, images per second" in table and "batch 1  batch 2" in table
     assert "Note: batch 4 dropped" in table
@@ -154,6 +155,14 @@ def test_without_the_model_directory_torch_and_baselines_say_what_they_need(arti
         assert spec is None and "add --model MODEL_DIR" in reason
     spec, reason = contender("onnxruntime", weights, "cpu")
     assert reason is None and spec.path == str(artifact) and spec.dtype == "float32"
+
+
+def test_a_backend_this_sdrt_lacks_is_listed_not_faked(artifact, monkeypatch):
+    import sdrt.engines
+
+    monkeypatch.setattr(sdrt.engines, "BACKENDS", {"onnxruntime": sdrt.engines.BACKENDS["onnxruntime"]})
+    spec, reason = contender("tensorrt", resolve_weights(artifact), "cpu")
+    assert spec is None and reason == "not implemented yet: this sdrt has no tensorrt backend (it has onnxruntime)"
 
 
 def test_gpu_parts_skip_with_a_reason_on_a_cpu_machine(artifact, demo_model):

@@ -28,7 +28,7 @@ def test_results_replace_their_own_block_in_the_readme(tmp_path):
 
 
 def test_the_suites_time_what_the_issue_asks():
-    cpu, gpu = suites(onnxruntime_cuda=False)["cpu"], suites(onnxruntime_cuda=True)["gpu"]
+    cpu, gpu = suites(artifact_on_gpu=False)["cpu"], suites(artifact_on_gpu=True)["gpu"]
     assert [(m.preset, m.sizes, m.batches, m.steps) for m in cpu] == [
         ("tiny", ((128, 128),), (1, 2, 4), 20),
         ("sd15", ((256, 256),), (1,), 4),
@@ -38,4 +38,4 @@ def test_the_suites_time_what_the_issue_asks():
         ("sdxl", ((1024, 1024),), (1,), 30),
     ]
     assert gpu[0].export.max_batch == 8  # throughput up to batch 8 needs an artifact that takes it
-    assert suites(onnxruntime_cuda=False)["gpu"][0].export is None  # nothing would run an export
+    assert suites(artifact_on_gpu=False)["gpu"][0].export is None  # nothing would run an export
