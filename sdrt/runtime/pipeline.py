@@ -280,7 +280,7 @@ class Pipeline:
         if len({self.batch_key(r) for r in requests}) > 1:
             raise ValueError("requests in one batch must have equal batch_key()s (size, steps, sampler, ...)")
         start = time.perf_counter()
-        clock = StageClock(sync=self._sync)
+        clock = StageClock(sync=self._sync, device=self.device)  # CUDA events on a GPU: no stall per stage
         first = requests[0]  # the settings all requests share
         prompts = [p for r in requests for p in r.per_image(r.prompts)]
         negatives = [n for r in requests for n in r.per_image(r.negative_prompts)]
