@@ -15,6 +15,8 @@ setup(
         "safetensors",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        "onnx-graphsurgeon",  # fp16 export: graph clean-up
+        "polygraphy",  # fp16 export: constant folding and shape inference
         "numpy",
         "pillow",
         "tqdm",
