@@ -15,8 +15,7 @@ setup(
         "safetensors",
         "onnx>=1.16",
         "onnxruntime>=1.18",
-        "onnx-graphsurgeon",  # fp16 export: graph clean-up
-        "polygraphy",  # fp16 export: constant folding and shape inference
+        "onnx-graphsurgeon",  # fp16 export: constant folding and graph clean-up
         "numpy",
         "pillow",
         "tqdm",

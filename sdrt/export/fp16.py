@@ -10,8 +10,8 @@ diffusers keeps them when it runs a model in fp16:
 - for UNets with `upcast_attention` (SD 2.x), each attention's score MatMul and Softmax, whose values
   overflow fp16.
 
-Graphs are folded and shape-inferred with polygraphy before conversion and tidied with
-onnx-graphsurgeon after it (round-trip casts removed, dead nodes dropped, nodes sorted).
+Graphs are folded and typed before conversion and tidied after it (round-trip casts removed, dead
+nodes dropped, nodes sorted), with onnx-graphsurgeon and onnx's shape inference (graph_cleanup.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import onnx
 
 from sdrt.components import UNET
 from sdrt.export import onnx_export
-from sdrt.export.graph_cleanup import fold_constants, quiet_graph_tools, tidy
+from sdrt.export.graph_cleanup import fold_constants, quiet_graph_tools, tensor_bytes, tidy
 from sdrt.hashing import file_sha256
 from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, OnnxFile
 from sdrt.spec import ComponentSpec
@@ -46,8 +46,7 @@ def convert_component(artifact_root: Path, onnx_file: OnnxFile, spec: ComponentS
     """
     path = artifact_root / onnx_file.path
     log.info("converting %s to fp16", spec.name)
-    model = onnx.load(str(path), load_external_data=True)
-    model = convert_model(model, spec)
+    model = convert_model(onnx.load(str(path), load_external_data=True), spec)
     for name in (ONNX_FILE, ONNX_DATA_FILE):
         (path.parent / name).unlink(missing_ok=True)
     return save_onnx(model, path.parent, artifact_root)
@@ -59,12 +58,9 @@ def convert_model(model: onnx.ModelProto, spec: ComponentSpec) -> onnx.ModelProt
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = fold_constants(model)  # also infers the types the converter needs to place its casts
+    _name_nodes(model.graph.node)
     with quiet_graph_tools():
-        graph = gs.import_onnx(model)
-    _name_nodes(graph)
-    keep = fp32_nodes(graph, spec)
-    with quiet_graph_tools():
-        model = gs.export_onnx(graph)
+        keep = fp32_nodes(gs.import_onnx(model), spec)  # a view: importing copies no weights, exporting would
     log.debug("%s: keeping %d nodes in fp32", spec.name, len(keep))
     model = convert_float_to_float16(
         model,
@@ -125,7 +121,7 @@ def save_onnx(model: onnx.ModelProto, out_dir: Path, artifact_root: Path) -> Onn
     """Write `out_dir/model.onnx` (weights in one external file past protobuf's limit), check it, and describe it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / ONNX_FILE
-    if _weight_bytes(model.graph.initializer) > onnx_export.EXTERNAL_DATA_THRESHOLD:
+    if sum(tensor_bytes(t) for t in model.graph.initializer) > onnx_export.EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(
             model,
             str(target),
@@ -152,14 +148,10 @@ def _producer(tensor):
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 
-def _name_nodes(graph) -> None:
+def _name_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
     """Give unnamed or duplicate-named nodes unique names: the converter keeps nodes in fp32 by name."""
     seen: set[str] = set()
-    for i, node in enumerate(graph.nodes):
+    for i, node in enumerate(nodes):
         if not node.name or node.name in seen:
-            node.name = f"{node.op}_sdrt_{i}"
+            node.name = f"{node.op_type}_sdrt_{i}"
         seen.add(node.name)
-
-
-def _weight_bytes(tensors: Iterable[onnx.TensorProto]) -> int:
-    return sum(len(t.raw_data) for t in tensors)

@@ -35,6 +35,12 @@ def manifest(demo_model) -> Manifest:
     return Manifest.for_model(ModelDir.open(demo_model), RANGES)
 
 
+@pytest.fixture(scope="module")
+def fp32(demo_model, manifest):
+    """The default CPU engines: float32, no channels_last."""
+    return load_engines(demo_model, manifest, "torch")
+
+
 # a mark, not a skip in the body: the skip comes before the GPU tests' fixtures export anything
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of torch; this machine has neither"
@@ -76,9 +82,8 @@ def test_defaults_per_device():
     assert not cpu.compile and not cpu.cuda_graphs
 
 
-def test_float16_engines_cast_at_the_boundary(demo_model, manifest):
+def test_float16_engines_cast_at_the_boundary(demo_model, manifest, fp32):
     """float16 text encoder and UNet, float32 VAE, channels_last: float32 tensors in and out, fp32's values."""
-    fp32 = load_engines(demo_model, manifest, "torch")
     fp16 = load_engines(demo_model, manifest, "torch", dtype="float16", channels_last=True)
     unet = fp16["unet"]
     assert unet.module.unet.dtype == torch.float16 and fp16["text_encoder"].module.text_encoder.dtype == torch.float16
@@ -93,20 +98,18 @@ def test_float16_engines_cast_at_the_boundary(demo_model, manifest):
         assert _rms(reference, out) < FP16_RMS_BOUND, name
 
 
-def test_channels_last_float32_matches(demo_model, manifest):
-    plain = load_engines(demo_model, manifest, "torch")
-    nhwc = load_engines(demo_model, manifest, "torch", channels_last=True)
-    for name in ("unet", "vae_decoder"):
-        feeds = plain[name].spec.sample_inputs(VALUES, torch.Generator().manual_seed(4))
-        (a,), (b,) = plain[name](feeds).values(), nhwc[name](feeds).values()
-        assert b.is_contiguous()
-        torch.testing.assert_close(b, a, atol=LAYOUT_ATOL, rtol=0)
+def test_channels_last_float32_matches(demo_model, manifest, fp32):
+    nhwc = load_engines(demo_model, manifest, "torch", channels_last=True)["unet"]
+    feeds = nhwc.spec.sample_inputs(VALUES, torch.Generator().manual_seed(4))
+    out = nhwc(feeds)["noise_pred"]
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, fp32["unet"](feeds)["noise_pred"], atol=LAYOUT_ATOL, rtol=0)
 
 
-def test_attention_is_sdpa(demo_model, manifest):
+def test_attention_is_sdpa(fp32):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    engines = load_engines(demo_model, manifest, "torch")
+    engines = fp32
     for module in (engines["unet"].module.unet, engines["vae_decoder"].module.vae):
         assert {type(p) for p in module.attn_processors.values()} == {AttnProcessor2_0}
     assert engines["text_encoder"].module.text_encoder.config._attn_implementation == "sdpa"
