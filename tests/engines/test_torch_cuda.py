@@ -7,7 +7,6 @@ skip without one, saying why.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ from sdrt.engines.torch_backend import CudaGraphRunner, TorchOptions, options
 from sdrt.manifest import Manifest
 from sdrt.model_dir import ModelDir
 from tests.conftest import RANGES
+from tests.export.test_fp16 import psnr
 
 # fp16 against fp32 on the same inputs, relative RMS error, measured on the CPU: UNet 2.0e-3, text
 # encoder 0.8e-3, VAE decoder 2.8e-3. fp16's unit roundoff is 4.9e-4; a cast or layout bug is off by O(1).
@@ -49,11 +49,6 @@ needs_cuda = pytest.mark.skipif(
 
 def _rms(reference: torch.Tensor, out: torch.Tensor) -> float:
     return float((out.double() - reference.double()).pow(2).mean().sqrt() / reference.double().pow(2).mean().sqrt())
-
-
-def _psnr(a, b) -> float:
-    mse = ((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
 @pytest.mark.parametrize(
@@ -163,5 +158,5 @@ def test_cuda_graph_runner_replays_each_shape():
 def test_cuda_fp16_paths_match_the_cpu(demo_model, pipelines, settings):
     gpu = Pipeline.load(demo_model, backend="torch", device="cuda", ranges=RANGES, **settings)
     assert gpu.engines["unet"].dtype == torch.float16
-    psnr = _psnr(gpu.generate("a cat", **KWARGS).images[0], pipelines["torch"].generate("a cat", **KWARGS).images[0])
-    assert psnr > GPU_FP16_PSNR_DB, f"PSNR {psnr:.1f} dB"
+    db = psnr(gpu.generate("a cat", **KWARGS).images[0], pipelines["torch"].generate("a cat", **KWARGS).images[0])
+    assert db > GPU_FP16_PSNR_DB, f"PSNR {db:.1f} dB"
