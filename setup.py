@@ -15,6 +15,7 @@ setup(
         "safetensors",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        "onnx-graphsurgeon",  # fp16 export: constant folding and graph clean-up
         "numpy",
         "pillow",
         "tqdm",

@@ -1,4 +1,4 @@
-"""The `sdrt` command: demo-model, export, build, generate, info."""
+"""The `sdrt` command: demo-model, export, build, generate, info, doctor."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from sdrt.demo_model import PRESETS, VARIANTS
 from sdrt.engines import BACKENDS, DEVICES
 from sdrt.engines.tensorrt_profiles import PROFILE_MODES as TENSORRT_PROFILES
+from sdrt.export.fp16 import PRECISIONS
 from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler
 
 
@@ -54,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
         help="most 75-token chunks a prompt may use (default 4: 300 tokens)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="text encoder and UNet precision (default fp32); fp16 for GPU backends (graph IO stays float32)",
+    )
+    p.add_argument(
+        "--vae-precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="VAE precision (default fp32, which cannot overflow); fp16 suits SD 1.x/2.x VAEs, not SDXL's",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
 
     p = sub.add_parser("build", help="prepare engines for a backend under ARTIFACT_DIR/engines/<backend>/")
@@ -165,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG chart here")
+
+    p = sub.add_parser("doctor", help="print the GPU, CUDA, TensorRT and ONNX Runtime here, and which backends can run")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -179,6 +195,29 @@ def _sampler(value: str) -> str:
 def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--backend", choices=list(BACKENDS), default=default, help=f"engine backend (default {default})")
     p.add_argument("--device", default="cpu", help=f"{' or '.join(DEVICES)}[:N] (default cpu)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="torch backend: text encoder and UNet compute dtype, float32, float16 or bfloat16 "
+        "(default float16 on cuda, float32 on cpu)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", default=None, help="torch backend: torch.compile the UNet (slow first call)"
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=None,
+        help="torch or onnxruntime on cuda: replay the UNet step as a CUDA graph per input shape",
+    )
+
+
+# backend option flags, passed to the backend only when given (a backend refuses options it does not have)
+_BACKEND_OPTIONS = ("dtype", "compile", "cuda_graphs", "optimization")
+
+
+def _backend_options(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in _BACKEND_OPTIONS if getattr(args, name, None) is not None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,6 +253,8 @@ def _export(args: argparse.Namespace) -> int:
         opt_size=args.opt_size,
         max_text_chunks=args.max_text_chunks,
         opset=args.opset,
+        precision=args.precision,
+        vae_precision=args.vae_precision,
     )
     manifest = export_model(args.model_dir, args.output, config, overwrite=args.overwrite, progress=True)
     r = manifest.ranges
@@ -228,7 +269,7 @@ def _build(args: argparse.Namespace) -> int:
     from sdrt.engines import build_engines
     from sdrt.manifest import read_manifest
 
-    options = {} if args.optimization is None else {"optimization": args.optimization}
+    options = _backend_options(args)
     if args.profile is not None:
         options["profile"] = args.profile
     if args.timing_cache is not None:
@@ -257,7 +298,7 @@ def _generate(args: argparse.Namespace) -> int:
 
         preview_dir = args.preview_dir or args.output.parent / f"{args.output.stem}-previews"
         preview = PreviewWriter(preview_dir, prefix=args.output.stem)
-    pipe = Pipeline.load(args.path, backend=args.backend, device=args.device)
+    pipe = Pipeline.load(args.path, backend=args.backend, device=args.device, **_backend_options(args))
     result = pipe.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -337,6 +378,14 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if result.failures() else 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from sdrt.doctor import diagnose, format_report, to_json
+
+    report = diagnose()
+    print(json.dumps(to_json(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -360,6 +409,7 @@ _COMMANDS = {
     "generate": _generate,
     "info": _info,
     "bench": _bench,
+    "doctor": _doctor,
 }
 
 if __name__ == "__main__":

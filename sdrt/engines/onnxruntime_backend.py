@@ -2,6 +2,8 @@
 
 The same code serves the CPU provider and the CUDA provider (`device="cuda"`): inputs and outputs are
 bound by pointer to torch tensors on the engine's device, so a GPU run never copies through the host.
+An fp16 artifact (`sdrt export --precision fp16`) runs unchanged: its graphs take and return float32.
+With `cuda_graphs=True` the UNet session captures one CUDA graph per input shape (see CudaGraphBindings).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdrt.components import UNET
 from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
 from sdrt.engines.options import make_options
 from sdrt.files import atomic_directory
@@ -41,18 +44,22 @@ class OnnxRuntimeOptions:
     device: str = "cpu"  # "cpu" (CPUExecutionProvider) or "cuda[:N]" (CUDAExecutionProvider)
     optimization: str = "all"  # graph optimization level applied at build time: disable, basic, extended, all
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (run-time only, not part of the cache key)
+    cuda_graphs: bool = False  # CUDA only: the UNet replays a captured CUDA graph per input shape (run-time only)
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise ValueError(f"optimization {self.optimization!r} is not one of {', '.join(OPTIMIZATION_LEVELS)}")
         if self.threads < 0:
             raise ValueError(f"threads {self.threads} must be 0 (automatic) or positive")
+        if self.cuda_graphs and self.device.split(":")[0] != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, not {self.device!r}")
 
     @property
     def torch_device(self) -> torch.device:
         return indexed(torch.device(self.device))
 
-    def providers(self) -> list:
+    def providers(self, cuda_graph: bool = False) -> list:
+        """Execution providers for a session; `cuda_graph` turns on the CUDA provider's graph capture."""
         import onnxruntime as ort
 
         if self.torch_device.type == "cpu":
@@ -63,7 +70,10 @@ class OnnxRuntimeOptions:
                 f"device {self.device} needs ONNX Runtime's CUDAExecutionProvider, but this onnxruntime has only "
                 f"{available}; install onnxruntime-gpu"
             )
-        return [("CUDAExecutionProvider", {"device_id": self.torch_device.index or 0}), "CPUExecutionProvider"]
+        cuda = {"device_id": self.torch_device.index or 0}
+        if cuda_graph:
+            cuda["enable_cuda_graph"] = "1"
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
 def options(**kwargs) -> OnnxRuntimeOptions:
@@ -105,53 +115,105 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) 
 
     artifact = Path(path)
     _require_onnx(artifact, manifest)
-    providers = opts.providers()
+    opts.providers()  # fail on a missing execution provider before any work
     engines = {}
     for name, spec in manifest.components.items():
         record = _build_one(artifact, name, manifest.files[name], opts)
         so = _session_options(opts)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already applied at build
-        session = ort.InferenceSession(str(Path(record.path) / ONNX_FILE), so, providers=providers)
-        engines[name] = OnnxRuntimeEngine(session, spec, manifest.ranges, opts.torch_device)
+        # Only the UNet runs every step; the others run once per generation, where launch overhead is noise.
+        cuda_graphs = opts.cuda_graphs and name == UNET
+        try:
+            session = ort.InferenceSession(
+                str(Path(record.path) / ONNX_FILE), so, providers=opts.providers(cuda_graph=cuda_graphs)
+            )
+        except Exception as exc:  # ONNX Runtime raises its own Fail/RuntimeException types
+            if not cuda_graphs:
+                raise
+            raise ValueError(
+                f"ONNX Runtime cannot capture CUDA graphs for {name} ({exc}); load without cuda_graphs"
+            ) from exc
+        engines[name] = OnnxRuntimeEngine(session, spec, manifest.ranges, opts.torch_device, cuda_graphs)
     return engines
 
 
 class OnnxRuntimeEngine(CheckedEngine):
     """An ONNX Runtime session behind the engine protocol, fed by IO binding on torch tensors."""
 
-    def __init__(self, session, spec: ComponentSpec, ranges: ShapeRanges, device: torch.device) -> None:
+    def __init__(
+        self, session, spec: ComponentSpec, ranges: ShapeRanges, device: torch.device, cuda_graphs: bool = False
+    ) -> None:
         super().__init__(spec, ranges, device)
         self.session = session
         self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
         self._device_id = self.device.index or 0
+        self._graphs = CudaGraphBindings(self) if cuda_graphs else None
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        if self._graphs is not None:
+            return self._graphs.run(feeds, dims)
+        inputs = {spec.name: feeds[spec.name].contiguous() for spec in self.spec.inputs}  # must outlive the run
+        outputs = self._empty_outputs(dims)
+        self._execute(self._bind(inputs, outputs))
+        return outputs
+
+    def _empty_outputs(self, dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        shapes = self.spec.output_shapes(dims)
+        return {s.name: torch.empty(shapes[s.name], dtype=s.torch_dtype, device=self.device) for s in self.spec.outputs}
+
+    def _bind(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]):
+        """An IO binding of the session's inputs and outputs to these contiguous tensors' memory."""
         binding = self.session.io_binding()
-        keep = []  # contiguous copies must outlive the run
-        for spec in self.spec.inputs:
-            tensor = feeds[spec.name].contiguous()
-            keep.append(tensor)
-            binding.bind_input(
-                spec.name,
-                self._device_type,
-                self._device_id,
-                _NUMPY_DTYPES[tensor.dtype],
-                tuple(tensor.shape),
-                tensor.data_ptr(),
-            )
-        outputs = {}
-        for spec, shape in zip(self.spec.outputs, self.spec.output_shapes(dims).values(), strict=True):
-            tensor = torch.empty(shape, dtype=spec.torch_dtype, device=self.device)
-            outputs[spec.name] = tensor
-            binding.bind_output(
-                spec.name, self._device_type, self._device_id, _NUMPY_DTYPES[tensor.dtype], shape, tensor.data_ptr()
-            )
+        for bind, tensors in ((binding.bind_input, inputs), (binding.bind_output, outputs)):
+            for name, tensor in tensors.items():
+                bind(
+                    name,
+                    self._device_type,
+                    self._device_id,
+                    _NUMPY_DTYPES[tensor.dtype],
+                    tuple(tensor.shape),
+                    tensor.data_ptr(),
+                )
+        return binding
+
+    def _execute(self, binding, run_options=None) -> None:
         if self._device_type == "cuda":
             # ONNX Runtime runs on its own stream: torch's queued writes to the inputs must land first.
             torch.cuda.current_stream(self.device).synchronize()
         # Run returns once the execution provider's stream is done, so torch may read the outputs at once.
-        self.session.run_with_iobinding(binding)
-        return outputs
+        self.session.run_with_iobinding(binding, run_options)
+
+
+class CudaGraphBindings:
+    """ONNX Runtime CUDA graphs for one engine: a graph id, static buffers and a binding per input shape.
+
+    ONNX Runtime captures a graph on a session's first run under a `gpu_graph_id` and replays it on
+    later runs with that id; the replay reads and writes the addresses bound at capture, so each
+    shape gets buffers allocated once: a call copies its inputs in and returns copies of the outputs
+    (the next replay overwrites them). The session must have the CUDA provider with
+    `enable_cuda_graph`, and all its compute nodes on it (shape arithmetic may stay on the CPU).
+    """
+
+    def __init__(self, engine: OnnxRuntimeEngine) -> None:
+        self.engine = engine
+        self._by_shape: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], object, object]] = {}
+
+    def run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        import onnxruntime as ort
+
+        key = tuple(sorted((name, tuple(t.shape)) for name, t in feeds.items()))
+        if key not in self._by_shape:
+            inputs = {name: torch.empty_like(t, memory_format=torch.contiguous_format) for name, t in feeds.items()}
+            outputs = self.engine._empty_outputs(dims)
+            run_options = ort.RunOptions()
+            # ids start at 1: ONNX Runtime reserves 0 for runs that name no graph, -1 for runs without one
+            run_options.add_run_config_entry("gpu_graph_id", str(len(self._by_shape) + 1))
+            self._by_shape[key] = (inputs, outputs, self.engine._bind(inputs, outputs), run_options)
+        inputs, outputs, binding, run_options = self._by_shape[key]
+        for name, tensor in feeds.items():
+            inputs[name].copy_(tensor)
+        self.engine._execute(binding, run_options)
+        return {name: tensor.clone() for name, tensor in outputs.items()}
 
 
 def _build_one(artifact: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntimeOptions) -> BuildRecord:

@@ -1,21 +1,43 @@
-"""The reference backend: the diffusers/transformers modules themselves, run by torch."""
+"""The reference backend: the diffusers/transformers modules themselves, run by torch.
+
+On a GPU it is also a fast backend: fp16 weights, SDPA attention, channels_last convolutions, and
+optionally `torch.compile` and CUDA graphs for the UNet, the one network called every step. Engines
+take and return float32 tensors whatever their compute dtype (they cast at the boundary), so the
+runtime is the same for every setting.
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sdrt.components import component_modules
-from sdrt.engines.base import BuildRecord, CheckedEngine
+from sdrt.components import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, component_modules
+from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
 from sdrt.engines.options import make_options
 from sdrt.manifest import Manifest
 from sdrt.model_dir import ModelDir
 from sdrt.spec import ComponentSpec, ShapeRanges
+
+log = logging.getLogger(__name__)
+
+BACKEND = "torch"
+COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# torch.compile modes. Without cuda_graphs, "max-autotune-no-cudagraphs" is the default: autotuned
+# Triton kernels with no CUDA-graph machinery of torch's own, so `cuda_graphs` (ours: one explicit
+# graph per input shape, static buffers we own) is the only capture. "reduce-overhead" and
+# "max-autotune" capture with torch's CUDA-graph trees instead; they exclude cuda_graphs=True.
+COMPILE_MODES = ("max-autotune-no-cudagraphs", "default", "reduce-overhead", "max-autotune")
+_CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+# inputs that stay float32 in a lower-precision build: diffusers computes the sinusoidal timestep
+# embedding in float32 whatever the UNet's dtype, and a float16 timestep near 999 is off by up to 0.5
+_FLOAT32_INPUTS = frozenset({"timestep"})
 
 
 @dataclass(frozen=True)
@@ -23,24 +45,164 @@ class TorchOptions:
     """Options of the torch backend."""
 
     device: str = "cpu"  # "cpu" or "cuda[:N]"
+    dtype: str | None = None  # text encoder and UNet: float32, float16 or bfloat16; None: float16 on CUDA, else float32
+    vae_dtype: str = "float32"  # VAE compute dtype: float32 by default, as fp16 VAEs can overflow (SDXL's does)
+    channels_last: bool | None = None  # UNet and VAE weights and 4-D inputs in NHWC layout; None: on for CUDA
+    compile: bool = False  # torch.compile the UNet (the first call at each shape compiles: minutes at full size)
+    compile_mode: str = "max-autotune-no-cudagraphs"  # torch.compile mode, one of COMPILE_MODES
+    cuda_graphs: bool = False  # capture the UNet call as one CUDA graph per input shape, replayed (CUDA only)
+
+    def __post_init__(self) -> None:
+        for name in ("dtype", "vae_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in COMPUTE_DTYPES:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        if self.cuda_graphs and not self.on_cuda:
+            raise ValueError(f"cuda_graphs needs a CUDA device, not {self.device!r}")
+        if self.cuda_graphs and self.compile and self.compile_mode in _CUDA_GRAPH_COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode {self.compile_mode} captures CUDA graphs itself; with cuda_graphs=True use "
+                "compile_mode max-autotune-no-cudagraphs (or default)"
+            )
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.split(":")[0] == "cuda"
+
+    @property
+    def torch_device(self) -> torch.device:
+        return indexed(torch.device(self.device))
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Dtype of the text encoder and UNet: `dtype`, or float16 on CUDA and float32 on the CPU."""
+        if self.dtype is not None:
+            return COMPUTE_DTYPES[self.dtype]
+        return torch.float16 if self.on_cuda else torch.float32
+
+    @property
+    def vae_compute_dtype(self) -> torch.dtype:
+        return COMPUTE_DTYPES[self.vae_dtype]
+
+    @property
+    def use_channels_last(self) -> bool:
+        return self.on_cuda if self.channels_last is None else self.channels_last
 
 
 def options(**kwargs) -> TorchOptions:
-    return make_options(TorchOptions, "torch", **kwargs)
+    return make_options(TorchOptions, BACKEND, **kwargs)
 
 
 class TorchEngine(CheckedEngine):
-    """One component's torch module behind the engine protocol."""
+    """One component's torch module behind the engine protocol: float32 tensors in and out, any compute dtype."""
 
-    def __init__(self, module: nn.Module, spec: ComponentSpec, ranges: ShapeRanges, device: torch.device) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: ComponentSpec,
+        ranges: ShapeRanges,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        compile_mode: str | None = None,
+        cuda_graphs: bool = False,
+    ) -> None:
         super().__init__(spec, ranges, device)
-        self.module = module.to(device)
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.module = module.to(self.device, dtype)
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self._forward: Callable[..., torch.Tensor] = self.module
+        if compile_mode is not None:
+            self._forward = torch.compile(self.module, mode=compile_mode, dynamic=False)
+        self._compute: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] = self._run_module
+        if cuda_graphs:
+            self._compute = CudaGraphRunner(self._run_module, self.device)
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            out = self.module(**feeds)
+            return self._compute(feeds)
+
+    def _run_module(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Cast inputs to the compute dtype and layout, run the module, return float32 contiguous outputs."""
+        inputs = {name: self._prepare(name, tensor) for name, tensor in feeds.items()}
+        out = self._forward(**inputs)
         outputs = out if isinstance(out, tuple) else (out,)
-        return dict(zip(self.spec.output_names, outputs, strict=True))
+        return {
+            name: o.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            for name, o in zip(self.spec.output_names, outputs, strict=True)
+        }
+
+    def _prepare(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point() and name not in _FLOAT32_INPUTS:
+            tensor = tensor.to(self.dtype)
+        if self.channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def float32_copy(self) -> TorchEngine:
+        """This engine's network computing in float32 on the same device: the fallback when a float16 run overflows.
+
+        Its weights are this engine's, upcast (as diffusers' upcast_vae does): an overflow is in the
+        activations, and the weights' fp16 rounding moves a VAE's pixels by well under one 8-bit level.
+        """
+        if self.dtype == torch.float32:
+            return self
+        module = copy.deepcopy(self.module).float()
+        return TorchEngine(module, self.spec, self.ranges, self.device, torch.float32, self.channels_last)
+
+
+class CudaGraphRunner:
+    """Replays one CUDA graph per distinct set of input shapes, captured lazily on first use.
+
+    A graph reads and writes fixed addresses, so each one owns static input buffers: a call copies its
+    inputs into them, replays, and returns copies of the outputs (the next replay overwrites them, and
+    multistep schedulers keep model outputs across steps). Follows torch's documented recipe: warm-up
+    calls on a side stream (which also trigger torch.compile for the shape), then capture.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
+        device: torch.device,
+        warmup_calls: int = 3,
+    ) -> None:
+        self.fn = fn
+        self.device = device
+        self.warmup_calls = warmup_calls
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+
+    def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        key = tuple(sorted((name, tuple(t.shape), t.dtype) for name, t in feeds.items()))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(feeds)
+        graph, inputs, outputs = self._graphs[key]
+        for name, tensor in feeds.items():
+            inputs[name].copy_(tensor)
+        graph.replay()
+        return {name: tensor.clone() for name, tensor in outputs.items()}
+
+    def _capture(self, feeds: Mapping[str, torch.Tensor]):
+        log.info("capturing a CUDA graph for input shapes %s", {n: tuple(t.shape) for n, t in feeds.items()})
+        inputs = {name: tensor.clone() for name, tensor in feeds.items()}
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_calls):
+                self.fn(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                outputs = self.fn(inputs)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"capturing a CUDA graph failed ({exc}); run without cuda_graphs (--cuda-graphs) to use this model"
+            ) from exc
+        return graph, inputs, outputs
 
 
 def build(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> list[BuildRecord]:
@@ -51,11 +213,41 @@ def build(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> li
 
 def load(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> dict[str, TorchEngine]:
     model = _model_dir(path)
-    device = torch.device(opts.device)
-    modules = component_modules(*model.load_modules())
-    return {
-        name: TorchEngine(modules[name], spec, manifest.ranges, device) for name, spec in manifest.components.items()
+    text_encoder, unet, vae = model.load_modules()
+    use_sdpa(text_encoder, unet, vae)
+    modules = component_modules(text_encoder, unet, vae)
+    device, dtype, vae_dtype = opts.torch_device, opts.compute_dtype, opts.vae_compute_dtype
+    nhwc = opts.use_channels_last
+    settings = {
+        TEXT_ENCODER: {"dtype": dtype},
+        UNET: {
+            "dtype": dtype,
+            "channels_last": nhwc,
+            "compile_mode": opts.compile_mode if opts.compile else None,
+            "cuda_graphs": opts.cuda_graphs,
+        },
+        VAE_DECODER: {"dtype": vae_dtype, "channels_last": nhwc},
+        VAE_ENCODER: {"dtype": vae_dtype, "channels_last": nhwc},
     }
+    log.info("torch backend on %s: %s (VAE %s), channels_last %s", device, dtype, vae_dtype, nhwc)
+    return {
+        name: TorchEngine(modules[name], spec, manifest.ranges, device, **settings[name])
+        for name, spec in manifest.components.items()
+    }
+
+
+def use_sdpa(text_encoder: nn.Module, unet: nn.Module, vae: nn.Module) -> None:
+    """Make every attention use torch's scaled_dot_product_attention (flash / memory-efficient kernels on a GPU).
+
+    It is already the default of diffusers (AttnProcessor2_0) and transformers ("sdpa") when torch has
+    SDPA; set here so a model config or library default asking for something else cannot slow us down.
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    vae.set_attn_processor(AttnProcessor2_0())
+    if getattr(text_encoder.config, "_attn_implementation", "sdpa") != "sdpa":
+        text_encoder.set_attn_implementation("sdpa")
 
 
 def _model_dir(path: str | os.PathLike) -> ModelDir:

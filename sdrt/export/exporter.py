@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sdrt.components import component_modules
+from sdrt.components import TEXT_ENCODER, UNET, component_modules
+from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component
 from sdrt.files import atomic_directory
 from sdrt.manifest import SCHEDULER_DIR, TOKENIZER_DIR, Manifest, write_manifest
 from sdrt.model_dir import ModelDir
-from sdrt.spec import ShapeRanges
+from sdrt.spec import ComponentSpec, ShapeRanges
 from sdrt.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """What to export: the shapes the artifact must support and the ONNX opset."""
+    """What to export: the shapes the artifact must support, the ONNX opset and the precision of each network."""
 
     max_batch: int = 4  # most images per engine call (the UNet's batch axis goes to twice this)
     min_size: int = 256  # smallest image height/width in pixels
@@ -31,8 +32,14 @@ class ExportConfig:
     opt_size: int | None = None  # size engines are tuned for; default the model's native size clamped into the range
     max_text_chunks: int = 4  # most 75-token prompt chunks the UNet accepts (longer prompts need more)
     opset: int = 17  # ONNX opset (17 or newer)
+    precision: str = "fp32"  # text encoder and UNet: fp32, or fp16 (weights and math; graph IO stays float32)
+    # VAE decoder and encoder: fp32 (cannot overflow), or fp16 (fine for SD 1.x/2.x VAEs; SDXL's overflows)
+    vae_precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        for name in ("precision", "vae_precision"):
+            if getattr(self, name) not in PRECISIONS:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(PRECISIONS)}")
         if self.opset < 17:
             raise ValueError(f"opset {self.opset} is too old; use 17 or newer")
         if self.max_batch < 1:
@@ -52,6 +59,10 @@ class ExportConfig:
             latent_factor=latent_factor,
         )
 
+    def component_precision(self, component: str) -> str:
+        """Precision of one component's graph: `precision` for the text encoder and UNet, else `vae_precision`."""
+        return self.precision if component in (TEXT_ENCODER, UNET) else self.vae_precision
+
 
 def export_model(
     model_dir: str | os.PathLike,
@@ -70,18 +81,28 @@ def export_model(
     if out.exists() and not overwrite:
         raise ValueError(f"artifact directory {out} already exists; pass --overwrite to replace it")
     manifest = Manifest.for_model(model, config.ranges(model.latent_factor, model.native_size))
+    manifest = replace(
+        manifest,
+        components={n: _with_precision(s, config.component_precision(n)) for n, s in manifest.components.items()},
+    )
     text_encoder, unet, vae = model.load_modules()
     modules = component_modules(text_encoder, unet, vae)
 
     with atomic_directory(out) as tmp:
         files = {}
         for name in tqdm(manifest.components, desc="export", unit="component", disable=not progress):
-            files[name] = export_component(
-                modules[name], manifest.components[name], manifest.ranges, tmp / name, config.opset
-            )
+            spec = manifest.components[name]
+            files[name] = export_component(modules[name], spec, manifest.ranges, tmp / name, config.opset)
+            if config.component_precision(name) == "fp16":
+                files[name] = convert_component(tmp, files[name], spec)
         shutil.copytree(model.path / "tokenizer", tmp / TOKENIZER_DIR)
         shutil.copytree(model.path / "scheduler", tmp / SCHEDULER_DIR)
         manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)})
         write_manifest(tmp, manifest)
     log.info("exported %s to %s", model.path, out)
     return manifest
+
+
+def _with_precision(spec: ComponentSpec, precision: str) -> ComponentSpec:
+    """`spec` with its graph's precision recorded in its attributes (its IO is float32 either way)."""
+    return replace(spec, attributes={**spec.attributes, "precision": precision})

@@ -29,6 +29,7 @@ from sdrt.runtime.prompts import chunk_count, encode_prompts, load_tokenizer, to
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import canonical_sampler, make_scheduler, sampler_label
 from sdrt.runtime.timing import StageClock, Timings
+from sdrt.runtime.vae_guard import VaeDecoderGuard
 from sdrt.spec import ShapeRanges
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class Pipeline:
         max_images: int = DEFAULT_MAX_IMAGES,
     ) -> None:
         self.engines = dict(engines)
+        decoder = self.engines[VAE_DECODER]
+        if not isinstance(decoder, VaeDecoderGuard):  # NaN/Inf from an fp16 decoder: decode again in float32
+            self.engines[VAE_DECODER] = VaeDecoderGuard(decoder, fallback=getattr(decoder, "float32_copy", None))
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
