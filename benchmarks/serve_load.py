@@ -3,7 +3,8 @@
 The server runs as its own process (`sdrt serve`, 127.0.0.1 only); this process is the clients, each sending
 single-image requests with distinct prompts and seeds back to back. Every level is bounded in requests and in
 seconds. The offline figure is `Pipeline.run_batch` on the same artifact, size, steps and sampler with the
-server's batch size, run in this process before the server starts, so the two never share the CPU.
+server's batch size (and of batch 1), run in this process just before and just after each level while the
+server idles, so the two never share the CPU and drift on a noisy machine hits both alike.
 
 Usage: python benchmarks/serve_load.py [--artifact DIR] [--size 128] [--steps 20] [--concurrency 1,4,16]
            [--requests 32] [--seconds 120] [--max-wait-ms 50] [--out benchmarks/results/serve-load-cpu-demo.json]
@@ -52,32 +53,37 @@ def _request(i: int, size: int, steps: int) -> dict:
     }
 
 
-def offline(artifact: Path, args, batch: int) -> dict:
-    """Images per second of Pipeline.run_batch with `batch` single-image requests (and of batch 1)."""
-    pipe = Pipeline.load(artifact, backend=args.backend, device=args.device)
-    result = {}
-    for size in sorted({1, batch}):
-        requests = [
+def offline_requests(args, sizes: list[int]) -> dict[int, list[GenerationRequest]]:
+    """For each batch size, that many single-image requests like the clients' (distinct prompts and seeds)."""
+    out = {}
+    for size in sizes:
+        bodies = [_request(i, args.size, args.steps) for i in range(size)]
+        out[size] = [
             GenerationRequest(
-                prompts=(body["prompt"],),
-                negative_prompts=(body["negative_prompt"],),
+                prompts=(b["prompt"],),
+                negative_prompts=(b["negative_prompt"],),
                 height=args.size,
                 width=args.size,
                 steps=args.steps,
                 guidance_scales=(7.5,),
-                seed=body["seed"],
+                seed=b["seed"],
                 scheduler=SCHEDULER,
             )
-            for body in (_request(i, args.size, args.steps) for i in range(size))
+            for b in bodies
         ]
-        pipe.run_batch(requests)  # warm-up
+    return out
+
+
+def offline(pipe: Pipeline, batches: dict[int, list[GenerationRequest]], runs: int) -> dict[str, float]:
+    """Images per second of Pipeline.run_batch at each batch size (median of `runs`)."""
+    result = {}
+    for size, requests in batches.items():
         seconds = []
-        for _ in range(args.offline_runs):
+        for _ in range(runs):
             start = time.perf_counter()
             pipe.run_batch(requests)
             seconds.append(time.perf_counter() - start)
-        median = statistics.median(seconds)
-        result[str(size)] = {"seconds_per_batch": median, "images_per_second": size / median}
+        result[str(size)] = size / statistics.median(seconds)
     return result
 
 
@@ -167,7 +173,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="time limit per level (default 120)")
     parser.add_argument("--max-batch", type=int, default=None, help="server --max-batch (default the artifact's)")
     parser.add_argument("--max-wait-ms", type=float, default=50.0, help="server --max-wait-ms (default 50)")
-    parser.add_argument("--offline-runs", type=int, default=3, help="timed offline batches (median; default 3)")
+    parser.add_argument("--offline-runs", type=int, default=2, help="offline batches timed around each level")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve-load-cpu-demo.json"))
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -184,7 +190,9 @@ def main() -> int:
         from sdrt.manifest import read_manifest
 
         batch = args.max_batch or read_manifest(artifact).ranges.max_batch
-        baseline = offline(artifact, args, batch)
+        pipe = Pipeline.load(artifact, backend=args.backend, device=args.device)
+        batches = offline_requests(args, sorted({1, batch}))
+        offline(pipe, batches, 1)  # warm-up
         port = _free_port()
         server = start_server(artifact, args, port)
         try:
@@ -192,29 +200,31 @@ def main() -> int:
             load_level(url, argparse.Namespace(**{**vars(args), "requests": 2, "seconds": 60}), 1, 10**6)  # warm-up
             results, first = [], 0
             for concurrency in levels:
-                results.append(load_level(url, args, concurrency, first))
+                # offline just before and just after each level (the server idles): drift hits both alike
+                before = offline(pipe, batches, args.offline_runs)
+                level = load_level(url, args, concurrency, first)
+                after = offline(pipe, batches, args.offline_runs)
+                level["offline_images_per_second"] = {k: (before[k] + after[k]) / 2 for k in before}
+                results.append(level)
                 first += 10_000
         finally:
             server.terminate()
             server.wait(120)
 
-    offline_batch = baseline[str(batch)]["images_per_second"]
     print(f"{args.size}x{args.size}, {args.steps} steps, {SCHEDULER}, server batch {batch}, wait {args.max_wait_ms} ms")
-    print(f"offline run_batch: batch 1 {baseline['1']['images_per_second']:.2f} img/s, ", end="")
-    print(f"batch {batch} {offline_batch:.2f} img/s")
-    header = f"{'clients':>7} {'requests':>8} {'img/s':>7} {'vs offline':>10} {'p50 s':>7} {'p99 s':>7} {'batch':>6}"
-    print(header)
+    header = f"{'clients':>7} {'requests':>8} {'img/s':>7} {'p50 s':>7} {'p99 s':>7} {'batch':>6}"
+    print(f"{header} {'offline img/s, batch 1':>23} {f'batch {batch}':>8} {f'vs batch {batch}':>11}")
     for r in results:
+        off = r["offline_images_per_second"]
         print(
-            f"{r['concurrency']:>7} {r['requests']:>8} {r['images_per_second']:>7.2f} "
-            f"{r['images_per_second'] / offline_batch:>10.2f} {r['p50_seconds']:>7.2f} {r['p99_seconds']:>7.2f} "
-            f"{r['mean_batch_images']:>6.2f}"
+            f"{r['concurrency']:>7} {r['requests']:>8} {r['images_per_second']:>7.2f} {r['p50_seconds']:>7.2f} "
+            f"{r['p99_seconds']:>7.2f} {r['mean_batch_images']:>6.2f} {off['1']:>23.2f} {off[str(batch)]:>8.2f} "
+            f"{r['images_per_second'] / off[str(batch)]:>11.2f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "server_batch": batch,
-        "offline": baseline,
         "levels": results,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "versions": library_versions(),

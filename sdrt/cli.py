@@ -187,6 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
     p.add_argument("--max-prompt-chars", type=int, default=4000, help="longest prompt in characters (default 4000)")
+    p.add_argument(
+        "--default-steps", type=int, default=30, help="steps when a request gives none (OpenAI's API; default 30)"
+    )
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
     p.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (pip install 'sdrt[serve-ray]')")
@@ -382,6 +385,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_prompt_chars=args.max_prompt_chars,
+        default_steps=args.default_steps,
         max_steps=args.max_steps,
         max_images=args.max_images,
     )

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from sdrt import __version__
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler, sampler_choices
+from sdrt.serve.batcher import Completed
 from sdrt.serve.codec import decode_image, encode_all
 from sdrt.serve.errors import InputError
 from sdrt.serve.generation import build_request
@@ -258,7 +259,9 @@ def _binary_mask(mask: Image.Image, invert: bool) -> Image.Image:
     return ImageOps.invert(mask) if invert else mask
 
 
-def _info(body: _Common, pipe: Pipeline, completed, sampler: str, clip_skip: int, strength: float | None) -> str:
+def _info(
+    body: _Common, pipe: Pipeline, completed: Completed, sampler: str, clip_skip: int, strength: float | None
+) -> str:
     """The web UI's `info`: a JSON string with the seeds, prompts and infotexts (Processed.js())."""
     result = completed.result
     n = len(result.images)

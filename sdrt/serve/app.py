@@ -237,7 +237,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
             self.metrics.rejections.labels("too_large").inc()
             response = JSONResponse(error_body(str(BodyTooLarge(self.limit).detail)), status_code=413)
             await response(scope, receive, send)

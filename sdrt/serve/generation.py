@@ -24,7 +24,7 @@ def build_request(
     negative_prompts: Sequence[str] | None = None,
     height: int | None = None,
     width: int | None = None,
-    steps: int = 30,
+    steps: int,
     guidance_scales: Sequence[float] = (7.5,),
     seed: int | None = None,
     num_images_per_prompt: int = 1,

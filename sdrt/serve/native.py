@@ -31,7 +31,7 @@ class GenerateBody(BaseModel):
     negative_prompt: str | list[str] | None = Field(None, description="one for all prompts, or one per prompt")
     height: int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
     width: int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
-    steps: int = Field(30, description="denoising steps")
+    steps: int | None = Field(None, description="denoising steps; default the server's --default-steps (30)")
     guidance_scale: float | list[float] = Field(7.5, description="one for all prompts, or one per prompt")
     seed: int | None = Field(None, description="seed of the first image; image i uses seed + i; default random")
     num_images_per_prompt: int = 1
@@ -78,7 +78,7 @@ async def generate(body: GenerateBody, http: Request) -> Response:
             negative_prompts=[negatives] if isinstance(negatives, str) else negatives,
             height=body.height,
             width=body.width,
-            steps=body.steps,
+            steps=config.default_steps if body.steps is None else body.steps,
             guidance_scales=scales if isinstance(scales, list) else [scales],
             seed=body.seed,
             num_images_per_prompt=body.num_images_per_prompt,

@@ -85,6 +85,7 @@ async def generations(body: ImagesBody, http: Request) -> dict:
             prompts=[body.prompt],
             height=height,
             width=width,
+            steps=state.config.default_steps,
             num_images_per_prompt=body.n or 1,
             names=_NAMES,
         )

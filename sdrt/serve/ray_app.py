@@ -144,8 +144,9 @@ def run(app: Application, host: str = "127.0.0.1", port: int = 7860, address: st
     def interrupt(sig: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
     ray.init(address=address, include_dashboard=False)
+    # after ray.init, which installs a SIGTERM handler of its own that aborts the process
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name="sdrt", route_prefix="/", blocking=True)

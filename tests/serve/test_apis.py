@@ -16,7 +16,7 @@ from tests.serve.conftest import MAX_PIXEL_DIFF, decode_png, max_diff, png_b64, 
 
 @pytest.fixture(scope="module")
 def server(serve_pipeline):
-    with running(create_app(serve_pipeline, ServeConfig(max_wait_ms=10))) as url:
+    with running(create_app(serve_pipeline, ServeConfig(max_wait_ms=10, default_steps=3))) as url:
         yield url
 
 
@@ -207,6 +207,7 @@ def test_openai_images_generations(server):
     assert [i.size for i in images] == [(64, 64)] * 2
     first, second = (int(i.text["parameters"].split("Seed: ")[1].split(",")[0]) for i in images)
     assert second == first + 1
+    assert "Steps: 3," in images[0].text["parameters"]  # the server's --default-steps
     # no size: the artifact's tuned size
     response = httpx.post(f"{server}/v1/images/generations", json={"prompt": "an otter"}, timeout=60)
     assert decode_png(response.json()["data"][0]["b64_json"]).size == (128, 128)

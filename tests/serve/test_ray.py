@@ -8,8 +8,7 @@ import httpx
 import pytest
 
 from sdrt.serve import ServeConfig
-from tests.serve.conftest import decode_png
-from tests.serve.test_cli_serve import free_port
+from tests.serve.conftest import decode_png, free_port
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'sdrt[serve-ray]')")
 
