@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
@@ -71,7 +71,6 @@ class Job:
     admitted: float  # monotonic seconds
     state: str = "queued"  # queued, running, done
     abandoned: bool = False  # the client left while it ran: its result is discarded
-    started: float = field(default=0.0)
 
     @property
     def images(self) -> int:
@@ -97,7 +96,6 @@ class Batcher:
         self._groups: dict[Hashable, deque[Job]] = {}
         self._queued = 0
         self._queued_images = 0
-        self._running: list[Job] = []
         self._accepting = True
         self._batch_seconds: float | None = None  # moving average, for Retry-After
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -213,22 +211,12 @@ class Batcher:
         start = time.monotonic()
         images = sum(j.images for j in batch)
         for job in batch:
-            job.state, job.started = "running", start
+            job.state = "running"
             self.metrics.queue_seconds.observe(start - job.admitted)
         self._count(-len(batch), -images)
-        self._running = batch
         self.metrics.running_images.set(images)
         try:
             results = await self._loop.run_in_executor(self._executor, self._run_batch, [j.request for j in batch])
-        except Exception as exc:  # an engine error fails this batch's requests, never the server
-            log.exception("engine batch of %d requests (%d images) failed", len(batch), images)
-            self.metrics.batch_errors.inc()
-            error = BatchFailed(f"the engine batch holding this request failed: {type(exc).__name__}: {exc}")
-            for job in batch:
-                job.state = "done"
-                if not job.future.done():
-                    job.future.set_exception(error)
-        else:
             seconds = time.monotonic() - start
             self._batch_seconds = seconds if self._batch_seconds is None else 0.8 * self._batch_seconds + 0.2 * seconds
             self.metrics.observe_batch(images, len(batch), results[0].timings)
@@ -238,8 +226,15 @@ class Batcher:
                     self.metrics.dropped.labels("running").inc()
                 elif not job.future.done():
                     job.future.set_result(Completed(result, start - job.admitted, images, len(batch)))
+        except Exception as exc:  # an engine error fails this batch's requests, never the server
+            log.exception("engine batch of %d requests (%d images) failed", len(batch), images)
+            self.metrics.batch_errors.inc()
+            error = BatchFailed(f"the engine batch holding this request failed: {type(exc).__name__}: {exc}")
+            for job in batch:
+                job.state = "done"
+                if not job.future.done():
+                    job.future.set_exception(error)
         finally:
-            self._running = []
             self.metrics.running_images.set(0)
 
     def _count(self, jobs: int, images: int) -> None:
