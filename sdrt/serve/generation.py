@@ -95,14 +95,18 @@ def build_request(
             mask_image=mask_image,
             strength=strength,
         )
-        pipe.check(request)
     except ValueError as exc:
         raise from_runtime(exc, names) from exc
-    # a prompt longer than the artifact's text axis would fail its whole batch in the engine: refuse it here
+    # Pipeline.check refuses prompts longer than the text axis too, but names every text "prompt": check
+    # each field first so the error names the one the client sent
     text = pipe.engines[TEXT_ENCODER].ranges
     for field, texts in (("prompt", request.prompts), ("negative_prompt", request.negative_prompts)):
         try:
             tokenize_prompts(pipe.tokenizer, texts, text.text_length, text.max_text_chunks)
         except ValueError as exc:
             raise InputError(named(field), f"{named(field)}: {exc}") from exc
+    try:
+        pipe.check(request)
+    except ValueError as exc:
+        raise from_runtime(exc, names) from exc
     return request, pipe.batch_key(request)
