@@ -3,8 +3,8 @@
 The server runs as its own process (`sdrt serve`, 127.0.0.1 only); this process is the clients, each sending
 single-image requests with distinct prompts and seeds back to back. Every level is bounded in requests and in
 seconds. The offline figure is `Pipeline.run_batch` on the same artifact, size, steps and sampler with the
-server's batch size (and of batch 1), run in this process just before and just after each level while the
-server idles, so the two never share the CPU and drift on a noisy machine hits both alike.
+server's batch size (and of batch 1), each in a fresh process of its own just before and just after each level
+while the server idles, so the two never share the CPU and drift on a noisy machine hits both alike.
 
 Usage: python benchmarks/serve_load.py [--artifact DIR] [--size 128] [--steps 20] [--concurrency 1,4,16]
            [--requests 32] [--seconds 120] [--max-wait-ms 50] [--out benchmarks/results/serve-load-cpu-demo.json]
@@ -85,6 +85,25 @@ def offline(pipe: Pipeline, batches: dict[int, list[GenerationRequest]], runs: i
             seconds.append(time.perf_counter() - start)
         result[str(size)] = size / statistics.median(seconds)
     return result
+
+
+def offline_in_process_of_its_own(artifact: Path, args, sizes: list[int]) -> dict[str, float]:
+    """`offline` in a fresh process (load, one warm-up batch per size, timed runs): the clients' process stays light."""
+    command = [sys.executable, __file__, "--offline-worker", "--artifact", str(artifact), "--backend", args.backend]
+    command += ["--device", args.device, "--size", str(args.size), "--steps", str(args.steps)]
+    command += ["--offline-runs", str(args.offline_runs), "--offline-sizes", ",".join(map(str, sizes))]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the offline run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _offline_worker(args) -> int:
+    pipe = Pipeline.load(args.artifact, backend=args.backend, device=args.device)
+    batches = offline_requests(args, [int(s) for s in args.offline_sizes.split(",")])
+    offline(pipe, batches, 1)  # warm-up
+    print(json.dumps(offline(pipe, batches, args.offline_runs)))
+    return 0
 
 
 def _free_port() -> int:
@@ -175,7 +194,11 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=50.0, help="server --max-wait-ms (default 50)")
     parser.add_argument("--offline-runs", type=int, default=2, help="offline batches timed around each level")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve-load-cpu-demo.json"))
+    parser.add_argument("--offline-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--offline-sizes", default="1", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.offline_worker:
+        return _offline_worker(args)
     levels = [int(c) for c in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,9 +213,7 @@ def main() -> int:
         from sdrt.manifest import read_manifest
 
         batch = args.max_batch or read_manifest(artifact).ranges.max_batch
-        pipe = Pipeline.load(artifact, backend=args.backend, device=args.device)
-        batches = offline_requests(args, sorted({1, batch}))
-        offline(pipe, batches, 1)  # warm-up
+        sizes = sorted({1, batch})
         port = _free_port()
         server = start_server(artifact, args, port)
         try:
@@ -201,10 +222,11 @@ def main() -> int:
             results, first = [], 0
             for concurrency in levels:
                 # offline just before and just after each level (the server idles): drift hits both alike
-                before = offline(pipe, batches, args.offline_runs)
+                before = offline_in_process_of_its_own(artifact, args, sizes)
                 level = load_level(url, args, concurrency, first)
-                after = offline(pipe, batches, args.offline_runs)
+                after = offline_in_process_of_its_own(artifact, args, sizes)
                 level["offline_images_per_second"] = {k: (before[k] + after[k]) / 2 for k in before}
+                level["load_average_1min"] = os.getloadavg()[0]  # other work on the machine skews both figures
                 results.append(level)
                 first += 10_000
         finally:

@@ -101,10 +101,14 @@ class ServeState:
 
 async def _disconnected(receive: Receive) -> None:
     """Return when the client disconnects (the body has been read: the next message is the disconnect)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+    except Exception:  # a server whose receive fails here cannot report disconnects: wait for the result
+        log.debug("cannot watch for the client disconnecting", exc_info=True)
+        await asyncio.get_running_loop().create_future()
 
 
 def create_app(
