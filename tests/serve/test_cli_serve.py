@@ -38,7 +38,7 @@ def test_sdrt_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(artifact)
             time.sleep(0.2)
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
 
-        bodies = [{"prompt": f"a boat {i}", "seed": i, "height": 64, "width": 64, "steps": 8} for i in range(3)]
+        bodies = [{"prompt": f"a boat {i}", "seed": i, "height": 64, "width": 64, "steps": 20} for i in range(3)]
         with httpx.Client(timeout=120) as client, ThreadPoolExecutor(len(bodies)) as pool:
             pending = [pool.submit(client.post, f"{url}/v1/generate", json=b) for b in bodies]
 

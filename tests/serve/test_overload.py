@@ -76,28 +76,42 @@ def test_an_engine_error_fails_its_batch_with_500_and_the_server_keeps_serving(s
 
 
 def test_a_client_that_disconnects_is_dropped_from_the_queue_or_from_its_result(serve_pipeline):
-    app = create_app(serve_pipeline, ServeConfig(max_batch=1, max_wait_ms=0))
-    long = {"prompt": "a long one", "seed": 1, "height": 128, "width": 128, "steps": 25}
+    engine_free = threading.Event()
+    held = copy.copy(serve_pipeline)
+
+    def run_batch(requests, **kwargs):  # a request saying "hold" keeps the engine busy until the test says
+        if any("hold" in p for r in requests for p in r.prompts):
+            engine_free.wait(30)
+        return serve_pipeline.run_batch(requests, **kwargs)
+
+    held.run_batch = run_batch
+    app = create_app(held, ServeConfig(max_batch=1, max_wait_ms=0))
+    hold = {"prompt": "hold the engine", "seed": 1, **SMALL}
     with running(app) as url, httpx.Client(timeout=120) as client:
 
         def metrics() -> str:
             return client.get(f"{url}/metrics").text
 
         with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(client.post, f"{url}/v1/generate", json=long)
+            first = pool.submit(client.post, f"{url}/v1/generate", json=hold)
             _wait_for(lambda: metric(metrics(), "sdrt_running_images") == 1)
-            try:  # queued behind the long one; the client gives up and closes the connection
-                httpx.post(f"{url}/v1/generate", json={**long, "seed": 2}, timeout=0.3)
+            try:  # queued behind the held one; the client gives up and closes the connection
+                httpx.post(f"{url}/v1/generate", json={**hold, "prompt": "a queued one", "seed": 2}, timeout=0.3)
             except httpx.TimeoutException:
                 pass
             _wait_for(lambda: metric(metrics(), "sdrt_dropped_total", where="queued") == 1)
+            engine_free.set()
             assert first.result().status_code == 200
         assert metric(metrics(), "sdrt_batch_images_count") == 1  # the dropped request never ran
 
-        try:  # starts at once; the client leaves while its batch runs: the batch finishes, the result is discarded
-            httpx.post(f"{url}/v1/generate", json={**long, "seed": 3}, timeout=0.3)
+        engine_free.clear()
+        try:  # starts at once and holds the engine; the client leaves while its batch runs
+            httpx.post(f"{url}/v1/generate", json={**hold, "seed": 3}, timeout=0.3)
         except httpx.TimeoutException:
             pass
+        time.sleep(0.5)  # the server sees the disconnect; the batch still runs
+        assert metric(metrics(), "sdrt_running_images") == 1
+        engine_free.set()  # the batch finishes; its result is discarded
         _wait_for(lambda: metric(metrics(), "sdrt_dropped_total", where="running") == 1)
         text = metrics()
         assert metric(text, "sdrt_batch_images_count") == 2
