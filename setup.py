@@ -21,6 +21,12 @@ setup(
         "tqdm",
         "scipy",
         "torchsde",  # the DPM++ SDE sampler's Brownian noise
+        "fastapi",  # sdrt serve: the HTTP APIs
+        "uvicorn",  # sdrt serve: the HTTP server
+        "prometheus-client",  # sdrt serve: /metrics
     ],
+    extras_require={
+        "serve-ray": ["ray[serve]"],  # sdrt serve --ray: scale-out on Ray Serve (large: Ray and its dependencies)
+    },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
 )

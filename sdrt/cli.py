@@ -1,4 +1,4 @@
-"""The `sdrt` command: demo-model, export, build, generate, info, doctor."""
+"""The `sdrt` command: demo-model, export, build, generate, info, bench, serve, doctor."""
 
 from __future__ import annotations
 
@@ -181,6 +181,44 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="print the GPU, CUDA, TensorRT and ONNX Runtime here, and which backends can run")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = sub.add_parser(
+        "serve",
+        help="HTTP server: batches concurrent requests; sdrt, web UI (/sdapi/v1) and OpenAI image APIs",
+        epilog="endpoints: POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations; "
+        "GET /sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics",
+    )
+    p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
+    _backend_args(p, default="onnxruntime")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860, the web UI's)")
+    p.add_argument(
+        "--max-batch", type=int, default=None, help="most images per engine batch (default: the artifact's max batch)"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=50.0, help="longest a request waits for others to batch with (default 50)"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=64, help="most requests waiting; beyond it 429 + Retry-After (default 64)"
+    )
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
+    p.add_argument("--max-prompt-chars", type=int, default=4000, help="longest prompt in characters (default 4000)")
+    p.add_argument(
+        "--default-steps", type=int, default=30, help="steps when a request gives none (OpenAI's API; default 30)"
+    )
+    p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
+    p.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
+    p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (pip install 'sdrt[serve-ray]')")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join, e.g. auto (default: start one here)")
+    p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default 1; one per GPU on CUDA)")
+    p.add_argument("--min-replicas", type=int, default=None, help="with --ray and --max-replicas: autoscaling floor")
+    p.add_argument("--max-replicas", type=int, default=None, help="with --ray: autoscale up to this many replicas")
+    p.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=None,
+        help="with --ray autoscaling: requests per replica to scale at (default twice the batch size)",
+    )
     return parser
 
 
@@ -386,6 +424,38 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from sdrt.serve import ServeConfig
+
+    _quiet_third_party()
+    config = ServeConfig(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_prompt_chars=args.max_prompt_chars,
+        default_steps=args.default_steps,
+        max_steps=args.max_steps,
+        max_images=args.max_images,
+    )
+    if not args.ray:
+        from sdrt.serve.server import serve
+
+        return serve(args.path, args.backend, args.device, args.host, args.port, config)
+    try:
+        from sdrt.serve import ray_app
+    except ImportError as exc:
+        raise ValueError(f"--ray needs Ray Serve: pip install 'sdrt[serve-ray]' ({exc})") from exc
+    options = ray_app.RayOptions(
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+    )
+    app = ray_app.deployment(args.path, args.backend, args.device, config, options)
+    return ray_app.run(app, args.host, args.port, address=args.ray_address)
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -410,6 +480,7 @@ _COMMANDS = {
     "info": _info,
     "bench": _bench,
     "doctor": _doctor,
+    "serve": _serve,
 }
 
 if __name__ == "__main__":

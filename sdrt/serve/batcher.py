@@ -1,0 +1,244 @@
+"""Cross-request batching: queued requests whose work can share engine calls run as one engine batch.
+
+Requests are grouped by `Pipeline.batch_key` (same mode, size, steps, sampler, eta, strength, CLIP skip
+and prompt chunk count). A group becomes ready when it holds `max_images` images or its oldest request
+has waited `max_wait` seconds; when the engine is free, the ready group whose oldest request is the
+oldest of all runs next, with as many of its requests (in arrival order) as fit in `max_images`. So a
+request waits at most `max_wait` for company, and a group that cannot share with the busy ones is never
+starved: once ready it is served in the order its oldest request arrived.
+
+One batch runs at a time, in a worker thread (engines are not thread-safe); the event loop keeps
+admitting, refusing and answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sdrt.runtime.pipeline import GenerationResult
+from sdrt.runtime.request import GenerationRequest
+from sdrt.serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[Sequence[GenerationRequest]], list[GenerationResult]]
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` requests: come back after `retry_after` seconds."""
+
+    def __init__(self, queued: int, retry_after: int) -> None:
+        super().__init__(f"the server is at capacity ({queued} requests queued); retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Draining(Exception):
+    """The server is shutting down and admits no new work."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the server is shutting down and accepts no new requests")
+        self.retry_after = retry_after
+
+
+class BatchFailed(Exception):
+    """The engine batch holding this request failed; every request in it gets this error."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A request's result and how it was served."""
+
+    result: GenerationResult  # images, seeds, infotexts and the batch's stage timings
+    queue_seconds: float  # from admission until its batch started
+    batch_images: int  # images in the engine batch it ran in
+    batch_requests: int  # requests in that batch
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request on its way through the queue."""
+
+    request: GenerationRequest
+    key: Hashable  # Pipeline.batch_key(request)
+    future: asyncio.Future
+    admitted: float  # monotonic seconds
+    state: str = "queued"  # queued, running, done
+    abandoned: bool = False  # the client left while it ran: its result is discarded
+
+    @property
+    def images(self) -> int:
+        return self.request.num_images
+
+
+class Batcher:
+    """Admits requests into a bounded queue and runs them in engine batches, one batch at a time."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_images: int,
+        max_wait: float,
+        max_queue: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_images = max_images  # images per engine batch
+        self.max_wait = max_wait  # seconds
+        self.max_queue = max_queue  # requests
+        self.metrics = metrics or Metrics()
+        self._groups: dict[Hashable, deque[Job]] = {}
+        self._queued = 0
+        self._queued_images = 0
+        self._accepting = True
+        self._batch_seconds: float | None = None  # moving average, for Retry-After
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Start the scheduler on the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdrt-engine")
+        self._task = asyncio.create_task(self._schedule(), name="sdrt-batcher")
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting and self._task is not None and not self._task.done()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def submit(self, request: GenerationRequest, key: Hashable) -> Job:
+        """Admit a validated request (on the event loop); QueueFull or Draining if it cannot be."""
+        if not self.accepting:
+            self.metrics.rejections.labels("draining").inc()
+            raise Draining(self.retry_after())
+        if self._queued >= self.max_queue:
+            self.metrics.rejections.labels("queue_full").inc()
+            raise QueueFull(self._queued, self.retry_after())
+        assert self._loop is not None and self._wake is not None  # set by start(), which accepting checks
+        job = Job(request=request, key=key, future=self._loop.create_future(), admitted=time.monotonic())
+        self._groups.setdefault(key, deque()).append(job)
+        self._count(+1, job.images)
+        self._wake.set()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client left: drop a queued job; a running one finishes (its batch needs it) and is discarded."""
+        if job.state == "queued":
+            group = self._groups[job.key]
+            group.remove(job)
+            if not group:
+                del self._groups[job.key]
+            self._count(-1, -job.images)
+            job.state = "done"
+            job.future.cancel()
+            self.metrics.dropped.labels("queued").inc()
+            if self._wake is not None:
+                self._wake.set()
+        elif job.state == "running":
+            job.abandoned = True
+
+    def close(self) -> None:
+        """Stop admitting; queued and running work still completes. Safe to call from a signal handler."""
+        self._accepting = False
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def drain(self) -> None:
+        """Stop admitting, finish every admitted request, then stop the worker thread."""
+        self.close()
+        if self._task is not None:
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def retry_after(self) -> int:
+        """Whole seconds until the queue has likely moved on by one batch beyond what waits now."""
+        per_batch = self._batch_seconds if self._batch_seconds is not None else 1.0
+        return max(1, math.ceil(per_batch * (1 + self._queued_images / self.max_images)))
+
+    async def _schedule(self) -> None:
+        assert self._wake is not None
+        while True:
+            batch, wait = self._take(time.monotonic())
+            if batch:
+                await self._run(batch)
+                continue
+            if not self._accepting and not self._groups:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    def _take(self, now: float) -> tuple[list[Job], float | None]:
+        """The next batch to run, or none and how long until a group becomes ready."""
+        ready, wait = [], None
+        for group in self._groups.values():
+            head = group[0]
+            due = head.admitted + self.max_wait
+            full = sum(j.images for j in group) >= self.max_images
+            if full or now >= due or not self._accepting:  # draining: nothing more will come to wait for
+                ready.append(group)
+            else:
+                wait = due - now if wait is None else min(wait, due - now)
+        if not ready:
+            return [], wait
+        group = min(ready, key=lambda g: g[0].admitted)
+        batch, images = [], 0
+        while group and (not batch or images + group[0].images <= self.max_images):
+            job = group.popleft()
+            batch.append(job)
+            images += job.images
+        if not group:
+            del self._groups[batch[0].key]
+        return batch, None
+
+    async def _run(self, batch: list[Job]) -> None:
+        assert self._loop is not None
+        start = time.monotonic()
+        images = sum(j.images for j in batch)
+        for job in batch:
+            job.state = "running"
+            self.metrics.queue_seconds.observe(start - job.admitted)
+        self._count(-len(batch), -images)
+        self.metrics.running_images.set(images)
+        try:
+            results = await self._loop.run_in_executor(self._executor, self._run_batch, [j.request for j in batch])
+            seconds = time.monotonic() - start
+            self._batch_seconds = seconds if self._batch_seconds is None else 0.8 * self._batch_seconds + 0.2 * seconds
+            self.metrics.observe_batch(images, len(batch), results[0].timings)
+            for job, result in zip(batch, results, strict=True):
+                job.state = "done"
+                if job.abandoned:
+                    self.metrics.dropped.labels("running").inc()
+                elif not job.future.done():
+                    job.future.set_result(Completed(result, start - job.admitted, images, len(batch)))
+        except Exception as exc:  # an engine error fails this batch's requests, never the server
+            log.exception("engine batch of %d requests (%d images) failed", len(batch), images)
+            self.metrics.batch_errors.inc()
+            error = BatchFailed(f"the engine batch holding this request failed: {type(exc).__name__}: {exc}")
+            for job in batch:
+                job.state = "done"
+                if not job.future.done():
+                    job.future.set_exception(error)
+        finally:
+            self.metrics.running_images.set(0)
+
+    def _count(self, jobs: int, images: int) -> None:
+        self._queued += jobs
+        self._queued_images += images
+        self.metrics.queue_depth.set(self._queued)
+        self.metrics.queue_images.set(self._queued_images)

@@ -1,0 +1,58 @@
+"""Images over HTTP: base64 input images decoded in memory (never read as paths), PNG outputs with infotext."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from sdrt.runtime.image_inputs import open_image
+from sdrt.runtime.pipeline import GenerationResult
+from sdrt.serve.errors import InputError
+
+# "data:image/png;base64,...": browsers and some clients send data URLs
+_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_image(value: str, field: str, mode: str | None = "RGB") -> Image.Image:
+    """A base64 (or base64 data URL) image, decoded and converted to `mode` (None: as sent); InputError otherwise."""
+    text = value.strip()
+    if text.lower().startswith(("http://", "https://", "file:", "/")):
+        raise InputError(field, f"{field}: images are not fetched from URLs or paths; send the image's bytes as base64")
+    text = _DATA_URL.sub("", text, count=1)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(field, f"{field} is not valid base64: {exc}") from exc
+    if not data:
+        raise InputError(field, f"{field} is empty: send a base64-encoded PNG, JPEG or WebP image")
+    try:
+        # bytes, never a str: a client's string is never opened as a path
+        image = open_image(data, field)
+        return image if mode is None else image.convert(mode)
+    except ValueError as exc:
+        raise InputError(field, str(exc)) from exc
+    except (OSError, Image.DecompressionBombError) as exc:  # a truncated image fails on convert, after open
+        raise InputError(field, f"{field} cannot be decoded as an image: {exc}") from exc
+
+
+def png_bytes(image: Image.Image, parameters: str) -> bytes:
+    """`image` as PNG bytes with a `parameters` text chunk, as sdrt.runtime.images.save_png writes files."""
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def png_base64(image: Image.Image, parameters: str) -> str:
+    return base64.b64encode(png_bytes(image, parameters)).decode("ascii")
+
+
+def encode_all(result: GenerationResult) -> list[str]:
+    """Every image of a result as a base64 PNG carrying its infotext."""
+    return [png_base64(image, parameters) for image, parameters in zip(result.images, result.parameters, strict=True)]

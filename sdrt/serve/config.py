@@ -1,0 +1,34 @@
+"""Settings of an sdrt server: batching, queue bound and input limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdrt.runtime.request import MAX_STEPS
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How a server batches requests and what it accepts from clients."""
+
+    max_batch: int | None = None  # most images in one engine batch (run_batch); None = the artifact's max_batch
+    max_wait_ms: float = 50.0  # longest a request waits for others to share its batch, once the engine is free
+    max_queue: int = 64  # most requests waiting for the engine; beyond it, 429 with Retry-After
+    max_body_bytes: int = 16 * 1024 * 1024  # largest request body (base64 input images included); beyond it, 413
+    max_prompt_chars: int = 4000  # longest prompt or negative prompt in characters
+    default_steps: int = 30  # denoising steps of requests that do not say (sdrt's API without steps; OpenAI's)
+    max_steps: int = 150  # most denoising steps per request (the web UI's slider goes to 150)
+    max_images: int = 16  # most images per request (prompts x images per prompt, batch_size x n_iter, n)
+
+    def __post_init__(self) -> None:
+        if self.max_batch is not None and (isinstance(self.max_batch, bool) or self.max_batch < 1):
+            raise ValueError(f"max_batch {self.max_batch} must be at least 1")
+        if not 0.0 <= self.max_wait_ms <= 60_000.0:
+            raise ValueError(f"max_wait_ms {self.max_wait_ms} is outside 0..60000")
+        for name in ("max_queue", "max_body_bytes", "max_prompt_chars", "max_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
+        if not 1 <= self.max_steps <= MAX_STEPS:
+            raise ValueError(f"max_steps {self.max_steps} is outside 1..{MAX_STEPS}")
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ValueError(f"default_steps {self.default_steps} is outside 1..max_steps ({self.max_steps})")

@@ -1,0 +1,60 @@
+"""Client errors as HTTP answers that name the field and what is allowed, in FastAPI's validation-error shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# sdrt's request fields, as the runtime's ValueErrors name them at the start of their message
+RUNTIME_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "height",
+    "width",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "num_images_per_prompt",
+    "scheduler",
+    "eta",
+    "clip_skip",
+    "image",
+    "mask_image",
+    "strength",
+)
+
+
+class InputError(ValueError):
+    """Input a server cannot serve: `status` (422 by default) with `field` and a message saying what is allowed."""
+
+    def __init__(self, field: str | None, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def body(self) -> dict:
+        loc = ["body"] if self.field is None else ["body", *self.field.split(".")]
+        return {"detail": [{"loc": loc, "msg": self.message, "type": "value_error"}]}
+
+
+def from_runtime(exc: ValueError, names: Mapping[str, str] | None = None) -> InputError:
+    """An InputError for a ValueError of sdrt.runtime, its field renamed to the API's name through `names`."""
+    message = str(exc)
+    words = message.split(maxsplit=2)
+    field = None
+    if words and words[0] in RUNTIME_FIELDS:
+        field = words[0]
+    elif words[:2] == ["unknown", "scheduler"]:
+        field = "scheduler"
+    elif words[:1] == ["batch"]:  # "batch of N images ... is over the maximum"
+        field = "num_images_per_prompt"
+    elif "inpainting UNet" in message:
+        field = "mask_image"
+    if field is not None and names is not None:
+        field = names.get(field, field)
+    return InputError(field, message)
+
+
+def error_body(message: str, field: str | None = None) -> dict:
+    """The JSON body of an error that is not about one input field (429, 500, 503)."""
+    return InputError(field, message).body()

@@ -1,0 +1,95 @@
+"""OpenAI's images API: POST /v1/images/generations, answered with base64 PNGs (b64_json)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.serve.codec import encode_all
+from sdrt.serve.errors import InputError
+from sdrt.serve.generation import build_request
+
+router = APIRouter()
+
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_NAMES = {"prompt": "prompt", "num_images_per_prompt": "n", "height": "size", "width": "size"}
+
+# field -> values sdrt honours (None: absent); anything else would change the image in a way sdrt cannot
+_HONOURED = {
+    "quality": (None, "auto", "standard"),
+    "style": (None,),
+    "output_format": (None, "png"),
+    "background": (None, "auto", "opaque"),
+    "output_compression": (None, 100),
+    "stream": (None, False),
+    "partial_images": (None, 0),
+}
+
+
+class ImagesBody(BaseModel):
+    """OpenAI's image-generation request; `model` and `user` are accepted and ignored (one model per server)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    model: str | None = None
+    n: int | None = Field(1, ge=1, le=10)
+    size: str | None = Field(None, description="WxH in pixels or auto; default the artifact's tuned size")
+    response_format: str | None = Field(None, description="b64_json (the default here); url is not offered")
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+    output_format: str | None = None
+    background: str | None = None
+    moderation: str | None = None  # sdrt runs no moderation model; the field is accepted and has no effect
+    output_compression: int | None = None
+    stream: bool | None = None
+    partial_images: int | None = None
+
+
+def _size(value: str | None, opt_size: int) -> tuple[int, int]:
+    """(height, width) from "WxH", or the artifact's tuned size for None or "auto"."""
+    if value is None or value == "auto":
+        return opt_size, opt_size
+    match = _SIZE.match(value)
+    if match is None:
+        raise InputError("size", f"size {value!r} is not WIDTHxHEIGHT in pixels (e.g. 512x512) or auto")
+    return int(match.group(2)), int(match.group(1))
+
+
+@router.post("/v1/images/generations")
+async def generations(body: ImagesBody, http: Request) -> dict:
+    state = http.app.state.sdrt
+    if body.response_format not in (None, "b64_json"):
+        raise InputError(
+            "response_format",
+            f"response_format {body.response_format!r} is not supported: this server keeps no images to link to; "
+            "use b64_json",
+        )
+    for field, allowed in _HONOURED.items():
+        value = getattr(body, field)
+        if value not in allowed:
+            shown = ", ".join(repr(v) for v in allowed if v is not None) or "nothing"
+            raise InputError(field, f"{field} {value!r} is not supported by this server; it accepts {shown}")
+
+    def build(pipe: Pipeline):
+        height, width = _size(body.size, pipe.manifest.ranges.opt_size)
+        return build_request(
+            pipe,
+            state.config,
+            prompts=[body.prompt],
+            height=height,
+            width=width,
+            steps=state.config.default_steps,
+            num_images_per_prompt=body.n or 1,
+            names=_NAMES,
+        )
+
+    completed = await state.generate(http, "openai", build)
+    encoded = await run_in_threadpool(encode_all, completed.result)
+    return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded]}
