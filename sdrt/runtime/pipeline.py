@@ -186,6 +186,30 @@ class Pipeline:
         is drawn and reported in the result. `callback(step, timestep, latents)` runs after every
         `callback_steps`-th step.
         """
+        request = self.request(
+            prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, seed,
+            num_images_per_prompt, scheduler, eta, clip_skip, image, mask_image, strength,
+        )  # fmt: skip
+        return self.run(request, progress=progress, callback=callback, callback_steps=callback_steps)
+
+    def request(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float | Sequence[float] = 7.5,
+        seed: int | None = None,
+        num_images_per_prompt: int = 1,
+        scheduler: str | None = None,
+        eta: float = 0.0,
+        clip_skip: int | None = None,
+        image: ImageInput | None = None,
+        mask_image: ImageInput | None = None,
+        strength: float | None = None,
+    ) -> GenerationRequest:
+        """The checked request `generate` would run, with its defaults filled in; ValueError naming a bad field."""
         prompts = _texts("prompt", prompt)
         negatives = ("",) * len(prompts) if negative_prompt is None else _texts("negative_prompt", negative_prompt)
         if len(negatives) == 1:
@@ -217,7 +241,7 @@ class Pipeline:
             strength=strength,
         )
         self.check(request)
-        return self.run(request, progress=progress, callback=callback, callback_steps=callback_steps)
+        return request
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ValueError unless this pipeline's engines can run `request`."""
@@ -232,7 +256,8 @@ class Pipeline:
                 "this model's UNet is an inpainting UNet (latents + mask + masked image): give image and mask_image"
             )
         ranges = self.engines[TEXT_ENCODER].ranges
-        tokenize_prompts(self.tokenizer, _encoded_texts(request), ranges.text_length, ranges.max_text_chunks)
+        for field, texts in (("negative_prompt", request.negative_prompts), ("prompt", request.prompts)):
+            tokenize_prompts(self.tokenizer, texts, ranges.text_length, ranges.max_text_chunks, field=field)
 
     def batch_key(self, request: GenerationRequest) -> tuple:
         """Requests with equal keys can share every engine call without changing any of their images.

@@ -92,13 +92,15 @@ def empty_chunk(tokenizer, length: int = 77) -> TokenizedPrompt:
     return tokenize_prompt(tokenizer, "", length)
 
 
-def tokenize_prompts(tokenizer, texts: Sequence[str], length: int, max_chunks: int) -> list[TokenizedPrompt]:
-    """Tokenize every text and pad all to the same chunk count; ValueError if one needs more than `max_chunks`."""
+def tokenize_prompts(
+    tokenizer, texts: Sequence[str], length: int, max_chunks: int, field: str = "prompt"
+) -> list[TokenizedPrompt]:
+    """Tokenize every text and pad all to the same chunk count; ValueError naming `field` if one is too long."""
     tokenized = {text: tokenize_prompt(tokenizer, text, length) for text in dict.fromkeys(texts)}
     for text, prompt in tokenized.items():
         if prompt.num_chunks > max_chunks:
             raise ValueError(
-                f"prompt {_abbreviate(text)!r} is {prompt.num_tokens} tokens in {prompt.num_chunks} chunks of "
+                f"{field} {_abbreviate(text)!r} is {prompt.num_tokens} tokens in {prompt.num_chunks} chunks of "
                 f"{length - 2}; this artifact takes at most {max_chunks} chunks ({max_chunks * (length - 2)} tokens). "
                 "Shorten it, or re-export with a larger --max-text-chunks"
             )
