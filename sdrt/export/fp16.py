@@ -26,7 +26,6 @@ import onnx
 from sdrt.components import UNET
 from sdrt.export import onnx_export
 from sdrt.export.graph_cleanup import fold_constants, quiet_graph_tools, tensor_bytes, tidy
-from sdrt.hashing import file_sha256
 from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, OnnxFile
 from sdrt.spec import ComponentSpec
 
@@ -121,28 +120,9 @@ def attention_score_nodes(graph) -> set[str]:
 def save_onnx(model: onnx.ModelProto, out_dir: Path, artifact_root: Path) -> OnnxFile:
     """Write `out_dir/model.onnx` (weights in one external file past protobuf's limit), check it, and describe it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / ONNX_FILE
-    if sum(tensor_bytes(t) for t in model.graph.initializer) > onnx_export.EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(
-            model,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=ONNX_DATA_FILE,
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(model, str(target))
-    onnx.checker.check_model(str(target))
-    for written in out_dir.iterdir():  # onnx writes external data owner-only; deployments read as other users
-        written.chmod(0o644)
-    external = out_dir / ONNX_DATA_FILE
-    return OnnxFile(
-        path=str(target.relative_to(artifact_root)),
-        sha256=file_sha256(target),
-        external_data=str(external.relative_to(artifact_root)) if external.exists() else None,
-        external_data_sha256=file_sha256(external) if external.exists() else None,
-    )
+    big = sum(tensor_bytes(t) for t in model.graph.initializer) > onnx_export.EXTERNAL_DATA_THRESHOLD
+    onnx_export.write_onnx(model, out_dir, external_data=big)
+    return onnx_export.describe_onnx(out_dir, artifact_root)
 
 
 def _producer(tensor):

@@ -76,23 +76,35 @@ def export_component(
                 do_constant_folding=True,
             )
         size = sum(p.stat().st_size for p in Path(scratch).iterdir())
-        target = out_dir / ONNX_FILE
         if size > EXTERNAL_DATA_THRESHOLD or len(list(Path(scratch).iterdir())) > 1:
-            model = onnx.load(str(raw), load_external_data=True)
-            onnx.save_model(
-                model,
-                str(target),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=ONNX_DATA_FILE,
-                size_threshold=1024,
-            )
+            write_onnx(onnx.load(str(raw), load_external_data=True), out_dir, external_data=True)
         else:
-            shutil.move(str(raw), target)
+            shutil.move(str(raw), out_dir / ONNX_FILE)
+    return describe_onnx(out_dir, out_dir.parent)
+
+
+def write_onnx(model: onnx.ModelProto, out_dir: Path, external_data: bool) -> None:
+    """Write `out_dir/model.onnx`, with every weight in one `model.onnx.data` beside it when asked."""
+    target = out_dir / ONNX_FILE
+    if external_data:
+        onnx.save_model(
+            model,
+            str(target),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=ONNX_DATA_FILE,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(target))
+
+
+def describe_onnx(out_dir: Path, artifact_root: Path) -> OnnxFile:
+    """Check the graph in `out_dir`, make it readable to all, and describe it with paths relative to the artifact."""
+    target = out_dir / ONNX_FILE
     onnx.checker.check_model(str(target))
     for written in out_dir.iterdir():  # onnx writes external data owner-only; deployments read as other users
         written.chmod(0o644)
-    artifact_root = out_dir.parent
     external = out_dir / ONNX_DATA_FILE
     return OnnxFile(
         path=str(target.relative_to(artifact_root)),
