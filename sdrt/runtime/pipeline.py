@@ -306,7 +306,7 @@ class Pipeline:
             raise ValueError(f"callback_steps {callback_steps!r} is not a positive integer")
         if not requests:
             raise ValueError("run_batch needs at least one request")
-        if len({self.batch_key(r) for r in requests}) > 1:
+        if len(requests) > 1 and len({self.batch_key(r) for r in requests}) > 1:  # one request: nothing to compare
             raise ValueError("requests in one batch must have equal batch_key()s (size, steps, sampler, ...)")
         start = time.perf_counter()
         clock = StageClock(sync=self._sync, device=self.device)  # CUDA events on a GPU: no stall per stage
