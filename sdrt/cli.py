@@ -99,8 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)"
     )
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the family's, 30)")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the family's, 7.5 for SD 1.x/2.x, 5 for SDXL)",
+    )
     p.add_argument(
         "--height", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)"
     )
@@ -124,7 +129,23 @@ def _parser() -> argparse.ArgumentParser:
         "--strength",
         type=float,
         default=None,
-        help="with --image: share of the schedule run, 0..1 (default 0.8; 1.0 when inpainting)",
+        help="with --image: share of the schedule run, 0..1 (default 0.8, SDXL 0.3; 1.0 when inpainting)",
+    )
+    p.add_argument("--refiner", type=Path, default=None, help="an SDXL refiner artifact to run after the base")
+    p.add_argument(
+        "--refiner-switch-at",
+        type=float,
+        default=None,
+        help="with --refiner: share of the steps the base runs before the refiner takes over, 0 < F < 1 (e.g. 0.8)",
+    )
+    p.add_argument(
+        "--aesthetic-score", type=float, default=6.0, help="SDXL refiner: aesthetic score to ask for (default 6)"
+    )
+    p.add_argument(
+        "--negative-aesthetic-score",
+        type=float,
+        default=2.5,
+        help="SDXL refiner: aesthetic score of the unconditional rows (default 2.5)",
     )
     p.add_argument("--preview-every", type=int, default=None, metavar="N", help="write a cheap preview every N steps")
     p.add_argument("--preview-dir", type=Path, default=None, help="directory for previews (default: beside the output)")
@@ -330,13 +351,17 @@ def _generate(args: argparse.Namespace) -> int:
     _quiet_third_party()
     if args.preview_every is not None and args.preview_every < 1:
         raise ValueError(f"--preview-every {args.preview_every} must be at least 1")
+    if args.refiner_switch_at is not None and args.refiner is None:
+        raise ValueError("--refiner-switch-at needs --refiner REFINER_ARTIFACT")
+    pipe = Pipeline.load(
+        args.path, backend=args.backend, device=args.device, refiner=args.refiner, **_backend_options(args)
+    )
     preview = None
     if args.preview_every is not None:
         from sdrt.runtime.previews import PreviewWriter
 
         preview_dir = args.preview_dir or args.output.parent / f"{args.output.stem}-previews"
-        preview = PreviewWriter(preview_dir, prefix=args.output.stem)
-    pipe = Pipeline.load(args.path, backend=args.backend, device=args.device, **_backend_options(args))
+        preview = PreviewWriter(preview_dir, prefix=args.output.stem, factors=pipe.family.latent_rgb)
     result = pipe.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -355,6 +380,9 @@ def _generate(args: argparse.Namespace) -> int:
         callback=preview,
         callback_steps=args.preview_every or 1,
         progress=True,
+        refiner_switch_at=args.refiner_switch_at,
+        aesthetic_score=args.aesthetic_score,
+        negative_aesthetic_score=args.negative_aesthetic_score,
     )
     if preview is not None:
         print(f"wrote previews every {args.preview_every} steps to {preview_dir}")

@@ -1,11 +1,13 @@
-"""The Stable Diffusion components, described once: their specs, and torch modules with exactly those IOs.
+"""The networks Stable Diffusion families are made of, described once: their specs, and torch modules with those IOs.
 
-The exporter traces these modules, the torch backend runs them, and the ONNX and TensorRT backends
-run what was traced from them; all of them check feeds against the same `ComponentSpec`.
+A family (`sdrt.families`) picks and parametrizes these: which text encoders, which UNet conditioning
+inputs, which VAE parts. The exporter traces the modules, the torch backend runs them, and the ONNX and
+TensorRT backends run what was traced from them; all of them check feeds against the same `ComponentSpec`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,33 +15,48 @@ from torch import nn
 
 from sdrt.spec import ComponentSpec, TensorSpec
 
-TEXT_ENCODER = "text_encoder"
+# the network names every family uses for the parts the generic runtime drives
 UNET = "unet"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
-COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)
 
 
-def text_encoder_spec(hidden_size: int, vocab_size: int, num_layers: int) -> ComponentSpec:
+def text_encoder_spec(
+    name: str,
+    hidden_size: int,
+    vocab_size: int,
+    num_layers: int,
+    *,
+    final_layer_norm: bool = True,
+    layer_offset: int = 0,
+    pooled_size: int | None = None,
+) -> ComponentSpec:
     """CLIP text encoder: token ids (B, 77) int32 and a per-row CLIP skip (B,) int32 -> text embeddings (B, 77, D).
 
-    Row i's embeddings are the output of layer `num_layers - 1 - clip_skip[i]` through the final layer
-    norm, as diffusers' `clip_skip` numbering has it: 0 is the last layer (the usual embeddings), 1 the
-    penultimate (the web UI's "CLIP skip 2"). Any value works without a re-export.
+    Row i's embeddings are the hidden state `layer_offset + clip_skip[i]` layers before the last (diffusers'
+    `clip_skip` numbering), through the final layer norm when `final_layer_norm`: SD 1.x/2.x take the last
+    layer normed (offset 0), SDXL the penultimate without the norm (offset 1). Any clip_skip works without a
+    re-export. With `pooled_size`, also the pooled, projected embedding (B, P) of CLIPTextModelWithProjection.
     """
+    outputs = [TensorSpec("text_embeddings", "float32", ("cfg_batch", "text_length", hidden_size))]
+    if pooled_size is not None:
+        outputs.append(TensorSpec("pooled_embeddings", "float32", ("cfg_batch", pooled_size)))
     return ComponentSpec(
-        name=TEXT_ENCODER,
+        name=name,
         inputs=(
             TensorSpec("input_ids", "int32", ("cfg_batch", "text_length")),
             TensorSpec("clip_skip", "int32", ("cfg_batch",)),
         ),
-        outputs=(TensorSpec("text_embeddings", "float32", ("cfg_batch", "text_length", hidden_size)),),
+        outputs=tuple(outputs),
         batch_dim="cfg_batch",
+        role="text_encoder",
         attributes={
             "hidden_size": hidden_size,
             "num_layers": num_layers,
+            "final_layer_norm": final_layer_norm,
+            "layer_offset": layer_offset,
             "input_ids_max": vocab_size,  # exclusive bounds of integer inputs
-            "clip_skip_max": num_layers,
+            "clip_skip_max": num_layers - layer_offset,  # exclusive: clip_skip picks a layer at or after the first
         },
     )
 
@@ -50,44 +67,59 @@ def unet_spec(
     text_hidden_size: int,
     num_train_timesteps: int,
     upcast_attention: bool = False,
+    added_cond: Sequence[TensorSpec] = (),
+    class_labels: TensorSpec | None = None,
+    fp32_inputs: Sequence[str] = ("timestep",),
+    input_bounds: Mapping[str, float] | None = None,
 ) -> ComponentSpec:
     """Denoising UNet: latents (2B, C, h, w), per-sample timesteps (2B,), text states (2B, 77k, D) -> noise prediction.
 
-    An inpainting UNet takes C = 9 channels (latents, mask, masked-image latents) and predicts 4.
-    The text axis holds k consecutive 77-token chunks of a long prompt.
+    An inpainting UNet takes C = 2 * latent channels + 1 (latents, mask, masked-image latents). The text axis
+    holds k consecutive 77-token chunks of a long prompt. `added_cond` are the UNet's `added_cond_kwargs`
+    (SDXL: `text_embeds`, `time_ids`), `class_labels` its class-embedding input (unCLIP's image embedding).
     """
     latent = ("cfg_batch", in_channels, "latent_height", "latent_width")
+    inputs = [
+        TensorSpec("sample", "float32", latent),
+        TensorSpec("timestep", "float32", ("cfg_batch",)),
+        TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_sequence", text_hidden_size)),
+        *added_cond,
+    ]
+    if class_labels is not None:
+        inputs.append(class_labels)
+    bounds = {f"{name}_max": value for name, value in (input_bounds or {}).items()}
     return ComponentSpec(
         name=UNET,
-        inputs=(
-            TensorSpec("sample", "float32", latent),
-            TensorSpec("timestep", "float32", ("cfg_batch",)),
-            TensorSpec("encoder_hidden_states", "float32", ("cfg_batch", "text_sequence", text_hidden_size)),
-        ),
+        inputs=tuple(inputs),
         outputs=(TensorSpec("noise_pred", "float32", ("cfg_batch", out_channels, "latent_height", "latent_width")),),
         batch_dim="cfg_batch",
+        role="denoiser",
         attributes={
             "in_channels": in_channels,
             "out_channels": out_channels,
             "timestep_max": num_train_timesteps,
+            **bounds,
+            "fp32_inputs": list(fp32_inputs),
+            "added_cond": [t.name for t in added_cond],
             # attention computed in fp32 (SD 2.x): an fp16 build must keep attention in fp32 to stay finite
             "upcast_attention": upcast_attention,
         },
     )
 
 
-def vae_decoder_spec(latent_channels: int, latent_factor: int) -> ComponentSpec:
+def vae_decoder_spec(latent_channels: int, latent_factor: int, force_upcast: bool = False) -> ComponentSpec:
     """VAE decoder: unscaled latents (B, C, h, w) -> images (B, 3, 8h, 8w) in [-1, 1]."""
     f = latent_factor
     return ComponentSpec(
         name=VAE_DECODER,
         inputs=(TensorSpec("latent", "float32", ("batch", latent_channels, "latent_height", "latent_width")),),
         outputs=(TensorSpec("images", "float32", ("batch", 3, f"{f}*latent_height", f"{f}*latent_width")),),
-        attributes={"latent_channels": latent_channels},
+        role="vae_decoder",
+        attributes={"latent_channels": latent_channels, "force_upcast": force_upcast},
     )
 
 
-def vae_encoder_spec(latent_channels: int, latent_factor: int) -> ComponentSpec:
+def vae_encoder_spec(latent_channels: int, latent_factor: int, force_upcast: bool = False) -> ComponentSpec:
     """VAE encoder: images (B, 3, 8h, 8w) in [-1, 1] -> latent distribution parameters (B, 2C, h, w): mean, logvar."""
     f = latent_factor
     return ComponentSpec(
@@ -96,62 +128,89 @@ def vae_encoder_spec(latent_channels: int, latent_factor: int) -> ComponentSpec:
         outputs=(
             TensorSpec("latent_parameters", "float32", ("batch", 2 * latent_channels, "latent_height", "latent_width")),
         ),
-        attributes={"latent_channels": latent_channels},
+        role="vae_encoder",
+        attributes={"latent_channels": latent_channels, "force_upcast": force_upcast},
     )
 
 
-def component_specs(configs: dict[str, Any]) -> dict[str, ComponentSpec]:
-    """All component specs of an SD model from its configs (text_encoder, unet, vae, scheduler dicts)."""
-    text, unet, vae = configs["text_encoder"], configs["unet"], configs["vae"]
-    factor = latent_factor(vae)
-    return {
-        TEXT_ENCODER: text_encoder_spec(text["hidden_size"], text["vocab_size"], text["num_hidden_layers"]),
-        UNET: unet_spec(
-            unet["in_channels"],
-            unet["out_channels"],
-            unet["cross_attention_dim"],
-            configs["scheduler"].get("num_train_timesteps", 1000),
-            bool(unet.get("upcast_attention", False)),
-        ),
-        VAE_DECODER: vae_decoder_spec(vae["latent_channels"], factor),
-        VAE_ENCODER: vae_encoder_spec(vae["latent_channels"], factor),
-    }
+def vae_specs(vae_config: Mapping[str, Any], encoder: bool = True) -> dict[str, ComponentSpec]:
+    """The VAE decoder (and encoder) of an AutoencoderKL config."""
+    channels, factor = int(vae_config["latent_channels"]), latent_factor(vae_config)
+    upcast = bool(vae_config.get("force_upcast", False))
+    specs = {VAE_DECODER: vae_decoder_spec(channels, factor, upcast)}
+    if encoder:
+        specs[VAE_ENCODER] = vae_encoder_spec(channels, factor, upcast)
+    return specs
 
 
-def latent_factor(vae_config: dict[str, Any]) -> int:
+def latent_factor(vae_config: Mapping[str, Any]) -> int:
     """Pixels per latent cell: the VAE downsamples once per block after the first."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-class TextEncoderModule(nn.Module):
-    """CLIPTextModel with the spec's IO: int32 ids and CLIP skips in, the chosen layer's normalized states out."""
+class SpecModule(nn.Module):
+    """A module whose forward takes the spec's inputs, positionally (tracing) or by name (the torch backend)."""
 
-    def __init__(self, text_encoder: nn.Module) -> None:
+    def __init__(self, spec: ComponentSpec) -> None:
         super().__init__()
-        self.text_encoder = text_encoder
-        # transformers 5 keeps the final layer norm on CLIPTextModel itself; older releases under .text_model
-        owner = text_encoder if hasattr(text_encoder, "final_layer_norm") else text_encoder.text_model
-        self.final_layer_norm = owner.final_layer_norm
+        self.spec = spec
 
-    def forward(self, input_ids: torch.Tensor, clip_skip: torch.Tensor) -> torch.Tensor:
+    def bind(self, args: tuple, kwargs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        feeds = dict(zip(self.spec.input_names, args, strict=False))
+        feeds.update(kwargs)
+        if set(feeds) != set(self.spec.input_names):
+            raise ValueError(f"{self.spec.name} takes {self.spec.input_names}, got {sorted(feeds)}")
+        return feeds
+
+
+class TextEncoderModule(SpecModule):
+    """CLIPTextModel(WithProjection) with the spec's IO: int32 ids and CLIP skips in, the chosen layer's states out."""
+
+    def __init__(self, text_encoder: nn.Module, spec: ComponentSpec) -> None:
+        super().__init__(spec)
+        self.text_encoder = text_encoder
+        self.layer_offset = int(spec.attributes["layer_offset"])
+        self.pooled = "pooled_embeddings" in spec.output_names
+        self.final_layer_norm = None
+        if spec.attributes["final_layer_norm"]:
+            # transformers 5 keeps the final layer norm on the model itself; older releases under .text_model
+            owner = text_encoder if hasattr(text_encoder, "final_layer_norm") else text_encoder.text_model
+            self.final_layer_norm = owner.final_layer_norm
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor):
+        feeds = self.bind(args, kwargs)
+        input_ids, clip_skip = feeds["input_ids"], feeds["clip_skip"]
         out = self.text_encoder(input_ids.to(torch.int64), output_hidden_states=True, return_dict=True)
         layers = torch.stack(out.hidden_states[1:], dim=1)  # (B, L, T, D): every layer's output
-        index = (layers.shape[1] - 1 - clip_skip.to(torch.int64)).view(-1, 1, 1, 1)
+        index = (layers.shape[1] - 1 - self.layer_offset - clip_skip.to(torch.int64)).view(-1, 1, 1, 1)
         picked = torch.gather(layers, 1, index.expand(-1, 1, layers.shape[2], layers.shape[3])).squeeze(1)
-        return self.final_layer_norm(picked)
+        if self.final_layer_norm is not None:
+            picked = self.final_layer_norm(picked)
+        if self.pooled:
+            return picked, out.text_embeds
+        return picked
 
 
-class UNetModule(nn.Module):
-    """UNet2DConditionModel with the spec's IO: one timestep per sample."""
+class UNetModule(SpecModule):
+    """UNet2DConditionModel with the spec's IO: one timestep per sample, conditioning inputs by name."""
 
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
+    def __init__(self, unet: nn.Module, spec: ComponentSpec) -> None:
+        super().__init__(spec)
         self.unet = unet
+        self.added_cond = tuple(spec.attributes.get("added_cond", ()))
 
-    def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
-    ) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        feeds = self.bind(args, kwargs)
+        sample, timestep, states = feeds.pop("sample"), feeds.pop("timestep"), feeds.pop("encoder_hidden_states")
+        added = {name: feeds.pop(name) for name in self.added_cond}
+        return self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=states,
+            added_cond_kwargs=added or None,
+            return_dict=False,
+            **feeds,  # class_labels, for UNets with a class embedding
+        )[0]
 
 
 class VaeDecoderModule(nn.Module):
@@ -176,12 +235,9 @@ class VaeEncoderModule(nn.Module):
         return self.vae.encode(images, return_dict=False)[0].parameters
 
 
-def component_modules(text_encoder: nn.Module, unet: nn.Module, vae: nn.Module) -> dict[str, nn.Module]:
-    """The torch module of every component, in eval mode."""
-    modules = {
-        TEXT_ENCODER: TextEncoderModule(text_encoder),
-        UNET: UNetModule(unet),
-        VAE_DECODER: VaeDecoderModule(vae),
-        VAE_ENCODER: VaeEncoderModule(vae),
-    }
-    return {name: module.eval() for name, module in modules.items()}
+def vae_modules(vae: nn.Module, specs: Mapping[str, ComponentSpec]) -> dict[str, nn.Module]:
+    """The VAE halves `specs` names, as spec modules."""
+    modules: dict[str, nn.Module] = {VAE_DECODER: VaeDecoderModule(vae)}
+    if VAE_ENCODER in specs:
+        modules[VAE_ENCODER] = VaeEncoderModule(vae)
+    return modules

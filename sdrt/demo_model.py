@@ -258,6 +258,7 @@ def _components(seed: int, preset: Preset, variant: Variant):
     # the latents and the output, so there the output's share of the image is larger, not saturated.
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.5)
+        randomize_layer_norm(_final_layer_norm(text_encoder), seed + 3)
     if variant.prediction_type == "v_prediction":
         # the published SD 2.1 (768) scheduler config
         scheduler = DDIMScheduler(
@@ -282,6 +283,24 @@ def _components(seed: int, preset: Preset, variant: Variant):
             steps_offset=1,
         )
     return tokenizer, text_encoder, unet, vae, scheduler
+
+
+def randomize_layer_norm(norm: torch.nn.LayerNorm, seed: int) -> None:
+    """Give a freshly made LayerNorm random scales and offsets, as a trained one has.
+
+    transformers initializes them to 1 and 0, so a text encoder's normed output would have a mean of
+    exactly ~0, and the web UI's emphasis (which divides by the mean of the weighted embeddings) would
+    divide by rounding noise: a real CLIP's final norm has offsets that keep that mean away from 0.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        norm.weight.copy_(1.0 + 0.1 * torch.randn(norm.weight.shape, generator=generator))
+        norm.bias.copy_(0.2 + 0.2 * torch.randn(norm.bias.shape, generator=generator))
+
+
+def _final_layer_norm(text_encoder) -> torch.nn.LayerNorm:
+    # transformers 5 keeps it on the model itself; older releases under .text_model
+    return getattr(text_encoder, "final_layer_norm", None) or text_encoder.text_model.final_layer_norm
 
 
 def _model_index(pipeline: str, scheduler: str) -> dict:

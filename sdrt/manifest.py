@@ -9,15 +9,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdrt.components import COMPONENTS, component_specs, latent_factor
+from sdrt.families import Family, family_named
 from sdrt.files import read_json_object
 from sdrt.model_dir import ModelDir
 from sdrt.spec import ComponentSpec, ShapeRanges
 
-FORMAT_VERSION = 2  # 2: CLIP-skip input on the text encoder, dynamic text axis on the UNet, inpainting flag
+# 3: one model family description (networks, support directories and extras by family); 2: CLIP-skip input,
+# dynamic text axis, inpainting flag
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
-TOKENIZER_DIR = "tokenizer"
-SCHEDULER_DIR = "scheduler"
 ONNX_FILE = "model.onnx"  # a component's graph, in its own directory (exported or engine-optimized)
 ONNX_DATA_FILE = "model.onnx.data"  # its weights, when the graph passes 2 GB
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -35,15 +35,17 @@ class OnnxFile:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What an artifact holds: component IO specs, supported shapes, model facts and provenance."""
+    """What an artifact holds: its family, component IO specs, supported shapes, model facts and provenance."""
 
-    family: str  # "sd1" or "sd2"
+    family: str  # model family name, e.g. "sd1", "sdxl" (sdrt.families)
     ranges: ShapeRanges  # batch and image sizes the artifact supports
-    components: Mapping[str, ComponentSpec]  # component name -> IO spec
+    components: Mapping[str, ComponentSpec]  # network name -> IO spec
     vae_scaling_factor: float  # latents are divided by this before the VAE decoder
     source_sha256: str  # sha256 over the source model's weight files
     inpainting: bool = False  # the UNet takes latents + mask + masked-image latents (9 channels for SD)
     prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon", "v_prediction" (SD 2.x 768) or "sample"
+    support: tuple[str, ...] = ()  # directories copied from the model as they are: tokenizers, scheduler, ...
+    extras: Mapping[str, Any] = field(default_factory=dict)  # the family's own facts, validated by the family
     files: Mapping[str, OnnxFile] = field(default_factory=dict)  # component name -> ONNX file (empty for a model dir)
     versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
     format_version: int = FORMAT_VERSION  # bumped on any incompatible change
@@ -56,30 +58,41 @@ class Manifest:
             )
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {self.prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
-        unknown = set(self.components) - set(COMPONENTS)
-        if unknown:
-            raise ValueError(f"manifest names unknown components {sorted(unknown)}; known: {list(COMPONENTS)}")
+        family = family_named(self.family)
+        family.check_networks(list(self.components))
+        object.__setattr__(self, "extras", family.check_extras(self.extras))
+        needed = {p.name for p in family.support_parts}
+        if set(self.support) != needed:
+            raise ValueError(f"a {self.family} artifact has support directories {sorted(needed)}, not {self.support}")
+
+    @property
+    def model_family(self) -> Family:
+        return family_named(self.family)
 
     @classmethod
     def for_model(cls, model: ModelDir, ranges: ShapeRanges | None = None) -> Manifest:
         """The manifest describing a model directory (no ONNX files yet)."""
-        specs = component_specs(model.configs)
-        factor = latent_factor(model.configs["vae"])
+        family = model.family
+        specs = family.networks(model.configs)
+        factor = model.latent_factor
         if ranges is None:
             ranges = ShapeRanges(latent_factor=factor)
         elif ranges.latent_factor != factor:
             raise ValueError(f"ranges use latent factor {ranges.latent_factor}, but the model's VAE has {factor}")
         return cls(
-            family=model.family,
+            family=family.name,
             ranges=ranges,
             components=specs,
             vae_scaling_factor=float(model.configs["vae"].get("scaling_factor", 0.18215)),
             source_sha256=model.weights_sha256(),
             inpainting=is_inpainting_unet(model.configs),
-            prediction_type=str(model.configs["scheduler"].get("prediction_type", "epsilon")),
+            prediction_type=family.prediction_type(model.configs),
+            support=tuple(p.name for p in family.support_parts),
+            extras=family.manifest_extras(model.index, model.configs),
         )
 
     def to_json(self) -> dict[str, Any]:
+        family = self.model_family
         return {
             "format_version": self.format_version,
             "family": self.family,
@@ -89,8 +102,10 @@ class Manifest:
             "source_sha256": self.source_sha256,
             "inpainting": self.inpainting,
             "prediction_type": self.prediction_type,
-            "tokenizer": TOKENIZER_DIR,
-            "scheduler": SCHEDULER_DIR,
+            "support": list(self.support),
+            # which tokenizer directory feeds which text-encoder network (the family's; for readers of the file)
+            "text_encoders": [{"tokenizer": t.tokenizer, "network": t.network} for t in family.text_encoders],
+            "extras": dict(self.extras),
             "components": {
                 name: {**spec.to_json(), "onnx": vars(self.files[name]) if name in self.files else None}
                 for name, spec in self.components.items()
@@ -117,6 +132,8 @@ class Manifest:
                 source_sha256=data["source_sha256"],
                 inpainting=bool(data["inpainting"]),
                 prediction_type=str(data["prediction_type"]),
+                support=tuple(data["support"]),
+                extras=dict(data["extras"]),
                 files=files,
                 versions=dict(data.get("versions", {})),
                 format_version=version,
@@ -160,7 +177,7 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
                 raise ValueError(f"manifest of {root} points {name} at {rel}, outside the artifact")
             if not (root / rel).is_file():
                 raise ValueError(f"artifact {root} is incomplete: {name} file {rel} is missing")
-    for rel in (TOKENIZER_DIR, SCHEDULER_DIR):
+    for rel in manifest.support:
         if not (root / rel).is_dir():
             raise ValueError(f"artifact {root} is incomplete: {rel}/ is missing")
     return manifest

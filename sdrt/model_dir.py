@@ -1,4 +1,4 @@
-"""Reading a diffusers-format Stable Diffusion model directory strictly from disk."""
+"""Reading a diffusers-format model directory strictly from disk, as its family describes it."""
 
 from __future__ import annotations
 
@@ -8,29 +8,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from sdrt.components import latent_factor
+from sdrt.families import Family, family_for
+from sdrt.families.base import WEIGHTS
 from sdrt.files import read_json_object
 from sdrt.hashing import files_sha256
 
 log = logging.getLogger(__name__)
 
-REQUIRED_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
-_WEIGHT_FILES = {
-    "text_encoder": ("model.safetensors",),
-    "unet": ("diffusion_pytorch_model.safetensors",),
-    "vae": ("diffusion_pytorch_model.safetensors",),
-}
-# diffusers pipeline classes whose model directories hold one SD 1.x/2.x text encoder, UNet and VAE
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+# the libraries whose classes a model_index.json may name for a part sdrt loads
+_LIBRARIES = ("diffusers", "transformers")
 
 
 @dataclass(frozen=True)
 class ModelDir:
-    """A validated diffusers model directory: its configs and weight files, nothing loaded yet."""
+    """A validated diffusers model directory: its family, index and part configs; nothing loaded yet."""
 
     path: Path  # the directory holding model_index.json
-    family: str  # "sd1" or "sd2"
-    configs: dict[str, Any]  # "text_encoder", "unet", "vae", "scheduler" -> config dict
+    family: Family  # the model family, found from model_index.json and the configs
+    index: dict[str, Any]  # model_index.json
+    configs: dict[str, Any]  # part name -> its config dict (parts with a config file)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> ModelDir:
@@ -39,38 +38,19 @@ class ModelDir:
         if not root.is_dir():
             raise ValueError(f"model directory {root} does not exist or is not a directory")
         index_file = root / "model_index.json"
-        if not index_file.is_file():
-            raise ValueError(
-                f"{root} is not a diffusers model directory: it has no model_index.json "
-                f"(expected model_index.json and {', '.join(p + '/' for p in REQUIRED_PARTS)})"
-            )
-        index = read_json_object(index_file)
-        pipeline = index.get("_class_name")
-        if pipeline not in SUPPORTED_PIPELINES:
-            raise ValueError(
-                f"{index_file}: pipeline {pipeline!r} is not supported; supported: {list(SUPPORTED_PIPELINES)}"
-            )
-        missing = [p for p in REQUIRED_PARTS if not (root / p).is_dir()]
+        index = read_model_index(root)
+        configs = _read_configs(root, index)
+        family = family_for(index, configs, where=str(index_file))
+        missing = [p.name for p in family.parts if not (root / p.name).is_dir()]
         if missing:
-            raise ValueError(f"model directory {root} lacks {', '.join(m + '/' for m in missing)}")
-        configs = {
-            "text_encoder": read_json_object(root / "text_encoder" / "config.json"),
-            "unet": read_json_object(root / "unet" / "config.json"),
-            "vae": read_json_object(root / "vae" / "config.json"),
-            "scheduler": read_json_object(root / "scheduler" / "scheduler_config.json"),
-        }
-        for part, names in _WEIGHT_FILES.items():
-            if not any((root / part / n).is_file() for n in names):
-                pickles = sorted(p.name for p in (root / part).glob("*.bin"))
-                hint = (
-                    f"; it has {pickles}, pickle files that sdrt does not load (convert them to safetensors)"
-                    if pickles
-                    else ""
-                )
-                raise ValueError(f"{root / part} has no {' or '.join(names)}{hint}")
-        text_act = configs["text_encoder"].get("hidden_act")
-        family = "sd1" if text_act == "quick_gelu" else "sd2"  # SD 2.x's OpenCLIP text encoder uses plain GELU
-        return cls(path=root, family=family, configs=configs)
+            raise ValueError(f"{family.description} directory {root} lacks {', '.join(m + '/' for m in missing)}")
+        for part in family.parts:
+            if part.config is not None and part.name not in configs:
+                raise ValueError(f"{root / part.name} has no {part.config}")
+        model = cls(path=root, family=family, index=index, configs=configs)
+        for part in family.model_parts:
+            model.weight_file(part.name)  # fails early, naming the missing file
+        return model
 
     @property
     def latent_factor(self) -> int:
@@ -78,26 +58,78 @@ class ModelDir:
 
     @property
     def native_size(self) -> int:
-        """Image size in pixels the UNet was trained at: 512 for SD 1.x, 768 for SD 2.x-768."""
-        return int(self.configs["unet"].get("sample_size", 64)) * self.latent_factor
+        """Image size in pixels the UNet was trained at (512 for SD 1.x, 768 for SD 2.x-768, 1024 for SDXL)."""
+        return self.family.native_size(self.configs)
+
+    def part_class(self, name: str) -> tuple[str, str]:
+        """(library, class) model_index.json gives part `name`, checked against what the family accepts."""
+        part = self.family.part(name)
+        entry = self.index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            raise ValueError(f"{self.path / 'model_index.json'}: {name} is {entry!r}, not [library, class]")
+        library, cls = entry
+        if part.classes and (library not in _LIBRARIES or cls not in part.classes):
+            raise ValueError(
+                f"{self.path / 'model_index.json'}: {name} is {library}.{cls}; a {self.family.description} "
+                f"reads {name} as one of {', '.join(part.classes)}"
+            )
+        return library, cls
+
+    def weight_file(self, name: str) -> str:
+        """Relative path of a model part's safetensors weights; ValueError naming what is there instead."""
+        library, _ = self.part_class(name)
+        for file in WEIGHTS[library]:
+            if (self.path / name / file).is_file():
+                return f"{name}/{file}"
+        pickles = sorted(p.name for p in (self.path / name).glob("*.bin"))
+        hint = (
+            f"; it has {pickles}, pickle files that sdrt does not load (convert them to safetensors)" if pickles else ""
+        )
+        raise ValueError(f"{self.path / name} has no {' or '.join(WEIGHTS[library])}{hint}")
 
     def weight_files(self) -> list[str]:
         """Relative paths of the weight files, for the source hash."""
-        return [
-            f"{part}/{n}" for part, names in _WEIGHT_FILES.items() for n in names if (self.path / part / n).is_file()
-        ]
+        return [self.weight_file(p.name) for p in self.family.model_parts]
 
     def weights_sha256(self) -> str:
         return files_sha256(self.path, self.weight_files())
 
-    def load_modules(self):
-        """Load the text encoder, UNet and VAE from safetensors on disk, in eval mode, fp32."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
+    def load_part(self, name: str) -> nn.Module:
+        """One model part from safetensors on disk, in eval mode, fp32, with the class model_index.json names."""
+        import importlib
 
-        opts = {"local_files_only": True, "use_safetensors": True}
-        log.info("loading torch modules from %s", self.path)
-        text_encoder = CLIPTextModel.from_pretrained(self.path / "text_encoder", **opts)
-        unet = UNet2DConditionModel.from_pretrained(self.path / "unet", **opts)
-        vae = AutoencoderKL.from_pretrained(self.path / "vae", **opts)
-        return text_encoder.eval(), unet.eval(), vae.eval()
+        library, cls = self.part_class(name)
+        loader = getattr(importlib.import_module(library), cls)
+        log.info("loading %s (%s) from %s", name, cls, self.path)
+        module = loader.from_pretrained(self.path / name, local_files_only=True, use_safetensors=True)
+        return module.eval()
+
+    def load_modules(self) -> dict[str, nn.Module]:
+        """Every network's torch module with its spec's IO (the family builds them from the loaded parts)."""
+        loaded = {p.name: self.load_part(p.name) for p in self.family.model_parts}
+        specs = self.family.networks(self.configs)
+        return {name: module.eval() for name, module in self.family.modules(loaded, specs).items()}
+
+
+def read_model_index(root: Path) -> dict[str, Any]:
+    """A model directory's model_index.json; ValueError saying what a diffusers model directory holds."""
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        raise ValueError(
+            f"{root} is not a diffusers model directory: it has no model_index.json "
+            "(expected model_index.json beside text_encoder/, tokenizer/, unet/, vae/, scheduler/)"
+        )
+    return read_json_object(index_file)
+
+
+def _read_configs(root: Path, index: dict[str, Any]) -> dict[str, Any]:
+    """The config of every part model_index.json names whose directory has one of the usual config files."""
+    configs = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        for file in ("config.json", "scheduler_config.json", "preprocessor_config.json"):
+            if (root / name / file).is_file():
+                configs[name] = read_json_object(root / name / file)
+                break
+    return configs

@@ -152,15 +152,37 @@ class TensorSpec:
         return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
 
 
+# What a network does in a generation; backends and the exporter decide by role, never by a network's name.
+ROLES = ("text_encoder", "image_encoder", "denoiser", "vae_decoder", "vae_encoder")
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
-    """Everything every stage needs to know about one network: its named inputs and outputs."""
+    """Everything every stage needs to know about one network: its named inputs and outputs.
 
-    name: str  # "text_encoder", "unet", "vae_decoder", "vae_encoder"
+    Attributes every stage may read: `precision` (set at export), `fp32_inputs` (inputs whose embedding stays
+    float32 in a lower-precision build: a sinusoidal embedding of large values), `upcast_attention`
+    (attention scores and softmax in float32), `<input>_max` (exclusive bound of an input's values).
+    """
+
+    name: str  # network name, e.g. "text_encoder_2", "unet", "vae_decoder"
     inputs: tuple[TensorSpec, ...]  # in call order
     outputs: tuple[TensorSpec, ...]  # in return order
     batch_dim: str = "batch"  # symbol of axis 0 of every input and output
     attributes: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"in_channels": 9}
+    role: str = "denoiser"  # one of ROLES
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"component {self.name}: role {self.role!r} is not one of {', '.join(ROLES)}")
+        names = [t.name for t in (*self.inputs, *self.outputs)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"component {self.name} names a tensor twice: {names}")
+
+    @property
+    def fp32_inputs(self) -> frozenset[str]:
+        """Inputs that stay float32 in a lower-precision build (their sinusoidal embeddings are computed in fp32)."""
+        return frozenset(self.attributes.get("fp32_inputs", ()))
 
     @property
     def input_names(self) -> list[str]:
@@ -245,6 +267,7 @@ class ComponentSpec:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "batch_dim": self.batch_dim,
+            "role": self.role,
             "attributes": dict(self.attributes),
         }
 
@@ -256,4 +279,5 @@ class ComponentSpec:
             outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
             batch_dim=data.get("batch_dim", "batch"),
             attributes=dict(data.get("attributes", {})),
+            role=data["role"],
         )

@@ -43,7 +43,7 @@ def test_export_build_generate(demo_model, tmp_path, capsys):
     ]
     assert main([*args, "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    for stage in ("text encoder", "unet total", "unet per step", "scheduler + overhead", "vae decode", "total"):
+    for stage in ("text encoder", "unet total", "unet per call", "scheduler + overhead", "vae decode", "total"):
         assert stage in printed
     image = Image.open(out)
     assert image.size == (96, 64)
@@ -91,7 +91,7 @@ def test_info_prints_the_manifest(artifact, capsys):
 
     assert main(["info", str(artifact)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["format_version"] == 2 and set(printed["components"]) == {
+    assert printed["format_version"] == 3 and set(printed["components"]) == {
         "text_encoder",
         "unet",
         "vae_decoder",

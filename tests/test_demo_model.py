@@ -22,7 +22,7 @@ def test_deterministic_for_a_seed(demo_model, tmp_path):
 
 def test_layout_and_architecture(demo_model):
     model = ModelDir.open(demo_model)
-    assert model.family == "sd1"
+    assert model.family.name == "sd1"
     unet, vae = model.configs["unet"], model.configs["vae"]
     assert len(unet["down_block_types"]) == 4 and unet["down_block_types"][-1] == "DownBlock2D"
     assert 2 ** (len(vae["block_out_channels"]) - 1) == 8  # SD's 8x latent downsampling

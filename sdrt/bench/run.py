@@ -99,8 +99,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
 
         if "vae_encoder" not in read_manifest(weights.artifact).components:
             raise ValueError(f"artifact {weights.artifact} has no vae_encoder: it cannot run img2img")
-    if weights.family == "sdxl":
-        notes.append("sdrt does not run SDXL yet: its backends are listed as not supported; the baselines run")
+    if weights.unsupported is not None:
+        notes.append(f"sdrt does not run this model ({weights.unsupported}); its backends are skipped")
     environment = _environment(device)
 
     specs: dict[str, ContenderSpec] = {}

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.bench.scenario import BASELINES, SDRT_BACKENDS, model_label
-from sdrt.files import read_json_object
+from sdrt.families import UnknownFamily
 from sdrt.spec import ShapeRanges
-
-SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 
 
 @dataclass(frozen=True)
@@ -20,10 +18,11 @@ class Weights:
 
     artifact: Path | None  # exported artifact (onnxruntime and later engine backends)
     model_dir: Path | None  # diffusers model directory (the torch backend and the baselines)
-    family: str  # "sd1", "sd2" or "sdxl"
+    family: str  # the model family's name, e.g. "sd1" or "sdxl"
     label: str  # name shown in tables
     ranges: ShapeRanges | None  # the artifact's shapes; None for a model directory alone
     native_size: int  # pixels the model was trained at (the default size without an artifact)
+    unsupported: str | None = None  # why sdrt cannot run this model (its baselines still can), None when it can
 
     @property
     def default_size(self) -> int:
@@ -40,12 +39,16 @@ def resolve_weights(path: str | os.PathLike, model: str | os.PathLike | None = N
         model_dir = None if model is None else Path(model)
         native = manifest.ranges.opt_size
         if model_dir is not None:
-            family, native = _model_family(model_dir)
-            if family == "sdxl":
-                raise ValueError(f"--model {model_dir} is an SDXL model; artifact {root} holds an SD 1.x/2.x model")
             from sdrt.model_dir import ModelDir
 
-            if ModelDir.open(model_dir).weights_sha256() != manifest.source_sha256:
+            model = ModelDir.open(model_dir)
+            native = model.native_size
+            if model.family.name != manifest.family:
+                raise ValueError(
+                    f"--model {model_dir} is a {model.family.description}; artifact {root} holds a "
+                    f"{manifest.model_family.description}"
+                )
+            if model.weights_sha256() != manifest.source_sha256:
                 raise ValueError(
                     f"--model {model_dir} is not the model artifact {root} was exported from (the weights' sha256 "
                     "differs from the manifest's source_sha256); a comparison needs the same weights on both sides"
@@ -54,24 +57,22 @@ def resolve_weights(path: str | os.PathLike, model: str | os.PathLike | None = N
     if (root / "model_index.json").is_file():
         if model is not None:
             raise ValueError(f"{root} is a model directory already; --model goes with an artifact directory")
-        family, native = _model_family(root)
-        return Weights(None, root, family, model_label(root), None, native)
+        from sdrt.model_dir import ModelDir, read_model_index
+
+        try:
+            model = ModelDir.open(root)
+        except UnknownFamily as exc:  # a model sdrt does not run: time the baselines, list sdrt's backends as skipped
+            index = read_model_index(root)
+            return Weights(None, root, _baseline_family(index), model_label(root), None, 1024, unsupported=str(exc))
+        return Weights(None, root, model.family.name, model_label(root), None, model.native_size)
     raise ValueError(
         f"{root} is neither an sdrt artifact (no manifest.json) nor a diffusers model directory (no model_index.json)"
     )
 
 
-def _model_family(model_dir: Path) -> tuple[str, int]:
-    """("sd1" | "sd2" | "sdxl", native size in pixels) of a diffusers model directory."""
-    index = read_json_object(model_dir / "model_index.json")
-    unet = read_json_object(model_dir / "unet" / "config.json")
-    vae = read_json_object(model_dir / "vae" / "config.json")
-    native = int(unet.get("sample_size", 64)) * 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
-    if index.get("_class_name") in SDXL_PIPELINES:
-        return "sdxl", native
-    from sdrt.model_dir import ModelDir
-
-    return ModelDir.open(model_dir).family, native
+def _baseline_family(index: dict[str, Any]) -> str:
+    """The diffusers pipeline kind a baseline loads for a model sdrt has no family for."""
+    return "sdxl" if str(index.get("_class_name", "")).startswith("StableDiffusionXL") else "sd1"
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class ContenderSpec:
 
     backend: str  # an sdrt backend or a baseline
     path: str  # the artifact or model directory it loads
-    family: str  # "sd1", "sd2" or "sdxl"
+    family: str  # the model family's name, e.g. "sd1" or "sdxl"
     device: str  # "cpu" or "cuda:N"
     dtype: str  # "float32" or "float16"
     ranges: dict[str, Any] | None = None  # ShapeRanges for the torch backend on a model directory
@@ -109,8 +110,8 @@ def contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSpe
         return ContenderSpec(backend, str(weights.model_dir), weights.family, device, dtype), None
     if backend not in SDRT_BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(SDRT_BACKENDS + BASELINES)}")
-    if weights.family == "sdxl":
-        return None, "not supported yet: sdrt does not run SDXL; only the diffusers baselines run it"
+    if weights.unsupported is not None:
+        return None, f"not supported yet: {weights.unsupported}"
     from sdrt.engines import BACKENDS, backend_module
 
     if backend not in BACKENDS:

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdrt.components import UNET
 from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
 from sdrt.engines.options import make_options
 from sdrt.files import atomic_directory
@@ -122,7 +121,7 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) 
         so = _session_options(opts)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already applied at build
         # Only the UNet runs every step; the others run once per generation, where launch overhead is noise.
-        cuda_graphs = opts.cuda_graphs and name == UNET
+        cuda_graphs = opts.cuda_graphs and spec.role == "denoiser"
         try:
             session = ort.InferenceSession(
                 str(Path(record.path) / ONNX_FILE), so, providers=opts.providers(cuda_graph=cuda_graphs)

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdrt.components import TEXT_ENCODER, UNET, component_modules
 from sdrt.files import atomic_file, read_json_object
 from sdrt.hashing import file_sha256, json_sha256
 from sdrt.manifest import Manifest
@@ -42,7 +41,8 @@ log = logging.getLogger(__name__)
 
 MAP_VERSION = 1
 TRANSFORMS = ("same", "reshape", "transpose")  # initializer = param, param.reshape(shape), param.T
-REFIT_COMPONENTS = (TEXT_ENCODER, UNET)  # the networks a LoRA adapts
+TEXT_ENCODER, UNET = "text_encoder", "unet"
+REFIT_COMPONENTS = (TEXT_ENCODER, UNET)  # the networks an SD 1.x/2.x LoRA adapts
 # an fp16 converter may clamp tiny magnitudes (onnxconverter-common: below 1e-7); anything else must match exactly
 _FP16_ATOL = 1e-7
 
@@ -269,9 +269,9 @@ class LoraRefitter:
         model = ModelDir.open(model_dir)
         if model.weights_sha256() != manifest.source_sha256:
             raise ValueError(f"{artifact} was not exported from {model_dir} (their weight hashes differ)")
-        text_encoder, unet, vae = model.load_modules()
+        self.modules = model.load_modules()
+        text_encoder, unet = self.modules[TEXT_ENCODER].text_encoder, self.modules[UNET].unet
         self.fuser = LoraFuser(text_encoder, unet)
-        self.modules = component_modules(text_encoder, unet, vae)
         # the fuser names parameters within the text encoder / UNet; the maps within the component modules
         self._prefix = {
             TEXT_ENCODER: _child_prefix(self.modules[TEXT_ENCODER], text_encoder),

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdrt.components import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, component_modules
 from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
 from sdrt.engines.options import make_options
 from sdrt.manifest import Manifest
@@ -35,9 +34,6 @@ COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16"
 # "max-autotune" capture with torch's CUDA-graph trees instead; they exclude cuda_graphs=True.
 COMPILE_MODES = ("max-autotune-no-cudagraphs", "default", "reduce-overhead", "max-autotune")
 _CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
-# inputs that stay float32 in a lower-precision build: diffusers computes the sinusoidal timestep
-# embedding in float32 whatever the UNet's dtype, and a float16 timestep near 999 is off by up to 0.5
-_FLOAT32_INPUTS = frozenset({"timestep"})
 
 
 @dataclass(frozen=True)
@@ -137,7 +133,9 @@ class TorchEngine(CheckedEngine):
         }
 
     def _prepare(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.is_floating_point() and name not in _FLOAT32_INPUTS:
+        # a spec's fp32 inputs (the timestep: a float16 timestep near 999 is off by up to 0.5) stay float32;
+        # diffusers computes their sinusoidal embeddings in float32 whatever the module's dtype
+        if tensor.is_floating_point() and name not in self.spec.fp32_inputs:
             tensor = tensor.to(self.dtype)
         if self.channels_last and tensor.dim() == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
@@ -213,41 +211,51 @@ def build(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> li
 
 def load(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> dict[str, TorchEngine]:
     model = _model_dir(path)
-    text_encoder, unet, vae = model.load_modules()
-    use_sdpa(text_encoder, unet, vae)
-    modules = component_modules(text_encoder, unet, vae)
+    modules = model.load_modules()
+    use_sdpa(modules.values())
     device, dtype, vae_dtype = opts.torch_device, opts.compute_dtype, opts.vae_compute_dtype
     nhwc = opts.use_channels_last
-    settings = {
-        TEXT_ENCODER: {"dtype": dtype},
-        UNET: {
-            "dtype": dtype,
-            "channels_last": nhwc,
-            "compile_mode": opts.compile_mode if opts.compile else None,
-            "cuda_graphs": opts.cuda_graphs,
-        },
-        VAE_DECODER: {"dtype": vae_dtype, "channels_last": nhwc},
-        VAE_ENCODER: {"dtype": vae_dtype, "channels_last": nhwc},
-    }
     log.info("torch backend on %s: %s (VAE %s), channels_last %s", device, dtype, vae_dtype, nhwc)
     return {
-        name: TorchEngine(modules[name], spec, manifest.ranges, device, **settings[name])
+        name: TorchEngine(modules[name], spec, manifest.ranges, device, **_settings(spec, opts))
         for name, spec in manifest.components.items()
     }
 
 
-def use_sdpa(text_encoder: nn.Module, unet: nn.Module, vae: nn.Module) -> None:
+def _settings(spec: ComponentSpec, opts: TorchOptions) -> dict:
+    """A network's engine settings by its role: the VAE's dtype for the VAE, compile and graphs for the denoiser."""
+    if spec.role in ("vae_decoder", "vae_encoder"):
+        return {"dtype": opts.vae_compute_dtype, "channels_last": opts.use_channels_last}
+    if spec.role == "denoiser":
+        return {
+            "dtype": opts.compute_dtype,
+            "channels_last": opts.use_channels_last,
+            "compile_mode": opts.compile_mode if opts.compile else None,
+            "cuda_graphs": opts.cuda_graphs,
+        }
+    return {"dtype": opts.compute_dtype}  # text and image encoders: no convolutions to lay out
+
+
+def use_sdpa(modules) -> None:
     """Make every attention use torch's scaled_dot_product_attention (flash / memory-efficient kernels on a GPU).
 
     It is already the default of diffusers (AttnProcessor2_0) and transformers ("sdpa") when torch has
     SDPA; set here so a model config or library default asking for something else cannot slow us down.
     """
     from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.modeling_utils import ModelMixin
+    from transformers import PreTrainedModel
 
-    unet.set_attn_processor(AttnProcessor2_0())
-    vae.set_attn_processor(AttnProcessor2_0())
-    if getattr(text_encoder.config, "_attn_implementation", "sdpa") != "sdpa":
-        text_encoder.set_attn_implementation("sdpa")
+    seen: set[int] = set()
+    for module in modules:
+        for part in module.modules():
+            if id(part) in seen:
+                continue
+            seen.add(id(part))
+            if isinstance(part, ModelMixin) and hasattr(part, "set_attn_processor"):
+                part.set_attn_processor(AttnProcessor2_0())
+            elif isinstance(part, PreTrainedModel) and getattr(part.config, "_attn_implementation", "sdpa") != "sdpa":
+                part.set_attn_implementation("sdpa")
 
 
 def _model_dir(path: str | os.PathLike) -> ModelDir:

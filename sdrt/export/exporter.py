@@ -10,11 +10,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sdrt.components import TEXT_ENCODER, UNET, component_modules
 from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component
 from sdrt.files import atomic_directory
-from sdrt.manifest import SCHEDULER_DIR, TOKENIZER_DIR, Manifest, write_manifest
+from sdrt.manifest import Manifest, write_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.spec import ComponentSpec, ShapeRanges
 from sdrt.versions import library_versions
@@ -59,9 +58,9 @@ class ExportConfig:
             latent_factor=latent_factor,
         )
 
-    def component_precision(self, component: str) -> str:
-        """Precision of one component's graph: `precision` for the text encoder and UNet, else `vae_precision`."""
-        return self.precision if component in (TEXT_ENCODER, UNET) else self.vae_precision
+    def component_precision(self, spec: ComponentSpec) -> str:
+        """Precision of one component's graph: `vae_precision` for the VAE's halves, else `precision`."""
+        return self.vae_precision if spec.role in ("vae_decoder", "vae_encoder") else self.precision
 
 
 def export_model(
@@ -83,20 +82,26 @@ def export_model(
     manifest = Manifest.for_model(model, config.ranges(model.latent_factor, model.native_size))
     manifest = replace(
         manifest,
-        components={n: _with_precision(s, config.component_precision(n)) for n, s in manifest.components.items()},
+        components={n: _with_precision(s, config.component_precision(s)) for n, s in manifest.components.items()},
     )
-    text_encoder, unet, vae = model.load_modules()
-    modules = component_modules(text_encoder, unet, vae)
+    for spec in manifest.components.values():
+        if spec.attributes.get("force_upcast") and config.component_precision(spec) == "fp16":
+            log.warning(
+                "this model's VAE overflows in fp16 (its config sets force_upcast); %s exported in fp16 as asked, "
+                "and the pipeline will decode again in float32 when it overflows",
+                spec.name,
+            )
+    modules = model.load_modules()
 
     with atomic_directory(out) as tmp:
         files = {}
         for name in tqdm(manifest.components, desc="export", unit="component", disable=not progress):
             spec = manifest.components[name]
             files[name] = export_component(modules[name], spec, manifest.ranges, tmp / name, config.opset)
-            if config.component_precision(name) == "fp16":
+            if config.component_precision(spec) == "fp16":
                 files[name] = convert_component(tmp, files[name], spec)
-        shutil.copytree(model.path / "tokenizer", tmp / TOKENIZER_DIR)
-        shutil.copytree(model.path / "scheduler", tmp / SCHEDULER_DIR)
+        for part in manifest.support:
+            shutil.copytree(model.path / part, tmp / part)
         manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)})
         write_manifest(tmp, manifest)
     log.info("exported %s to %s", model.path, out)

@@ -5,7 +5,8 @@ Weights and most arithmetic become fp16 through ONNX Runtime's maintained conver
 every ComponentSpec and the runtime are the same for fp32 and fp16 artifacts. Kept in fp32, as
 diffusers keeps them when it runs a model in fp16:
 
-- the UNet's sinusoidal timestep embedding (diffusers computes it in float32 whatever the UNet's
+- the sinusoidal embeddings of the inputs a spec lists in `fp32_inputs`: the UNet's timestep, and
+  SDXL's size and crop conditioning `time_ids` (diffusers computes them in float32 whatever the UNet's
   dtype; in fp16, sin(t * f) at t ~ 999 would be off by up to 0.25 rad). Measured on the tiny UNet
   at fractional timesteps: RMS error against fp32 1.0e-3 with it, 2.6e-3 without;
 - for UNets with `upcast_attention` (SD 2.x), each attention's score MatMul and Softmax, whose values
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import onnx
 
-from sdrt.components import UNET
 from sdrt.export import onnx_export
 from sdrt.export.graph_cleanup import fold_constants, quiet_graph_tools, tensor_bytes, tidy
 from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, OnnxFile
@@ -78,10 +78,10 @@ def convert_model(model: onnx.ModelProto, spec: ComponentSpec) -> onnx.ModelProt
 def fp32_nodes(graph, spec: ComponentSpec) -> set[str]:
     """Names of the nodes of `graph` (an onnx-graphsurgeon graph) that must compute in fp32 for `spec`."""
     keep: set[str] = set()
-    if spec.name == UNET:
-        keep |= input_embedding_nodes(graph, "timestep")
-        if spec.attributes.get("upcast_attention"):
-            keep |= attention_score_nodes(graph)
+    for name in sorted(spec.fp32_inputs):
+        keep |= input_embedding_nodes(graph, name)
+    if spec.attributes.get("upcast_attention"):
+        keep |= attention_score_nodes(graph)
     return keep
 
 

@@ -1,31 +1,79 @@
-"""Classifier-free guidance (Ho & Salimans, 2022), batched: unconditional and conditional in one UNet call."""
+"""Classifier-free guidance (Ho & Salimans, 2022), batched: unconditional and conditional rows in one UNet call.
+
+The one row rule lives here: an image is guided when its scale is above 1, and the UNet's batch is
+[unconditional rows of guided images; conditional rows of all images]. Conditioners ask `guided_items`
+which unconditional rows to encode; the loop asks `expand` for the UNet's feeds and `combine` for the
+guided prediction. Every named input (sample, timestep, text states, pooled embeddings, time ids, class
+labels) goes through the same `expand`, so no input can be ordered differently from another.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
+
+
+def is_guided(scale: float) -> bool:
+    """Guidance at `scale` needs an unconditional pass (a scale of 1 or less is the conditional prediction alone)."""
+    return scale > 1.0
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The UNet's conditioning inputs by name: one row per image (cond), one row per guided image (uncond)."""
+
+    cond: Mapping[str, torch.Tensor]  # name -> (N, ...) for the N images of a batch
+    uncond: Mapping[str, torch.Tensor] = field(default_factory=dict)  # name -> (K, ...) for its K guided images
+
+    def __post_init__(self) -> None:
+        if self.uncond and set(self.uncond) != set(self.cond):
+            raise ValueError(f"conditioning names {sorted(self.cond)} but unconditional {sorted(self.uncond)}")
 
 
 class ClassifierFreeGuidance:
     """Per-sample guidance scales; samples with scale <= 1 skip the unconditional pass.
 
-    The UNet batch is [uncond of guided samples; cond of all samples], so requests with different
-    scales (or none) share one call. Guided samples get `uncond + scale * (cond - uncond)`.
+    Requests with different scales (or none) share one call; guided samples get
+    `uncond + scale * (cond - uncond)`.
     """
 
     def __init__(self, scales: Sequence[float], device: torch.device) -> None:
         self.scales = torch.tensor([float(s) for s in scales], dtype=torch.float32)
-        self.guided = torch.nonzero(self.scales > 1.0).flatten().to(device)
-        self._guided_scales = self.scales[self.guided.cpu()].to(device)
+        self._guided_list = [i for i, s in enumerate(scales) if is_guided(float(s))]
+        self.guided = torch.tensor(self._guided_list, dtype=torch.int64, device=device)
+        self._guided_scales = self.scales[self._guided_list].to(device)
 
     @property
     def num_uncond(self) -> int:
-        return int(self.guided.numel())
+        return len(self._guided_list)
 
-    def expand(self, latents: torch.Tensor) -> torch.Tensor:
-        """The UNet's sample batch for `latents` (N, ...): guided samples twice."""
-        return torch.cat([latents[self.guided], latents]) if self.num_uncond else latents
+    def guided_items(self, items: Sequence[T]) -> list[T]:
+        """The entries of a per-image sequence that get an unconditional row, in the UNet's order."""
+        return [items[i] for i in self._guided_list]
+
+    def expand(
+        self, inputs: Mapping[str, torch.Tensor], uncond: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The UNet's feeds: each input (N rows) preceded by its unconditional rows.
+
+        Those are `uncond[name]` (K rows) where given (text states of the negative prompts), else the input's
+        own rows of the guided images (the latents and timesteps, which are the same for both passes).
+        """
+        if not self.num_uncond:
+            return dict(inputs)
+        uncond = uncond or {}
+        out = {}
+        for name, tensor in inputs.items():
+            rows = uncond[name] if name in uncond else tensor[self.guided]
+            if rows.shape[0] != self.num_uncond:
+                raise ValueError(f"{name} has {rows.shape[0]} unconditional rows for {self.num_uncond} guided images")
+            out[name] = torch.cat([rows, tensor])
+        return out
 
     def combine(self, noise: torch.Tensor) -> torch.Tensor:
         """Guided noise prediction (N, ...) from the UNet's output on the expanded batch."""

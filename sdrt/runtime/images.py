@@ -36,6 +36,8 @@ class Parameters:
     model: str  # model name
     clip_skip: int = 0  # diffusers' numbering; the web UI writes it plus one ("Clip skip: 2")
     denoising_strength: float | None = None  # image-to-image / inpainting strength
+    refiner: str | None = None  # the refiner model's name, when a refiner ran after the base
+    refiner_switch_at: float | None = None  # the share of the schedule the base ran before the refiner
 
     def infotext(self) -> str:
         """The AUTOMATIC1111 web UI's infotext: prompt, 'Negative prompt: ...', then 'Key: value' pairs."""
@@ -54,6 +56,11 @@ class Parameters:
             "Model": self.model,
             **({"Denoising strength": f"{self.denoising_strength:g}"} if self.denoising_strength is not None else {}),
             **({"Clip skip": self.clip_skip + 1} if self.clip_skip else {}),
+            **(
+                {"Refiner": self.refiner, "Refiner switch at": f"{self.refiner_switch_at:g}"}
+                if self.refiner is not None
+                else {}
+            ),
             "Version": f"sdrt {__version__}",
         }
         lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items()))

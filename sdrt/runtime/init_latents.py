@@ -8,19 +8,39 @@ import torch
 import torch.nn.functional as F
 
 
-def strength_timesteps(scheduler, steps: int, strength: float | None) -> torch.Tensor:
-    """The timesteps to run: all of them, or the last int(steps * strength) steps (SDEdit, Meng et al. 2021).
+def stage_timesteps(
+    scheduler, steps: int, strength: float | None, start: float | None = None, end: float | None = None
+) -> torch.Tensor:
+    """The timesteps a stage runs, from a scheduler whose `set_timesteps(steps)` has been called.
 
-    As diffusers' img2img `get_timesteps`: the scheduler's begin index moves to the first step run, so
-    samplers that index their sigmas by step (Euler, DPM++) start at the right noise level.
+    - `start` (diffusers' `denoising_start`, a refiner after the base): the timesteps below the cut-off
+      `round(T * (1 - start))`, one more for a second-order scheduler so no step is cut in half;
+    - else `strength` (image-to-image, SDEdit, Meng et al. 2021): the last int(steps * strength) steps;
+    - else all of them;
+    then `end` (diffusers' `denoising_end`, the base before a refiner) keeps those at or above the cut-off
+    `round(T * (1 - end))`. The scheduler's begin index moves to the first step run, so samplers that index
+    their sigmas by step (Euler, DPM++) start at the right noise level, as in diffusers' img2img pipelines.
     """
-    if strength is None:
-        return scheduler.timesteps
-    run = min(int(steps * strength), steps)
-    begin = (steps - run) * scheduler.order
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(begin)
-    return scheduler.timesteps[begin:]
+    timesteps = scheduler.timesteps
+    train_steps = scheduler.config.num_train_timesteps
+    begin = None
+    if start is not None:
+        cutoff = int(round(train_steps - start * train_steps))
+        run = int((timesteps < cutoff).sum())
+        if scheduler.order == 2 and run % 2 == 0:
+            run += 1
+        begin = len(timesteps) - run
+    elif strength is not None:
+        run = min(int(steps * strength), steps)
+        begin = (steps - run) * scheduler.order
+    if begin is not None:
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        timesteps = timesteps[begin:]
+    if end is not None:
+        cutoff = int(round(train_steps - end * train_steps))
+        timesteps = timesteps[: int((timesteps >= cutoff).sum())]
+    return timesteps
 
 
 @dataclass(frozen=True)

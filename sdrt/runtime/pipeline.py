@@ -1,4 +1,10 @@
-"""The pipeline: prompts -> text states -> start latents -> denoising loop with batched CFG -> VAE -> images."""
+"""The pipeline: requests -> conditioning -> start latents -> denoising stages with batched CFG -> VAE -> images.
+
+A batch runs in three steps: `prepare` (seeds, generators, guidance rows), `sample` (each denoising stage:
+its model's conditioner, its scheduler's timestep window, the loop) and `finish` (decode, images, infotexts).
+A stage is a model (the base, or the SDXL refiner) and the share of the schedule it runs; the loop feeds
+the UNet `{"sample", "timestep", **conditioning}` and never sees what the conditioning is.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +21,18 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdrt.components import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, latent_factor
-from sdrt.engines import Engine, call_in_chunks, check_device, load_engines
-from sdrt.files import read_json_object
-from sdrt.manifest import MANIFEST_NAME, SCHEDULER_DIR, TOKENIZER_DIR, Manifest, read_manifest
-from sdrt.model_dir import ModelDir
-from sdrt.runtime.guidance import ClassifierFreeGuidance
+from sdrt.engines import Engine, call_in_chunks
+from sdrt.manifest import Manifest
+from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
 from sdrt.runtime.image_inputs import ImageInput, open_image, preprocess_image, preprocess_mask, size_from_image
 from sdrt.runtime.images import Parameters, to_pil
-from sdrt.runtime.init_latents import Inpainting, latent_mask, strength_timesteps
+from sdrt.runtime.init_latents import Inpainting, latent_mask, stage_timesteps
 from sdrt.runtime.latents import generators, initial_noise, random_seed, sample_vae_latents
-from sdrt.runtime.prompts import chunk_count, encode_prompts, load_tokenizer, tokenize_prompts
+from sdrt.runtime.model import Model
+from sdrt.runtime.prompts import PromptTokens
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import canonical_sampler, make_scheduler, sampler_label
 from sdrt.runtime.timing import StageClock, Timings
-from sdrt.runtime.vae_guard import VaeDecoderGuard
 from sdrt.spec import ShapeRanges
 
 log = logging.getLogger(__name__)
@@ -51,31 +54,49 @@ class GenerationResult:
     request: GenerationRequest  # the validated request
 
 
-class Pipeline:
-    """Stable Diffusion text-to-image, image-to-image and inpainting on any backend's engines."""
+@dataclass(frozen=True)
+class Stage:
+    """One denoising stage: a model and the share of the schedule it runs (diffusers' denoising_start/end)."""
 
-    def __init__(
-        self,
-        engines: Mapping[str, Engine],
-        manifest: Manifest,
-        tokenizer: Any,
-        scheduler_config: Mapping[str, Any],
-        model_name: str = "model",
-        max_images: int = DEFAULT_MAX_IMAGES,
-    ) -> None:
-        self.engines = dict(engines)
-        decoder = self.engines[VAE_DECODER]
-        if not isinstance(decoder, VaeDecoderGuard):  # NaN/Inf from an fp16 decoder: decode again in float32
-            self.engines[VAE_DECODER] = VaeDecoderGuard(decoder, fallback=getattr(decoder, "float32_copy", None))
-        self.manifest = manifest
-        self.tokenizer = tokenizer
-        self.scheduler_config = dict(scheduler_config)
-        make_scheduler(None, self.scheduler_config)  # a bad config fails here, not at the first generation
-        self.model_name = model_name
+    model: Model  # whose UNet denoises and whose conditioner conditions it
+    start: float | None = None  # denoising_start: the stage begins where this share of the schedule is done
+    end: float | None = None  # denoising_end: the stage hands over when this share of the schedule is done
+
+
+@dataclass
+class _Batch:
+    """What every stage of one batch shares: its requests, guidance rows, generators and clock."""
+
+    requests: list[GenerationRequest]
+    cfg: ClassifierFreeGuidance
+    seeds: list[int]
+    gens: list[torch.Generator]
+    clock: StageClock
+    start: float  # perf_counter at the batch's start
+    steps: int = 0  # denoising steps run so far, all stages
+
+    @property
+    def first(self) -> GenerationRequest:
+        return self.requests[0]  # the settings all requests share
+
+
+class Pipeline:
+    """Text-to-image, image-to-image and inpainting on any backend's engines, for any model family.
+
+    With an SDXL refiner (`refiner=`), a request with `refiner_switch_at` runs the base for that share of
+    the schedule and the refiner for the rest (diffusers' ensemble of expert denoisers).
+    """
+
+    def __init__(self, model: Model, refiner: Model | None = None, max_images: int = DEFAULT_MAX_IMAGES) -> None:
+        if refiner is not None and refiner.family.name not in model.family.refiners:
+            raise ValueError(
+                f"a {refiner.family.description} cannot refine a {model.family.description} "
+                f"({model.family.name} is refined by {', '.join(model.family.refiners) or 'no family'})"
+            )
+        self.model = model
+        self.refiner = refiner
         self.max_images = max_images
-        self.device = self.engines[UNET].device
-        self.path: Path | None = None  # where the pipeline was loaded from (set by `load`)
-        self.backend: str | None = None  # the backend name (set by `load`)
+        self.device = model.device
         self._lora: Any = None  # what switches LoRAs for this backend, made on first use
 
     @classmethod
@@ -85,34 +106,56 @@ class Pipeline:
         backend: str = "onnxruntime",
         device: str = "cpu",
         ranges: ShapeRanges | None = None,
+        refiner: str | os.PathLike | None = None,
         **options: Any,
     ) -> Pipeline:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
 
-        `ranges` sets the shapes a model directory accepts (an artifact's come from its manifest).
-        Backend options (e.g. `optimization="all"` for onnxruntime) pass through to the backend.
+        `refiner` is a refiner artifact (or model directory) loaded the same way. `ranges` sets the shapes
+        a model directory accepts (an artifact's come from its manifest). Backend options (e.g.
+        `optimization="all"` for onnxruntime) pass through to the backend.
         """
-        root = Path(path)
-        check_device(device)
-        if (root / MANIFEST_NAME).is_file():
-            manifest = read_manifest(root)
-        elif (root / "model_index.json").is_file():
-            model = ModelDir.open(root)
-            factor = latent_factor(model.configs["vae"])
-            manifest = Manifest.for_model(
-                model, ranges or ShapeRanges(max_batch=8, min_size=64, max_size=4096, latent_factor=factor)
-            )
-        else:
-            raise ValueError(
-                f"{root} is neither an sdrt artifact (no {MANIFEST_NAME}) nor a diffusers model directory "
-                "(no model_index.json)"
-            )
-        tokenizer = load_tokenizer(root / TOKENIZER_DIR)
-        scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
-        engines = load_engines(root, manifest, backend, device, **options)
-        pipe = cls(engines, manifest, tokenizer, scheduler_config, model_name=root.resolve().name)
-        pipe.path, pipe.backend = root, backend
-        return pipe
+        model = Model.load(path, backend, device, ranges, **options)
+        refiner_model = None if refiner is None else Model.load(refiner, backend, device, ranges, **options)
+        return cls(model, refiner_model)
+
+    # the base model's parts, under the names callers use
+    @property
+    def manifest(self) -> Manifest:
+        return self.model.manifest
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        return self.model.engines
+
+    @property
+    def family(self):
+        return self.model.family
+
+    @property
+    def tokenizer(self):
+        """The base model's first tokenizer."""
+        return next(iter(self.model.tokenizers.values()))[0]
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return self.model.scheduler_config
+
+    @property
+    def path(self) -> Path | None:
+        return self.model.path
+
+    @property
+    def backend(self) -> str | None:
+        return self.model.backend
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def models(self) -> list[Model]:
+        return [self.model] + ([self.refiner] if self.refiner is not None else [])
 
     def set_lora(
         self, lora: str | os.PathLike | None, scale: float = 1.0, model_dir: str | os.PathLike | None = None
@@ -129,11 +172,13 @@ class Pipeline:
         self._lora(lora, scale)
 
     def _lora_switch(self, model_dir: str | os.PathLike | None) -> Callable[[Any, float], Any]:
+        if self.family.name not in ("sd1", "sd2"):
+            raise ValueError(f"LoRA switching supports SD 1.x and 2.x models, not {self.family.description}s")
         if self.backend == "torch":
             from sdrt.export.lora import LoraFuser
 
             # the torch backend's engines hold the diffusers modules the exporter would trace
-            fuser = LoraFuser(self.engines[TEXT_ENCODER].module.text_encoder, self.engines[UNET].module.unet)
+            fuser = LoraFuser(self.engines["text_encoder"].module.text_encoder, self.engines["unet"].module.unet)
             return fuser.set
         if self.backend == "tensorrt":
             from sdrt.engines.refit import LoraRefitter
@@ -149,8 +194,8 @@ class Pipeline:
 
     @property
     def clip_skip_max(self) -> int:
-        """Largest clip_skip the text encoder allows (its layer count minus one)."""
-        return int(self.engines[TEXT_ENCODER].spec.attributes["num_layers"]) - 1
+        """Largest clip_skip every text encoder of the base model allows."""
+        return min(e.clip_skip_max for e in self.model.encoders.values())
 
     def generate(
         self,
@@ -158,8 +203,8 @@ class Pipeline:
         negative_prompt: str | Sequence[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 30,
-        guidance_scale: float | Sequence[float] = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | Sequence[float] | None = None,
         seed: int | None = None,
         num_images_per_prompt: int = 1,
         scheduler: str | None = None,
@@ -171,6 +216,9 @@ class Pipeline:
         callback: StepCallback | None = None,
         callback_steps: int = 1,
         progress: bool = False,
+        refiner_switch_at: float | None = None,
+        aesthetic_score: float = 6.0,
+        negative_aesthetic_score: float = 2.5,
     ) -> GenerationResult:
         """Generate images for one prompt or a list of prompts (a batch).
 
@@ -178,17 +226,21 @@ class Pipeline:
         than 75 tokens. negative_prompt and guidance_scale take one value for all prompts or one per
         prompt; prompts with different guidance scales still share every UNet call. clip_skip counts
         as diffusers does (1 = the web UI's "CLIP skip 2") and applies to negative prompts too.
+        Steps and guidance default to the family's (30 and 7.5; SDXL 30 and 5.0).
 
-        With `image`: image-to-image (strength default 0.8); with `image` and `mask_image`: inpainting
-        (strength default 1.0; white mask pixels are repainted). Images are resized to height x width,
-        which default to the image's size rounded down to a multiple of 8; without an image they
-        default to the size the artifact is tuned for. Image i uses seed + i; with no seed a random one
-        is drawn and reported in the result. `callback(step, timestep, latents)` runs after every
-        `callback_steps`-th step.
+        With `image`: image-to-image (strength default 0.8, SDXL 0.3); with `image` and `mask_image`:
+        inpainting (strength default 1.0; white mask pixels are repainted). Images are resized to
+        height x width, which default to the image's size rounded down to a multiple of 8; without an
+        image they default to the size the artifact is tuned for. Image i uses seed + i; with no seed a
+        random one is drawn and reported in the result. `callback(step, timestep, latents)` runs after
+        every `callback_steps`-th step. With a refiner loaded, `refiner_switch_at=F` hands the latents to
+        the refiner after the share F of the schedule; `aesthetic_score` and `negative_aesthetic_score`
+        condition an SDXL refiner.
         """
         request = self.request(
             prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, seed,
             num_images_per_prompt, scheduler, eta, clip_skip, image, mask_image, strength,
+            refiner_switch_at, aesthetic_score, negative_aesthetic_score,
         )  # fmt: skip
         return self.run(request, progress=progress, callback=callback, callback_steps=callback_steps)
 
@@ -198,8 +250,8 @@ class Pipeline:
         negative_prompt: str | Sequence[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 30,
-        guidance_scale: float | Sequence[float] = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | Sequence[float] | None = None,
         seed: int | None = None,
         num_images_per_prompt: int = 1,
         scheduler: str | None = None,
@@ -208,12 +260,18 @@ class Pipeline:
         image: ImageInput | None = None,
         mask_image: ImageInput | None = None,
         strength: float | None = None,
+        refiner_switch_at: float | None = None,
+        aesthetic_score: float = 6.0,
+        negative_aesthetic_score: float = 2.5,
     ) -> GenerationRequest:
-        """The checked request `generate` would run, with its defaults filled in; ValueError naming a bad field."""
+        """The checked, tokenized request `generate` would run, defaults filled in; ValueError naming a bad field."""
+        family = self.family
         prompts = _texts("prompt", prompt)
         negatives = ("",) * len(prompts) if negative_prompt is None else _texts("negative_prompt", negative_prompt)
         if len(negatives) == 1:
             negatives *= len(prompts)
+        if guidance_scale is None:
+            guidance_scale = family.default_guidance
         scales = tuple(guidance_scale) if isinstance(guidance_scale, Sequence) else (guidance_scale,)
         if len(scales) == 1:
             scales *= len(prompts)
@@ -223,13 +281,13 @@ class Pipeline:
         if init_image is not None:
             default_height, default_width = size_from_image(init_image, self.manifest.ranges.latent_factor)
             if strength is None:
-                strength = 1.0 if mask is not None else 0.8
+                strength = 1.0 if mask is not None else family.default_strength
         request = GenerationRequest(
             prompts=prompts,
             negative_prompts=negatives,
             height=default_height if height is None else height,
             width=default_width if width is None else width,
-            steps=num_inference_steps,
+            steps=family.default_steps if num_inference_steps is None else num_inference_steps,
             guidance_scales=scales,
             seed=random_seed() if seed is None else seed,
             num_images_per_prompt=num_images_per_prompt,
@@ -239,34 +297,68 @@ class Pipeline:
             image=init_image,
             mask_image=mask,
             strength=strength,
+            refiner_switch_at=refiner_switch_at,
+            aesthetic_score=aesthetic_score,
+            negative_aesthetic_score=negative_aesthetic_score,
         )
+        request = self.tokenized(request)
         self.check(request)
         return request
 
+    def tokenized(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` carrying its tokens for every tokenizer of this pipeline's models (tokenized once)."""
+        encoders = {k: e for m in self.models for k, e in m.tokenizer_keys().items()}
+        missing = {k: e for k, e in encoders.items() if k not in request.tokens}
+        if not missing:
+            return request
+        tokens = dict(request.tokens)
+        for key, encoder in missing.items():
+            tokens[key] = PromptTokens(encoder.tokenize(request.prompts), encoder.tokenize(request.negative_prompts))
+        return replace(request, tokens=tokens)
+
+    def stages(self, request: GenerationRequest) -> list[Stage]:
+        """The denoising stages `request` runs: the base alone, or the base then the refiner."""
+        switch = request.refiner_switch_at
+        if switch is None:
+            return [Stage(self.model)]
+        if self.refiner is None:
+            raise ValueError("refiner_switch_at needs a refiner: load the pipeline with refiner=REFINER_ARTIFACT")
+        return [Stage(self.model, end=switch), Stage(self.refiner, start=switch)]
+
     def check(self, request: GenerationRequest) -> None:
         """Raise ValueError unless this pipeline's engines can run `request`."""
+        request = self.tokenized(request)
         request.check_against(self.manifest.ranges, self.max_images)
-        if request.clip_skip > self.clip_skip_max:
-            raise ValueError(
-                f"clip_skip {request.clip_skip} is outside 0..{self.clip_skip_max} "
-                f"(the text encoder has {self.clip_skip_max + 1} layers)"
-            )
+        stages = self.stages(request)
+        if len(stages) > 1 and request.mode == "inpaint":
+            raise ValueError("inpainting runs on the base alone: leave out refiner_switch_at")
+        self.family.check_request(request, self.model)
         if self.manifest.inpainting and request.mode != "inpaint":
             raise ValueError(
                 "this model's UNet is an inpainting UNet (latents + mask + masked image): give image and mask_image"
             )
-        ranges = self.engines[TEXT_ENCODER].ranges
-        for field, texts in (("negative_prompt", request.negative_prompts), ("prompt", request.prompts)):
-            tokenize_prompts(self.tokenizer, texts, ranges.text_length, ranges.max_text_chunks, field=field)
+        for index, stage in enumerate(stages):
+            if stage.model is not self.model:
+                request.check_against(stage.model.manifest.ranges, self.max_images)
+            stage.model.conditioner.check(request)
+            scheduler = make_scheduler(request.scheduler, stage.model.scheduler_config)
+            scheduler.set_timesteps(request.steps)
+            window = stage_timesteps(
+                scheduler, request.steps, request.strength if index == 0 else None, stage.start, stage.end
+            )
+            if len(window) == 0:
+                raise ValueError(
+                    f"refiner_switch_at {request.refiner_switch_at} leaves the "
+                    f"{'base' if index == 0 else 'refiner'} no step of {request.steps}; move it or add steps"
+                )
 
     def batch_key(self, request: GenerationRequest) -> tuple:
         """Requests with equal keys can share every engine call without changing any of their images.
 
-        Everything the whole batch shares is in it: mode, size, steps, sampler, eta, strength, CLIP
-        skip, and the prompt chunk count (a batch pads every prompt to its longest one's chunks).
+        Everything the whole batch shares is in it: mode, size, steps, sampler, eta, strength, the
+        refiner switch, and each stage's conditioner's share (CLIP skip, the prompt chunk count).
         """
-        engine = self.engines[TEXT_ENCODER]
-        chunks = chunk_count(self.tokenizer, _encoded_texts(request), engine.ranges.text_length)
+        request = self.tokenized(request)
         return (
             request.mode,
             request.height,
@@ -275,8 +367,8 @@ class Pipeline:
             canonical_sampler(request.scheduler),
             request.eta,
             request.strength,
-            request.clip_skip,
-            chunks,
+            request.refiner_switch_at,
+            *(stage.model.conditioner.batch_key(request) for stage in self.stages(request)),
         )
 
     def run(
@@ -306,37 +398,52 @@ class Pipeline:
             raise ValueError(f"callback_steps {callback_steps!r} is not a positive integer")
         if not requests:
             raise ValueError("run_batch needs at least one request")
+        batch = self.prepare(requests)
+        latents = self.sample(batch, progress, callback, callback_steps)
+        return self.finish(batch, latents)
+
+    def prepare(self, requests: Sequence[GenerationRequest]) -> _Batch:
+        """Tokens, one batch key, the guidance rows, and every image's seed and generator."""
+        requests = [self.tokenized(r) for r in requests]
         if len(requests) > 1 and len({self.batch_key(r) for r in requests}) > 1:  # one request: nothing to compare
             raise ValueError("requests in one batch must have equal batch_key()s (size, steps, sampler, ...)")
-        start = time.perf_counter()
-        clock = StageClock(sync=self._sync, device=self.device)  # CUDA events on a GPU: no stall per stage
-        first = requests[0]  # the settings all requests share
-        prompts = [p for r in requests for p in r.per_image(r.prompts)]
-        negatives = [n for r in requests for n in r.per_image(r.negative_prompts)]
         scales = [g for r in requests for g in r.per_image(r.guidance_scales)]
         seeds = [s for r in requests for s in r.seeds]
-        cfg = ClassifierFreeGuidance(scales, self.device)
+        clock = StageClock(sync=self._sync, device=self.device)  # CUDA events on a GPU: no stall per stage
+        return _Batch(
+            requests, ClassifierFreeGuidance(scales, self.device), seeds, generators(seeds), clock, time.perf_counter()
+        )
 
-        with clock.stage("text_encoder"):
-            # one text-encoder batch in the UNet's order: negatives of guided samples, then all prompts
-            texts = [negatives[i] for i in cfg.guided.tolist()] + prompts
-            text_states = encode_prompts(self.tokenizer, self.engines[TEXT_ENCODER], texts, first.clip_skip)
+    def sample(self, batch: _Batch, progress: bool, callback: StepCallback | None, callback_steps: int) -> torch.Tensor:
+        """Every stage in turn: its conditioning, its scheduler's window of timesteps, the denoising loop."""
+        first, clock = batch.first, batch.clock
+        latents = inpainting = None
+        for index, stage in enumerate(self.stages(first)):
+            model = stage.model
+            with clock.stage("text_encoder"):
+                conditioning = model.conditioner.prepare(batch.requests, batch.cfg)
+            scheduler = make_scheduler(first.scheduler, model.scheduler_config, seeds=batch.seeds)
+            scheduler.set_timesteps(first.steps, device=self.device)
+            timesteps = stage_timesteps(
+                scheduler, first.steps, first.strength if index == 0 else None, stage.start, stage.end
+            )
+            if latents is None:
+                latents, inpainting = self.initial_latents(model, batch, scheduler, timesteps)
+            with clock.stage("denoise"):
+                latents = self.denoise(
+                    model, scheduler, timesteps, latents, conditioning, batch, inpainting, progress,
+                    callback, callback_steps,
+                )  # fmt: skip
+        return latents
 
-        scheduler = make_scheduler(first.scheduler, self.scheduler_config, seeds=seeds)
-        scheduler.set_timesteps(first.steps, device=self.device)
-        timesteps = strength_timesteps(scheduler, first.steps, first.strength)
-        gens = generators(seeds)
-        latents, inpainting = self.initial_latents(requests, scheduler, timesteps, gens, clock)
-        step_kwargs = _step_kwargs(scheduler, gens, first.eta)
-        with clock.stage("denoise"):
-            latents = self.denoise(
-                scheduler, timesteps, latents, text_states, cfg, step_kwargs, clock, inpainting, progress,
-                callback, callback_steps,
-            )  # fmt: skip
-
+    def finish(self, batch: _Batch, latents: torch.Tensor) -> list[GenerationResult]:
+        """Decode with the last stage's VAE, convert to images, and write each image's infotext."""
+        first, clock = batch.first, batch.clock
+        stages = self.stages(first)
+        last = stages[-1].model
         with clock.stage("vae_decode"):
-            latents = latents / self.manifest.vae_scaling_factor
-            images = call_in_chunks(self.engines[VAE_DECODER], {"latent": latents})["images"]
+            latents = latents / last.manifest.vae_scaling_factor
+            images = call_in_chunks(last.engines[last.family.vae_decoder], {"latent": latents})["images"]
         pil = to_pil(images)
         s = clock.seconds
         timings = Timings(
@@ -344,11 +451,18 @@ class Pipeline:
             unet=s.get("unet", 0.0),
             scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0),
             vae_decode=s.get("vae_decode", 0.0),
-            total=time.perf_counter() - start,
-            steps=first.steps_run,
+            total=time.perf_counter() - batch.start,
+            steps=batch.steps,
+            unet_calls=clock.calls.get("unet", 0),
             vae_encode=s.get("vae_encode", 0.0),
         )
         label = sampler_label(first.scheduler, self.scheduler_config)
+        prompts = [p for r in batch.requests for p in r.per_image(r.prompts)]
+        negatives = [n for r in batch.requests for n in r.per_image(r.negative_prompts)]
+        scales = [g for r in batch.requests for g in r.per_image(r.guidance_scales)]
+        refiner = None
+        if len(stages) > 1:  # the web UI's "Refiner: name [hash]"
+            refiner = f"{last.name} [{last.manifest.source_sha256[:10]}]"
         parameters = [
             Parameters(
                 prompt=prompts[i],
@@ -363,11 +477,13 @@ class Pipeline:
                 model=self.model_name,
                 clip_skip=first.clip_skip,
                 denoising_strength=first.strength,
+                refiner=refiner,
+                refiner_switch_at=first.refiner_switch_at,
             ).infotext()
-            for i, seed in enumerate(seeds)
+            for i, seed in enumerate(batch.seeds)
         ]
         results, at = [], 0
-        for r in requests:
+        for r in batch.requests:
             rows = slice(at, at + r.num_images)
             at += r.num_images
             results.append(
@@ -378,44 +494,41 @@ class Pipeline:
         return results
 
     def initial_latents(
-        self,
-        requests: Sequence[GenerationRequest],
-        scheduler: Any,
-        timesteps: torch.Tensor,
-        gens: list[torch.Generator],
-        clock: StageClock,
+        self, model: Model, batch: _Batch, scheduler: Any, timesteps: torch.Tensor
     ) -> tuple[torch.Tensor, Inpainting | None]:
         """Latents (N, C, h, w) to start denoising from, and the inpainting state when inpainting.
 
         Random numbers are drawn from each image's generator in diffusers' order: the VAE sample of
         the input image, then the initial noise, then (inpainting) the VAE sample of the masked image.
         """
-        first = requests[0]  # size, mode and strength are shared
-        factor, n = self.manifest.ranges.latent_factor, len(gens)
-        channels = self.engines[VAE_DECODER].spec.attributes["latent_channels"]
-        shape = (channels, first.height // factor, first.width // factor)
+        requests, gens, clock = batch.requests, batch.gens, batch.clock
+        first = batch.first  # size, mode and strength are shared
+        factor, n = model.manifest.ranges.latent_factor, len(gens)
+        shape = (model.latent_channels, first.height // factor, first.width // factor)
         if first.mode == "txt2img":
             return initial_noise(gens, shape, self.device) * scheduler.init_noise_sigma, None
-        scaling = self.manifest.vae_scaling_factor
+        scaling = model.manifest.vae_scaling_factor
         images = [preprocess_image(r.image, r.height, r.width, factor).to(self.device) for r in requests]
         start_timestep = timesteps[:1].repeat(n)
         if first.mode == "img2img":
             with clock.stage("vae_encode"):
-                image_latents = sample_vae_latents(self._encode_per_image(requests, images), gens, scaling)
+                image_latents = sample_vae_latents(self._encode_per_image(model, requests, images), gens, scaling)
             noise = initial_noise(gens, shape, self.device)
             return scheduler.add_noise(image_latents, noise, start_timestep), None
 
         masks = [preprocess_mask(r.mask_image, r.height, r.width, factor).to(self.device) for r in requests]
         full_strength = first.strength == 1.0
-        nine_channels = self.manifest.inpainting
+        nine_channels = model.manifest.inpainting
         image_latents = masked_image_latents = None
         with clock.stage("vae_encode"):
             if not nine_channels or not full_strength:
-                image_latents = sample_vae_latents(self._encode_per_image(requests, images), gens, scaling)
+                image_latents = sample_vae_latents(self._encode_per_image(model, requests, images), gens, scaling)
             noise = initial_noise(gens, shape, self.device)
             if nine_channels:
                 masked = [image * (mask < 0.5) for image, mask in zip(images, masks, strict=True)]
-                masked_image_latents = sample_vae_latents(self._encode_per_image(requests, masked), gens, scaling)
+                masked_image_latents = sample_vae_latents(
+                    self._encode_per_image(model, requests, masked), gens, scaling
+                )
             else:
                 # diffusers encodes and samples the masked image even for a 4-channel UNet, which never
                 # uses it; draw the same numbers so later per-step noise (ancestral samplers) matches
@@ -433,62 +546,58 @@ class Pipeline:
         )
         return latents, inpainting
 
-    def _encode_per_image(self, requests: Sequence[GenerationRequest], images: list[torch.Tensor]) -> torch.Tensor:
+    def _encode_per_image(
+        self, model: Model, requests: Sequence[GenerationRequest], images: list[torch.Tensor]
+    ) -> torch.Tensor:
         """Latent Gaussian parameters (N, 2C, h, w): each request's image encoded once, one row per image."""
-        rows = [self._encode(image).expand(r.num_images, -1, -1, -1) for r, image in zip(requests, images, strict=True)]
+        encoder = model.engines[model.family.vae_encoder]
+        rows = [
+            call_in_chunks(encoder, {"images": image})["latent_parameters"].expand(r.num_images, -1, -1, -1)
+            for r, image in zip(requests, images, strict=True)
+        ]
         return torch.cat(rows)
 
     def denoise(
         self,
+        model: Model,
         scheduler: Any,
         timesteps: torch.Tensor,
         latents: torch.Tensor,
-        text_states: torch.Tensor,
-        cfg: ClassifierFreeGuidance,
-        step_kwargs: Mapping[str, Any],
-        clock: StageClock,
+        conditioning: Conditioning,
+        batch: _Batch,
         inpainting: Inpainting | None = None,
         progress: bool = False,
         callback: StepCallback | None = None,
         callback_steps: int = 1,
     ) -> torch.Tensor:
-        """The sampling loop: one batched-CFG UNet call per timestep, then the scheduler's step."""
-        unet = self.engines[UNET]
+        """The sampling loop: one batched-CFG UNet call per timestep, then the scheduler's step.
+
+        `batch.steps` counts the steps run; the callback's step index goes on across stages.
+        """
+        unet, cfg, clock = model.denoiser, batch.cfg, batch.clock
         order = scheduler.order
+        step_kwargs = _step_kwargs(scheduler, batch.gens, batch.first.eta)
+        conditioned = cfg.expand(conditioning.cond, conditioning.uncond)  # the same at every step
         for i, t in enumerate(tqdm(timesteps, desc="denoise", unit="step", disable=not progress)):
             sample = scheduler.scale_model_input(latents, t)
             if inpainting is not None:
                 sample = inpainting.unet_input(sample)
-            sample = cfg.expand(sample)
+            timestep = t.to(torch.float32).expand(sample.shape[0]).contiguous()
+            feeds = {**cfg.expand({"sample": sample, "timestep": timestep}), **conditioned}
             with clock.stage("unet"):
-                noise = call_in_chunks(
-                    unet,
-                    {
-                        "sample": sample,
-                        "timestep": t.to(torch.float32).expand(sample.shape[0]).contiguous(),
-                        "encoder_hidden_states": text_states,
-                    },
-                )["noise_pred"]
+                noise = call_in_chunks(unet, feeds)["noise_pred"]
             latents = scheduler.step(cfg.combine(noise), t, latents, **step_kwargs, return_dict=False)[0]
             if inpainting is not None:
                 latents = inpainting.blend(latents, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None)
-            if callback is not None and (i + 1) % order == 0 and (i // order) % callback_steps == 0:
-                callback(i // order, t, latents)
+            if (i + 1) % order == 0:
+                if callback is not None and batch.steps % callback_steps == 0:
+                    callback(batch.steps, t, latents)
+                batch.steps += 1
         return latents
-
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        """VAE encoder: images (N, 3, H, W) in [-1, 1] -> latent Gaussian parameters (N, 2C, h, w)."""
-        return call_in_chunks(self.engines[VAE_ENCODER], {"images": images})["latent_parameters"]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def _encoded_texts(request: GenerationRequest) -> list[str]:
-    """The texts a request sends to the text encoder: negatives of guided prompts, and the prompts."""
-    negatives = [n for n, g in zip(request.negative_prompts, request.guidance_scales, strict=True) if g > 1.0]
-    return [*negatives, *request.prompts]
 
 
 def _texts(name: str, value: object) -> tuple[str, ...]:

@@ -5,7 +5,10 @@ cut into chunks of 75 tokens (a `BREAK` starts a new chunk). Each chunk becomes 
 of 77 ids (begin token, tokens, end token, padding) and the rows' embeddings are concatenated along
 the sequence axis. A prompt of at most 75 tokens with no emphasis gives exactly diffusers' encoding.
 Emphasis scales each token's embedding by its weight and then restores the chunk's original mean,
-as the web UI's default ("Original") emphasis does.
+as the web UI's default ("Original") emphasis does. A pooled embedding (SDXL) is the first chunk's.
+
+Tokenization happens once per request (`PromptEncoder.tokenize`, when the request is checked); the
+request carries its tokens (`PromptTokens`) to batching and encoding.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from sdrt.components import TEXT_ENCODER
 from sdrt.engines import Engine, call_in_chunks
+from sdrt.hashing import files_sha256
 from sdrt.runtime.prompt_syntax import parse_prompt
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,12 @@ def load_tokenizer(path: str | os.PathLike):
         raise ValueError(f"cannot load the CLIP tokenizer in {directory}: {exc}") from exc
 
 
+def tokenizer_key(path: str | os.PathLike) -> str:
+    """A hash of a tokenizer directory's files: tokenizers with equal keys give equal ids."""
+    directory = Path(path)
+    return files_sha256(directory, sorted(p.name for p in directory.iterdir() if p.is_file()))[:16]
+
+
 @dataclass(frozen=True)
 class TokenizedPrompt:
     """A prompt as text-encoder rows: chunks of `length` ids each, and the emphasis weight of every id."""
@@ -45,10 +54,33 @@ class TokenizedPrompt:
     ids: tuple[tuple[int, ...], ...]  # one tuple of `length` token ids per chunk
     weights: tuple[tuple[float, ...], ...]  # emphasis weight per id; 1.0 on begin, end and padding tokens
     num_tokens: int  # prompt tokens, not counting begin, end and padding tokens
+    text: str = ""  # the prompt it came from
 
     @property
     def num_chunks(self) -> int:
         return len(self.ids)
+
+    @property
+    def is_empty(self) -> bool:
+        """True for the empty prompt (no tokens): SDXL may give it zero embeddings instead of encoding it."""
+        return self.num_tokens == 0
+
+    def padded(self, chunks: int, empty: TokenizedPrompt) -> TokenizedPrompt:
+        """This prompt followed by copies of `empty`'s one chunk, to `chunks` chunks."""
+        missing = chunks - self.num_chunks
+        if missing <= 0:
+            return self
+        return TokenizedPrompt(
+            self.ids + empty.ids * missing, self.weights + empty.weights * missing, self.num_tokens, self.text
+        )
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """One tokenizer's tokens of a request's prompts and negative prompts, made once when the request is checked."""
+
+    prompts: tuple[TokenizedPrompt, ...]  # one per prompt
+    negatives: tuple[TokenizedPrompt, ...]  # one per prompt
 
 
 def tokenize_prompt(tokenizer, text: str, length: int = 77) -> TokenizedPrompt:
@@ -84,70 +116,90 @@ def tokenize_prompt(tokenizer, text: str, length: int = 77) -> TokenizedPrompt:
             total += 1
     if tokens or not ids:
         close_chunk()
-    return TokenizedPrompt(ids=tuple(ids), weights=tuple(weights), num_tokens=total)
+    return TokenizedPrompt(ids=tuple(ids), weights=tuple(weights), num_tokens=total, text=text)
 
 
-def empty_chunk(tokenizer, length: int = 77) -> TokenizedPrompt:
-    """The encoding of "" (one chunk): what shorter prompts are padded with to a batch's chunk count."""
-    return tokenize_prompt(tokenizer, "", length)
+@dataclass(frozen=True)
+class EncodedPrompts:
+    """Text-encoder output for a list of prompts."""
+
+    states: torch.Tensor  # (N, 77 * chunks, D) float32
+    pooled: torch.Tensor | None  # (N, P) float32 from each prompt's first chunk, for encoders with a pooled output
 
 
-def tokenize_prompts(
-    tokenizer, texts: Sequence[str], length: int, max_chunks: int, field: str = "prompt"
-) -> list[TokenizedPrompt]:
-    """Tokenize every text and pad all to the same chunk count; ValueError naming `field` if one is too long."""
-    tokenized = {text: tokenize_prompt(tokenizer, text, length) for text in dict.fromkeys(texts)}
-    for text, prompt in tokenized.items():
-        if prompt.num_chunks > max_chunks:
-            raise ValueError(
-                f"{field} {_abbreviate(text)!r} is {prompt.num_tokens} tokens in {prompt.num_chunks} chunks of "
-                f"{length - 2}; this artifact takes at most {max_chunks} chunks ({max_chunks * (length - 2)} tokens). "
-                "Shorten it, or re-export with a larger --max-text-chunks"
-            )
-    count = max(p.num_chunks for p in tokenized.values())
-    empty = empty_chunk(tokenizer, length)
-    padded = {}
-    for text, prompt in tokenized.items():
-        missing = count - prompt.num_chunks
-        padded[text] = TokenizedPrompt(
-            ids=prompt.ids + empty.ids * missing,
-            weights=prompt.weights + empty.weights * missing,
-            num_tokens=prompt.num_tokens,
-        )
-    return [padded[text] for text in texts]
+class PromptEncoder:
+    """A tokenizer and the text-encoder engine that reads its ids."""
+
+    def __init__(self, tokenizer, key: str, engine: Engine) -> None:
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.key = key  # the tokenizer's identity: requests carry their tokens under it
+        self.length = engine.ranges.text_length
+        self.max_chunks = engine.ranges.max_text_chunks
+        self._empty = tokenize_prompt(tokenizer, "", self.length)
+
+    @property
+    def clip_skip_max(self) -> int:
+        """Largest clip_skip the text encoder allows (the spec's bound is exclusive)."""
+        return int(self.engine.spec.attributes["clip_skip_max"]) - 1
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[TokenizedPrompt, ...]:
+        """Each text tokenized once (repeats share the result)."""
+        distinct = {text: tokenize_prompt(self.tokenizer, text, self.length) for text in dict.fromkeys(texts)}
+        return tuple(distinct[text] for text in texts)
+
+    def check(self, prompts: Sequence[TokenizedPrompt], field: str = "prompt") -> None:
+        """ValueError naming `field` for a prompt over the artifact's chunk limit."""
+        for prompt in prompts:
+            if prompt.num_chunks > self.max_chunks:
+                raise ValueError(
+                    f"{field} {_abbreviate(prompt.text)!r} is {prompt.num_tokens} tokens in {prompt.num_chunks} "
+                    f"chunks of {self.length - 2}; this artifact takes at most {self.max_chunks} chunks "
+                    f"({self.max_chunks * (self.length - 2)} tokens). Shorten it, or re-export with a larger "
+                    "--max-text-chunks"
+                )
+
+    def encode(
+        self, prompts: Sequence[TokenizedPrompt], clip_skip: int = 0, chunks: int | None = None
+    ) -> EncodedPrompts:
+        """Embeddings of `prompts`, each padded to `chunks` chunks (default: the longest's), distinct rows once.
+
+        `clip_skip` counts as diffusers counts (0: the encoder's usual layer; 1: one before it).
+        """
+        count = max(p.num_chunks for p in prompts) if chunks is None else chunks
+        distinct = list(dict.fromkeys(prompts))
+        padded = [p.padded(count, self._empty) for p in distinct]
+        rows = list(dict.fromkeys(ids for p in padded for ids in p.ids))
+        row_of = {ids: i for i, ids in enumerate(rows)}
+        device = self.engine.device
+        feeds = {
+            "input_ids": torch.tensor(rows, dtype=torch.int32, device=device),
+            "clip_skip": torch.full((len(rows),), clip_skip, dtype=torch.int32, device=device),
+        }
+        out = call_in_chunks(self.engine, feeds)
+        states, pooled = out["text_embeddings"], out.get("pooled_embeddings")
+        encoded = []
+        for prompt in padded:
+            chunks_ = [
+                apply_emphasis(states[row_of[ids]], torch.tensor(w, dtype=states.dtype, device=states.device))
+                for ids, w in zip(prompt.ids, prompt.weights, strict=True)
+            ]
+            encoded.append(torch.cat(chunks_, dim=0))
+        index = {p: i for i, p in enumerate(distinct)}
+        order = [index[p] for p in prompts]
+        all_states = torch.stack(encoded)[order]
+        all_pooled = None
+        if pooled is not None:
+            all_pooled = pooled[[row_of[p.ids[0]] for p in padded]][order]
+        return EncodedPrompts(all_states, all_pooled)
 
 
-def chunk_count(tokenizer, texts: Sequence[str], length: int = 77) -> int:
-    """How many chunks the longest of `texts` takes: the text axis of a batch holding them is 77 times this."""
-    return max(tokenize_prompt(tokenizer, text, length).num_chunks for text in dict.fromkeys(texts))
-
-
-def encode_prompts(
-    tokenizer, engine: Engine, texts: Sequence[str], clip_skip: int = 0, max_chunks: int | None = None
-) -> torch.Tensor:
-    """Text embeddings (N, 77 * chunks, D) float32 for `texts`, each distinct chunk encoded once.
-
-    `clip_skip` counts as diffusers counts: 0 = the last layer, 1 = the penultimate (web UI "CLIP skip 2").
-    """
-    if engine.spec.name != TEXT_ENCODER:
-        raise ValueError(f"encode_prompts needs the text encoder engine, got {engine.spec.name}")
-    length = engine.ranges.text_length
-    prompts = tokenize_prompts(tokenizer, texts, length, max_chunks or engine.ranges.max_text_chunks)
-    rows = list(dict.fromkeys(ids for p in prompts for ids in p.ids))
-    row_of = {ids: i for i, ids in enumerate(rows)}
-    feeds = {
-        "input_ids": torch.tensor(rows, dtype=torch.int32, device=engine.device),
-        "clip_skip": torch.full((len(rows),), clip_skip, dtype=torch.int32, device=engine.device),
-    }
-    states = call_in_chunks(engine, feeds)["text_embeddings"]
-    out = []
-    for prompt in prompts:
-        chunks = [
-            apply_emphasis(states[row_of[ids]], torch.tensor(w, dtype=states.dtype, device=states.device))
-            for ids, w in zip(prompt.ids, prompt.weights, strict=True)
-        ]
-        out.append(torch.cat(chunks, dim=0))
-    return torch.stack(out)
+def encode_prompts(tokenizer, engine: Engine, texts: Sequence[str], clip_skip: int = 0) -> torch.Tensor:
+    """Text embeddings (N, 77 * chunks, D) float32 for `texts`: tokenize, check and encode in one go."""
+    encoder = PromptEncoder(tokenizer, "", engine)
+    prompts = encoder.tokenize(texts)
+    encoder.check(prompts)
+    return encoder.encode(prompts, clip_skip).states
 
 
 def apply_emphasis(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from PIL import Image
 
 from sdrt.runtime.image_inputs import check_mask_matches
 from sdrt.runtime.latents import MAX_SEED
+from sdrt.runtime.prompts import PromptTokens
 from sdrt.runtime.schedulers import check_sampler
 from sdrt.spec import ShapeRanges
 
@@ -35,6 +37,11 @@ class GenerationRequest:
     image: Image.Image | None = None  # image-to-image / inpainting input, resized to height x width
     mask_image: Image.Image | None = None  # inpainting mask of the image's size: white is repainted, black kept
     strength: float | None = None  # with an image: share of the schedule run, 0..1 (1 = from pure noise)
+    refiner_switch_at: float | None = None  # base + refiner: share of the schedule the base runs, 0 < F < 1
+    aesthetic_score: float = 6.0  # SDXL refiner: the aesthetic score its conditional rows ask for
+    negative_aesthetic_score: float = 2.5  # SDXL refiner: the aesthetic score of its unconditional rows
+    # tokenizer key -> the prompts' tokens, made once when the request is checked (Pipeline.request)
+    tokens: Mapping[str, PromptTokens] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -60,6 +67,15 @@ class GenerationRequest:
         _check_int("seed", self.seed, 0, MAX_SEED - self.num_images - 1)
         check_sampler(self.scheduler)
         _check_int("clip_skip", self.clip_skip, 0, None)
+        for name in ("aesthetic_score", "negative_aesthetic_score"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} {value!r} is not a finite number")
+        switch = self.refiner_switch_at
+        if switch is not None and (
+            isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0.0 < switch < 1.0
+        ):
+            raise ValueError(f"refiner_switch_at {switch!r} is outside 0 < F < 1 (the share of steps the base runs)")
         self._check_images()
 
     def _check_images(self) -> None:

@@ -110,10 +110,13 @@ class Timings:
     total: float  # end to end, including image conversion
     steps: int  # denoising steps run
     vae_encode: float = 0.0  # VAE encoder calls (image-to-image, inpainting)
+    unet_calls: int = 0  # UNet evaluations: more than steps for PNDM's warm-up, Heun and DPM2 (two per step)
 
     @property
-    def unet_per_step(self) -> float:
-        return self.unet / self.steps if self.steps else 0.0
+    def unet_per_call(self) -> float:
+        """Seconds per UNet evaluation (one batched-CFG call, however many engine chunks it took)."""
+        calls = self.unet_calls or self.steps
+        return self.unet / calls if calls else 0.0
 
     @property
     def other(self) -> float:
@@ -126,7 +129,7 @@ class Timings:
             ("text encoder", self.text_encoder),
             ("vae encode", self.vae_encode),
             ("unet total", self.unet),
-            ("unet per step", self.unet_per_step),
+            ("unet per call", self.unet_per_call),
             ("scheduler + overhead", self.scheduler),
             ("vae decode", self.vae_decode),
             ("other (setup, image conversion)", self.other),

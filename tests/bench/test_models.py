@@ -32,13 +32,14 @@ def test_sdxl_runs_as_a_baseline_and_sdrt_says_it_is_not_supported(tmp_path):
     status = {r.scenario.contender: (r.status, r.reason) for r in result.records}
     for backend in ("onnxruntime", "torch", "tensorrt"):
         state, reason = status[f"sdrt-{backend}"]
-        assert state == "skipped" and reason.startswith("not supported yet: sdrt does not run SDXL")
+        assert state == "skipped" and reason.startswith("not supported yet: ")
+        assert "pipeline 'StableDiffusionXLPipeline' is no model family sdrt runs" in reason
     assert status["diffusers"] == ("ok", None)
     (diffusers,) = [r for r in result.records if r.scenario.contender == "diffusers"]
     assert diffusers.scenario.family == "sdxl"
     sample = diffusers.samples[0]
     assert sample.unet_calls == 2 and sample.steps == 2 and sample.text_encoder > 0 and sample.vae_decode > 0
-    assert "sdrt does not run SDXL yet" in result.notes[0]
+    assert "sdrt does not run this model" in result.notes[0]
 
 
 def test_unknown_preset_is_refused(tmp_path):

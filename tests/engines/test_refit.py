@@ -13,8 +13,15 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from sdrt.components import TEXT_ENCODER, UNET, component_modules
-from sdrt.engines.refit import LoraRefitter, MappedWeight, WeightMap, build_weight_map, weight_map_for
+from sdrt.engines.refit import (
+    TEXT_ENCODER,
+    UNET,
+    LoraRefitter,
+    MappedWeight,
+    WeightMap,
+    build_weight_map,
+    weight_map_for,
+)
 from sdrt.export.lora import LoraFuser
 from sdrt.export.onnx_export import export_component
 from sdrt.manifest import read_manifest
@@ -28,8 +35,8 @@ def initializers(path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def setup(demo_model, artifact):
-    text_encoder, unet, vae = ModelDir.open(demo_model).load_modules()
-    modules = component_modules(text_encoder, unet, vae)
+    modules = ModelDir.open(demo_model).load_modules()
+    text_encoder, unet = modules[TEXT_ENCODER].text_encoder, modules[UNET].unet
     manifest = read_manifest(artifact)
     maps = {c: build_weight_map(artifact / manifest.files[c].path, modules[c]) for c in (TEXT_ENCODER, UNET)}
     return {"modules": modules, "manifest": manifest, "maps": maps, "raw": (text_encoder, unet)}

@@ -43,8 +43,8 @@ def test_existing_artifact_needs_overwrite(demo_model, tmp_path):
         (lambda d: shutil.rmtree(d / "unet"), "lacks unet/"),
         (lambda d: (d / "unet" / "config.json").write_text("{not json"), "is not valid JSON"),
         (
-            lambda d: (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"})),
-            "StableDiffusionXLPipeline' is not supported",
+            lambda d: (d / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"})),
+            "pipeline 'KandinskyPipeline' is no model family sdrt runs",
         ),
         (
             lambda d: (d / "vae" / "diffusion_pytorch_model.safetensors").rename(

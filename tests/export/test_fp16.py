@@ -202,14 +202,13 @@ def test_upcast_attention_keeps_scores_in_fp32(sd2_model, fp16_artifact, tmp_pat
     finite; SD 1.x's fp16 UNet, which has no upcast, overflows to NaN on the same scaling (the control)."""
     from onnx.reference import ReferenceEvaluator
 
-    from sdrt.components import component_modules
     from sdrt.manifest import Manifest
     from sdrt.model_dir import ModelDir
 
     model_dir = ModelDir.open(sd2_model)
     spec = Manifest.for_model(model_dir, RANGES).components["unet"]
     assert spec.attributes["upcast_attention"]
-    unet = component_modules(*model_dir.load_modules())["unet"]
+    unet = model_dir.load_modules()["unet"]
     onnx_file = onnx_export.export_component(unet, spec, RANGES, tmp_path / "unet")
     fp16 = convert_model(onnx.load(str(tmp_path / onnx_file.path)), spec)
 
@@ -278,12 +277,10 @@ def test_bad_precision(kwargs, message):
         ExportConfig(**kwargs)
 
 
-def test_component_precision():
+def test_component_precision(artifact):
+    """The precision option applies by a network's role: the VAE's halves follow vae_precision, the rest precision."""
+    specs = read_manifest(artifact).components
     config = replace(ExportConfig(), precision="fp16")
-    assert [config.component_precision(n) for n in ("text_encoder", "unet", "vae_decoder", "vae_encoder")] == [
-        "fp16",
-        "fp16",
-        "fp32",
-        "fp32",
-    ]
-    assert ExportConfig(vae_precision="fp16").component_precision("vae_decoder") == "fp16"
+    names = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+    assert [config.component_precision(specs[n]) for n in names] == ["fp16", "fp16", "fp32", "fp32"]
+    assert ExportConfig(vae_precision="fp16").component_precision(specs["vae_decoder"]) == "fp16"

@@ -49,8 +49,8 @@ KOHYA_LAYERS = [
 
 @pytest.fixture(scope="module")
 def modules(demo_model):
-    text_encoder, unet, _ = ModelDir.open(demo_model).load_modules()
-    return {"text_encoder": text_encoder, "unet": unet}
+    model = ModelDir.open(demo_model)
+    return {"text_encoder": model.load_part("text_encoder"), "unet": model.load_part("unet")}
 
 
 def lora_factors(modules, seed: int, layers=KOHYA_LAYERS) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:

@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sdrt.runtime.previews import LATENT_RGB, PreviewWriter, latents_to_rgb, preview_images
+from sdrt.families.sd import SD_LATENT_RGB
+from sdrt.runtime.previews import PreviewWriter, latents_to_rgb, preview_images
+
+LATENT_RGB = torch.tensor(SD_LATENT_RGB)
 
 
 def _one_channel(channel: int, value: float, shape: tuple[int, int, int] = (1, 3, 5)) -> torch.Tensor:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdrt.components import TEXT_ENCODER
 from sdrt.model_dir import ModelDir
-from sdrt.runtime.prompts import encode_prompts, tokenize_prompt, tokenize_prompts
+from sdrt.runtime.prompts import PromptEncoder, encode_prompts, tokenize_prompt
 from tests.conftest import BACKENDS
 
 # float32 text encoder on identical ids; only the emphasis arithmetic differs from the reference
@@ -16,8 +15,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def text_model(demo_model):
-    text_encoder, _, _ = ModelDir.open(demo_model).load_modules()
-    return text_encoder
+    return ModelDir.open(demo_model).load_part("text_encoder")
 
 
 def test_plain_prompt_gives_diffusers_ids(pipelines):
@@ -52,16 +50,24 @@ def test_break_starts_a_new_chunk(pipelines):
 
 
 def test_prompts_of_a_batch_are_padded_to_one_chunk_count_with_the_empty_prompt(pipelines):
-    tok = pipelines["onnxruntime"].tokenizer
-    short, long_ = tokenize_prompts(tok, ["a cat", " ".join(["castle"] * 100)], 77, 4)
-    assert short.num_chunks == long_.num_chunks == 2
-    assert short.ids[1] == tokenize_prompt(tok, "").ids[0]
+    pipe = pipelines["onnxruntime"]
+    tok = pipe.tokenizer
+    short, long_ = (tokenize_prompt(tok, t) for t in ["a cat", " ".join(["castle"] * 100)])
+    padded = short.padded(long_.num_chunks, tokenize_prompt(tok, ""))
+    assert padded.num_chunks == long_.num_chunks == 2
+    assert padded.ids[1] == tokenize_prompt(tok, "").ids[0]
+    # the encoder pads a batch this way: the short prompt's second chunk encodes as the empty prompt does
+    encoder = PromptEncoder(tok, "", pipe.engines["text_encoder"])
+    states = encoder.encode([short, long_]).states
+    empty = encoder.encode([tokenize_prompt(tok, "")]).states
+    assert states.shape[1] == 2 * 77
+    torch.testing.assert_close(states[0, 77:], empty[0], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_200_token_prompt_first_chunk_equals_the_75_token_encoding(pipelines, backend):
     pipe = pipelines[backend]
-    engine = pipe.engines[TEXT_ENCODER]
+    engine = pipe.engines["text_encoder"]
     words = ["castle", "moon", "forest", "lake", "robot"] * 40  # 200 one-token words of the demo vocabulary
     long_states = encode_prompts(pipe.tokenizer, engine, [" ".join(words)])
     first = encode_prompts(pipe.tokenizer, engine, [" ".join(words[:75])])
@@ -86,7 +92,7 @@ def test_prompt_over_the_chunk_limit_is_refused_before_any_engine_runs(pipelines
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_emphasis_scales_exactly_the_weighted_tokens_then_restores_the_mean(pipelines, backend):
     pipe = pipelines[backend]
-    engine = pipe.engines[TEXT_ENCODER]
+    engine = pipe.engines["text_encoder"]
     plain, weighted = encode_prompts(pipe.tokenizer, engine, ["a cat on a table", "a (cat:1.5) on a [table]"])
     # ids: <bos> a cat on a table <eos> ...: cat is token 2, table token 5
     weights = torch.ones(77)
@@ -99,7 +105,7 @@ def test_emphasis_scales_exactly_the_weighted_tokens_then_restores_the_mean(pipe
 
 def test_repeated_prompts_are_encoded_once_and_identically(pipelines):
     pipe = pipelines["onnxruntime"]
-    states = encode_prompts(pipe.tokenizer, pipe.engines[TEXT_ENCODER], ["a cat", "a dog", "a cat"])
+    states = encode_prompts(pipe.tokenizer, pipe.engines["text_encoder"], ["a cat", "a dog", "a cat"])
     assert torch.equal(states[0], states[2]) and not torch.equal(states[0], states[1])
 
 
@@ -114,5 +120,5 @@ def test_clip_skip_picks_the_layer_diffusers_numbering_names(pipelines, text_mod
         reference = text_model.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
     if clip_skip == 0:
         torch.testing.assert_close(reference, out.last_hidden_state)
-    ours = encode_prompts(pipe.tokenizer, pipe.engines[TEXT_ENCODER], ["a cat on a table"], clip_skip=clip_skip)
+    ours = encode_prompts(pipe.tokenizer, pipe.engines["text_encoder"], ["a cat on a table"], clip_skip=clip_skip)
     torch.testing.assert_close(ours, reference, rtol=0, atol=ATOL)

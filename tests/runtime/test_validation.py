@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from sdrt import Pipeline
+from sdrt.runtime.model import Model
 
 
 class _Untouchable:
@@ -23,9 +24,9 @@ class _Untouchable:
 @pytest.fixture()
 def guarded(pipelines):
     real = pipelines["onnxruntime"]
-    return Pipeline(
-        {n: _Untouchable(e) for n, e in real.engines.items()}, real.manifest, real.tokenizer, real.scheduler_config
-    )
+    model = real.model
+    engines = {n: _Untouchable(e) for n, e in model.engines.items()}
+    return Pipeline(Model(model.manifest, engines, model.tokenizers, model.scheduler_config))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_artifact_from_another_format_version(artifact, tmp_path):
     "mutate, message",
     [
         (lambda d: (d / "manifest.json").write_text("{truncated"), "manifest.json is not valid JSON"),
-        (lambda d: (d / "manifest.json").write_text('{"format_version": 2}'), "manifest is malformed"),
+        (lambda d: (d / "manifest.json").write_text('{"format_version": 3}'), "manifest is malformed"),
         (lambda d: (d / "unet" / "model.onnx").unlink(), "is incomplete: unet file unet/model.onnx is missing"),
         (lambda d: shutil.rmtree(d / "tokenizer"), "is incomplete: tokenizer/ is missing"),
         (lambda d: _point_unet_at(d, "../../etc/passwd"), "points unet at ../../etc/passwd, outside the artifact"),

@@ -1,0 +1,112 @@
+"""Stable Diffusion 1.x and 2.x (and their inpainting models): one CLIP text encoder, a UNet, the VAE."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from sdrt.components import TextEncoderModule, UNetModule, text_encoder_spec, unet_spec, vae_modules, vae_specs
+from sdrt.families import register
+from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
+from sdrt.families.text_conditioning import TextConditioner
+from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
+from sdrt.spec import ComponentSpec
+
+if TYPE_CHECKING:
+    from sdrt.runtime.model import Model
+    from sdrt.runtime.request import GenerationRequest
+
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
+PARTS = (
+    model_part("text_encoder", "CLIPTextModel"),
+    support_part("tokenizer", *TOKENIZERS),
+    model_part("unet", "UNet2DConditionModel"),
+    model_part("vae", "AutoencoderKL"),
+    support_part("scheduler", config="scheduler_config.json"),
+)
+# Keturn's fit for SD 1.x latents (https://discuss.huggingface.co/t/decoding-latents-to-rgb-without-upscaling/23204/2),
+# which the web UI's "Approx cheap" preview uses for SD 1.x and 2.x
+SD_LATENT_RGB = (
+    (0.298, 0.207, 0.208),
+    (0.187, 0.286, 0.173),
+    (-0.158, 0.189, 0.264),
+    (-0.184, -0.271, -0.473),
+)
+
+
+class SDConditioner(TextConditioner):
+    """Prompts -> `encoder_hidden_states`: the text encoder's states for each image and each guided image's negative."""
+
+    def prepare(self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance) -> Conditioning:
+        (encoder,) = self.encoders
+        uncond, cond = self.rows(requests, cfg, encoder)
+        states = encoder.encode([*uncond, *cond], requests[0].clip_skip, self.chunks(requests)).states
+        k = len(uncond)
+        return Conditioning(cond={"encoder_hidden_states": states[k:]}, uncond={"encoder_hidden_states": states[:k]})
+
+
+@dataclass(frozen=True)
+class SDFamily(Family):
+    """SD 1.x (CLIP ViT-L text encoder, quick GELU) or SD 2.x (OpenCLIP ViT-H text encoder, GELU)."""
+
+    hidden_act: str = "quick_gelu"  # the text encoder's activation, which tells SD 1.x from SD 2.x
+
+    def claims(self, index: Mapping[str, Any], configs: Mapping[str, Any]) -> bool:
+        text = configs.get("text_encoder", {})
+        return index.get("_class_name") in PIPELINES and text.get("hidden_act", "quick_gelu") == self.hidden_act
+
+    def networks(self, configs: Mapping[str, Any]) -> dict[str, ComponentSpec]:
+        text, unet = configs["text_encoder"], configs["unet"]
+        return {
+            "text_encoder": text_encoder_spec(
+                "text_encoder", text["hidden_size"], text["vocab_size"], text["num_hidden_layers"]
+            ),
+            "unet": unet_spec(
+                unet["in_channels"],
+                unet["out_channels"],
+                unet["cross_attention_dim"],
+                configs["scheduler"].get("num_train_timesteps", 1000),
+                bool(unet.get("upcast_attention", False)),
+            ),
+            **vae_specs(configs["vae"]),
+        }
+
+    def modules(self, loaded: Mapping[str, nn.Module], specs: Mapping[str, ComponentSpec]) -> dict[str, nn.Module]:
+        return {
+            "text_encoder": TextEncoderModule(loaded["text_encoder"], specs["text_encoder"]),
+            "unet": UNetModule(loaded["unet"], specs["unet"]),
+            **vae_modules(loaded["vae"], specs),
+        }
+
+    def conditioner(self, model: Model) -> SDConditioner:
+        return SDConditioner([model.prompt_encoder("text_encoder")])
+
+
+_TEXT = (TextEncoderPair("tokenizer", "text_encoder"),)
+_NETWORKS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+SD1 = register(
+    SDFamily(
+        name="sd1",
+        parts=PARTS,
+        network_names=_NETWORKS,
+        text_encoders=_TEXT,
+        description="Stable Diffusion 1.x model",
+        latent_rgb=SD_LATENT_RGB,
+        hidden_act="quick_gelu",
+    )
+)
+SD2 = register(
+    SDFamily(
+        name="sd2",
+        parts=PARTS,
+        network_names=_NETWORKS,
+        text_encoders=_TEXT,
+        description="Stable Diffusion 2.x model",
+        latent_rgb=SD_LATENT_RGB,
+        hidden_act="gelu",
+    )
+)

@@ -1,0 +1,111 @@
+"""One loaded model: an artifact (or a model directory) with its family, engines, tokenizers, scheduler config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sdrt.components import latent_factor
+from sdrt.engines import Engine, check_device, load_engines
+from sdrt.families import Family
+from sdrt.files import read_json_object
+from sdrt.manifest import MANIFEST_NAME, Manifest, read_manifest
+from sdrt.model_dir import ModelDir
+from sdrt.runtime.prompts import PromptEncoder, load_tokenizer, tokenizer_key
+from sdrt.runtime.schedulers import make_scheduler
+from sdrt.runtime.vae_guard import VaeDecoderGuard
+from sdrt.spec import ShapeRanges
+
+SCHEDULER_DIR = "scheduler"
+
+
+class Model:
+    """A model's engines and what drives them, described by its family; the pipeline runs one or two of these."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        engines: Mapping[str, Engine],
+        tokenizers: Mapping[str, tuple[Any, str]],
+        scheduler_config: Mapping[str, Any],
+        name: str = "model",
+        path: Path | None = None,
+        backend: str | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.family: Family = manifest.model_family
+        self.engines = dict(engines)
+        decoder = self.engines[self.family.vae_decoder]
+        if not isinstance(decoder, VaeDecoderGuard):  # NaN/Inf from an fp16 decoder: decode again in float32
+            self.engines[self.family.vae_decoder] = VaeDecoderGuard(
+                decoder, fallback=getattr(decoder, "float32_copy", None)
+            )
+        self.tokenizers = dict(tokenizers)  # support part -> (tokenizer, key)
+        self.scheduler_config = dict(scheduler_config)
+        make_scheduler(None, self.scheduler_config)  # a bad config fails here, not at the first generation
+        self.name = name  # shown in infotexts
+        self.path = path  # where it was loaded from
+        self.backend = backend
+        self.encoders = {
+            pair.network: PromptEncoder(*self.tokenizers[pair.tokenizer], engine=self.engines[pair.network])
+            for pair in self.family.text_encoders
+        }
+        self.conditioner = self.family.conditioner(self)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "onnxruntime",
+        device: str = "cpu",
+        ranges: ShapeRanges | None = None,
+        **options: Any,
+    ) -> Model:
+        """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory."""
+        root = Path(path)
+        check_device(device)
+        if (root / MANIFEST_NAME).is_file():
+            manifest = read_manifest(root)
+        elif (root / "model_index.json").is_file():
+            model = ModelDir.open(root)
+            factor = latent_factor(model.configs["vae"])
+            manifest = Manifest.for_model(
+                model, ranges or ShapeRanges(max_batch=8, min_size=64, max_size=4096, latent_factor=factor)
+            )
+        else:
+            raise ValueError(
+                f"{root} is neither an sdrt artifact (no {MANIFEST_NAME}) nor a diffusers model directory "
+                "(no model_index.json)"
+            )
+        family = manifest.model_family
+        tokenizers = {
+            pair.tokenizer: (load_tokenizer(root / pair.tokenizer), tokenizer_key(root / pair.tokenizer))
+            for pair in family.text_encoders
+        }
+        scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
+        engines = load_engines(root, manifest, backend, device, **options)
+        return cls(
+            manifest, engines, tokenizers, scheduler_config, name=root.resolve().name, path=root, backend=backend
+        )
+
+    @property
+    def denoiser(self) -> Engine:
+        return self.engines[self.family.denoiser]
+
+    @property
+    def device(self):
+        return self.denoiser.device
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.engines[self.family.vae_decoder].spec.attributes["latent_channels"])
+
+    def prompt_encoder(self, network: str) -> PromptEncoder:
+        """The tokenizer and engine of text-encoder network `network`."""
+        return self.encoders[network]
+
+    def tokenizer_keys(self) -> dict[str, PromptEncoder]:
+        """Tokenizer key -> an encoder using that tokenizer (requests carry tokens under these keys)."""
+        return {e.key: e for e in self.encoders.values()}

@@ -1,0 +1,151 @@
+"""The family design: a family is found from its description alone, and a new family is one module.
+
+A throwaway family defined here (an SD 1.x variant whose UNet takes one more named conditioning input,
+`class_labels`) exports and runs end to end on both CPU backends without any change outside this file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import torch
+
+from sdrt import Pipeline
+from sdrt.components import TensorSpec, unet_spec
+from sdrt.families import families, family_for, family_named, register, unregister
+from sdrt.families.sd import PARTS, SD1, SDConditioner, SDFamily
+from sdrt.manifest import Manifest, read_manifest
+from sdrt.model_dir import ModelDir
+from sdrt.runtime.guidance import Conditioning
+from tests.conftest import RANGES, export
+
+CLASS_WIDTH = 6  # the throwaway UNet's class-embedding input
+
+
+def test_every_family_is_found_from_its_model_index_and_configs(demo_model, sd2_model, inpaint_model):
+    for path, name in ((demo_model, "sd1"), (sd2_model, "sd2"), (inpaint_model, "sd1")):
+        model = ModelDir.open(path)
+        assert model.family is family_named(name)
+        assert family_for(model.index, model.configs) is model.family
+    with pytest.raises(ValueError, match="unknown model family 'sd9'; sdrt knows sd1, sd2"):
+        family_named("sd9")
+
+
+def test_networks_are_exactly_the_ones_a_family_names(demo_model):
+    model = ModelDir.open(demo_model)
+    specs = model.family.networks(model.configs)
+    assert tuple(specs) == model.family.network_names
+    assert all(spec.name == name for name, spec in specs.items())
+    assert set(model.load_modules()) == set(specs)
+
+
+def test_manifest_round_trips_and_its_family_validates_it(artifact, sd2_model):
+    manifest = read_manifest(artifact)
+    assert Manifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest
+    sd2 = Manifest.for_model(ModelDir.open(sd2_model), RANGES)
+    assert Manifest.from_json(sd2.to_json()) == sd2 and sd2.family == "sd2"
+    data = manifest.to_json()
+    with pytest.raises(ValueError, match="a sd1 artifact holds networks .* this one names"):
+        Manifest.from_json({**data, "components": {k: v for k, v in data["components"].items() if k != "unet"}})
+    with pytest.raises(ValueError, match="manifest extras of family sd1: unknown \\['color'\\]"):
+        Manifest.from_json({**data, "extras": {"color": 1}})
+    with pytest.raises(ValueError, match="support directories"):
+        Manifest.from_json({**data, "support": ["tokenizer"]})
+
+
+class ClassConditioner(SDConditioner):
+    """SD's text states, plus `class_labels`: 50 x the image's guidance scale, zeros for the uncond rows."""
+
+    def prepare(self, requests, cfg) -> Conditioning:
+        text = super().prepare(requests, cfg)
+        scales = torch.tensor([g for r in requests for g in r.per_image(r.guidance_scales)], dtype=torch.float32)
+        labels = (50.0 * scales).view(-1, 1).expand(-1, CLASS_WIDTH).contiguous()
+        return Conditioning(
+            cond={**text.cond, "class_labels": labels},
+            uncond={**text.uncond, "class_labels": torch.zeros(cfg.num_uncond, CLASS_WIDTH)},
+        )
+
+
+@dataclass(frozen=True)
+class ClassFamily(SDFamily):
+    """SD 1.x with a projection class embedding on the UNet."""
+
+    def claims(self, index: Mapping, configs: Mapping) -> bool:
+        return index.get("_class_name") == "SdrtClassPipeline"
+
+    def networks(self, configs):
+        specs = super().networks(configs)
+        unet = configs["unet"]
+        labels = TensorSpec("class_labels", "float32", ("cfg_batch", CLASS_WIDTH))
+        specs["unet"] = unet_spec(
+            unet["in_channels"], unet["out_channels"], unet["cross_attention_dim"], 1000, class_labels=labels
+        )
+        return specs
+
+    def conditioner(self, model) -> ClassConditioner:
+        return ClassConditioner([model.prompt_encoder("text_encoder")])
+
+
+CLASS_FAMILY = ClassFamily(
+    name="test_class",
+    parts=PARTS,
+    network_names=SD1.network_names,
+    text_encoders=SD1.text_encoders,
+    description="test model with class labels",
+    latent_rgb=SD1.latent_rgb,
+)
+
+
+@pytest.fixture(scope="module")
+def class_family():
+    register(CLASS_FAMILY)
+    yield CLASS_FAMILY
+    unregister(CLASS_FAMILY.name)
+
+
+@pytest.fixture(scope="module")
+def class_model(class_family, demo_model, tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+
+    root = tmp_path_factory.mktemp("models") / "class"
+    shutil.copytree(demo_model, root)
+    config = {k: v for k, v in UNet2DConditionModel.load_config(demo_model / "unet").items() if not k.startswith("_")}
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(
+        **{**config, "class_embed_type": "projection", "projection_class_embeddings_input_dim": CLASS_WIDTH}
+    )
+    shutil.rmtree(root / "unet")
+    unet.save_pretrained(root / "unet", safe_serialization=True)
+    index = json.loads((root / "model_index.json").read_text())
+    (root / "model_index.json").write_text(json.dumps({**index, "_class_name": "SdrtClassPipeline"}))
+    return root
+
+
+def test_a_new_family_exports_and_runs_end_to_end(class_model, tmp_path_factory):
+    artifact = export(class_model, tmp_path_factory, "class")
+    manifest = read_manifest(artifact)
+    assert manifest.family == "test_class"
+    assert manifest.components["unet"].input_names[-1] == "class_labels"
+    kwargs = dict(height=64, width=72, num_inference_steps=3, seed=3, scheduler="euler")
+    onnx = Pipeline.load(artifact, backend="onnxruntime")
+    torch_pipe = Pipeline.load(class_model, backend="torch", ranges=RANGES)
+    a = np.asarray(onnx.generate("a cat", guidance_scale=3.0, **kwargs).images[0], dtype=np.int16)
+    b = np.asarray(torch_pipe.generate("a cat", guidance_scale=3.0, **kwargs).images[0], dtype=np.int16)
+    assert np.abs(a - b).max() <= 1
+    # the new input reaches the UNet: scales 1.0 and 0.5 both skip guidance, so only the class labels differ
+    # (the run is deterministic: were the labels ignored, the images would be identical)
+    unguided = [
+        np.asarray(onnx.generate("a cat", guidance_scale=g, **kwargs).images[0], dtype=np.int16) for g in (1, 0.5)
+    ]
+    assert np.abs(unguided[0] - unguided[1]).max() > 0
+
+
+def test_registered_families_are_listed_and_names_are_unique(class_family):
+    assert "test_class" in families()
+    with pytest.raises(ValueError, match="registered already"):
+        register(replace(CLASS_FAMILY))
