@@ -204,7 +204,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         artifact = args.artifact
         if artifact is None:
-            from sdrt.demo_model import write_demo_model
+            from sdrt.demo import write_demo_model
             from sdrt.export import ExportConfig, export_model
 
             artifact = Path(tmp) / "artifact"

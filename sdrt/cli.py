@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdrt.demo_model import PRESETS, VARIANTS
+from sdrt.demo import PRESETS, VARIANTS
 from sdrt.engines import BACKENDS, DEVICES
 from sdrt.engines.tensorrt_profiles import PROFILE_MODES as TENSORRT_PROFILES
 from sdrt.export.fp16 import PRECISIONS
@@ -22,21 +22,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="show warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo-model", help="write a random-weight SD 1.x/2.x model in diffusers layout")
+    p = sub.add_parser("demo-model", help="write a random-weight SD 1.x/2.x/SDXL model in diffusers layout")
     p.add_argument("out_dir", type=Path, help="directory to create")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
         default="tiny",
-        help="tiny (seconds on a CPU; the default), sd15 or sd21 (published SD 1.5 / 2.1 sizes, for benchmarks)",
+        help="tiny (seconds on a CPU; the default), sd15, sd21 or sdxl (published sizes, for benchmarks)",
     )
     p.add_argument(
         "--variant",
         choices=list(VARIANTS),
         default=None,
-        help="sd1 (SD 1.x), sd2 (SD 2.x 768: v-prediction, GELU text encoder, linear-projection UNet) "
-        "or inpaint (SD 1.x inpainting, 9-channel UNet); default: the preset's own (sd2 for sd21, else sd1)",
+        help="sd1 (SD 1.x), sd2 (SD 2.x 768: v-prediction, GELU text encoder, linear-projection UNet), "
+        "inpaint (SD 1.x inpainting, 9-channel UNet), sdxl, sdxl-refiner, sdxl-inpaint; default: the preset's own "
+        "(sd2 for sd21, sdxl for sdxl, else sd1)",
     )
 
     p = sub.add_parser("export", help="export a diffusers model directory to ONNX with a manifest")
@@ -211,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
     _backend_args(p, default="onnxruntime")
+    p.add_argument(
+        "--refiner", type=Path, default=None, help="an SDXL refiner artifact: requests with refiner_switch_at use it"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860, the web UI's)")
     p.add_argument(
@@ -293,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from sdrt.demo_model import resolve_variant, write_demo_model
+    from sdrt.demo import resolve_variant, write_demo_model
 
     write_demo_model(args.out_dir, seed=args.seed, preset=args.preset, variant=args.variant)
     variant = resolve_variant(args.preset, args.variant)
@@ -469,7 +473,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.ray:
         from sdrt.serve.server import serve
 
-        return serve(args.path, args.backend, args.device, args.host, args.port, config)
+        return serve(args.path, args.backend, args.device, args.host, args.port, config, refiner=args.refiner)
     try:
         from sdrt.serve import ray_app
     except ImportError as exc:
@@ -480,7 +484,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
     )
-    app = ray_app.deployment(args.path, args.backend, args.device, config, options)
+    app = ray_app.deployment(args.path, args.backend, args.device, config, options, refiner=args.refiner)
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 
 

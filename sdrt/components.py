@@ -233,11 +233,3 @@ class VaeEncoderModule(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(images, return_dict=False)[0].parameters
-
-
-def vae_modules(vae: nn.Module, specs: Mapping[str, ComponentSpec]) -> dict[str, nn.Module]:
-    """The VAE halves `specs` names, as spec modules."""
-    modules: dict[str, nn.Module] = {VAE_DECODER: VaeDecoderModule(vae)}
-    if VAE_ENCODER in specs:
-        modules[VAE_ENCODER] = VaeEncoderModule(vae)
-    return modules

@@ -16,7 +16,7 @@ BACKENDS = ("torch", "onnxruntime")
 
 def write_model(tmp_path_factory, name: str, variant: str = "sd1") -> Path:
     """A tiny random-weight model of `variant` in diffusers layout."""
-    from sdrt.demo_model import write_demo_model
+    from sdrt.demo import write_demo_model
 
     return write_demo_model(tmp_path_factory.mktemp("models") / name, variant=variant)
 
@@ -76,3 +76,54 @@ def sd2_model(tmp_path_factory) -> Path:
 def inpaint_model(tmp_path_factory) -> Path:
     """A tiny SD 1.x inpainting model: a 9-channel UNet."""
     return write_model(tmp_path_factory, "inpaint", variant="inpaint")
+
+
+@pytest.fixture(scope="session")
+def sdxl_model(tmp_path_factory) -> Path:
+    """A tiny random-weight SDXL base: two text encoders, size and crop conditioning."""
+    return write_model(tmp_path_factory, "sdxl", variant="sdxl")
+
+
+@pytest.fixture(scope="session")
+def sdxl_refiner_model(tmp_path_factory) -> Path:
+    """A tiny random-weight SDXL refiner: ViT-bigG alone, aesthetic-score conditioning, four UNet levels."""
+    return write_model(tmp_path_factory, "sdxl-refiner", variant="sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def sdxl_artifact(sdxl_model, tmp_path_factory) -> Path:
+    return export(sdxl_model, tmp_path_factory, "sdxl")
+
+
+@pytest.fixture(scope="session")
+def sdxl_refiner_artifact(sdxl_refiner_model, tmp_path_factory) -> Path:
+    return export(sdxl_refiner_model, tmp_path_factory, "sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipelines(sdxl_model, sdxl_artifact, sdxl_refiner_model, sdxl_refiner_artifact) -> dict:
+    """SDXL base with its refiner on the torch backend (model directories) and onnxruntime (artifacts)."""
+    from sdrt import Pipeline
+
+    return {
+        "torch": Pipeline.load(sdxl_model, backend="torch", ranges=RANGES, refiner=sdxl_refiner_model),
+        "onnxruntime": Pipeline.load(sdxl_artifact, backend="onnxruntime", refiner=sdxl_refiner_artifact),
+    }
+
+
+@pytest.fixture(scope="session")
+def sdxl_diffusers(sdxl_model, sdxl_refiner_model) -> dict:
+    """diffusers' own SDXL pipelines on the same weights: base, img2img and inpainting on the base, the refiner."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+
+    base = StableDiffusionXLPipeline.from_pretrained(sdxl_model, local_files_only=True)
+    pipes = {
+        "txt2img": base,
+        "img2img": StableDiffusionXLImg2ImgPipeline(**base.components),
+        "inpaint": StableDiffusionXLInpaintPipeline(**base.components),
+        "refiner": StableDiffusionXLImg2ImgPipeline.from_pretrained(sdxl_refiner_model, local_files_only=True),
+    }
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+        pipe.original_scheduler = pipe.scheduler
+    return pipes

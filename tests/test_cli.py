@@ -128,3 +128,19 @@ def test_generate_refuses_bad_image_inputs_with_the_reason(artifact, tmp_path, c
     assert main(["generate", str(artifact), "a cat", "--strength", "0.5", "-o", str(tmp_path / "x.png")]) == 2
     assert "strength 0.5 needs an input image" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_with_a_refiner(sdxl_artifact, sdxl_refiner_artifact, sdxl_pipelines, tmp_path, capsys):
+    out = tmp_path / "refined.png"
+    args = ["generate", str(sdxl_artifact), "a lighthouse", "--seed", "5", "--steps", "6", "--height", "64"]
+    args += ["--width", "72", "--refiner", str(sdxl_refiner_artifact), "--refiner-switch-at", "0.7", "-o", str(out)]
+    assert main(args) == 0
+    image = Image.open(out)
+    assert "Refiner switch at: 0.7" in image.text["parameters"] and "CFG scale: 5," in image.text["parameters"]
+    same = sdxl_pipelines["onnxruntime"].generate(
+        "a lighthouse", seed=5, num_inference_steps=6, height=64, width=72, refiner_switch_at=0.7
+    )
+    assert np.array_equal(np.asarray(image), np.asarray(same.images[0]))
+    capsys.readouterr()
+    assert main(["generate", str(sdxl_artifact), "x", "--refiner-switch-at", "0.7"]) == 2
+    assert "--refiner-switch-at needs --refiner REFINER_ARTIFACT" in capsys.readouterr().err

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sdrt.demo_model import PRESETS, VARIANTS, _unet_config, resolve_variant, write_demo_model
+from sdrt.demo import resolve_variant, write_demo_model
+from sdrt.demo.sd import _FAMILIES, SIZES, _unet_config
 from sdrt.hashing import files_sha256
 from sdrt.model_dir import ModelDir
 
@@ -55,8 +56,8 @@ def test_tokenizer_is_clip_bpe(demo_model):
 
 
 def test_unknown_preset(tmp_path):
-    with pytest.raises(ValueError, match="preset 'sdxl' is not one of tiny, sd15, sd21"):
-        write_demo_model(tmp_path / "m", preset="sdxl")
+    with pytest.raises(ValueError, match="preset 'sd9' is not one of tiny, sd15, sd21, sdxl"):
+        write_demo_model(tmp_path / "m", preset="sd9")
     assert not (tmp_path / "m").exists()
 
 
@@ -114,7 +115,7 @@ SD21_SCHEDULER = {
 
 
 def test_sd21_preset_has_published_sizes():
-    preset, variant = PRESETS["sd21"], VARIANTS["sd2"]
+    preset, variant = SIZES["sd21"], _FAMILIES["sd2"]
     unet = _unet_config(preset, variant)
     assert unet["attention_head_dim"] == (5, 10, 20, 20)
     assert unet["cross_attention_dim"] == 1024 and unet["sample_size"] == 96
@@ -125,7 +126,7 @@ def test_sd21_preset_has_published_sizes():
         "num_hidden_layers": 23,
         "num_attention_heads": 16,
     }
-    assert preset.vae_channels == PRESETS["sd15"].vae_channels and preset.vae_layers == PRESETS["sd15"].vae_layers
+    assert preset.vae_channels == SIZES["sd15"].vae_channels and preset.vae_layers == SIZES["sd15"].vae_layers
 
 
 # Both variants run in diffusers' own pipelines, with images that are not flat, in the parity tests
@@ -142,14 +143,20 @@ def test_inpaint_configs(inpaint_model):
 
 
 def test_unknown_variant(tmp_path):
-    with pytest.raises(ValueError, match="variant 'sdxl' is not one of sd1, sd2, inpaint"):
-        write_demo_model(tmp_path / "m", variant="sdxl")
+    with pytest.raises(ValueError, match="variant 'sd3' is not one of sd1, sd2, inpaint, sdxl, sdxl-refiner"):
+        write_demo_model(tmp_path / "m", variant="sd3")
     assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize(
     ("preset", "variant", "fits"),
-    [("sd15", "sd2", "tiny, sd21"), ("sd21", "sd1", "tiny, sd15"), ("sd21", "inpaint", "tiny, sd15")],
+    [
+        ("sd15", "sd2", "tiny, sd21"),
+        ("sd21", "sd1", "tiny, sd15"),
+        ("sd21", "inpaint", "tiny, sd15"),
+        ("sd15", "sdxl", "tiny, sdxl"),
+        ("sdxl", "sdxl-inpaint", "tiny"),
+    ],
 )
 def test_variant_must_come_in_the_preset(tmp_path, preset, variant, fits):
     with pytest.raises(ValueError, match=f"variant '{variant}' does not come in preset '{preset}'.*presets {fits}"):
@@ -162,3 +169,4 @@ def test_default_variant_follows_the_preset():
     assert resolve_variant("sd15", None) == "sd1"
     assert resolve_variant("sd21", None) == "sd2"
     assert resolve_variant("tiny", "inpaint") == "inpaint"
+    assert resolve_variant("sdxl", None) == "sdxl"

@@ -23,9 +23,11 @@ from sdrt.runtime.timing import StageClock
 
 LOOP = "denoise"
 # sdrt component -> stage it is timed as
+# network role -> the stage its engine calls are timed in
 _SDRT_STAGES = {
     "text_encoder": "text_encoder",
-    "unet": "unet",
+    "image_encoder": "text_encoder",  # unCLIP's image embedding: the conditioning stage, as diffusers' is timed
+    "denoiser": "unet",
     "vae_decoder": "vae_decode",
     "vae_encoder": "vae_encode",
 }
@@ -139,10 +141,11 @@ class SdrtRunner:
         self.device = torch.device(spec.device)
         self.clock = StageClock(device=self.device)
         self.loop = LoopBracket(self.clock)
-        before = {"unet": self.loop.begin, "vae_decoder": self.loop.end}
-        for name, stage in _SDRT_STAGES.items():
-            if name in self.pipe.engines:
-                self.pipe.engines[name] = TimedEngine(self.pipe.engines[name], self.clock, stage, before.get(name))
+        before = {"denoiser": self.loop.begin, "vae_decoder": self.loop.end}
+        for model in self.pipe.models:
+            for name, engine in list(model.engines.items()):
+                role = engine.spec.role
+                model.engines[name] = TimedEngine(engine, self.clock, _SDRT_STAGES[role], before.get(role))
 
     def run(self, scenario: Scenario, seed: int) -> Sample:
         self.clock.reset()

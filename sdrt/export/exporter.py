@@ -91,13 +91,14 @@ def export_model(
                 "and the pipeline will decode again in float32 when it overflows",
                 spec.name,
             )
-    modules = model.load_modules()
-
     with atomic_directory(out) as tmp:
         files = {}
-        for name in tqdm(manifest.components, desc="export", unit="component", disable=not progress):
+        networks = tqdm(model.iter_modules(), total=len(manifest.components), desc="export", unit="component",
+                        disable=not progress)  # fmt: skip
+        for name, module in networks:  # one part's weights in memory at a time
             spec = manifest.components[name]
-            files[name] = export_component(modules[name], spec, manifest.ranges, tmp / name, config.opset)
+            files[name] = export_component(module, spec, manifest.ranges, tmp / name, config.opset)
+            del module
             if config.component_precision(spec) == "fp16":
                 files[name] = convert_component(tmp, files[name], spec)
         for part in manifest.support:

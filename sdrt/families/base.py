@@ -129,9 +129,23 @@ class Family:
         """Every network's spec, by network name, from the part configs."""
         raise NotImplementedError
 
-    def modules(self, loaded: Mapping[str, nn.Module], specs: Mapping[str, ComponentSpec]) -> dict[str, nn.Module]:
-        """Every network's torch module with exactly its spec's IO, from the loaded model parts (by part name)."""
-        raise NotImplementedError
+    def part_of(self, network: str) -> str:
+        """The model part whose weights a network runs: the VAE's halves share "vae", the rest their own name."""
+        return "vae" if network in (self.vae_decoder, self.vae_encoder) else network
+
+    def module(self, spec: ComponentSpec, part: nn.Module) -> nn.Module:
+        """A network's torch module with exactly its spec's IO, around its loaded model part (by the spec's role)."""
+        from sdrt import components
+
+        wrappers = {
+            "text_encoder": lambda: components.TextEncoderModule(part, spec),
+            "denoiser": lambda: components.UNetModule(part, spec),
+            "vae_decoder": lambda: components.VaeDecoderModule(part),
+            "vae_encoder": lambda: components.VaeEncoderModule(part),
+        }
+        if spec.role not in wrappers:
+            raise ValueError(f"family {self.name} has no module for {spec.name} (role {spec.role})")
+        return wrappers[spec.role]()
 
     def manifest_extras(self, index: Mapping[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         """The family's facts the runtime needs, read from model_index.json and the configs (manifest `extras`)."""

@@ -6,9 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from sdrt.components import TextEncoderModule, UNetModule, text_encoder_spec, unet_spec, vae_modules, vae_specs
+from sdrt.components import text_encoder_spec, unet_spec, vae_specs
 from sdrt.families import register
 from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
 from sdrt.families.text_conditioning import TextConditioner
@@ -73,13 +71,6 @@ class SDFamily(Family):
                 bool(unet.get("upcast_attention", False)),
             ),
             **vae_specs(configs["vae"]),
-        }
-
-    def modules(self, loaded: Mapping[str, nn.Module], specs: Mapping[str, ComponentSpec]) -> dict[str, nn.Module]:
-        return {
-            "text_encoder": TextEncoderModule(loaded["text_encoder"], specs["text_encoder"]),
-            "unet": UNetModule(loaded["unet"], specs["unet"]),
-            **vae_modules(loaded["vae"], specs),
         }
 
     def conditioner(self, model: Model) -> SDConditioner:

@@ -49,7 +49,7 @@ class Model:
         self.path = path  # where it was loaded from
         self.backend = backend
         self.encoders = {
-            pair.network: PromptEncoder(*self.tokenizers[pair.tokenizer], engine=self.engines[pair.network])
+            pair.network: PromptEncoder(*self.tokenizers[pair.tokenizer], self.engines, pair.network)
             for pair in self.family.text_encoders
         }
         self.conditioner = self.family.conditioner(self)

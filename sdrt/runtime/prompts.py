@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,15 +128,20 @@ class EncodedPrompts:
 
 
 class PromptEncoder:
-    """A tokenizer and the text-encoder engine that reads its ids."""
+    """A tokenizer and the text-encoder engine that reads its ids (looked up by name at each call)."""
 
-    def __init__(self, tokenizer, key: str, engine: Engine) -> None:
+    def __init__(self, tokenizer, key: str, engines: Mapping[str, Engine], network: str) -> None:
         self.tokenizer = tokenizer
-        self.engine = engine
         self.key = key  # the tokenizer's identity: requests carry their tokens under it
-        self.length = engine.ranges.text_length
-        self.max_chunks = engine.ranges.max_text_chunks
+        self._engines = engines  # the model's engines: whoever wraps one (a timer, a guard) is seen here too
+        self.network = network
+        self.length = self.engine.ranges.text_length
+        self.max_chunks = self.engine.ranges.max_text_chunks
         self._empty = tokenize_prompt(tokenizer, "", self.length)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engines[self.network]
 
     @property
     def clip_skip_max(self) -> int:
@@ -196,7 +201,7 @@ class PromptEncoder:
 
 def encode_prompts(tokenizer, engine: Engine, texts: Sequence[str], clip_skip: int = 0) -> torch.Tensor:
     """Text embeddings (N, 77 * chunks, D) float32 for `texts`: tokenize, check and encode in one go."""
-    encoder = PromptEncoder(tokenizer, "", engine)
+    encoder = PromptEncoder(tokenizer, "", {engine.spec.name: engine}, engine.spec.name)
     prompts = encoder.tokenize(texts)
     encoder.check(prompts)
     return encoder.encode(prompts, clip_skip).states

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from sdrt import __version__
+from sdrt.runtime.model import Model
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler, sampler_choices
 from sdrt.serve.batcher import Completed
@@ -40,6 +41,7 @@ _NAMES = {
     "image": "init_images",
     "mask_image": "mask",
     "strength": "denoising_strength",
+    "refiner_switch_at": "refiner_switch_at",
 }
 
 # Web UI 1.9+ splits "DPM++ 2M Karras" into sampler "DPM++ 2M" and scheduler "Karras"; sdrt's labels are
@@ -166,7 +168,6 @@ def _check_supported(body: _Common) -> None:
         ("s_churn", body.s_churn in (None, 0), "sampler churn is not implemented"),
         ("s_tmin", body.s_tmin in (None, 0), "sampler churn is not implemented"),
         ("s_tmax", body.s_tmax in (None, 0) or body.s_tmax == math.inf, "sampler churn is not implemented"),
-        ("refiner_checkpoint", body.refiner_checkpoint in (None, "", "None"), "refiner models are not available"),
         ("firstpass_image", body.firstpass_image is None, "hires fix is not implemented"),
         ("script_name", not body.script_name, "web UI scripts are not available"),
         ("alwayson_scripts", not body.alwayson_scripts, "web UI scripts are not available"),
@@ -200,6 +201,25 @@ def _sampler(body: _Common) -> str:
         return str(canonical_sampler(label))
     except ValueError as exc:
         raise InputError(field, f"{field}: {exc}") from exc
+
+
+def _refiner_switch(body: _Common, pipe: Pipeline) -> float | None:
+    """The share of steps the base runs before the refiner (the web UI's meaning), or None for the base alone."""
+    if body.refiner_checkpoint in (None, "", "None", "none"):
+        return None
+    if pipe.refiner is None:
+        raise _refuse(
+            "refiner_checkpoint", body.refiner_checkpoint, "this server runs no refiner (start it with --refiner)"
+        )
+    if body.refiner_checkpoint not in _model_names(pipe, pipe.refiner):
+        raise InputError(
+            "refiner_checkpoint",
+            f"refiner_checkpoint {body.refiner_checkpoint!r} is not the refiner this server runs "
+            f"({_title(pipe, pipe.refiner)!r})",
+        )
+    if body.refiner_switch_at is None:
+        raise InputError("refiner_switch_at", "refiner_switch_at is required with refiner_checkpoint: 0 < F < 1")
+    return body.refiner_switch_at
 
 
 def _clip_skip(body: _Common, pipe: Pipeline) -> int:
@@ -241,14 +261,17 @@ def _eta(body: _Common, sampler: str) -> float:
     return 0.0  # no effect on the other samplers (s_noise only scales churn, which is 0)
 
 
-def _title(pipe: Pipeline) -> str:
-    return f"{pipe.model_name} [{pipe.manifest.source_sha256[:10]}]"
+def _title(pipe: Pipeline, model: Model | None = None) -> str:
+    """The web UI's checkpoint title, "name [hash]", of the base model (or of `model`)."""
+    model = model or pipe.model
+    return f"{model.name} [{model.manifest.source_sha256[:10]}]"
 
 
-def _model_names(pipe: Pipeline) -> set[str]:
-    """What clients may call this model: title, name, name with a file suffix, short or full hash."""
-    name, sha = pipe.model_name, pipe.manifest.source_sha256
-    return {_title(pipe), name, f"{name}.safetensors", f"{name}.ckpt", sha[:10], sha}
+def _model_names(pipe: Pipeline, model: Model | None = None) -> set[str]:
+    """What clients may call the base model (or `model`): title, name, name with a file suffix, short or full hash."""
+    model = model or pipe.model
+    name, sha = model.name, model.manifest.source_sha256
+    return {_title(pipe, model), name, f"{name}.safetensors", f"{name}.ckpt", sha[:10], sha}
 
 
 def _binary_mask(mask: Image.Image, invert: bool) -> Image.Image:
@@ -313,6 +336,7 @@ async def _generate(body: _Common, http: Request, api: str) -> dict:
     sampler = _sampler(body)
     eta = _eta(body, sampler)
     clip_skip = _clip_skip(body, pipe)
+    refiner_switch_at = _refiner_switch(body, pipe)
     img2img = isinstance(body, Img2ImgBody)
     strength = body.denoising_strength if img2img else None
     if img2img and not body.init_images:
@@ -343,6 +367,7 @@ async def _generate(body: _Common, http: Request, api: str) -> dict:
             image=image,
             mask_image=mask,
             strength=strength,
+            refiner_switch_at=refiner_switch_at,
             names=_NAMES,
         )
 
@@ -386,13 +411,14 @@ async def sd_models(http: Request) -> list[dict]:
     pipe = http.app.state.sdrt.require_pipeline()
     return [
         {
-            "title": _title(pipe),
-            "model_name": pipe.model_name,
-            "hash": pipe.manifest.source_sha256[:10],
-            "sha256": pipe.manifest.source_sha256,
-            "filename": pipe.model_name,  # the artifact directory's name; the server's paths stay private
+            "title": _title(pipe, model),
+            "model_name": model.name,
+            "hash": model.manifest.source_sha256[:10],
+            "sha256": model.manifest.source_sha256,
+            "filename": model.name,  # the artifact directory's name; the server's paths stay private
             "config": None,
         }
+        for model in pipe.models  # the base, then its refiner (a refiner_checkpoint)
     ]
 
 

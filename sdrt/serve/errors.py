@@ -20,6 +20,9 @@ RUNTIME_FIELDS = (
     "image",
     "mask_image",
     "strength",
+    "refiner_switch_at",
+    "aesthetic_score",
+    "negative_aesthetic_score",
 )
 
 

@@ -21,7 +21,7 @@ def build_request(
     height: int | None = None,
     width: int | None = None,
     steps: int,
-    guidance_scales: Sequence[float] = (7.5,),
+    guidance_scales: Sequence[float] | None = None,
     seed: int | None = None,
     num_images_per_prompt: int = 1,
     scheduler: str | None = None,
@@ -30,6 +30,9 @@ def build_request(
     image: Image.Image | None = None,
     mask_image: Image.Image | None = None,
     strength: float | None = None,
+    refiner_switch_at: float | None = None,
+    aesthetic_score: float = 6.0,
+    negative_aesthetic_score: float = 2.5,
     names: Mapping[str, str] | None = None,
 ) -> tuple[GenerationRequest, Hashable]:
     """A request checked against the server's limits and the artifact, with its batch key; InputError otherwise.
@@ -46,8 +49,8 @@ def build_request(
     negatives = ("",) * len(prompts) if negative_prompts is None else tuple(negative_prompts)
     if len(negatives) == 1:
         negatives *= len(prompts)
-    scales = tuple(guidance_scales)
-    if len(scales) == 1:
+    scales = None if guidance_scales is None else tuple(guidance_scales)
+    if scales is not None and len(scales) == 1:
         scales *= len(prompts)
     for field, texts in (("prompt", prompts), ("negative_prompt", negatives)):
         for text in texts:
@@ -82,6 +85,9 @@ def build_request(
             image=image,
             mask_image=mask_image,
             strength=strength,
+            refiner_switch_at=refiner_switch_at,
+            aesthetic_score=aesthetic_score,
+            negative_aesthetic_score=negative_aesthetic_score,
         )
     except ValueError as exc:
         raise from_runtime(exc, names) from exc

@@ -32,7 +32,9 @@ class GenerateBody(BaseModel):
     height: int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
     width: int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
     steps: int | None = Field(None, description="denoising steps; default the server's --default-steps (30)")
-    guidance_scale: float | list[float] = Field(7.5, description="one for all prompts, or one per prompt")
+    guidance_scale: float | list[float] | None = Field(
+        None, description="one for all prompts, or one per prompt; default the model family's (7.5; SDXL 5)"
+    )
     seed: int | None = Field(None, description="seed of the first image; image i uses seed + i; default random")
     num_images_per_prompt: int = 1
     scheduler: str | None = Field(None, description="sampler name or web UI label; default the model's own")
@@ -41,6 +43,11 @@ class GenerateBody(BaseModel):
     image: str | None = Field(None, description="base64 input image: image-to-image, or inpainting with mask_image")
     mask_image: str | None = Field(None, description="base64 inpainting mask of the image's size: white is repainted")
     strength: float | None = Field(None, description="with an image: share of the schedule run, 0..1")
+    refiner_switch_at: float | None = Field(
+        None, description="with a refiner (sdrt serve --refiner): share of the steps the base runs, 0 < F < 1"
+    )
+    aesthetic_score: float = Field(6.0, description="SDXL refiner: the aesthetic score to ask for")
+    negative_aesthetic_score: float = Field(2.5, description="SDXL refiner: the unconditional rows' score")
     response_format: Literal["b64_json", "png"] = Field(
         "b64_json", description="b64_json: JSON with base64 PNGs; png: the PNG itself (one image only)"
     )
@@ -79,7 +86,7 @@ async def generate(body: GenerateBody, http: Request) -> Response:
             height=body.height,
             width=body.width,
             steps=config.default_steps if body.steps is None else body.steps,
-            guidance_scales=scales if isinstance(scales, list) else [scales],
+            guidance_scales=scales if isinstance(scales, list) or scales is None else [scales],
             seed=body.seed,
             num_images_per_prompt=body.num_images_per_prompt,
             scheduler=body.scheduler,
@@ -88,6 +95,9 @@ async def generate(body: GenerateBody, http: Request) -> Response:
             image=image,
             mask_image=mask,
             strength=body.strength,
+            refiner_switch_at=body.refiner_switch_at,
+            aesthetic_score=body.aesthetic_score,
+            negative_aesthetic_score=body.negative_aesthetic_score,
             names=_NAMES,
         )
         if body.response_format == "png" and request.num_images != 1:

@@ -55,8 +55,8 @@ class RayOptions:
 class SdrtReplica:
     """One replica: loads the engines once, then serves the sdrt app (built after the constructor, by Ray)."""
 
-    def __init__(self, path: str, backend: str, device: str, config: ServeConfig) -> None:
-        self._pipeline = Pipeline.load(path, backend=backend, device=device)
+    def __init__(self, path: str, backend: str, device: str, config: ServeConfig, refiner: str | None = None) -> None:
+        self._pipeline = Pipeline.load(path, backend=backend, device=device, refiner=refiner)
         self._config = config
         self._state = None
 
@@ -77,11 +77,13 @@ def deployment(
     device: str = "cpu",
     config: ServeConfig | None = None,
     options: RayOptions | None = None,
+    refiner: str | os.PathLike | None = None,
 ) -> Application:
-    """The sdrt app as a Ray Serve application (pass it to serve.run)."""
+    """The sdrt app as a Ray Serve application (pass it to serve.run); `refiner` is an SDXL refiner artifact."""
     config = config or ServeConfig()
     options = options or RayOptions()
     path = str(Path(path).resolve())  # replicas may start in another working directory
+    refiner = None if refiner is None else str(Path(refiner).resolve())
     num_gpus = options.num_gpus if options.num_gpus is not None else (1.0 if device.startswith("cuda") else 0.0)
     batch = config.max_batch or read_manifest(path).ranges.max_batch
     scaling: dict = {"num_replicas": options.replicas}
@@ -103,13 +105,14 @@ def deployment(
         max_queued_requests=config.max_queue,
         health_check_period_s=10,
         **scaling,
-    ).bind(path, backend, device, config)
+    ).bind(path, backend, device, config, refiner)
 
 
 class AppArgs(BaseModel):
     """Arguments of `serve run sdrt.serve.ray_app:app_builder key=value ...`."""
 
     artifact: str
+    refiner: str | None = None
     backend: str = "onnxruntime"
     device: str = "cpu"
     max_batch: int | None = None
@@ -133,7 +136,7 @@ def app_builder(args: AppArgs) -> Application:
         num_gpus=args.num_gpus,
     )
     log.info("sdrt on Ray Serve: %s", asdict(options))
-    return deployment(args.artifact, args.backend, args.device, config, options)
+    return deployment(args.artifact, args.backend, args.device, config, options, refiner=args.refiner)
 
 
 def run(app: Application, host: str = "127.0.0.1", port: int = 7860, address: str | None = None) -> int:

@@ -42,20 +42,29 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
     config: ServeConfig | None = None,
+    refiner: str | os.PathLike | None = None,
 ) -> int:
-    """Serve an artifact over HTTP until SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the engines fail to load."""
+    """Serve an artifact (and an SDXL refiner) over HTTP until SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the
+    engines fail to load."""
     root = Path(path)
-    if (root / MANIFEST_NAME).is_file():
-        read_manifest(root)  # a bad artifact fails here, before a port is opened
-    elif not (root / "model_index.json").is_file():
-        raise ValueError(f"{root} is neither an sdrt artifact (no {MANIFEST_NAME}) nor a diffusers model directory")
+    for where in (root, None if refiner is None else Path(refiner)):
+        if where is None:
+            continue
+        if (where / MANIFEST_NAME).is_file():
+            read_manifest(where)  # a bad artifact fails here, before a port is opened
+        elif not (where / "model_index.json").is_file():
+            raise ValueError(
+                f"{where} is neither an sdrt artifact (no {MANIFEST_NAME}) nor a diffusers model directory"
+            )
     failures: list[BaseException] = []
 
     def failed(exc: BaseException) -> None:
         failures.append(exc)
         server.should_exit = True
 
-    app = create_app(lambda: Pipeline.load(root, backend=backend, device=device), config, on_load_failure=failed)
+    app = create_app(
+        lambda: Pipeline.load(root, backend=backend, device=device, refiner=refiner), config, on_load_failure=failed
+    )
     server = _DrainingServer(
         uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info", timeout_keep_alive=5),
         app.state.sdrt,

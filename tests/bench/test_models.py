@@ -21,27 +21,45 @@ def test_sdxl_has_the_published_parameter_counts():
         "text_encoder": 123_060_480,  # CLIP ViT-L/14
         "text_encoder_2": 694_659_840,  # OpenCLIP ViT-bigG/14, with its projection
     }
+    refiner = {name: _parameters(m) for name, m in sdxl_modules("sdxl", "sdxl-refiner", device="meta").items()}
+    assert refiner["vae"] == counts["vae"] and refiner["text_encoder_2"] == counts["text_encoder_2"]
+    # the refiner's published fp16 UNet file holds 4.52 GB of weights: 2.26 B parameters at 2 bytes each
+    assert abs(2 * refiner["unet"] - 4.52e9) / 4.52e9 < 0.005
 
 
-def test_sdxl_runs_as_a_baseline_and_sdrt_says_it_is_not_supported(tmp_path):
+def test_sdxl_runs_on_sdrt_and_as_a_baseline(tmp_path):
     model = write_model(tmp_path / "sdxl-tiny", "sdxl-tiny", device="cpu")
     config = BenchConfig(
         path=model, sizes=((64, 64),), steps=2, runs=1, warmup=0, device="cpu", cold_start=False, settle_seconds=0.0
     )
     result = run_bench(config)
     status = {r.scenario.contender: (r.status, r.reason) for r in result.records}
-    for backend in ("onnxruntime", "torch", "tensorrt"):
-        state, reason = status[f"sdrt-{backend}"]
-        assert state == "skipped" and reason.startswith("not supported yet: ")
-        assert "pipeline 'StableDiffusionXLPipeline' is no model family sdrt runs" in reason
-    assert status["diffusers"] == ("ok", None)
-    (diffusers,) = [r for r in result.records if r.scenario.contender == "diffusers"]
-    assert diffusers.scenario.family == "sdxl"
-    sample = diffusers.samples[0]
-    assert sample.unet_calls == 2 and sample.steps == 2 and sample.text_encoder > 0 and sample.vae_decode > 0
-    assert "sdrt does not run this model" in result.notes[0]
+    assert status["sdrt-torch"] == ("ok", None) and status["diffusers"] == ("ok", None)
+    assert status["sdrt-onnxruntime"][0] == "skipped" and "runs an exported artifact" in status["sdrt-onnxruntime"][1]
+    for contender in ("sdrt-torch", "diffusers"):
+        (record,) = [r for r in result.records if r.scenario.contender == contender]
+        assert record.scenario.family == "sdxl"
+        sample = record.samples[0]
+        assert sample.unet_calls == 2 and sample.steps == 2 and sample.text_encoder > 0 and sample.vae_decode > 0
+
+
+def test_a_model_sdrt_does_not_run_is_timed_on_the_baselines_alone(tmp_path):
+    import json
+    import shutil
+
+    model = write_model(tmp_path / "tiny", "tiny", device="cpu")
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "AltDiffusionPipeline"}))
+    from sdrt.bench.weights import contender, resolve_weights
+
+    weights = resolve_weights(other)
+    spec, reason = contender("torch", weights, "cpu")
+    assert spec is None and reason.startswith("not supported yet: ")
+    assert "pipeline 'AltDiffusionPipeline' is no model family sdrt runs" in reason
 
 
 def test_unknown_preset_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="preset 'sd3' is not one of tiny, sd15, sdxl, sdxl-tiny"):
+    with pytest.raises(ValueError, match="preset 'sd3' is not one of tiny, sd15, sdxl, sdxl-refiner, sdxl-tiny"):
         write_model(tmp_path / "x", "sd3")

@@ -27,21 +27,46 @@ from tests.conftest import RANGES, export
 CLASS_WIDTH = 6  # the throwaway UNet's class-embedding input
 
 
-def test_every_family_is_found_from_its_model_index_and_configs(demo_model, sd2_model, inpaint_model):
-    for path, name in ((demo_model, "sd1"), (sd2_model, "sd2"), (inpaint_model, "sd1")):
+def test_every_family_is_found_from_its_model_index_and_configs(
+    demo_model, sd2_model, inpaint_model, sdxl_model, sdxl_refiner_model
+):
+    found = ((demo_model, "sd1"), (sd2_model, "sd2"), (inpaint_model, "sd1"), (sdxl_model, "sdxl"))
+    for path, name in (*found, (sdxl_refiner_model, "sdxl_refiner")):
         model = ModelDir.open(path)
         assert model.family is family_named(name)
         assert family_for(model.index, model.configs) is model.family
-    with pytest.raises(ValueError, match="unknown model family 'sd9'; sdrt knows sd1, sd2"):
+    with pytest.raises(ValueError, match="unknown model family 'sd9'; sdrt knows sd1, sd2, sdxl, sdxl_refiner"):
         family_named("sd9")
 
 
-def test_networks_are_exactly_the_ones_a_family_names(demo_model):
-    model = ModelDir.open(demo_model)
+@pytest.mark.parametrize("fixture", ["demo_model", "sdxl_model", "sdxl_refiner_model"])
+def test_networks_are_exactly_the_ones_a_family_names(request, fixture):
+    model = ModelDir.open(request.getfixturevalue(fixture))
     specs = model.family.networks(model.configs)
     assert tuple(specs) == model.family.network_names
     assert all(spec.name == name for name, spec in specs.items())
-    assert set(model.load_modules()) == set(specs)
+    assert [name for name, _ in model.iter_modules()] == list(specs)
+    texts = [p.network for p in model.family.text_encoders]
+    assert [n for n, s in specs.items() if s.role == "text_encoder"] == texts
+
+
+def test_sdxl_manifests_round_trip_with_their_extras(sdxl_artifact, sdxl_refiner_artifact):
+    base, refiner = read_manifest(sdxl_artifact), read_manifest(sdxl_refiner_artifact)
+    for manifest in (base, refiner):
+        assert Manifest.from_json(json.loads(json.dumps(manifest.to_json()))) == manifest
+    assert base.extras == {"force_zeros_for_empty_prompt": True, "requires_aesthetics_score": False}
+    assert refiner.extras == {"force_zeros_for_empty_prompt": False, "requires_aesthetics_score": True}
+    assert base.support == ("tokenizer", "tokenizer_2", "scheduler") and refiner.support == ("tokenizer_2", "scheduler")
+    unet, ref_unet = base.components["unet"], refiner.components["unet"]
+    assert unet.input_names == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    assert unet.inputs[4].shape == ("cfg_batch", 6) and ref_unet.inputs[4].shape == ("cfg_batch", 5)
+    assert unet.fp32_inputs == {"timestep", "time_ids"}
+    assert base.components["text_encoder_2"].output_names == ["text_embeddings", "pooled_embeddings"]
+    data = refiner.to_json()
+    with pytest.raises(ValueError, match="requires_aesthetics_score False does not fit a Stable Diffusion XL refiner"):
+        Manifest.from_json({**data, "extras": {**data["extras"], "requires_aesthetics_score": False}})
+    with pytest.raises(ValueError, match="manifest extra force_zeros_for_empty_prompt of family sdxl_refiner is 1"):
+        Manifest.from_json({**data, "extras": {**data["extras"], "force_zeros_for_empty_prompt": 1}})
 
 
 def test_manifest_round_trips_and_its_family_validates_it(artifact, sd2_model):

@@ -67,3 +67,23 @@ def test_batch_key_separates_what_cannot_share(pipelines):
     assert pipe.batch_key(_request(" ".join(["castle"] * 80), 1)) != base  # two chunks: it would pad the others
     with pytest.raises(ValueError, match="equal batch_key"):
         pipe.run_batch([_request("a cat", 1), _request("a cat", 1, steps=6)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sdxl_requests_share_a_batch_with_and_without_the_refiner(sdxl_pipelines, backend):
+    """Each SDXL request in a batch (its own prompt, negative, scale, seed, aesthetic score) equals itself alone."""
+    pipe = sdxl_pipelines[backend]
+    common = dict(height=72, width=104, num_inference_steps=6, scheduler="euler_a")
+    plain = [
+        pipe.request("a cat on a table", negative_prompt="blurry", seed=1, **common),
+        pipe.request("a dog on the beach", guidance_scale=1.0, seed=2, **common),  # unguided
+        pipe.request("a (castle:1.3)", guidance_scale=6.0, seed=3, num_images_per_prompt=2, **common),
+    ]
+    refined = [
+        pipe.request("a cat", seed=4, refiner_switch_at=0.7, **common),
+        pipe.request("a dog", negative_prompt="ugly", seed=5, refiner_switch_at=0.7, aesthetic_score=7.5, **common),
+    ]
+    for requests in (plain, refined):
+        assert len({pipe.batch_key(r) for r in requests}) == 1
+        for request, result in zip(requests, pipe.run_batch(requests), strict=True):
+            _assert_same(result, pipe.run(request))

@@ -57,7 +57,7 @@ def test_prompts_of_a_batch_are_padded_to_one_chunk_count_with_the_empty_prompt(
     assert padded.num_chunks == long_.num_chunks == 2
     assert padded.ids[1] == tokenize_prompt(tok, "").ids[0]
     # the encoder pads a batch this way: the short prompt's second chunk encodes as the empty prompt does
-    encoder = PromptEncoder(tok, "", pipe.engines["text_encoder"])
+    encoder = PromptEncoder(tok, "", pipe.engines, "text_encoder")
     states = encoder.encode([short, long_]).states
     empty = encoder.encode([tokenize_prompt(tok, "")]).states
     assert states.shape[1] == 2 * 77

@@ -1,95 +1,22 @@
-"""Small random-weight Stable Diffusion models in diffusers layout, for the demo and the tests.
+"""Random-weight SD 1.x / 2.x models: the demo variants "sd1", "sd2" and "inpaint".
 
 The topology is SD's (four UNet levels with cross-attention in the first three, a four-level VAE with 8x
 downsampling, a CLIP text encoder, 77 tokens). The variant picks the family: "sd1" (CLIP with quick-GELU,
 epsilon prediction), "sd2" (SD 2.x 768: GELU text encoder, linear-projection UNet with upcast attention,
-v-prediction) or "inpaint" (SD 1.x with a 9-channel UNet input). Preset "tiny" has tiny widths, so every code path
-a real model takes runs in seconds on a CPU; presets "sd15" and "sd21" have the published SD 1.5 and SD 2.1 sizes,
-so they cost exactly what the real models cost (for benchmarks). The tokenizer is a real CLIP byte-level BPE whose
-merges are learned from a small embedded corpus of prompt words.
+v-prediction) or "inpaint" (SD 1.x with a 9-channel UNet input). Preset "tiny" has tiny widths; presets "sd15"
+and "sd21" have the published SD 1.5 and SD 2.1 sizes.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
 import json
-import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdrt.files import atomic_directory
-
-log = logging.getLogger(__name__)
-
-_CORPUS = """
-a photo of an astronaut riding a horse on the moon, highly detailed, sharp focus, studio lighting
-portrait of a woman with red hair in a garden, oil painting, trending on artstation, 4k, 8k
-a cat sitting on a wooden table next to a cup of coffee, morning light, bokeh, cinematic
-landscape with mountains and a lake at sunset, dramatic clouds, wide angle, masterpiece
-a futuristic city at night with neon lights and flying cars, cyberpunk, concept art
-blurry, low quality, worst quality, jpeg artifacts, watermark, text, deformed, ugly, extra fingers
-an old castle in the forest, fantasy, illustration, digital art, intricate, elegant, colorful
-a dog running on the beach, golden hour, photograph, realistic, high resolution, detailed fur
-still life of flowers in a vase, watercolor, soft pastel colors, painting by a famous artist
-a robot reading a book in a library, warm light, dust, volumetric, octane render, unreal engine
-"""
-
-_NUM_MERGES = 400
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
-def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Learn CLIP-style BPE merges (words end in '</w>') and build the vocabulary CLIP's tokenizer expects."""
-    byte_chars = _bytes_to_unicode()
-    words = collections.Counter(
-        tuple("".join(byte_chars[b] for b in w.encode())) for w in corpus.lower().replace(",", " , ").split()
-    )
-    splits = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
-        for w, count in words.items():
-            parts = splits[w]
-            for a, b in itertools.pairwise(parts):
-                pairs[(a, b)] += count
-        if not pairs:
-            break
-        best = max(pairs, key=lambda p: (pairs[p], p))  # ties broken deterministically
-        merges.append(best)
-        for w in words:
-            parts, merged, i = splits[w], [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            splits[w] = merged
-    chars = list(byte_chars.values())
-    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab: dict[str, int] = {}
-    for token in tokens:
-        vocab.setdefault(token, len(vocab))
-    return vocab, merges
+from sdrt.demo.tokenizer import demo_tokenizer
 
 
 @dataclass(frozen=True)
@@ -103,16 +30,13 @@ class Preset:
     vae_layers: int  # VAE layers_per_block
     head_width: int  # channels per attention head in SD 2.x-style UNets (SD 2.1: 64)
     sample_size: int  # UNet sample_size: default latent size (64 -> 512 px, 96 -> 768 px)
-    variants: tuple[str, ...]  # the variants that come in these sizes; the first is the default
 
     def __post_init__(self) -> None:
         if any(c % self.head_width for c in self.unet_channels):
             raise ValueError(f"head_width {self.head_width} does not divide the UNet widths {self.unet_channels}")
-        if not self.variants:
-            raise ValueError("a preset needs at least one variant")
 
 
-PRESETS = {
+SIZES = {
     # tiny: seconds to write, export and run on a 2-core CPU
     "tiny": Preset(
         text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
@@ -122,7 +46,6 @@ PRESETS = {
         vae_layers=1,
         head_width=8,
         sample_size=64,
-        variants=("sd1", "sd2", "inpaint"),
     ),
     # sd15: the published Stable Diffusion 1.5 sizes (860M-parameter UNet), so it times like the real model
     "sd15": Preset(
@@ -133,7 +56,6 @@ PRESETS = {
         vae_layers=2,
         head_width=64,
         sample_size=64,
-        variants=("sd1", "inpaint"),
     ),
     # sd21: the published Stable Diffusion 2.1 (768) sizes; SD 2 uses 23 of OpenCLIP ViT-H's 24 text layers
     "sd21": Preset(
@@ -144,7 +66,6 @@ PRESETS = {
         vae_layers=2,
         head_width=64,
         sample_size=96,
-        variants=("sd2",),
     ),
 }
 
@@ -165,7 +86,7 @@ class Variant:
             raise ValueError(f"prediction_type {self.prediction_type!r} is not one of epsilon, v_prediction")
 
 
-VARIANTS = {
+_FAMILIES = {
     "sd1": Variant(
         pipeline="StableDiffusionPipeline",
         hidden_act="quick_gelu",
@@ -220,10 +141,10 @@ def _unet_config(preset: Preset, variant: Variant) -> dict[str, Any]:
 
 def _components(seed: int, preset: Preset, variant: Variant):
     from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    vocab, merges = learn_bpe(_CORPUS, _NUM_MERGES)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=variant.pad_token)
+    tokenizer = demo_tokenizer(variant.pad_token)
+    vocab = tokenizer.get_vocab()
     hidden = preset.text["hidden_size"]
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
@@ -258,7 +179,7 @@ def _components(seed: int, preset: Preset, variant: Variant):
     # the latents and the output, so there the output's share of the image is larger, not saturated.
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.5)
-        randomize_layer_norm(_final_layer_norm(text_encoder), seed + 3)
+        randomize_layer_norm(final_layer_norm(text_encoder), seed + 3)
     if variant.prediction_type == "v_prediction":
         # the published SD 2.1 (768) scheduler config
         scheduler = DDIMScheduler(
@@ -298,12 +219,12 @@ def randomize_layer_norm(norm: torch.nn.LayerNorm, seed: int) -> None:
         norm.bias.copy_(0.2 + 0.2 * torch.randn(norm.bias.shape, generator=generator))
 
 
-def _final_layer_norm(text_encoder) -> torch.nn.LayerNorm:
+def final_layer_norm(text_encoder) -> torch.nn.LayerNorm:
     # transformers 5 keeps it on the model itself; older releases under .text_model
     return getattr(text_encoder, "final_layer_norm", None) or text_encoder.text_model.final_layer_norm
 
 
-def _model_index(pipeline: str, scheduler: str) -> dict:
+def model_index(pipeline: str, scheduler: str) -> dict:
     """model_index.json: which class loads each part (no safety checker or feature extractor)."""
     index: dict = {"_class_name": pipeline}
     if pipeline == "StableDiffusionInpaintPipeline":
@@ -330,51 +251,17 @@ _README = {
 }
 
 
-def resolve_variant(preset: str, variant: str | None) -> str:
-    """The variant to write for `preset` (None: the preset's default); ValueError for unknown or mismatched names."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
-    if variant is None:
-        return PRESETS[preset].variants[0]
-    if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
-    allowed = PRESETS[preset].variants
-    if variant not in allowed:
-        fits = [name for name, p in PRESETS.items() if variant in p.variants]
-        raise ValueError(
-            f"variant {variant!r} does not come in preset {preset!r}, which allows {', '.join(allowed)}; "
-            f"variant {variant!r} comes in presets {', '.join(fits)}"
-        )
-    return variant
+def write(root: Path, seed: int, preset: str, variant: str, device: str | None = None) -> str:
+    """Write the parts of an SD variant of `preset` sizes into `root` (weights made on `device`); describe it."""
+    family = _FAMILIES[variant]
+    with torch.device(device or "cpu"):
+        tokenizer, text_encoder, unet, vae, scheduler = _components(seed, SIZES[preset], family)
+    tokenizer.save_pretrained(root / "tokenizer")
+    for name, module in (("text_encoder", text_encoder), ("unet", unet), ("vae", vae)):
+        module.to("cpu").save_pretrained(root / name, safe_serialization=True)
+    scheduler.save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps(model_index(family.pipeline, type(scheduler).__name__), indent=2))
+    return _README[variant]
 
 
-def write_demo_model(
-    out_dir: str | os.PathLike, seed: int = 0, preset: str = "tiny", variant: str | None = None
-) -> Path:
-    """Write a random-weight model of `preset` sizes and `variant` family to `out_dir`.
-
-    Variants: "sd1" (SD 1.x), "sd2" (SD 2.x 768: OpenCLIP-style gelu text encoder, linear-projection UNet with
-    upcast attention, v-prediction DDIM scheduler), "inpaint" (SD 1.x inpainting: 9-channel UNet input). None picks
-    the preset's own: "sd2" for "sd21", "sd1" otherwise. Written atomically: a temporary directory renamed into place.
-    """
-    out = Path(out_dir)
-    variant = resolve_variant(preset, variant)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"output directory {out} exists and is not empty; choose another path or remove it")
-    family = VARIANTS[variant]
-    tokenizer, text_encoder, unet, vae, scheduler = _components(seed, PRESETS[preset], family)
-    with atomic_directory(out) as tmp:
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-        unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        vae.save_pretrained(tmp / "vae", safe_serialization=True)
-        scheduler.save_pretrained(tmp / "scheduler")
-        index = _model_index(family.pipeline, type(scheduler).__name__)
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "README.md").write_text(
-            f"sdrt demo model (preset {preset}{'' if variant == 'sd1' else f', variant {variant}'}): "
-            f"{_README[variant]}.\n"
-            "Its images are abstract patterns, not pictures. Point sdrt at a real model directory for real images.\n"
-        )
-    log.info("wrote demo model (preset %s, variant %s) to %s", preset, variant, out)
-    return out
+VARIANTS = tuple(_FAMILIES)

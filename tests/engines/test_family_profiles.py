@@ -1,0 +1,22 @@
+"""TensorRT profiles come from each family's specs: SDXL's inputs and the refiner's widths need no special case."""
+
+from __future__ import annotations
+
+from sdrt.engines.tensorrt_profiles import build_profiles
+from sdrt.manifest import read_manifest
+
+
+def test_sdxl_and_refiner_profiles_cover_their_conditioning(sdxl_artifact, sdxl_refiner_artifact):
+    for artifact, text_width, time_ids in ((sdxl_artifact, 64, 6), (sdxl_refiner_artifact, 32, 5)):
+        manifest = read_manifest(artifact)
+        spec, ranges = manifest.components["unet"], manifest.ranges
+        static, dynamic = build_profiles(spec, ranges, "both")
+        shapes = dynamic.shapes(spec)
+        assert set(shapes) == {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"}
+        low, opt, high = shapes["encoder_hidden_states"]
+        assert low == (1, 77, text_width) and high == (2 * ranges.max_batch, 77 * ranges.max_text_chunks, text_width)
+        assert shapes["text_embeds"][2] == (2 * ranges.max_batch, 32)  # the cfg-doubled batch
+        assert shapes["time_ids"] == ((1, time_ids), (2 * ranges.opt_batch, time_ids), (2 * ranges.max_batch, time_ids))
+        assert static.shapes(spec)["time_ids"][0] == static.shapes(spec)["time_ids"][2]
+        pooled = build_profiles(manifest.components["text_encoder_2"], ranges, "dynamic")[0]
+        assert set(pooled.shapes(manifest.components["text_encoder_2"])) == {"input_ids", "clip_skip"}
