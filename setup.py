@@ -24,6 +24,7 @@ setup(
         "fastapi",  # sdrt serve: the HTTP APIs
         "uvicorn",  # sdrt serve: the HTTP server
         "prometheus-client",  # sdrt serve: /metrics
+        "python-multipart",  # sdrt serve: multipart uploads (OpenAI's image variations)
     ],
     extras_require={
         "serve-ray": ["ray[serve]"],  # sdrt serve --ray: scale-out on Ray Serve (large: Ray and its dependencies)

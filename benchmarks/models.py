@@ -26,7 +26,10 @@ PRESETS = {
     "sd15": ("sd15", "sd1"),
     "sdxl": ("sdxl", "sdxl"),
     "sdxl-refiner": ("sdxl", "sdxl-refiner"),
+    "sdxl-small": ("sdxl-small", "sdxl"),
     "sdxl-tiny": ("tiny", "sdxl"),
+    "unclip": ("sd21", "unclip"),  # SD 2.1 768 with OpenCLIP ViT-H/14's vision encoder
+    "unclip-tiny": ("tiny", "unclip"),
     "sdxl-refiner-tiny": ("tiny", "sdxl-refiner"),
 }
 

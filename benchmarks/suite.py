@@ -44,23 +44,37 @@ class SuiteModel:
     steps: int  # denoising steps
     runs: int  # timed runs per scenario
     warmup: int  # untimed runs per contender first
+    refiner: str | None = None  # benchmarks.models preset of an SDXL refiner run after the base (models/<preset>)
+    refiner_switch_at: float | None = None  # with a refiner: share of the steps the base runs
+    mode: str = "txt2img"  # "variation" for unCLIP models
 
 
 def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
     """The suites; the GPU one exports SD 1.5 only when a backend can run the export there (else nothing would)."""
     gpu_sd15 = ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512) if artifact_on_gpu else None
     return {
-        # the 2-core machine: the tiny demo model (batch 1 to 4) and full-size SD 1.5 at 256x256 with 4 steps
+        # the 2-core machine: the tiny demo model (batch 1 to 4), full-size SD 1.5 at 256x256 with 4 steps, and
+        # SDXL's full topology at half widths (benchmarks.models "sdxl-small": a 0.64 B UNet) at 256x256, 4 steps
         "cpu": (
             SuiteModel("demo", "tiny", ExportConfig(max_batch=4, min_size=64, max_size=256, opt_size=128),
                        ((128, 128),), (1, 2, 4), steps=20, runs=5, warmup=1),
             SuiteModel("sd15-random", "sd15", ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256),
                        ((256, 256),), (1,), steps=4, runs=3, warmup=1),
+            SuiteModel("sdxl-small-random", "sdxl-small",
+                       ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256),
+                       ((256, 256),), (1,), steps=4, runs=3, warmup=1),
+            SuiteModel("unclip-demo", "unclip-tiny", ExportConfig(max_batch=1, min_size=64, max_size=256, opt_size=128),
+                       ((128, 128),), (1,), steps=20, runs=5, warmup=1, mode="variation"),
         ),
-        # one H100: SD 1.5 at 512x512, 50 steps, batch 1 and 8; SDXL at 1024x1024, 30 steps, batch 1
+        # one H100/H200: SD 1.5 at 512x512, 50 steps, batch 1 and 8; SDXL base at 1024x1024, 30 steps, batch 1,
+        # alone and with its refiner from 0.8
         "gpu": (
             SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1, 8), steps=50, runs=3, warmup=1),
             SuiteModel("sdxl-random", "sdxl", None, ((1024, 1024),), (1,), steps=30, runs=3, warmup=1),
+            SuiteModel("sdxl-random", "sdxl", None, ((1024, 1024),), (1,), steps=30, runs=3, warmup=1,
+                       refiner="sdxl-refiner", refiner_switch_at=0.8),
+            SuiteModel("unclip-random", "unclip", None, ((768, 768),), (1,), steps=20, runs=3, warmup=1,
+                       mode="variation"),
         ),
     }  # fmt: skip
 
@@ -69,26 +83,28 @@ def quick_suites() -> dict[str, tuple[SuiteModel, ...]]:
     tiny = ExportConfig(max_batch=2, min_size=64, max_size=128, opt_size=64)
     demo = SuiteModel("demo", "tiny", tiny, ((64, 64),), (1, 2), steps=2, runs=1, warmup=1)
     sdxl = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=2, runs=1, warmup=1)
-    return {"cpu": (demo,), "gpu": (demo, sdxl)}
+    refined = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=4, runs=1, warmup=1,
+                         refiner="sdxl-refiner-tiny", refiner_switch_at=0.5)  # fmt: skip
+    return {"cpu": (demo, sdxl), "gpu": (demo, sdxl, refined)}
 
 
-def prepare(model: SuiteModel, suite: str, root: Path) -> tuple[Path, Path | None]:
-    """The model directory and artifact for `model`, made (or re-exported) when missing or stale."""
+def prepare(name: str, preset: str, export: ExportConfig | None, suite: str, root: Path) -> tuple[Path, Path | None]:
+    """The model directory and artifact of a suite's model, made (or re-exported) when missing or stale."""
     from benchmarks.models import write_model
 
-    model_dir = root / "models" / model.name
+    model_dir = root / "models" / name
     if not (model_dir / "model_index.json").is_file():
-        log.info("writing the %s model to %s", model.preset, model_dir)
-        write_model(model_dir, model.preset)
-    if model.export is None:
+        log.info("writing the %s model to %s", preset, model_dir)
+        write_model(model_dir, preset)
+    if export is None:
         return model_dir, None
-    artifact = root / "artifacts" / f"{model.name}-{suite}"
-    stale = _stale(artifact, model_dir, model.export)
+    artifact = root / "artifacts" / f"{name}-{suite}"
+    stale = _stale(artifact, model_dir, export)
     if stale:
         from sdrt.export import export_model
 
         log.info("exporting %s to %s (%s)", model_dir, artifact, stale)
-        export_model(model_dir, artifact, model.export, overwrite=True)
+        export_model(model_dir, artifact, export, overwrite=True)
     return model_dir, artifact
 
 
@@ -118,19 +134,28 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
     commands = []
     for model in models:
         t0 = time.perf_counter()
-        model_dir, artifact = prepare(model, f"{suite}-quick" if quick else suite, root)
+        tag = f"{suite}-quick" if quick else suite
+        model_dir, artifact = prepare(model.name, model.preset, model.export, tag, root)
         model_dir, artifact = _relative(model_dir), artifact and _relative(artifact)
+        refiner_dir = refiner_artifact = None
+        if model.refiner is not None:
+            refiner_dir, refiner_artifact = prepare(model.refiner, model.refiner, model.export, tag, root)
+            refiner_dir, refiner_artifact = _relative(refiner_dir), refiner_artifact and _relative(refiner_artifact)
         log.info("%s ready in %.0f s", model.name, time.perf_counter() - t0)
         config = BenchConfig(
             path=artifact or model_dir,
             model=model_dir if artifact else None,
-            label=model.name,
+            label=model.name + (f" + {model.refiner} from {model.refiner_switch_at:g}" if model.refiner else ""),
             sizes=model.sizes,
             batches=model.batches,
             steps=model.steps,
             runs=model.runs,
             warmup=model.warmup,
             scheduler=SCHEDULER,
+            refiner=refiner_artifact or refiner_dir,
+            refiner_model=refiner_dir if refiner_artifact else None,
+            refiner_switch_at=model.refiner_switch_at,
+            mode=model.mode,
             device=device,
             cold_start=cold_start,
         )

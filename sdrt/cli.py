@@ -91,11 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     samplers = ", ".join(f"{name} ({s.label})" for name, s in SAMPLERS.items())
     p = sub.add_parser(
         "generate",
-        help="text-to-image, image-to-image (--image) or inpainting (--image --mask)",
+        help="text-to-image, image-to-image (--image), inpainting (--image --mask), or unCLIP variations (--image)",
         epilog=f"schedulers: {samplers}",
     )
     p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
-    p.add_argument("prompt", help="the prompt; web UI emphasis syntax: (word:1.3), (word), [word], BREAK")
+    p.add_argument(
+        "prompt",
+        nargs="?",
+        default="",
+        help="the prompt; web UI emphasis syntax: (word:1.3), (word), [word], BREAK (optional for unCLIP variations)",
+    )
     p.add_argument("--negative-prompt", default=None, help="what the image should not contain")
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)"
@@ -148,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
         default=2.5,
         help="SDXL refiner: aesthetic score of the unconditional rows (default 2.5)",
     )
+    p.add_argument(
+        "--noise-level",
+        type=int,
+        default=0,
+        help="unCLIP: noise added to the image's embedding, 0..999 (more: looser variations; default 0)",
+    )
     p.add_argument("--preview-every", type=int, default=None, metavar="N", help="write a cheap preview every N steps")
     p.add_argument("--preview-dir", type=Path, default=None, help="directory for previews (default: beside the output)")
     p.add_argument("--batch", type=int, default=1, help="images to generate (default 1)")
@@ -194,8 +205,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per contender first (default 1)")
     p.add_argument("--scheduler", type=_sampler, default="dpmpp_2m", help="sampler for all (default dpmpp_2m)")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="guidance scale (default 7.5)")
-    p.add_argument("--mode", choices=("txt2img", "img2img"), default="txt2img", help="img2img adds the VAE encoder")
+    p.add_argument(
+        "--mode",
+        choices=("txt2img", "img2img", "variation"),
+        default="txt2img",
+        help="img2img adds the VAE encoder; variation is unCLIP's (the image encoder conditions)",
+    )
     p.add_argument("--strength", type=float, default=0.8, help="img2img strength (default 0.8)")
+    p.add_argument(
+        "--refiner", type=Path, default=None, help="an SDXL refiner (artifact, or model directory) run after the base"
+    )
+    p.add_argument("--refiner-model", type=Path, default=None, help="with a refiner artifact: its model directory")
+    p.add_argument("--refiner-switch-at", type=float, default=None, help="with --refiner: share of steps the base runs")
     p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu or cuda[:N]")
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
@@ -229,7 +250,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
     p.add_argument("--max-prompt-chars", type=int, default=4000, help="longest prompt in characters (default 4000)")
     p.add_argument(
-        "--default-steps", type=int, default=30, help="steps when a request gives none (OpenAI's API; default 30)"
+        "--default-steps",
+        type=int,
+        default=None,
+        help="steps when a request gives none (OpenAI's API; default: the model family's, 30, unCLIP 20)",
     )
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
     p.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
@@ -387,6 +411,7 @@ def _generate(args: argparse.Namespace) -> int:
         refiner_switch_at=args.refiner_switch_at,
         aesthetic_score=args.aesthetic_score,
         negative_aesthetic_score=args.negative_aesthetic_score,
+        noise_level=args.noise_level,
     )
     if preview is not None:
         print(f"wrote previews every {args.preview_every} steps to {preview_dir}")
@@ -431,6 +456,9 @@ def _bench(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale,
         mode=args.mode,
         strength=args.strength,
+        refiner=args.refiner,
+        refiner_model=args.refiner_model,
+        refiner_switch_at=args.refiner_switch_at,
         device=args.device,
         cold_start=not args.no_cold_start,
     )

@@ -17,6 +17,7 @@ from sdrt.spec import ComponentSpec, TensorSpec
 
 # the network names every family uses for the parts the generic runtime drives
 UNET = "unet"
+IMAGE_ENCODER = "image_encoder"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
 
@@ -104,6 +105,17 @@ def unet_spec(
             # attention computed in fp32 (SD 2.x): an fp16 build must keep attention in fp32 to stay finite
             "upcast_attention": upcast_attention,
         },
+    )
+
+
+def image_encoder_spec(image_size: int, embedding_dim: int) -> ComponentSpec:
+    """CLIP vision encoder with projection: preprocessed images (B, 3, S, S) -> image embeddings (B, E)."""
+    return ComponentSpec(
+        name=IMAGE_ENCODER,
+        inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, image_size, image_size)),),
+        outputs=(TensorSpec("image_embeds", "float32", ("batch", embedding_dim)),),
+        role="image_encoder",
+        attributes={"image_size": image_size, "embedding_dim": embedding_dim},
     )
 
 
@@ -211,6 +223,17 @@ class UNetModule(SpecModule):
             return_dict=False,
             **feeds,  # class_labels, for UNets with a class embedding
         )[0]
+
+
+class ImageEncoderModule(nn.Module):
+    """CLIPVisionModelWithProjection with the spec's IO: pixel values in, the projected image embedding out."""
+
+    def __init__(self, image_encoder: nn.Module) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(pixel_values, return_dict=True).image_embeds
 
 
 class VaeDecoderModule(nn.Module):

@@ -89,8 +89,12 @@ class ModelDir:
         raise ValueError(f"{self.path / name} has no {' or '.join(WEIGHTS[library])}{hint}")
 
     def weight_files(self) -> list[str]:
-        """Relative paths of the weight files, for the source hash."""
-        return [self.weight_file(p.name) for p in self.family.model_parts]
+        """Relative paths of the weight files, for the source hash: the model parts', and any a support part holds
+        (unCLIP's image normalizer: the statistics its embeddings are noised with)."""
+        support = [
+            f"{p.name}/{f.name}" for p in self.family.support_parts for f in (self.path / p.name).glob("*.safetensors")
+        ]
+        return [self.weight_file(p.name) for p in self.family.model_parts] + sorted(support)
 
     def weights_sha256(self) -> str:
         return files_sha256(self.path, self.weight_files())

@@ -127,3 +127,19 @@ def sdxl_diffusers(sdxl_model, sdxl_refiner_model) -> dict:
         pipe.set_progress_bar_config(disable=True)
         pipe.original_scheduler = pipe.scheduler
     return pipes
+
+
+@pytest.fixture(scope="session")
+def unclip_model(tmp_path_factory) -> Path:
+    """A tiny random-weight Stable unCLIP 2.1: SD 2.x plus a CLIP vision encoder and its noising parts."""
+    return write_model(tmp_path_factory, "unclip", variant="unclip")
+
+
+@pytest.fixture(scope="session")
+def unclip_artifact(unclip_model, tmp_path_factory) -> Path:
+    return export(unclip_model, tmp_path_factory, "unclip")
+
+
+@pytest.fixture(scope="session")
+def unclip_pipelines(unclip_model, unclip_artifact) -> dict:
+    return load_pipelines(unclip_model, unclip_artifact)

@@ -144,3 +144,20 @@ def test_generate_with_a_refiner(sdxl_artifact, sdxl_refiner_artifact, sdxl_pipe
     capsys.readouterr()
     assert main(["generate", str(sdxl_artifact), "x", "--refiner-switch-at", "0.7"]) == 2
     assert "--refiner-switch-at needs --refiner REFINER_ARTIFACT" in capsys.readouterr().err
+
+
+def test_generate_variations_of_an_image(unclip_artifact, unclip_pipelines, tmp_path, capsys):
+    from tests.runtime.test_img2img import input_image
+
+    photo = tmp_path / "photo.png"
+    input_image(seed=2).save(photo)
+    out = tmp_path / "variation.png"
+    args = ["generate", str(unclip_artifact), "--image", str(photo), "--noise-level", "50", "--seed", "3"]
+    assert main([*args, "--steps", "4", "--height", "64", "--width", "72", "-o", str(out)]) == 0
+    same = unclip_pipelines["onnxruntime"].generate(
+        image=photo, noise_level=50, seed=3, num_inference_steps=4, height=64, width=72
+    )
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(same.images[0]))
+    capsys.readouterr()
+    assert main(["generate", str(unclip_artifact), "--image", str(photo), "--noise-level", "1000"]) == 2
+    assert "noise_level 1000 is outside 0..999" in capsys.readouterr().err

@@ -93,6 +93,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     """Time every available contender on every (size, batch) of `config`; list the others as skipped, with why."""
     device = resolve_device(config.device)
     weights = resolve_weights(config.path, config.model)
+    refiner = None if config.refiner is None else resolve_weights(config.refiner, config.refiner_model)
+    if refiner is not None and (weights.family, refiner.family) != ("sdxl", "sdxl_refiner"):
+        raise ValueError(f"--refiner {config.refiner} is a {refiner.family} model; an sdxl base takes an sdxl_refiner")
     sizes, batches, notes = plan(config, weights)
     if config.mode == "img2img" and weights.artifact is not None:
         from sdrt.manifest import read_manifest
@@ -106,7 +109,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     specs: dict[str, ContenderSpec] = {}
     reasons: dict[str, str] = {}
     for backend in config.backends + config.baselines:
-        spec, reason = contender(backend, weights, device)
+        spec, reason = contender(backend, weights, device, refiner)
         if spec is not None:
             specs[backend] = spec
         else:
@@ -128,6 +131,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
             guidance_scale=config.guidance_scale,
             mode=config.mode,
             strength=config.strength if config.mode == "img2img" else None,
+            refiner_switch_at=config.refiner_switch_at,
         )
 
     groups = [(w, h, b) for (w, h) in sizes for b in batches]

@@ -7,6 +7,7 @@ the first UNet call to the end of the last step; end to end is a synchronized ho
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -89,24 +90,25 @@ class Runner(Protocol):
 
 
 class LoopBracket:
-    """Opens the denoising-loop stage at the first UNet call of a run and closes it once, at the loop's end."""
+    """Opens the denoising-loop stage at a stage's first UNet call and closes it at that loop's end.
+
+    A base + refiner run has two loops with the refiner's text encoding between them: the bracket opens and
+    closes once per loop, and the stage adds both up.
+    """
 
     def __init__(self, clock: StageClock) -> None:
         self.clock = clock
-        self.state = "before"
 
     def reset(self) -> None:
-        self.state = "before"
+        pass  # the clock's reset closes everything
 
     def begin(self) -> None:
-        if self.state == "before":
+        if not self.clock.is_open(LOOP):
             self.clock.start(LOOP)
-            self.state = "open"
 
     def end(self) -> None:
-        if self.state == "open":
+        if self.clock.is_open(LOOP):
             self.clock.stop(LOOP)
-            self.state = "closed"
 
 
 class TimedEngine:
@@ -137,11 +139,14 @@ class SdrtRunner:
         from sdrt.spec import ShapeRanges
 
         ranges = None if spec.ranges is None else ShapeRanges.from_json(spec.ranges)
-        self.pipe = Pipeline.load(spec.path, backend=spec.backend, device=spec.device, ranges=ranges)
+        self.pipe = Pipeline.load(
+            spec.path, backend=spec.backend, device=spec.device, ranges=ranges, refiner=spec.refiner
+        )
         self.device = torch.device(spec.device)
         self.clock = StageClock(device=self.device)
         self.loop = LoopBracket(self.clock)
-        before = {"denoiser": self.loop.begin, "vae_decoder": self.loop.end}
+        # a text encoder closes a loop too: the refiner encodes its prompt between the base's loop and its own
+        before = {"denoiser": self.loop.begin, "vae_decoder": self.loop.end, "text_encoder": self.loop.end}
         for model in self.pipe.models:
             for name, engine in list(model.engines.items()):
                 role = engine.spec.role
@@ -150,7 +155,7 @@ class SdrtRunner:
     def run(self, scenario: Scenario, seed: int) -> Sample:
         self.clock.reset()
         self.loop.reset()
-        img2img = scenario.mode == "img2img"
+        image = init_image(scenario.width, scenario.height) if scenario.mode in ("img2img", "variation") else None
         start = _synced_time(self.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # random weights may give NaN pixels
@@ -164,8 +169,9 @@ class SdrtRunner:
                 seed=seed,
                 num_images_per_prompt=scenario.batch,
                 scheduler=scenario.scheduler,
-                image=init_image(scenario.width, scenario.height) if img2img else None,
+                image=image,
                 strength=scenario.strength,
+                refiner_switch_at=scenario.refiner_switch_at,
             )
         total = _synced_time(self.device) - start
         return _sample(self.clock, total, result.timings.steps)
@@ -176,34 +182,46 @@ class DiffusersRunner:
 
     def __init__(self, spec: ContenderSpec) -> None:
         import diffusers
-        from diffusers.models.attention_processor import AttnProcessor2_0
 
-        sdxl = spec.family == "sdxl"
         self.device = torch.device(spec.device)
         self.dtype = torch.float16 if spec.dtype == "float16" else torch.float32
         options: dict[str, Any] = {"local_files_only": True, "dtype": self.dtype}
-        if not sdxl:
+        if spec.family in ("sd1", "sd2"):
             options |= {"safety_checker": None, "requires_safety_checker": False}
-        self.classes = {mode: getattr(diffusers, xl if sdxl else sd) for mode, (sd, xl) in _PIPELINES.items()}
-        base = self.classes["txt2img"].from_pretrained(spec.path, **options).to(self.device)
-        base.set_progress_bar_config(disable=True)
-        # scaled-dot-product attention, stated rather than left to diffusers' default
-        base.unet.set_attn_processor(AttnProcessor2_0())
-        base.vae.set_attn_processor(AttnProcessor2_0())
-        if spec.backend == "diffusers-compile":
-            # the recipe of diffusers' own speed-up guide for the UNet, which holds nearly all the time
-            base.unet.to(memory_format=torch.channels_last)
-            base.unet = torch.compile(base.unet, mode="reduce-overhead", fullgraph=True)
-        self.pipes = {"txt2img": base}
-        self.scheduler_config = dict(base.scheduler.config)
+        self.classes = {mode: getattr(diffusers, name) for mode, name in _PIPELINES[spec.family].items()}
         self.clock = StageClock(device=self.device)
         self.loop = LoopBracket(self.clock)
-        encoders = [base.text_encoder] + ([base.text_encoder_2] if sdxl else [])
-        for encoder in encoders:
-            _time_module(encoder, self.clock, "text_encoder")
-        _time_module(base.unet, self.clock, "unet", before=self.loop.begin)
-        _time_method(base.vae, "decode", self.clock, "vae_decode", before=self.loop.end)
-        _time_method(base.vae, "encode", self.clock, "vae_encode")
+        self.base_mode = next(iter(self.classes))  # the family's first pipeline loads the weights
+        compile = spec.backend == "diffusers-compile"
+        base = self._load(self.classes[self.base_mode], spec.path, options, compile)
+        self.pipes = {self.base_mode: base}
+        self.scheduler_config = dict(base.scheduler.config)
+        self.refiner = None  # diffusers' ensemble recipe: the refiner's img2img pipeline from denoising_start
+        if spec.refiner is not None:
+            refiner_class = getattr(diffusers, _PIPELINES["sdxl_refiner"]["img2img"])
+            self.refiner = self._load(refiner_class, spec.refiner, options, compile)
+
+    def _load(self, cls: Any, path: str, options: dict[str, Any], compile: bool) -> Any:
+        """A pipeline with SDPA attention (optionally a compiled UNet), its networks timed on the clock."""
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        pipe = cls.from_pretrained(path, **options).to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        # scaled-dot-product attention, stated rather than left to diffusers' default
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        pipe.vae.set_attn_processor(AttnProcessor2_0())
+        if compile:
+            # the recipe of diffusers' own speed-up guide for the UNet, which holds nearly all the time
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+        encoders = ("text_encoder", "text_encoder_2", "image_encoder")  # conditioning, timed as one stage
+        for encoder in (getattr(pipe, name, None) for name in encoders):
+            if encoder is not None:  # an encoder closes a loop: the refiner encodes between the two loops
+                _time_module(encoder, self.clock, "text_encoder", before=self.loop.end)
+        _time_module(pipe.unet, self.clock, "unet", before=self.loop.begin)
+        _time_method(pipe.vae, "decode", self.clock, "vae_decode", before=self.loop.end)
+        _time_method(pipe.vae, "encode", self.clock, "vae_encode")
+        return pipe
 
     def run(self, scenario: Scenario, seed: int) -> Sample:
         from sdrt.runtime.schedulers import make_scheduler
@@ -220,24 +238,39 @@ class DiffusersRunner:
             "num_images_per_prompt": scenario.batch,
             # each image's noise from its own CPU generator, exactly as sdrt draws it
             "generator": [torch.Generator("cpu").manual_seed(seed + i) for i in range(scenario.batch)],
-            "callback_on_step_end": self._on_step_end,
             "output_type": "pil",
         }
+        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+            kwargs["callback_on_step_end"] = self._on_step_end  # else the VAE decode closes the loop's bracket
         if scenario.mode == "img2img":
             kwargs |= {"image": init_image(scenario.width, scenario.height), "strength": scenario.strength}
         else:
             kwargs |= {"height": scenario.height, "width": scenario.width}
+        if scenario.mode == "variation":  # unCLIP: the image conditions, the latents start from noise
+            kwargs |= {"image": init_image(scenario.width, scenario.height)}
+        switch = scenario.refiner_switch_at
+        if switch is not None:
+            kwargs |= {"denoising_end": switch, "output_type": "latent"}
+            self.refiner.scheduler = make_scheduler(scenario.scheduler, self.refiner.scheduler.config)
         start = _synced_time(self.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # random fp16 weights may give NaN pixels
-            pipe(**kwargs)
+            latents = pipe(**kwargs).images
+            # the steps its loop ran (unCLIP's pipeline keeps no count: its scheduler's timesteps are all it runs)
+            steps = getattr(pipe, "num_timesteps", None) or len(pipe.scheduler.timesteps) // pipe.scheduler.order
+            if switch is not None:
+                refined = {k: v for k, v in kwargs.items() if k not in ("height", "width", "strength", "denoising_end")}
+                self.refiner(**refined | {"image": latents, "denoising_start": switch, "output_type": "pil"})
+                steps += self.refiner.num_timesteps
         total = _synced_time(self.device) - start
-        return _sample(self.clock, total, pipe.num_timesteps)
+        return _sample(self.clock, total, steps)
 
     def _pipe(self, mode: str) -> Any:
         """The pipeline for `mode`; img2img shares the text-to-image pipeline's (timed) modules."""
+        if mode not in self.classes:
+            raise ValueError(f"diffusers has no {mode} pipeline for this model; it runs {', '.join(self.classes)}")
         if mode not in self.pipes:
-            pipe = self.classes[mode].from_pipe(self.pipes["txt2img"])
+            pipe = self.classes[mode].from_pipe(self.pipes[self.base_mode])
             pipe.set_progress_bar_config(disable=True)
             self.pipes[mode] = pipe
         return self.pipes[mode]
@@ -248,10 +281,14 @@ class DiffusersRunner:
         return {}
 
 
-# mode -> (SD 1.x/2.x pipeline class, SDXL pipeline class)
+# family -> mode -> the diffusers pipeline class that runs it (the first loads the weights)
+_SD = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline"}
 _PIPELINES = {
-    "txt2img": ("StableDiffusionPipeline", "StableDiffusionXLPipeline"),
-    "img2img": ("StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    "sd1": _SD,
+    "sd2": _SD,
+    "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline"},
+    "sdxl_refiner": {"img2img": "StableDiffusionXLImg2ImgPipeline"},
+    "unclip": {"variation": "StableUnCLIPImg2ImgPipeline"},
 }
 
 

@@ -14,8 +14,8 @@ SDRT_BACKENDS = ("onnxruntime", "torch", "tensorrt")
 BASELINES = ("diffusers", "diffusers-compile")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16")
-MODES = ("txt2img", "img2img")
-FAMILIES = ("sd1", "sd2", "sdxl")
+MODES = ("txt2img", "img2img", "variation")  # variation: unCLIP, the input image conditions
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "unclip")
 SIZE_STEP = 8  # every SD family's VAE works in 8-pixel cells
 
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
@@ -27,7 +27,7 @@ class Scenario:
     """One timed configuration: a backend (or baseline) generating `batch` images of one size."""
 
     model: str  # label of the weights (the model or artifact directory's name)
-    family: str  # "sd1", "sd2" or "sdxl"
+    family: str  # the model family: "sd1", "sd2", "sdxl", ...
     backend: str  # an sdrt backend (SDRT_BACKENDS) or a baseline (BASELINES)
     device: str  # "cpu" or "cuda"
     dtype: str  # weights and activations: "float32" or "float16"
@@ -37,11 +37,13 @@ class Scenario:
     steps: int  # denoising steps asked for (img2img runs strength x steps of them)
     scheduler: str = "dpmpp_2m"  # sdrt sampler name, used by sdrt and the baselines alike
     guidance_scale: float = 7.5  # > 1: classifier-free guidance, so the UNet sees 2 x batch rows
-    mode: str = "txt2img"  # "txt2img" or "img2img" (adds the VAE encoder)
+    mode: str = "txt2img"  # "txt2img", "img2img" (adds the VAE encoder) or "variation" (unCLIP's image encoder)
     strength: float | None = None  # img2img only: share of the schedule run, in (0, 1]
+    refiner_switch_at: float | None = None  # base + refiner: share of the steps the base runs, in (0, 1)
 
     def __post_init__(self) -> None:
         _check_choice("family", self.family, FAMILIES)
+        _check_switch(self.refiner_switch_at)
         _check_choice("backend", self.backend, SDRT_BACKENDS + BASELINES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
@@ -79,7 +81,7 @@ class Scenario:
     @property
     def group(self) -> tuple:
         """What contenders share to be compared: everything but backend and dtype."""
-        return (self.model, self.width, self.height, self.batch, self.steps, self.mode)
+        return (self.model, self.width, self.height, self.batch, self.steps, self.mode, self.refiner_switch_at)
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"contender": self.contender}
@@ -103,6 +105,9 @@ class BenchConfig:
     guidance_scale: float = 7.5  # classifier-free guidance scale
     mode: str = "txt2img"  # "txt2img" or "img2img"
     strength: float = 0.8  # img2img's strength
+    refiner: Path | None = None  # an SDXL refiner (artifact or model directory, the same kind as `path`)
+    refiner_model: Path | None = None  # with a refiner artifact: its model directory (torch backend, baselines)
+    refiner_switch_at: float | None = None  # with a refiner: share of the steps the base runs
     device: str = "auto"  # "cpu", "cuda[:N]", or "auto" (cuda when there is one)
     cold_start: bool = True  # measure load-to-first-image and engine builds in fresh processes
     # pause before every run: thread pools that spin-wait after a run (ONNX Runtime's, OpenMP's) would
@@ -111,8 +116,14 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
-        if self.model is not None:
-            object.__setattr__(self, "model", Path(self.model))
+        for name in ("model", "refiner", "refiner_model"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        _check_switch(self.refiner_switch_at)
+        if (self.refiner is None) != (self.refiner_switch_at is None):
+            raise ValueError("a refiner and refiner_switch_at go together: give both (--refiner, --refiner-switch-at)")
+        if self.refiner_model is not None and self.refiner is None:
+            raise ValueError("refiner_model goes with a refiner artifact: give --refiner too")
         for name, values, known in (("backend", self.backends, SDRT_BACKENDS), ("baseline", self.baselines, BASELINES)):
             for value in values:
                 _check_choice(name, value, known)
@@ -162,6 +173,10 @@ class BenchConfig:
         args += ["--guidance-scale", f"{self.guidance_scale:g}"]
         if self.mode != "txt2img":
             args += ["--mode", self.mode, "--strength", f"{self.strength:g}"]
+        if self.refiner is not None:
+            args += ["--refiner", str(self.refiner), "--refiner-switch-at", f"{self.refiner_switch_at:g}"]
+            if self.refiner_model is not None:
+                args += ["--refiner-model", str(self.refiner_model)]
         args += ["--device", self.device] + ([] if self.cold_start else ["--no-cold-start"])
         return " ".join(shlex.quote(a) for a in args)
 
@@ -191,6 +206,11 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} {value!r} is not an integer")
     if value < minimum:
         raise ValueError(f"{name} {value} must be at least {minimum}")
+
+
+def _check_switch(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
+        raise ValueError(f"refiner_switch_at {value!r} is outside 0 < F < 1")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ class ContenderSpec:
     device: str  # "cpu" or "cuda:N"
     dtype: str  # "float32" or "float16"
     ranges: dict[str, Any] | None = None  # ShapeRanges for the torch backend on a model directory
+    refiner: str | None = None  # the SDXL refiner (artifact or model directory, as `path`) it runs after the base
 
     @property
     def is_baseline(self) -> bool:
@@ -98,8 +99,22 @@ class ContenderSpec:
         return cls(**data)
 
 
-def contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSpec | None, str | None]:
-    """(spec, None) for a contender that can run here, or (None, the reason it cannot)."""
+def contender(
+    backend: str, weights: Weights, device: str, refiner: Weights | None = None
+) -> tuple[ContenderSpec | None, str | None]:
+    """(spec, None) for a contender that can run here (with `refiner` after the base), or (None, why it cannot)."""
+    spec, reason = _contender(backend, weights, device)
+    if spec is None or refiner is None:
+        return spec, reason
+    needs_artifact = Path(spec.path) == weights.artifact
+    path = refiner.artifact if needs_artifact else refiner.model_dir
+    if path is None:
+        kind = "artifact (--refiner)" if needs_artifact else "model directory (--refiner-model)"
+        return None, f"the refiner runs from a {kind} on this contender; give one"
+    return replace(spec, refiner=str(path)), None
+
+
+def _contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSpec | None, str | None]:
     cuda = device.startswith("cuda")
     if backend in BASELINES:
         if backend == "diffusers-compile" and not cuda:

@@ -80,6 +80,7 @@ class Variant:
     unet_in_channels: int  # 4 latent channels; inpainting adds 1 mask + 4 masked-image latent channels
     sd2_attention: bool  # SD 2.x UNet: per-block head counts of head_width channels, linear projections, upcast
     prediction_type: str  # what the UNet predicts: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x 768)
+    class_labels: int = 0  # width of the UNet's projection class embedding (unCLIP's image embedding); 0: none
 
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -125,6 +126,8 @@ def _unet_config(preset: Preset, variant: Variant) -> dict[str, Any]:
         }
     else:
         attention = {"attention_head_dim": 8}  # SD 1.x: 8 heads at every level
+    if variant.class_labels:
+        attention |= {"class_embed_type": "projection", "projection_class_embeddings_input_dim": variant.class_labels}
     return {
         "sample_size": preset.sample_size,
         "in_channels": variant.unet_in_channels,

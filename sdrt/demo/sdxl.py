@@ -133,7 +133,28 @@ FULL = {
     "text_encoder": TEXT_ENCODER,
     "text_encoder_2": TEXT_ENCODER_2,
 }
-CONFIGS = {"tiny": TINY, "sdxl": FULL}
+# The full topologies (levels, transformer depths, heads, time ids, 32 bigG layers) at half the widths: what a
+# 2-core CPU benchmark can afford (a 0.64 B-parameter base UNet), timing like SDXL's shape of work
+SMALL = {
+    "unet": BASE_UNET
+    | {
+        "block_out_channels": (160, 320, 640),
+        "cross_attention_dim": 1024,  # 384 + 640
+        "projection_class_embeddings_input_dim": 2176,  # 6 x 256 + 640
+    },
+    "refiner_unet": REFINER_UNET
+    | {
+        "block_out_channels": (192, 384, 768, 768),
+        "cross_attention_dim": 640,
+        "projection_class_embeddings_input_dim": 1920,  # 5 x 256 + 640
+    },
+    "vae": VAE,
+    "text_encoder": TEXT_ENCODER | {"hidden_size": 384, "intermediate_size": 1536, "num_attention_heads": 6,
+                                    "projection_dim": 384},
+    "text_encoder_2": TEXT_ENCODER_2 | {"hidden_size": 640, "intermediate_size": 2560, "num_attention_heads": 10,
+                                        "projection_dim": 640},
+}  # fmt: skip
+CONFIGS = {"tiny": TINY, "sdxl-small": SMALL, "sdxl": FULL}
 
 # variant -> (pipeline class, text encoders it has, UNet config key, UNet input channels, model_index extras)
 _VARIANTS: dict[str, tuple[str, tuple[str, ...], str, int, dict[str, Any]]] = {
@@ -178,7 +199,7 @@ def _modules(preset: str, variant: str, seed: int, device: str | torch.device) -
     vocab = demo_tokenizer().get_vocab()
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     tokens = {
-        "vocab_size": CLIP_VOCAB if preset == "sdxl" else len(vocab),
+        "vocab_size": len(vocab) if preset == "tiny" else CLIP_VOCAB,
         "max_position_embeddings": 77,
         "bos_token_id": bos,
         "eos_token_id": eos,

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
 
 from sdrt.components import UNET, VAE_DECODER, VAE_ENCODER, latent_factor
@@ -72,8 +73,14 @@ class Conditioner(Protocol):
     def batch_key(self, request: GenerationRequest) -> tuple:
         """What a batch of requests must share for this conditioner to encode them together."""
 
-    def prepare(self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance) -> Conditioning:
-        """Conditioning of every image of `requests` (cond rows) and of its guided images (uncond rows)."""
+    def prepare(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence[torch.Generator]
+    ) -> Conditioning:
+        """Conditioning of every image of `requests` (cond rows) and of its guided images (uncond rows).
+
+        `generators` are the images' own (one per image, in order): a conditioner that draws noise (unCLIP's
+        noise augmentation) draws it from them, in diffusers' order, before the start latents are drawn.
+        """
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ class Family:
     default_steps: int = 30  # denoising steps when a request gives none
     default_guidance: float = 7.5  # guidance scale when a request gives none
     default_strength: float = 0.8  # image-to-image strength when a request gives none
+    # an input image conditions the model (unCLIP's image embedding) instead of starting its latents: requests get
+    # no strength, and their size defaults to the artifact's rather than the image's
+    image_conditioned: bool = False
     # the web UI's "Approx cheap" preview: rows are latent channels, columns R, G, B (latents as sampled)
     latent_rgb: tuple[tuple[float, float, float], ...] = ()
     refiners: tuple[str, ...] = ()  # families whose models can refine this family's latents (base -> refiner)
@@ -140,6 +150,7 @@ class Family:
         wrappers = {
             "text_encoder": lambda: components.TextEncoderModule(part, spec),
             "denoiser": lambda: components.UNetModule(part, spec),
+            "image_encoder": lambda: components.ImageEncoderModule(part),
             "vae_decoder": lambda: components.VaeDecoderModule(part),
             "vae_encoder": lambda: components.VaeEncoderModule(part),
         }

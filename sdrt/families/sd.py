@@ -39,8 +39,10 @@ SD_LATENT_RGB = (
 class SDConditioner(TextConditioner):
     """Prompts -> `encoder_hidden_states`: the text encoder's states for each image and each guided image's negative."""
 
-    def prepare(self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance) -> Conditioning:
-        (encoder,) = self.encoders
+    def prepare(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence = ()
+    ) -> Conditioning:
+        (encoder,) = self.encoders  # text conditioning draws no noise: `generators` go unused
         uncond, cond = self.rows(requests, cfg, encoder)
         states = encoder.encode([*uncond, *cond], requests[0].clip_skip, self.chunks(requests)).states
         k = len(uncond)

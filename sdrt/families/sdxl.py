@@ -48,8 +48,10 @@ class SDXLConditioner(TextConditioner):
         self.force_zeros = force_zeros  # an empty negative prompt gives zero embeddings instead of its encoding
         self.aesthetic = aesthetic  # the refiner's time ids end with an aesthetic score instead of a target size
 
-    def prepare(self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance) -> Conditioning:
-        first = requests[0]
+    def prepare(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence = ()
+    ) -> Conditioning:
+        first = requests[0]  # text and size conditioning draw no noise: `generators` go unused
         chunks = self.chunks(requests)
         cond_states, uncond_states = [], []
         cond_pooled = uncond_pooled = None

@@ -199,7 +199,7 @@ class Pipeline:
 
     def generate(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] = "",
         negative_prompt: str | Sequence[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -219,6 +219,8 @@ class Pipeline:
         refiner_switch_at: float | None = None,
         aesthetic_score: float = 6.0,
         negative_aesthetic_score: float = 2.5,
+        noise_level: int = 0,
+        image_embeds: torch.Tensor | None = None,
     ) -> GenerationResult:
         """Generate images for one prompt or a list of prompts (a batch).
 
@@ -235,18 +237,20 @@ class Pipeline:
         random one is drawn and reported in the result. `callback(step, timestep, latents)` runs after
         every `callback_steps`-th step. With a refiner loaded, `refiner_switch_at=F` hands the latents to
         the refiner after the share F of the schedule; `aesthetic_score` and `negative_aesthetic_score`
-        condition an SDXL refiner.
+        condition an SDXL refiner. On an unCLIP model, `image` (or its CLIP embedding `image_embeds`) conditions
+        the UNet and the result is a variation of it, with `noise_level` noise added to the embedding; the prompt
+        is optional there ("") and steps and guidance default to 20 and 10.
         """
         request = self.request(
             prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, seed,
             num_images_per_prompt, scheduler, eta, clip_skip, image, mask_image, strength,
-            refiner_switch_at, aesthetic_score, negative_aesthetic_score,
+            refiner_switch_at, aesthetic_score, negative_aesthetic_score, noise_level, image_embeds,
         )  # fmt: skip
         return self.run(request, progress=progress, callback=callback, callback_steps=callback_steps)
 
     def request(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] = "",
         negative_prompt: str | Sequence[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -263,6 +267,8 @@ class Pipeline:
         refiner_switch_at: float | None = None,
         aesthetic_score: float = 6.0,
         negative_aesthetic_score: float = 2.5,
+        noise_level: int = 0,
+        image_embeds: torch.Tensor | None = None,
     ) -> GenerationRequest:
         """The checked, tokenized request `generate` would run, defaults filled in; ValueError naming a bad field."""
         family = self.family
@@ -278,7 +284,7 @@ class Pipeline:
         init_image = None if image is None else open_image(image, "image")
         mask = None if mask_image is None else open_image(mask_image, "mask_image")
         default_height = default_width = self.manifest.ranges.opt_size
-        if init_image is not None:
+        if init_image is not None and not family.image_conditioned:
             default_height, default_width = size_from_image(init_image, self.manifest.ranges.latent_factor)
             if strength is None:
                 strength = 1.0 if mask is not None else family.default_strength
@@ -300,6 +306,8 @@ class Pipeline:
             refiner_switch_at=refiner_switch_at,
             aesthetic_score=aesthetic_score,
             negative_aesthetic_score=negative_aesthetic_score,
+            noise_level=noise_level,
+            image_embeds=image_embeds,
         )
         request = self.tokenized(request)
         self.check(request)
@@ -421,7 +429,7 @@ class Pipeline:
         for index, stage in enumerate(self.stages(first)):
             model = stage.model
             with clock.stage("text_encoder"):
-                conditioning = model.conditioner.prepare(batch.requests, batch.cfg)
+                conditioning = model.conditioner.prepare(batch.requests, batch.cfg, batch.gens)
             scheduler = make_scheduler(first.scheduler, model.scheduler_config, seeds=batch.seeds)
             scheduler.set_timesteps(first.steps, device=self.device)
             timesteps = stage_timesteps(
@@ -505,7 +513,7 @@ class Pipeline:
         first = batch.first  # size, mode and strength are shared
         factor, n = model.manifest.ranges.latent_factor, len(gens)
         shape = (model.latent_channels, first.height // factor, first.width // factor)
-        if first.mode == "txt2img":
+        if first.mode in ("txt2img", "variation"):  # a variation's image conditions the UNet, not its latents
             return initial_noise(gens, shape, self.device) * scheduler.init_noise_sigma, None
         scaling = model.manifest.vae_scaling_factor
         images = [preprocess_image(r.image, r.height, r.width, factor).to(self.device) for r in requests]

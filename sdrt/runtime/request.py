@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import torch
 from PIL import Image
 
 from sdrt.runtime.image_inputs import check_mask_matches
@@ -36,7 +37,9 @@ class GenerationRequest:
     clip_skip: int = 0  # text-encoder layers skipped from the end, diffusers' numbering (1 = web UI "CLIP skip 2")
     image: Image.Image | None = None  # image-to-image / inpainting input, resized to height x width
     mask_image: Image.Image | None = None  # inpainting mask of the image's size: white is repainted, black kept
-    strength: float | None = None  # with an image: share of the schedule run, 0..1 (1 = from pure noise)
+    strength: float | None = None  # with an image: share of the schedule run, 0..1; None: the image conditions (unCLIP)
+    noise_level: int = 0  # unCLIP: noise added to the image embedding, a timestep of the model's noising scheduler
+    image_embeds: torch.Tensor | None = field(default=None, compare=False)  # unCLIP: (E,) or (1, E) CLIP embedding
     refiner_switch_at: float | None = None  # base + refiner: share of the schedule the base runs, 0 < F < 1
     aesthetic_score: float = 6.0  # SDXL refiner: the aesthetic score its conditional rows ask for
     negative_aesthetic_score: float = 2.5  # SDXL refiner: the aesthetic score of its unconditional rows
@@ -81,10 +84,22 @@ class GenerationRequest:
     def _check_images(self) -> None:
         if self.mask_image is not None and self.image is None:
             raise ValueError("mask_image needs an image to inpaint: give image as well")
+        _check_int("noise_level", self.noise_level, 0, None)
+        if self.image_embeds is not None:
+            if self.image is not None:
+                raise ValueError("give image or image_embeds, not both: image_embeds is the image's CLIP embedding")
+            if not isinstance(self.image_embeds, torch.Tensor) or self.image_embeds.dim() not in (1, 2):
+                raise ValueError("image_embeds must be a tensor of shape (E,) or (1, E): one image's CLIP embedding")
+            if self.image_embeds.dim() == 2 and self.image_embeds.shape[0] != 1:
+                raise ValueError(f"image_embeds has {self.image_embeds.shape[0]} rows; give one image's embedding")
         if self.image is None:
             if self.strength is not None:
                 raise ValueError(f"strength {self.strength} needs an input image (image-to-image or inpainting)")
             return
+        if self.strength is None:
+            if self.mask_image is not None:
+                raise ValueError("inpainting needs a strength; an image without strength conditions an unCLIP model")
+            return  # the image conditions the model (unCLIP variations): no strength, no VAE encoding
         if self.mask_image is not None:
             check_mask_matches(self.image, self.mask_image)
         strength = self.strength
@@ -102,7 +117,9 @@ class GenerationRequest:
 
     @property
     def mode(self) -> str:
-        """ "txt2img", "img2img" or "inpaint"."""
+        """ "txt2img", "img2img", "inpaint", or "variation" (an image, or its embedding, conditions; no strength)."""
+        if self.image_embeds is not None or (self.image is not None and self.strength is None):
+            return "variation"
         if self.image is None:
             return "txt2img"
         return "img2img" if self.mask_image is None else "inpaint"

@@ -338,7 +338,15 @@ async def _generate(body: _Common, http: Request, api: str) -> dict:
     clip_skip = _clip_skip(body, pipe)
     refiner_switch_at = _refiner_switch(body, pipe)
     img2img = isinstance(body, Img2ImgBody)
-    strength = body.denoising_strength if img2img else None
+    variations = pipe.family.image_conditioned  # unCLIP: img2img makes variations of init_images[0]
+    if variations and not img2img:
+        raise InputError(
+            "prompt",
+            f"this server runs a {pipe.family.description}, which makes variations of an image: "
+            "use /sdapi/v1/img2img with init_images",
+            status=400,
+        )
+    strength = body.denoising_strength if img2img and not variations else None
     if img2img and not body.init_images:
         raise InputError("init_images", "init_images is required: give one base64 image")
     if img2img and len(body.init_images) != 1:

@@ -30,6 +30,13 @@ def decode_image(value: str, field: str, mode: str | None = "RGB") -> Image.Imag
         raise InputError(field, f"{field} is not valid base64: {exc}") from exc
     if not data:
         raise InputError(field, f"{field} is empty: send a base64-encoded PNG, JPEG or WebP image")
+    return decode_image_bytes(data, field, mode)
+
+
+def decode_image_bytes(data: bytes, field: str, mode: str | None = "RGB") -> Image.Image:
+    """An image from its encoded bytes (an upload), converted to `mode` (None: as sent); InputError otherwise."""
+    if not data:
+        raise InputError(field, f"{field} is empty: send a PNG, JPEG or WebP image")
     try:
         # bytes, never a str: a client's string is never opened as a path
         image = open_image(data, field)

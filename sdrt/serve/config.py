@@ -16,7 +16,9 @@ class ServeConfig:
     max_queue: int = 64  # most requests waiting for the engine; beyond it, 429 with Retry-After
     max_body_bytes: int = 16 * 1024 * 1024  # largest request body (base64 input images included); beyond it, 413
     max_prompt_chars: int = 4000  # longest prompt or negative prompt in characters
-    default_steps: int = 30  # denoising steps of requests that do not say (sdrt's API without steps; OpenAI's)
+    # denoising steps of requests that do not say (sdrt's API without steps; OpenAI's); None: the model family's
+    # (30; unCLIP 20)
+    default_steps: int | None = None
     max_steps: int = 150  # most denoising steps per request (the web UI's slider goes to 150)
     max_images: int = 16  # most images per request (prompts x images per prompt, batch_size x n_iter, n)
 
@@ -30,5 +32,5 @@ class ServeConfig:
                 raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
         if not 1 <= self.max_steps <= MAX_STEPS:
             raise ValueError(f"max_steps {self.max_steps} is outside 1..{MAX_STEPS}")
-        if not 1 <= self.default_steps <= self.max_steps:
+        if self.default_steps is not None and not 1 <= self.default_steps <= self.max_steps:
             raise ValueError(f"default_steps {self.default_steps} is outside 1..max_steps ({self.max_steps})")

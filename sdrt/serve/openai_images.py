@@ -1,16 +1,17 @@
-"""OpenAI's images API: POST /v1/images/generations, answered with base64 PNGs (b64_json)."""
+"""OpenAI's images API: POST /v1/images/generations and (unCLIP models) /v1/images/variations, as base64 PNGs."""
 
 from __future__ import annotations
 
 import re
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.serve.codec import encode_all
+from sdrt.serve.codec import decode_image_bytes, encode_all
 from sdrt.serve.errors import InputError
 from sdrt.serve.generation import build_request
 
@@ -62,15 +63,37 @@ def _size(value: str | None, opt_size: int) -> tuple[int, int]:
     return int(match.group(2)), int(match.group(1))
 
 
+def _check_response_format(value: str | None) -> None:
+    if value not in (None, "b64_json"):
+        raise InputError(
+            "response_format",
+            f"response_format {value!r} is not supported: this server keeps no images to link to; use b64_json",
+        )
+
+
+def _check_serves(pipe: Pipeline, variations: bool) -> None:
+    """400 for the endpoint the loaded model cannot serve: variations need unCLIP, generations a text-to-image model."""
+    if variations and not pipe.family.image_conditioned:
+        raise InputError(
+            "image",
+            f"image variations need an unCLIP model (family unclip); this server runs a {pipe.family.description}: "
+            "use /v1/images/generations",
+            status=400,
+        )
+    if not variations and pipe.family.image_conditioned:
+        raise InputError(
+            "prompt",
+            f"this server runs a {pipe.family.description}, which makes variations of an image: use "
+            "/v1/images/variations",
+            status=400,
+        )
+
+
 @router.post("/v1/images/generations")
 async def generations(body: ImagesBody, http: Request) -> dict:
     state = http.app.state.sdrt
-    if body.response_format not in (None, "b64_json"):
-        raise InputError(
-            "response_format",
-            f"response_format {body.response_format!r} is not supported: this server keeps no images to link to; "
-            "use b64_json",
-        )
+    _check_serves(state.require_pipeline(), variations=False)
+    _check_response_format(body.response_format)
     for field, allowed in _HONOURED.items():
         value = getattr(body, field)
         if value not in allowed:
@@ -91,5 +114,40 @@ async def generations(body: ImagesBody, http: Request) -> dict:
         )
 
     completed = await state.generate(http, "openai", build)
+    encoded = await run_in_threadpool(encode_all, completed.result)
+    return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded]}
+
+
+@router.post("/v1/images/variations")
+async def variations(
+    http: Request,
+    image: Annotated[UploadFile, File(description="the image to vary: PNG, JPEG or WebP")],
+    n: Annotated[int, Form(ge=1, le=10, description="images to make")] = 1,
+    size: Annotated[str | None, Form(description="WxH in pixels; default the artifact's tuned size")] = None,
+    response_format: Annotated[str | None, Form(description="b64_json (the default here); url is not offered")] = None,
+    model: Annotated[str | None, Form(description="accepted and ignored: one model per server")] = None,
+    user: Annotated[str | None, Form(description="accepted and ignored")] = None,
+) -> dict:
+    """OpenAI's image variations, from an unCLIP model: the image's CLIP embedding conditions every image."""
+    state = http.app.state.sdrt
+    _check_serves(state.require_pipeline(), variations=True)
+    _check_response_format(response_format)
+    data = await image.read()
+
+    def build(pipe: Pipeline):
+        height, width = _size(size, pipe.manifest.ranges.opt_size)
+        return build_request(
+            pipe,
+            state.config,
+            prompts=[""],
+            height=height,
+            width=width,
+            steps=state.config.default_steps,
+            num_images_per_prompt=n,
+            image=decode_image_bytes(data, "image"),
+            names=_NAMES,
+        )
+
+    completed = await state.generate(http, "openai_variations", build)
     encoded = await run_in_threadpool(encode_all, completed.result)
     return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded]}

@@ -61,5 +61,41 @@ def test_a_model_sdrt_does_not_run_is_timed_on_the_baselines_alone(tmp_path):
 
 
 def test_unknown_preset_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="preset 'sd3' is not one of tiny, sd15, sdxl, sdxl-refiner, sdxl-tiny"):
+    with pytest.raises(ValueError, match="preset 'sd3' is not one of tiny, sd15, sdxl, sdxl-refiner, sdxl-small"):
         write_model(tmp_path / "x", "sd3")
+
+
+def test_sdxl_base_and_refiner_are_timed_together(tmp_path):
+    base = write_model(tmp_path / "sdxl-tiny", "sdxl-tiny", device="cpu")
+    refiner = write_model(tmp_path / "sdxl-refiner-tiny", "sdxl-refiner-tiny", device="cpu")
+    config = BenchConfig(
+        path=base, refiner=refiner, refiner_switch_at=0.5, backends=("torch",), sizes=((64, 64),), steps=4, runs=1,
+        warmup=0, device="cpu", cold_start=False, settle_seconds=0.0, scheduler="euler",
+    )  # fmt: skip
+    result = run_bench(config)
+    status = {r.scenario.contender: r.status for r in result.records}
+    assert status == {"sdrt-torch": "ok", "diffusers": "ok", "diffusers-compile": "skipped"}
+    for record in (r for r in result.records if r.status == "ok"):
+        sample = record.samples[0]
+        assert record.scenario.refiner_switch_at == 0.5
+        # Euler's 4 steps: the base runs 2 (timesteps 751, 501), the refiner 2 (251, 1)
+        assert sample.steps == 4 and sample.unet_calls == 4
+        assert 0 < sample.unet <= sample.denoise and sample.text_encoder > 0
+    assert "--refiner" in config.command() and "--refiner-switch-at 0.5" in config.command()
+    with pytest.raises(ValueError, match="a refiner and refiner_switch_at go together"):
+        BenchConfig(path=base, refiner=refiner)
+
+
+def test_unclip_variations_are_timed_against_diffusers(tmp_path):
+    model = write_model(tmp_path / "unclip-tiny", "unclip-tiny", device="cpu")
+    config = BenchConfig(
+        path=model, mode="variation", backends=("torch",), sizes=((64, 64),), steps=2, runs=1, warmup=0,
+        device="cpu", cold_start=False, settle_seconds=0.0, scheduler="ddim", guidance_scale=10.0,
+    )  # fmt: skip
+    result = run_bench(config)
+    ok = [r for r in result.records if r.status == "ok"]
+    assert {r.scenario.contender for r in ok} == {"sdrt-torch", "diffusers"}
+    for record in ok:
+        sample = record.samples[0]
+        # the image encoder is part of the conditioning stage in both
+        assert sample.steps == 2 and sample.unet_calls == 2 and sample.text_encoder > 0

@@ -29,13 +29,19 @@ def test_results_replace_their_own_block_in_the_readme(tmp_path):
 
 def test_the_suites_time_what_the_issue_asks():
     cpu, gpu = suites(artifact_on_gpu=False)["cpu"], suites(artifact_on_gpu=True)["gpu"]
-    assert [(m.preset, m.sizes, m.batches, m.steps) for m in cpu] == [
-        ("tiny", ((128, 128),), (1, 2, 4), 20),
-        ("sd15", ((256, 256),), (1,), 4),
+    assert [(m.preset, m.sizes, m.batches, m.steps, m.refiner) for m in cpu] == [
+        ("tiny", ((128, 128),), (1, 2, 4), 20, None),
+        ("sd15", ((256, 256),), (1,), 4, None),
+        ("sdxl-small", ((256, 256),), (1,), 4, None),  # SDXL's topology at half widths, exported for onnxruntime
+        ("unclip-tiny", ((128, 128),), (1,), 20, None),
     ]
-    assert [(m.preset, m.sizes, m.batches, m.steps) for m in gpu] == [
-        ("sd15", ((512, 512),), (1, 8), 50),
-        ("sdxl", ((1024, 1024),), (1,), 30),
+    assert cpu[3].mode == "variation" and gpu[3].mode == "variation"
+    assert cpu[2].export is not None
+    assert [(m.preset, m.sizes, m.batches, m.steps, m.refiner, m.refiner_switch_at) for m in gpu] == [
+        ("sd15", ((512, 512),), (1, 8), 50, None, None),
+        ("sdxl", ((1024, 1024),), (1,), 30, None, None),
+        ("sdxl", ((1024, 1024),), (1,), 30, "sdxl-refiner", 0.8),
+        ("unclip", ((768, 768),), (1,), 20, None, None),
     ]
     assert gpu[0].export.max_batch == 8  # throughput up to batch 8 needs an artifact that takes it
     assert suites(artifact_on_gpu=False)["gpu"][0].export is None  # nothing would run an export

@@ -20,3 +20,17 @@ def test_sdxl_and_refiner_profiles_cover_their_conditioning(sdxl_artifact, sdxl_
         assert static.shapes(spec)["time_ids"][0] == static.shapes(spec)["time_ids"][2]
         pooled = build_profiles(manifest.components["text_encoder_2"], ranges, "dynamic")[0]
         assert set(pooled.shapes(manifest.components["text_encoder_2"])) == {"input_ids", "clip_skip"}
+
+
+def test_unclip_profiles_cover_the_image_encoder_and_class_labels(unclip_artifact):
+    manifest = read_manifest(unclip_artifact)
+    vision = manifest.components["image_encoder"]
+    (profile,) = build_profiles(vision, manifest.ranges, "dynamic")
+    assert profile.shapes(vision)["pixel_values"] == (
+        (1, 3, 32, 32),
+        (1, 3, 32, 32),
+        (manifest.ranges.max_batch, 3, 32, 32),
+    )
+    unet = manifest.components["unet"]
+    low, _, high = build_profiles(unet, manifest.ranges, "dynamic")[0].shapes(unet)["class_labels"]
+    assert low == (1, 64) and high == (2 * manifest.ranges.max_batch, 64)

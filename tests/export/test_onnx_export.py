@@ -88,3 +88,42 @@ def test_manifest_describes_the_artifact(artifact, demo_model):
     assert text["attributes"]["num_layers"] == 3 and text["outputs"][0]["name"] == "text_embeddings"
     assert data["components"]["vae_decoder"]["outputs"][0]["shape"] == ["batch", 3, "8*latent_height", "8*latent_width"]
     assert (artifact / "tokenizer").is_dir() and (artifact / "scheduler" / "scheduler_config.json").is_file()
+
+
+def test_external_weights_are_consolidated_byte_for_byte(tmp_path):
+    """torch writes a >2 GB graph's weights one file each; they are copied into one file, never loaded whole."""
+    from onnx import helper, numpy_helper
+
+    from sdrt.export.onnx_export import consolidate_external_data
+
+    rng = np.random.default_rng(0)
+    weights = {f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) for i in range(3)}
+    nodes, last = [], "x"
+    for i, name in enumerate(weights):
+        nodes.append(helper.make_node("MatMul", [last, name], [f"y{i}"]))
+        last = f"y{i}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info(last, onnx.TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(
+        model, str(raw_dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0
+    )
+    assert len(list(raw_dir.iterdir())) == 4  # the graph and one file per weight, as torch writes them
+    out = tmp_path / "out"
+    out.mkdir()
+    consolidate_external_data(raw_dir / "model.onnx", out)
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data"]
+    loaded = onnx.load(str(out / "model.onnx"), load_external_data=True)
+    for tensor in loaded.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(tensor), weights[tensor.name])
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = x @ weights["w0"] @ weights["w1"] @ weights["w2"]
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=1e-5, atol=1e-4)

@@ -1,0 +1,203 @@
+"""Stable unCLIP 2.1 ("Stable Diffusion Reimagine"): variations of an image from its CLIP image embedding.
+
+As diffusers' StableUnCLIPImg2ImgPipeline: the image goes through the model's own CLIPImageProcessor and
+the CLIP vision encoder (with projection); the embedding is normalized with the image normalizer's mean
+and std, noised to `noise_level` by the image-noising scheduler, unnormalized, and the sinusoidal
+embedding of the noise level is appended; that vector (2E wide) is the UNet's `class_labels`, zeros for
+the unconditional rows. The prompt (optional, "" by default) conditions as SD 2.x's does. Denoising starts
+from pure noise: the image reaches the UNet through its embedding only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sdrt.components import image_encoder_spec, text_encoder_spec, unet_spec, vae_specs
+from sdrt.engines import call_in_chunks
+from sdrt.families import register
+from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
+from sdrt.families.sd import SD_LATENT_RGB, TOKENIZERS, SDConditioner
+from sdrt.files import read_json_object
+from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
+from sdrt.runtime.prompts import PromptEncoder
+from sdrt.spec import ComponentSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from sdrt.runtime.model import Model
+    from sdrt.runtime.request import GenerationRequest
+
+PIPELINES = ("StableUnCLIPImg2ImgPipeline",)
+NORMALIZER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+class UnCLIPConditioner(SDConditioner):
+    """Prompts -> `encoder_hidden_states` (SD 2.x); images or their embeddings -> noised `class_labels`."""
+
+    def __init__(
+        self,
+        encoder: PromptEncoder,
+        engines: Mapping[str, Any],
+        processor: Any,
+        normalizer: tuple[torch.Tensor, torch.Tensor],
+        noising_scheduler: Any,
+    ) -> None:
+        super().__init__([encoder])
+        self._engines = engines  # the model's engines, read at each call (a wrapper, a timer, is seen)
+        self.processor = processor  # the model's own CLIPImageProcessor (transformers)
+        self.mean, self.std = normalizer  # the image normalizer's (1, E) mean and std
+        self.noising = noising_scheduler  # adds noise_level noise to the normalized embedding
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.mean.shape[-1])
+
+    @property
+    def noise_levels(self) -> int:
+        """noise_level is a timestep of the noising scheduler: 0 up to this, exclusive."""
+        return int(self.noising.config.num_train_timesteps)
+
+    def check(self, request: GenerationRequest) -> None:
+        super().check(request)
+        if not 0 <= request.noise_level < self.noise_levels:
+            raise ValueError(
+                f"noise_level {request.noise_level} is outside 0..{self.noise_levels - 1} "
+                "(the timesteps of this model's image-noising scheduler)"
+            )
+        embeds = request.image_embeds
+        if embeds is not None and embeds.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                f"image_embeds is {embeds.shape[-1]} wide; this model's image embeddings are {self.embedding_dim} wide"
+            )
+
+    def prepare(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence[torch.Generator]
+    ) -> Conditioning:
+        text = super().prepare(requests, cfg)
+        labels = []
+        first_image = 0  # index of each request's first image: its generator draws the request's embedding noise
+        for request, embeds in zip(requests, self.image_embeddings(requests), strict=True):
+            noised = self.noise_augment(embeds, request.noise_level, generators[first_image])
+            labels.append(noised.expand(request.num_images, -1))
+            first_image += request.num_images
+        cond = torch.cat(labels).to(text.cond["encoder_hidden_states"].device)
+        return Conditioning(
+            cond={**text.cond, "class_labels": cond},
+            uncond={**text.uncond, "class_labels": cond.new_zeros((cfg.num_uncond, cond.shape[-1]))},
+        )
+
+    def image_embeddings(self, requests: Sequence[GenerationRequest]) -> list[torch.Tensor]:
+        """Each request's (1, E) CLIP image embedding: given, or its image through processor and vision encoder."""
+        images = [r.image.convert("RGB") for r in requests if r.image_embeds is None]
+        encoded: list[torch.Tensor] = []
+        if images:
+            (name,) = (n for n, e in self._engines.items() if e.spec.role == "image_encoder")
+            engine = self._engines[name]
+            pixels = self.processor(images=images, return_tensors="pt").pixel_values.to(engine.device, torch.float32)
+            encoded = list(call_in_chunks(engine, {"pixel_values": pixels})["image_embeds"].cpu().split(1))
+        out = []
+        for r in requests:
+            out.append(r.image_embeds.reshape(1, -1).float().cpu() if r.image_embeds is not None else encoded.pop(0))
+        return out
+
+    def noise_augment(self, embeds: torch.Tensor, noise_level: int, generator: torch.Generator) -> torch.Tensor:
+        """(1, E) -> (1, 2E): noised at `noise_level` as diffusers' noise_image_embeddings, its level's sinusoid after.
+
+        The noise is drawn on the CPU from `generator` (diffusers' randn_tensor draws one row for one image).
+        """
+        from diffusers.models.embeddings import get_timestep_embedding
+
+        noise = torch.randn(embeds.shape, generator=generator, dtype=embeds.dtype)
+        level = torch.tensor([noise_level] * embeds.shape[0])
+        scaled = (embeds - self.mean) / self.std
+        noised = self.noising.add_noise(scaled, timesteps=level, noise=noise)
+        unscaled = noised * self.std + self.mean
+        sinusoid = get_timestep_embedding(level, unscaled.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0)
+        return torch.cat([unscaled, sinusoid.to(unscaled.dtype)], dim=1)  # computed in float32
+
+
+@dataclass(frozen=True)
+class UnCLIPFamily(Family):
+    """SD 2.1 unCLIP image variations: SD 2.x text conditioning plus a noised CLIP image embedding."""
+
+    def claims(self, index: Mapping[str, Any], configs: Mapping[str, Any]) -> bool:
+        return index.get("_class_name") in PIPELINES
+
+    def networks(self, configs: Mapping[str, Any]) -> dict[str, ComponentSpec]:
+        text, vision, unet = configs["text_encoder"], configs["image_encoder"], configs["unet"]
+        width = int(unet["projection_class_embeddings_input_dim"])
+        embedding = int(vision["projection_dim"])
+        if unet.get("class_embed_type") != "projection" or width != 2 * embedding:
+            raise ValueError(
+                f"the unCLIP UNet takes class labels of width {width} ({unet.get('class_embed_type')!r} embedding); "
+                f"an image embedding of {embedding} plus its noise-level embedding needs a projection of "
+                f"{2 * embedding}"
+            )
+        return {
+            "text_encoder": text_encoder_spec(
+                "text_encoder", text["hidden_size"], text["vocab_size"], text["num_hidden_layers"]
+            ),
+            "image_encoder": image_encoder_spec(int(vision["image_size"]), embedding),
+            "unet": unet_spec(
+                unet["in_channels"],
+                unet["out_channels"],
+                unet["cross_attention_dim"],
+                configs["scheduler"].get("num_train_timesteps", 1000),
+                bool(unet.get("upcast_attention") or False),
+                # the noise-level sinusoid is computed in float32 by the conditioner; the class embedding's own
+                # projection runs in the UNet's precision, as diffusers runs it
+                class_labels=TensorSpec("class_labels", "float32", ("cfg_batch", width)),
+            ),
+            **vae_specs(configs["vae"], encoder=False),  # variations start from noise: no VAE encoder
+        }
+
+    def conditioner(self, model: Model) -> UnCLIPConditioner:
+        from safetensors.torch import load_file
+        from transformers import CLIPImageProcessor
+
+        from sdrt.runtime.schedulers import make_scheduler
+
+        root = Path(model.path)
+        try:
+            processor = CLIPImageProcessor.from_pretrained(root / "feature_extractor", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot load the image processor in {root / 'feature_extractor'}: {exc}") from exc
+        weights = load_file(str(root / "image_normalizer" / NORMALIZER_WEIGHTS))
+        noising = make_scheduler(None, read_json_object(root / "image_noising_scheduler" / "scheduler_config.json"))
+        return UnCLIPConditioner(
+            model.prompt_encoder("text_encoder"),
+            model.engines,
+            processor,
+            (weights["mean"].float(), weights["std"].float()),
+            noising,
+        )
+
+
+UNCLIP = register(
+    UnCLIPFamily(
+        name="unclip",
+        parts=(
+            model_part("text_encoder", "CLIPTextModel"),
+            support_part("tokenizer", *TOKENIZERS),
+            model_part("image_encoder", "CLIPVisionModelWithProjection"),
+            support_part("feature_extractor", "CLIPImageProcessor", config="preprocessor_config.json"),
+            support_part("image_normalizer", "StableUnCLIPImageNormalizer", config="config.json"),
+            support_part("image_noising_scheduler", config="scheduler_config.json"),
+            model_part("unet", "UNet2DConditionModel"),
+            model_part("vae", "AutoencoderKL"),
+            support_part("scheduler", config="scheduler_config.json"),
+        ),
+        network_names=("text_encoder", "image_encoder", "unet", "vae_decoder"),
+        text_encoders=(TextEncoderPair("tokenizer", "text_encoder"),),
+        description="Stable unCLIP 2.1 model",
+        modes=("variation",),
+        default_steps=20,  # StableUnCLIPImg2ImgPipeline's defaults
+        default_guidance=10.0,
+        latent_rgb=SD_LATENT_RGB,
+        image_conditioned=True,
+    )
+)
