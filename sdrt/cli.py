@@ -40,8 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         "(sd2 for sd21, sdxl for sdxl, else sd1)",
     )
 
-    p = sub.add_parser("export", help="export a diffusers model directory to ONNX with a manifest")
-    p.add_argument("model_dir", type=Path, help="diffusers-format model directory on disk (model_index.json, ...)")
+    p = sub.add_parser("export", help="export a diffusers model directory or a single-file checkpoint to ONNX")
+    p.add_argument(
+        "model_dir",
+        type=Path,
+        help="a diffusers model directory (model_index.json, ...) or a single-file checkpoint in the original "
+        "layout (SD 1.x, 2.x, inpainting, SDXL base or refiner .safetensors)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="artifact directory to create")
     p.add_argument("--max-batch", type=int, default=4, help="most images per engine call (default 4)")
     p.add_argument("--min-size", type=int, default=256, help="smallest image height/width in pixels (default 256)")
@@ -69,6 +74,40 @@ def _parser() -> argparse.ArgumentParser:
         help="VAE precision (default fp32, which cannot overflow); fp16 suits SD 1.x/2.x VAEs, not SDXL's",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
+    p.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        default=None,
+        help="single file: what its UNet predicts, which SD 2.x files do not record (768 models: v_prediction)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="single file: a diffusers directory whose configs (and tokenizers) describe it, instead of the "
+        "published configs of the family its keys show",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read pickled .ckpt/.pt files (checkpoint or --vae) with torch's weights-only loader (never runs code)",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        type=_lora_arg,
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="fuse this LoRA (.safetensors) into the exported weights (repeat for several; weight default 1); "
+        "the way to run LoRAs on ONNX Runtime, whose engines have their weights baked in",
+    )
+    p.add_argument(
+        "--vae",
+        type=Path,
+        default=None,
+        help="export this VAE instead of the model's: a diffusers VAE directory or a single .safetensors file",
+    )
 
     p = sub.add_parser("build", help="prepare engines for a backend under ARTIFACT_DIR/engines/<backend>/")
     p.add_argument("artifact_dir", type=Path)
@@ -159,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="unCLIP: noise added to the image's embedding, 0..999 (more: looser variations; default 0)",
     )
+    _extra_network_args(p)
     p.add_argument("--preview-every", type=int, default=None, metavar="N", help="write a cheap preview every N steps")
     p.add_argument("--preview-dir", type=Path, default=None, help="directory for previews (default: beside the output)")
     p.add_argument("--batch", type=int, default=1, help="images to generate (default 1)")
@@ -236,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--refiner", type=Path, default=None, help="an SDXL refiner artifact: requests with refiner_switch_at use it"
     )
+    _extra_network_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860, the web UI's)")
     p.add_argument(
@@ -271,12 +312,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lora_arg(value: str) -> tuple[Path, float]:
+    """argparse type: FILE or FILE:WEIGHT."""
+    path, _, weight = value.rpartition(":")
+    if path:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(value), 1.0
+
+
 def _sampler(value: str) -> str:
     """argparse type: a sampler name or web UI label, as sdrt's name."""
     try:
         return str(canonical_sampler(value))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _extra_network_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lora-dir",
+        type=Path,
+        default=None,
+        help="LoRA files (.safetensors) prompts name as <lora:name:weight>, fused per request (torch backend, or "
+        "tensorrt engines built with --refit and --model-dir)",
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="tensorrt with --lora-dir: the model the artifact was exported from (LoRAs are fused into its weights)",
+    )
+    p.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        default=None,
+        help="textual-inversion embeddings (.pt, .safetensors, .bin), used where a prompt names a file's stem",
+    )
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    """Pipeline.load's extra-network directories, as given."""
+    names = ("embeddings_dir", "lora_dir", "model_dir")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -331,6 +411,7 @@ def _demo_model(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from sdrt.export import ExportConfig, export_model
+    from sdrt.model_source import SourceOptions
 
     _quiet_third_party()
     config = ExportConfig(
@@ -343,7 +424,11 @@ def _export(args: argparse.Namespace) -> int:
         precision=args.precision,
         vae_precision=args.vae_precision,
     )
-    manifest = export_model(args.model_dir, args.output, config, overwrite=args.overwrite, progress=True)
+    source = SourceOptions(
+        prediction_type=args.prediction_type, config_dir=args.config, allow_pickle=args.allow_pickle, vae=args.vae,
+        loras=tuple(args.lora),
+    )  # fmt: skip
+    manifest = export_model(args.model_dir, args.output, config, overwrite=args.overwrite, progress=True, source=source)
     r = manifest.ranges
     print(
         f"exported {args.model_dir} ({manifest.family}) to {args.output}: "
@@ -382,8 +467,9 @@ def _generate(args: argparse.Namespace) -> int:
     if args.refiner_switch_at is not None and args.refiner is None:
         raise ValueError("--refiner-switch-at needs --refiner REFINER_ARTIFACT")
     pipe = Pipeline.load(
-        args.path, backend=args.backend, device=args.device, refiner=args.refiner, **_backend_options(args)
-    )
+        args.path, backend=args.backend, device=args.device, refiner=args.refiner, **_load_options(args),
+        **_backend_options(args),
+    )  # fmt: skip
     preview = None
     if args.preview_every is not None:
         from sdrt.runtime.previews import PreviewWriter
@@ -501,7 +587,10 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.ray:
         from sdrt.serve.server import serve
 
-        return serve(args.path, args.backend, args.device, args.host, args.port, config, refiner=args.refiner)
+        return serve(
+            args.path, args.backend, args.device, args.host, args.port, config, refiner=args.refiner,
+            **_load_options(args),
+        )  # fmt: skip
     try:
         from sdrt.serve import ray_app
     except ImportError as exc:
@@ -512,7 +601,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
     )
-    app = ray_app.deployment(args.path, args.backend, args.device, config, options, refiner=args.refiner)
+    app = ray_app.deployment(
+        args.path, args.backend, args.device, config, options, refiner=args.refiner, **_load_options(args)
+    )
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 
 

@@ -22,6 +22,9 @@ VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
 
 
+TEXT_LENGTH = 77  # tokens per text-encoder row: begin token, 75 prompt tokens, end token
+
+
 def text_encoder_spec(
     name: str,
     hidden_size: int,
@@ -32,22 +35,27 @@ def text_encoder_spec(
     layer_offset: int = 0,
     pooled_size: int | None = None,
 ) -> ComponentSpec:
-    """CLIP text encoder: token ids (B, 77) int32 and a per-row CLIP skip (B,) int32 -> text embeddings (B, 77, D).
+    """CLIP text encoder: token embeddings (B, 77, D) and a per-row CLIP skip (B,) int32 -> text embeddings (B, 77, D).
 
-    Row i's embeddings are the hidden state `layer_offset + clip_skip[i]` layers before the last (diffusers'
-    `clip_skip` numbering), through the final layer norm when `final_layer_norm`: SD 1.x/2.x take the last
-    layer normed (offset 0), SDXL the penultimate without the norm (offset 1). Any clip_skip works without a
-    re-export. With `pooled_size`, also the pooled, projected embedding (B, P) of CLIPTextModelWithProjection.
+    The engine starts after the token-embedding lookup: the runtime looks ids up in the token table the
+    artifact keeps beside the graph (`vocab_size` rows), so textual-inversion vectors join a prompt without
+    a re-export. Row i's embeddings are the hidden state `layer_offset + clip_skip[i]` layers before the last
+    (diffusers' `clip_skip` numbering), through the final layer norm when `final_layer_norm`: SD 1.x/2.x take
+    the last layer normed (offset 0), SDXL the penultimate without the norm (offset 1). Any clip_skip works
+    without a re-export. With `pooled_size`, also the pooled, projected embedding (B, P) of
+    CLIPTextModelWithProjection, taken at each row's `eos_position` (the end token's index).
     """
+    inputs = [
+        TensorSpec("inputs_embeds", "float32", ("cfg_batch", "text_length", hidden_size)),
+        TensorSpec("clip_skip", "int32", ("cfg_batch",)),
+    ]
     outputs = [TensorSpec("text_embeddings", "float32", ("cfg_batch", "text_length", hidden_size))]
     if pooled_size is not None:
+        inputs.append(TensorSpec("eos_position", "int32", ("cfg_batch",)))
         outputs.append(TensorSpec("pooled_embeddings", "float32", ("cfg_batch", pooled_size)))
     return ComponentSpec(
         name=name,
-        inputs=(
-            TensorSpec("input_ids", "int32", ("cfg_batch", "text_length")),
-            TensorSpec("clip_skip", "int32", ("cfg_batch",)),
-        ),
+        inputs=tuple(inputs),
         outputs=tuple(outputs),
         batch_dim="cfg_batch",
         role="text_encoder",
@@ -56,8 +64,10 @@ def text_encoder_spec(
             "num_layers": num_layers,
             "final_layer_norm": final_layer_norm,
             "layer_offset": layer_offset,
-            "input_ids_max": vocab_size,  # exclusive bounds of integer inputs
-            "clip_skip_max": num_layers - layer_offset,  # exclusive: clip_skip picks a layer at or after the first
+            "vocab_size": vocab_size,  # rows of the token table
+            # exclusive bounds of integer inputs
+            "clip_skip_max": num_layers - layer_offset,  # clip_skip picks a layer at or after the first
+            **({"eos_position_max": TEXT_LENGTH} if pooled_size is not None else {}),
         },
     )
 
@@ -176,31 +186,49 @@ class SpecModule(nn.Module):
 
 
 class TextEncoderModule(SpecModule):
-    """CLIPTextModel(WithProjection) with the spec's IO: int32 ids and CLIP skips in, the chosen layer's states out."""
+    """CLIPTextModel(WithProjection) after its token lookup: embeddings and CLIP skips in, a chosen layer out.
+
+    transformers' CLIP text models take token ids only, so this runs their parts (position embeddings,
+    causal self-attention layers, final norm, projection) on the embeddings the runtime looked up.
+    """
 
     def __init__(self, text_encoder: nn.Module, spec: ComponentSpec) -> None:
         super().__init__(spec)
         self.text_encoder = text_encoder
+        # transformers 5 flattens CLIPTextModel (its parts on the model itself); WithProjection keeps .text_model
+        self.text_model = getattr(text_encoder, "text_model", text_encoder)
         self.layer_offset = int(spec.attributes["layer_offset"])
         self.pooled = "pooled_embeddings" in spec.output_names
-        self.final_layer_norm = None
-        if spec.attributes["final_layer_norm"]:
-            # transformers 5 keeps the final layer norm on the model itself; older releases under .text_model
-            owner = text_encoder if hasattr(text_encoder, "final_layer_norm") else text_encoder.text_model
-            self.final_layer_norm = owner.final_layer_norm
+        self.final_layer_norm = self.text_model.final_layer_norm if spec.attributes["final_layer_norm"] else None
+
+    def token_table(self) -> torch.Tensor:
+        """The token-embedding matrix (vocab, D) the runtime looks ids up in."""
+        return self.text_encoder.get_input_embeddings().weight
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor):
+        from transformers.masking_utils import create_causal_mask
+
         feeds = self.bind(args, kwargs)
-        input_ids, clip_skip = feeds["input_ids"], feeds["clip_skip"]
-        out = self.text_encoder(input_ids.to(torch.int64), output_hidden_states=True, return_dict=True)
-        layers = torch.stack(out.hidden_states[1:], dim=1)  # (B, L, T, D): every layer's output
-        index = (layers.shape[1] - 1 - self.layer_offset - clip_skip.to(torch.int64)).view(-1, 1, 1, 1)
-        picked = torch.gather(layers, 1, index.expand(-1, 1, layers.shape[2], layers.shape[3])).squeeze(1)
+        clip_skip = feeds["clip_skip"].to(torch.int64)
+        hidden = self.text_model.embeddings(inputs_embeds=feeds["inputs_embeds"])
+        mask = create_causal_mask(
+            config=self.text_model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None
+        )
+        layers = []
+        for layer in self.text_model.encoder.layers:
+            hidden = layer(hidden, mask, is_causal=True)
+            layers.append(hidden)
+        stacked = torch.stack(layers, dim=1)  # (B, L, T, D): every layer's output
+        index = (stacked.shape[1] - 1 - self.layer_offset - clip_skip).view(-1, 1, 1, 1)
+        picked = torch.gather(stacked, 1, index.expand(-1, 1, stacked.shape[2], stacked.shape[3])).squeeze(1)
         if self.final_layer_norm is not None:
             picked = self.final_layer_norm(picked)
-        if self.pooled:
-            return picked, out.text_embeds
-        return picked
+        if not self.pooled:
+            return picked
+        last = self.text_model.final_layer_norm(hidden)
+        rows = torch.arange(last.shape[0], device=last.device)
+        pooled = last[rows, feeds["eos_position"].to(torch.int64)]
+        return picked, self.text_encoder.text_projection(pooled)
 
 
 class UNetModule(SpecModule):

@@ -11,15 +11,18 @@ from typing import Any
 
 from sdrt.families import Family, family_named
 from sdrt.files import read_json_object
+from sdrt.hashing import file_sha256
 from sdrt.model_dir import ModelDir
 from sdrt.spec import ComponentSpec, ShapeRanges
 
-# 3: one model family description (networks, support directories and extras by family); 2: CLIP-skip input,
-# dynamic text axis, inpainting flag
-FORMAT_VERSION = 3
+# 4: text encoders take token embeddings (the artifact keeps each token table), the swapped VAE and the LoRAs
+# fused at export are recorded; 3: one model family description (networks, support directories and extras by
+# family); 2: CLIP-skip input, dynamic text axis, inpainting flag
+FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 ONNX_FILE = "model.onnx"  # a component's graph, in its own directory (exported or engine-optimized)
 ONNX_DATA_FILE = "model.onnx.data"  # its weights, when the graph passes 2 GB
+TOKEN_TABLE_FILE = "token_embeddings.safetensors"  # a text encoder's token table: tensor "weight" (vocab, D) float32
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -31,6 +34,14 @@ class OnnxFile:
     sha256: str  # of the .onnx file
     external_data: str | None = None  # relative path of the external weights file, when the graph passed 2 GB
     external_data_sha256: str | None = None  # of the external weights file
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file of the artifact other than a graph (a token table), and a hash of its bytes."""
+
+    path: str  # relative to the artifact root, e.g. "text_encoder/token_embeddings.safetensors"
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,11 @@ class Manifest:
     support: tuple[str, ...] = ()  # directories copied from the model as they are: tokenizers, scheduler, ...
     extras: Mapping[str, Any] = field(default_factory=dict)  # the family's own facts, validated by the family
     files: Mapping[str, OnnxFile] = field(default_factory=dict)  # component name -> ONNX file (empty for a model dir)
+    token_tables: Mapping[str, DataFile] = field(default_factory=dict)  # text encoder -> its token table file
+    # where the weights came from beyond the model itself: the swapped VAE ({"name", "sha256"}) and the
+    # LoRAs fused at export ([{"name", "sha256", "weight"}])
+    vae: Mapping[str, str] | None = None
+    loras: tuple[Mapping[str, Any], ...] = ()
     versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
     format_version: int = FORMAT_VERSION  # bumped on any incompatible change
 
@@ -61,6 +77,13 @@ class Manifest:
         family = family_named(self.family)
         family.check_networks(list(self.components))
         object.__setattr__(self, "extras", family.check_extras(self.extras))
+        if self.files:  # an exported artifact: every text encoder's token table beside its graph
+            encoders = {n for n, s in self.components.items() if s.role == "text_encoder"}
+            if set(self.token_tables) != encoders:
+                raise ValueError(
+                    f"manifest lists token tables for {sorted(self.token_tables)}, but its text encoders are "
+                    f"{sorted(encoders)}; re-export the model with this sdrt"
+                )
         needed = {p.name for p in family.support_parts}
         if set(self.support) != needed:
             raise ValueError(f"a {self.family} artifact has support directories {sorted(needed)}, not {self.support}")
@@ -89,6 +112,10 @@ class Manifest:
             prediction_type=family.prediction_type(model.configs),
             support=tuple(p.name for p in family.support_parts),
             extras=family.manifest_extras(model.index, model.configs),
+            vae=model.vae,
+            loras=tuple(
+                {"name": path.name, "sha256": file_sha256(path), "weight": weight} for path, weight in model.loras
+            ),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -106,8 +133,14 @@ class Manifest:
             # which tokenizer directory feeds which text-encoder network (the family's; for readers of the file)
             "text_encoders": [{"tokenizer": t.tokenizer, "network": t.network} for t in family.text_encoders],
             "extras": dict(self.extras),
+            "vae": dict(self.vae) if self.vae is not None else None,
+            "loras": [dict(lora) for lora in self.loras],
             "components": {
-                name: {**spec.to_json(), "onnx": vars(self.files[name]) if name in self.files else None}
+                name: {
+                    **spec.to_json(),
+                    "onnx": vars(self.files[name]) if name in self.files else None,
+                    **({"token_embeddings": vars(self.token_tables[name])} if name in self.token_tables else {}),
+                }
                 for name, spec in self.components.items()
             },
             "versions": dict(self.versions),
@@ -124,6 +157,9 @@ class Manifest:
         try:
             components = {n: ComponentSpec.from_json(c) for n, c in data["components"].items()}
             files = {n: OnnxFile(**c["onnx"]) for n, c in data["components"].items() if c.get("onnx")}
+            tables = {
+                n: DataFile(**c["token_embeddings"]) for n, c in data["components"].items() if c.get("token_embeddings")
+            }
             return cls(
                 family=data["family"],
                 ranges=ShapeRanges.from_json(data["ranges"]),
@@ -135,14 +171,19 @@ class Manifest:
                 support=tuple(data["support"]),
                 extras=dict(data["extras"]),
                 files=files,
+                token_tables=tables,
+                vae=dict(data["vae"]) if data.get("vae") is not None else None,
+                loras=tuple(dict(lora) for lora in data.get("loras", ())),
                 versions=dict(data.get("versions", {})),
                 format_version=version,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"manifest is malformed: {exc!r}") from exc
 
-    def with_files(self, files: Mapping[str, OnnxFile], versions: Mapping[str, str]) -> Manifest:
-        return replace(self, files=dict(files), versions=dict(versions))
+    def with_files(
+        self, files: Mapping[str, OnnxFile], versions: Mapping[str, str], token_tables: Mapping[str, DataFile]
+    ) -> Manifest:
+        return replace(self, files=dict(files), versions=dict(versions), token_tables=dict(token_tables))
 
 
 def is_inpainting_unet(configs: Mapping[str, Any]) -> bool:
@@ -169,14 +210,15 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise ValueError(f"{root} is not an sdrt artifact: it has no {MANIFEST_NAME} (create one with 'sdrt export')")
     manifest = Manifest.from_json(read_json_object(path))
-    for name, onnx_file in manifest.files.items():
-        for rel in (onnx_file.path, onnx_file.external_data):
-            if rel is None:
-                continue
-            if not (root / rel).resolve().is_relative_to(root.resolve()):
-                raise ValueError(f"manifest of {root} points {name} at {rel}, outside the artifact")
-            if not (root / rel).is_file():
-                raise ValueError(f"artifact {root} is incomplete: {name} file {rel} is missing")
+    paths = [(n, f.path) for n, f in manifest.token_tables.items()]
+    paths += [(n, rel) for n, f in manifest.files.items() for rel in (f.path, f.external_data)]
+    for name, rel in paths:
+        if rel is None:
+            continue
+        if not (root / rel).resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"manifest of {root} points {name} at {rel}, outside the artifact")
+        if not (root / rel).is_file():
+            raise ValueError(f"artifact {root} is incomplete: {name} file {rel} is missing")
     for rel in manifest.support:
         if not (root / rel).is_dir():
             raise ValueError(f"artifact {root} is incomplete: {rel}/ is missing")

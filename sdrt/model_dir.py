@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from sdrt.components import latent_factor
@@ -31,6 +32,36 @@ class ModelDir:
     family: Family  # the model family, found from model_index.json and the configs
     index: dict[str, Any]  # model_index.json
     configs: dict[str, Any]  # part name -> its config dict (parts with a config file)
+    # where the weights really came from, when the directory was converted from a single file: its sha256
+    source_sha256: str | None = None
+    swapped: Mapping[str, Path] = field(default_factory=dict)  # part -> the directory holding it instead (a VAE)
+    vae: Mapping[str, str] | None = None  # the swapped VAE's name and sha256, for the manifest and infotexts
+    loras: tuple[tuple[Path, float], ...] = ()  # LoRAs fused into the parts they adapt as each part is loaded
+
+    def with_part(
+        self, name: str, directory: Path, config: Mapping[str, Any], described: Mapping[str, str]
+    ) -> ModelDir:
+        """This model with part `name` read from `directory` instead (a swapped VAE), described for the manifest."""
+        return replace(
+            self, swapped={**self.swapped, name: directory}, configs={**self.configs, name: dict(config)}, vae=described
+        )
+
+    def with_loras(self, loras: tuple[tuple[Path, float], ...]) -> ModelDir:
+        """This model with LoRAs fused into its text encoders and UNet when they load; each file is checked now."""
+        from sdrt.export.lora import prepare_lora
+
+        if not self.family.lora_loader:
+            raise ValueError(f"LoRAs are not supported for {self.family.description}s")
+        for path, _ in loras:
+            lora = prepare_lora(path, self.family.lora_loader, self.configs.get("unet"))
+            unknown = sorted(set(lora.layers) - set(self.family.lora_parts))
+            if unknown:
+                raise ValueError(f"LoRA file {path} adapts {', '.join(unknown)}, which this model does not have")
+        return replace(self, loras=tuple(loras))
+
+    def part_dir(self, name: str) -> Path:
+        """The directory part `name` is read from."""
+        return self.swapped.get(name, self.path / name)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> ModelDir:
@@ -40,7 +71,7 @@ class ModelDir:
             raise ValueError(f"model directory {root} does not exist or is not a directory")
         index_file = root / "model_index.json"
         index = read_model_index(root)
-        configs = _read_configs(root, index)
+        configs = read_config_files(root, index)
         family = family_for(index, configs, where=str(index_file))
         missing = [p.name for p in family.parts if not (root / p.name).is_dir()]
         if missing:
@@ -97,7 +128,8 @@ class ModelDir:
         return [self.weight_file(p.name) for p in self.family.model_parts] + sorted(support)
 
     def weights_sha256(self) -> str:
-        return files_sha256(self.path, self.weight_files())
+        """The source model's hash: its weight files' (a swapped part not included), or its single file's."""
+        return self.source_sha256 or files_sha256(self.path, self.weight_files())
 
     def load_part(self, name: str) -> nn.Module:
         """One model part from safetensors on disk, in eval mode, fp32, with the class model_index.json names."""
@@ -105,8 +137,18 @@ class ModelDir:
 
         library, cls = self.part_class(name)
         loader = getattr(importlib.import_module(library), cls)
-        log.info("loading %s (%s) from %s", name, cls, self.path)
-        module = loader.from_pretrained(self.path / name, local_files_only=True, use_safetensors=True)
+        log.info("loading %s (%s) from %s", name, cls, self.part_dir(name))
+        # fp32 whatever the file holds: transformers 5 would keep an fp16 checkpoint's dtype, diffusers upcasts
+        dtype = {"dtype": torch.float32} if library == "transformers" else {"torch_dtype": torch.float32}
+        module = loader.from_pretrained(self.part_dir(name), local_files_only=True, use_safetensors=True, **dtype)
+        if self.loras and name in self.family.lora_parts:
+            from sdrt.export.lora import fuse_into_part, prepare_lora
+
+            loader_name, unet = self.family.lora_loader, self.configs.get("unet")
+            files = [(prepare_lora(path, loader_name, unet), weight) for path, weight in self.loras]
+            with torch.no_grad():
+                fused = fuse_into_part(name, module, files, loader_name)
+            log.info("fused %d LoRA layers into %s", fused, name)
         return module.eval()
 
     def load_modules(self) -> dict[str, nn.Module]:
@@ -143,7 +185,7 @@ def read_model_index(root: Path) -> dict[str, Any]:
     return read_json_object(index_file)
 
 
-def _read_configs(root: Path, index: dict[str, Any]) -> dict[str, Any]:
+def read_config_files(root: Path, index: dict[str, Any]) -> dict[str, Any]:
     """The config of every part model_index.json names whose directory has one of the usual config files."""
     configs = {}
     for name, entry in index.items():

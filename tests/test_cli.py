@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from sdrt.cli import main
+from sdrt.manifest import FORMAT_VERSION
 from sdrt.runtime.schedulers import sampler_choices
 
 
@@ -91,7 +92,7 @@ def test_info_prints_the_manifest(artifact, capsys):
 
     assert main(["info", str(artifact)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["format_version"] == 3 and set(printed["components"]) == {
+    assert printed["format_version"] == FORMAT_VERSION and set(printed["components"]) == {
         "text_encoder",
         "unet",
         "vae_decoder",

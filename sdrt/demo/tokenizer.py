@@ -21,7 +21,7 @@ a robot reading a book in a library, warm light, dust, volumetric, octane render
 NUM_MERGES = 400
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -36,7 +36,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Learn CLIP-style BPE merges (words end in '</w>') and build the vocabulary CLIP's tokenizer expects."""
-    byte_chars = _bytes_to_unicode()
+    byte_chars = bytes_to_unicode()
     words = collections.Counter(
         tuple("".join(byte_chars[b] for b in w.encode())) for w in corpus.lower().replace(",", " , ").split()
     )

@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 
 MAP_VERSION = 1
 TRANSFORMS = ("same", "reshape", "transpose")  # initializer = param, param.reshape(shape), param.T
-TEXT_ENCODER, UNET = "text_encoder", "unet"
-REFIT_COMPONENTS = (TEXT_ENCODER, UNET)  # the networks an SD 1.x/2.x LoRA adapts
 # an fp16 converter may clamp tiny magnitudes (onnxconverter-common: below 1e-7); anything else must match exactly
 _FP16_ATOL = 1e-7
 
@@ -256,7 +254,7 @@ def weight_map_for(artifact: Path, manifest: Manifest, component: str, module: n
 
 
 class LoraRefitter:
-    """Switches the LoRA fused into refittable engines (text encoder and UNet) without rebuilding them.
+    """Switches the LoRAs fused into refittable engines (text encoders and UNet) without rebuilding them.
 
     Needs the model directory the artifact was exported from: LoRAs are fused into its torch weights,
     which the weight maps then place into the engines' initializers.
@@ -269,22 +267,18 @@ class LoraRefitter:
         model = ModelDir.open(model_dir)
         if model.weights_sha256() != manifest.source_sha256:
             raise ValueError(f"{artifact} was not exported from {model_dir} (their weight hashes differ)")
+        family = manifest.model_family
         self.modules = model.load_modules()
-        text_encoder, unet = self.modules[TEXT_ENCODER].text_encoder, self.modules[UNET].unet
-        self.fuser = LoraFuser(text_encoder, unet)
+        inner = {c: _inner(self.modules[c]) for c in family.lora_parts if c in self.modules}
+        self.fuser = LoraFuser(inner, family.lora_loader)
         # the fuser names parameters within the text encoder / UNet; the maps within the component modules
-        self._prefix = {
-            TEXT_ENCODER: _child_prefix(self.modules[TEXT_ENCODER], text_encoder),
-            UNET: _child_prefix(self.modules[UNET], unet),
-        }
+        self._prefix = {c: _child_prefix(self.modules[c], module) for c, module in inner.items()}
         self.maps = {
-            c: weight_map_for(Path(artifact), manifest, c, self.modules[c])
-            for c in REFIT_COMPONENTS
-            if c in manifest.files
+            c: weight_map_for(Path(artifact), manifest, c, self.modules[c]) for c in inner if c in manifest.files
         }
 
-    def apply(self, engines: Mapping[str, Any], lora: str | os.PathLike | None, scale: float = 1.0) -> None:
-        """Refit the engines to the base weights with the LoRA at `lora` fused in at `scale` (None: no LoRA)."""
+    def apply(self, engines: Mapping[str, Any], lora: Any, scale: float = 1.0) -> None:
+        """Refit the engines to the base weights with a LoRA (or a set of (file, weight); None: none) fused in."""
         for c in self.maps:
             if not getattr(engines[c], "refittable", False):
                 raise ValueError(f"the {c} engine cannot be refit; build the engines with --refit")
@@ -298,6 +292,11 @@ class LoraRefitter:
                         f"reach them: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}"
                     )
                 engines[c].refit(weight_map.refit_weights(dict(self.modules[c].named_parameters())))
+
+
+def _inner(wrapper: nn.Module) -> nn.Module:
+    """The diffusers/transformers module a component module wraps (what a LoRA adapts)."""
+    return wrapper.unet if hasattr(wrapper, "unet") else wrapper.text_encoder
 
 
 def _child_prefix(wrapper: nn.Module, inner: nn.Module) -> str:

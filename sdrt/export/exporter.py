@@ -8,13 +8,16 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component
 from sdrt.files import atomic_directory
-from sdrt.manifest import Manifest, write_manifest
+from sdrt.hashing import file_sha256
+from sdrt.manifest import TOKEN_TABLE_FILE, DataFile, Manifest, write_manifest
 from sdrt.model_dir import ModelDir
+from sdrt.model_source import SourceOptions, open_model
 from sdrt.spec import ComponentSpec, ShapeRanges
 from sdrt.versions import library_versions
 
@@ -69,16 +72,24 @@ def export_model(
     config: ExportConfig = ExportConfig(),
     overwrite: bool = False,
     progress: bool = False,
+    source: SourceOptions | None = None,
 ) -> Manifest:
-    """Export every component of `model_dir` to ONNX under `artifact_dir`, with tokenizer, scheduler and manifest.
+    """Export every component of a model to ONNX under `artifact_dir`, with tokenizers, scheduler and manifest.
 
+    The model is a diffusers directory or a single-file checkpoint (converted first, in a temporary
+    directory beside the artifact); `source` says what a single file cannot and which VAE to swap in.
     Everything is written to a temporary sibling directory and renamed into place at the end, so an
     interrupted export never leaves a directory that looks like an artifact.
     """
-    model = ModelDir.open(model_dir)
     out = Path(artifact_dir)
     if out.exists() and not overwrite:
         raise ValueError(f"artifact directory {out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open_model(model_dir, source or SourceOptions(), workdir=out.parent) as model:
+        return _export(model, out, config, progress)
+
+
+def _export(model: ModelDir, out: Path, config: ExportConfig, progress: bool) -> Manifest:
     manifest = Manifest.for_model(model, config.ranges(model.latent_factor, model.native_size))
     manifest = replace(
         manifest,
@@ -92,21 +103,33 @@ def export_model(
                 spec.name,
             )
     with atomic_directory(out) as tmp:
-        files = {}
+        files, tables = {}, {}
         networks = tqdm(model.iter_modules(), total=len(manifest.components), desc="export", unit="component",
                         disable=not progress)  # fmt: skip
         for name, module in networks:  # one part's weights in memory at a time
             spec = manifest.components[name]
             files[name] = export_component(module, spec, manifest.ranges, tmp / name, config.opset)
+            if spec.role == "text_encoder":  # the engine starts after the token lookup: keep the table beside it
+                tables[name] = write_token_table(module.token_table(), tmp, name)
             del module
             if config.component_precision(spec) == "fp16":
                 files[name] = convert_component(tmp, files[name], spec)
         for part in manifest.support:
-            shutil.copytree(model.path / part, tmp / part)
-        manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)})
+            shutil.copytree(model.part_dir(part), tmp / part)
+        manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)}, tables)
         write_manifest(tmp, manifest)
     log.info("exported %s to %s", model.path, out)
     return manifest
+
+
+def write_token_table(table: torch.Tensor, artifact: Path, component: str) -> DataFile:
+    """Save a text encoder's token table (vocab, D) as float32 safetensors beside its graph; describe the file."""
+    from safetensors.torch import save_file
+
+    path = artifact / component / TOKEN_TABLE_FILE
+    save_file({"weight": table.detach().to("cpu", torch.float32).contiguous()}, str(path))
+    path.chmod(0o644)
+    return DataFile(path=str(path.relative_to(artifact)), sha256=file_sha256(path))
 
 
 def _with_precision(spec: ComponentSpec, precision: str) -> ComponentSpec:

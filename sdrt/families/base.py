@@ -104,11 +104,17 @@ class Family:
     latent_rgb: tuple[tuple[float, float, float], ...] = ()
     refiners: tuple[str, ...] = ()  # families whose models can refine this family's latents (base -> refiner)
     extras_defaults: Mapping[str, Any] = field(default_factory=dict)  # manifest extras and their defaults
+    lora_loader: str = ""  # diffusers' LoRA loader mixin for this family's files; "" = LoRAs are not supported
 
     # the networks the generic runtime drives; every family names them so
     denoiser = UNET
     vae_decoder = VAE_DECODER
     vae_encoder = VAE_ENCODER
+
+    @property
+    def lora_parts(self) -> tuple[str, ...]:
+        """The networks a LoRA adapts (and their model parts): the text encoders and the denoiser."""
+        return (*(pair.network for pair in self.text_encoders), self.denoiser) if self.lora_loader else ()
 
     def part(self, name: str) -> Part:
         for part in self.parts:

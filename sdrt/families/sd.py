@@ -89,6 +89,7 @@ SD1 = register(
         text_encoders=_TEXT,
         description="Stable Diffusion 1.x model",
         latent_rgb=SD_LATENT_RGB,
+        lora_loader="StableDiffusionLoraLoaderMixin",
         hidden_act="quick_gelu",
     )
 )
@@ -100,6 +101,7 @@ SD2 = register(
         text_encoders=_TEXT,
         description="Stable Diffusion 2.x model",
         latent_rgb=SD_LATENT_RGB,
+        lora_loader="StableDiffusionLoraLoaderMixin",
         hidden_act="gelu",
     )
 )

@@ -219,6 +219,7 @@ SDXL = register(
         default_strength=0.3,
         latent_rgb=SDXL_LATENT_RGB,
         refiners=("sdxl_refiner",),
+        lora_loader="StableDiffusionXLLoraLoaderMixin",
         # diffusers' StableDiffusionXLPipeline default; requires_aesthetics_score is derived from the UNet
         extras_defaults={"force_zeros_for_empty_prompt": True, "requires_aesthetics_score": False},
     )

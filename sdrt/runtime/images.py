@@ -38,6 +38,8 @@ class Parameters:
     denoising_strength: float | None = None  # image-to-image / inpainting strength
     refiner: str | None = None  # the refiner model's name, when a refiner ran after the base
     refiner_switch_at: float | None = None  # the share of the schedule the base ran before the refiner
+    vae: str | None = None  # the swapped-in VAE's file name, when the artifact was exported with one
+    vae_hash: str | None = None  # its short hash
 
     def infotext(self) -> str:
         """The AUTOMATIC1111 web UI's infotext: prompt, 'Negative prompt: ...', then 'Key: value' pairs."""
@@ -54,6 +56,7 @@ class Parameters:
             "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash,
             "Model": self.model,
+            **({"VAE hash": self.vae_hash, "VAE": self.vae} if self.vae is not None else {}),
             **({"Denoising strength": f"{self.denoising_strength:g}"} if self.denoising_strength is not None else {}),
             **({"Clip skip": self.clip_skip + 1} if self.clip_skip else {}),
             **(

@@ -7,12 +7,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sdrt.components import latent_factor
 from sdrt.engines import Engine, check_device, load_engines
 from sdrt.families import Family
 from sdrt.files import read_json_object
 from sdrt.manifest import MANIFEST_NAME, Manifest, read_manifest
 from sdrt.model_dir import ModelDir
+from sdrt.runtime.embeddings import EmbeddingLibrary
 from sdrt.runtime.prompts import PromptEncoder, load_tokenizer, tokenizer_key
 from sdrt.runtime.schedulers import make_scheduler
 from sdrt.runtime.vae_guard import VaeDecoderGuard
@@ -30,9 +33,11 @@ class Model:
         engines: Mapping[str, Engine],
         tokenizers: Mapping[str, tuple[Any, str]],
         scheduler_config: Mapping[str, Any],
+        token_tables: Mapping[str, torch.Tensor],
         name: str = "model",
         path: Path | None = None,
         backend: str | None = None,
+        embeddings: EmbeddingLibrary | None = None,
     ) -> None:
         self.manifest = manifest
         self.family: Family = manifest.model_family
@@ -48,10 +53,17 @@ class Model:
         self.name = name  # shown in infotexts
         self.path = path  # where it was loaded from
         self.backend = backend
-        self.encoders = {
-            pair.network: PromptEncoder(*self.tokenizers[pair.tokenizer], self.engines, pair.network)
-            for pair in self.family.text_encoders
+        self.token_tables = dict(token_tables)  # text-encoder network -> (vocab, D) token table
+        self.embeddings = embeddings or EmbeddingLibrary()
+        widths = {
+            p.network: int(self.engines[p.network].spec.attributes["hidden_size"]) for p in self.family.text_encoders
         }
+        self.encoders = {}
+        for pair in self.family.text_encoders:
+            tokenizer, key = self.tokenizers[pair.tokenizer]
+            table = self.token_tables[pair.network]
+            vocabulary = self.embeddings.vocabulary(tokenizer, pair.network, widths, table.shape[0])
+            self.encoders[pair.network] = PromptEncoder(tokenizer, key, self.engines, pair.network, table, vocabulary)
         self.conditioner = self.family.conditioner(self)
 
     @classmethod
@@ -61,9 +73,13 @@ class Model:
         backend: str = "onnxruntime",
         device: str = "cpu",
         ranges: ShapeRanges | None = None,
+        embeddings: EmbeddingLibrary | None = None,
         **options: Any,
     ) -> Model:
-        """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory."""
+        """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
+
+        `embeddings` are the textual-inversion embeddings its prompts may name.
+        """
         root = Path(path)
         check_device(device)
         if (root / MANIFEST_NAME).is_file():
@@ -86,9 +102,11 @@ class Model:
         }
         scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
         engines = load_engines(root, manifest, backend, device, **options)
+        tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
         return cls(
-            manifest, engines, tokenizers, scheduler_config, name=root.resolve().name, path=root, backend=backend
-        )
+            manifest, engines, tokenizers, scheduler_config, tables, name=root.resolve().name, path=root,
+            backend=backend, embeddings=embeddings,
+        )  # fmt: skip
 
     @property
     def denoiser(self) -> Engine:
@@ -109,3 +127,20 @@ class Model:
     def tokenizer_keys(self) -> dict[str, PromptEncoder]:
         """Tokenizer key -> an encoder using that tokenizer (requests carry tokens under these keys)."""
         return {e.key: e for e in self.encoders.values()}
+
+
+def _token_table(root: Path, manifest: Manifest, engines: Mapping[str, Engine], network: str) -> torch.Tensor:
+    """A text encoder's token table: the artifact's file, or (a model directory) its torch module's embedding."""
+    if network in manifest.token_tables:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = root / manifest.token_tables[network].path
+        try:
+            return load_file(str(path))["weight"]
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise ValueError(f"token table {path} cannot be read ({exc!r}); re-export the model") from exc
+    module = getattr(engines[network], "module", None)  # the torch backend runs the module itself
+    if module is None or not hasattr(module, "token_table"):
+        raise ValueError(f"{root} gives no token table for {network}: re-export the model with this sdrt")
+    return module.token_table().detach().float()

@@ -23,11 +23,14 @@ from tqdm.auto import tqdm
 
 from sdrt.engines import Engine, call_in_chunks
 from sdrt.manifest import Manifest
+from sdrt.runtime.embeddings import EmbeddingLibrary
 from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
 from sdrt.runtime.image_inputs import ImageInput, open_image, preprocess_image, preprocess_mask, size_from_image
 from sdrt.runtime.images import Parameters, to_pil
 from sdrt.runtime.init_latents import Inpainting, latent_mask, stage_timesteps
 from sdrt.runtime.latents import generators, initial_noise, random_seed, sample_vae_latents
+from sdrt.runtime.lora_prompts import strip_loras
+from sdrt.runtime.loras import LoraLibrary
 from sdrt.runtime.model import Model
 from sdrt.runtime.prompts import PromptTokens
 from sdrt.runtime.request import GenerationRequest
@@ -87,7 +90,14 @@ class Pipeline:
     the schedule and the refiner for the rest (diffusers' ensemble of expert denoisers).
     """
 
-    def __init__(self, model: Model, refiner: Model | None = None, max_images: int = DEFAULT_MAX_IMAGES) -> None:
+    def __init__(
+        self,
+        model: Model,
+        refiner: Model | None = None,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        loras: LoraLibrary | None = None,
+        model_dir: str | os.PathLike | None = None,
+    ) -> None:
         if refiner is not None and refiner.family.name not in model.family.refiners:
             raise ValueError(
                 f"a {refiner.family.description} cannot refine a {model.family.description} "
@@ -97,7 +107,11 @@ class Pipeline:
         self.refiner = refiner
         self.max_images = max_images
         self.device = model.device
+        self.loras = loras or LoraLibrary()  # the LoRA files prompts may name
+        self._model_dir = model_dir  # the model a tensorrt artifact came from: LoRAs are fused into its weights
         self._lora: Any = None  # what switches LoRAs for this backend, made on first use
+        self._fixed_loras: list[tuple[Path, float]] = []  # set_lora's, fused under every request's own
+        self._fused: tuple[tuple[Path, float], ...] = ()  # what the engines hold now
 
     @classmethod
     def load(
@@ -107,17 +121,27 @@ class Pipeline:
         device: str = "cpu",
         ranges: ShapeRanges | None = None,
         refiner: str | os.PathLike | None = None,
+        embeddings_dir: str | os.PathLike | None = None,
+        lora_dir: str | os.PathLike | None = None,
+        model_dir: str | os.PathLike | None = None,
         **options: Any,
     ) -> Pipeline:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
 
         `refiner` is a refiner artifact (or model directory) loaded the same way. `ranges` sets the shapes
-        a model directory accepts (an artifact's come from its manifest). Backend options (e.g.
-        `optimization="all"` for onnxruntime) pass through to the backend.
+        a model directory accepts (an artifact's come from its manifest). `embeddings_dir` holds
+        textual-inversion embeddings, used where a prompt names one (nothing is re-exported or rebuilt);
+        `lora_dir` LoRA files a prompt names as `<lora:name:weight>`, fused for that request only (torch
+        backend, or tensorrt engines built with --refit, which also need `model_dir`: the model the artifact
+        was exported from). Backend options (e.g. `optimization="all"` for onnxruntime) pass through to the backend.
         """
-        model = Model.load(path, backend, device, ranges, **options)
-        refiner_model = None if refiner is None else Model.load(refiner, backend, device, ranges, **options)
-        return cls(model, refiner_model)
+        embeddings = None if embeddings_dir is None else EmbeddingLibrary.load(embeddings_dir)
+        model = Model.load(path, backend, device, ranges, embeddings=embeddings, **options)
+        refiner_model = None
+        if refiner is not None:
+            refiner_model = Model.load(refiner, backend, device, ranges, embeddings=embeddings, **options)
+        loras = None if lora_dir is None else LoraLibrary.load(lora_dir)
+        return cls(model, refiner_model, loras=loras, model_dir=model_dir)
 
     # the base model's parts, under the names callers use
     @property
@@ -160,36 +184,60 @@ class Pipeline:
     def set_lora(
         self, lora: str | os.PathLike | None, scale: float = 1.0, model_dir: str | os.PathLike | None = None
     ) -> None:
-        """Fuse a LoRA (safetensors, kohya or diffusers format) into the text encoder and UNet; None removes it.
+        """Fuse a LoRA (safetensors, kohya or diffusers format) into the text encoders and UNet; None removes it.
 
-        Switching is exact: A, then B, then A again gives A's weights bit for bit. The torch backend
-        fuses into its modules. The tensorrt backend refits engines built with `--refit`, which needs
-        the model directory the artifact was exported from (`model_dir`). ONNX Runtime engines have
-        their weights baked in: fuse the LoRA into the model and export that instead.
+        It stays fused under every request's own `<lora:...>` set (the two add up). Switching is exact: A,
+        then B, then A again gives A's weights bit for bit. The torch backend fuses into its modules. The
+        tensorrt backend refits engines built with `--refit`, which needs the model directory the artifact
+        was exported from (`model_dir`). ONNX Runtime engines have their weights baked in: fuse the LoRA at
+        export instead (`sdrt export --lora FILE:WEIGHT`).
         """
-        if self._lora is None:
-            self._lora = self._lora_switch(model_dir)
-        self._lora(lora, scale)
+        from sdrt.export.lora import as_lora_set
 
-    def _lora_switch(self, model_dir: str | os.PathLike | None) -> Callable[[Any, float], Any]:
-        if self.family.name not in ("sd1", "sd2"):
-            raise ValueError(f"LoRA switching supports SD 1.x and 2.x models, not {self.family.description}s")
+        if model_dir is not None:
+            self._model_dir = model_dir
+        fixed = as_lora_set(lora, scale)
+        self._switch([*fixed, *self._request_loras(())])
+        self._fixed_loras = fixed
+
+    def _request_loras(self, tags: Sequence[tuple[str, float]]) -> list[tuple[Path, float]]:
+        return [(self.loras.resolve(name), weight) for name, weight in tags]
+
+    def _switch(self, loras: Sequence[tuple[Path, float]]) -> None:
+        """Make the base model's engines hold exactly these LoRAs (the base weights for none)."""
+        wanted = tuple(sorted((Path(p), float(w)) for p, w in loras))
+        if wanted == self._fused:
+            return
+        if self._lora is None:
+            self._lora = self._lora_switch()
+        self._fused = ()  # a failed switch leaves the base weights
+        self._lora(list(wanted))
+        self._fused = wanted
+
+    def _lora_switch(self) -> Callable[[list[tuple[Path, float]]], Any]:
+        """The function that fuses a LoRA set into this backend's engines; ValueError where it cannot."""
+        family = self.family
+        if not family.lora_loader:
+            raise ValueError(f"LoRAs are not supported for {family.description}s")
         if self.backend == "torch":
             from sdrt.export.lora import LoraFuser
 
             # the torch backend's engines hold the diffusers modules the exporter would trace
-            fuser = LoraFuser(self.engines["text_encoder"].module.text_encoder, self.engines["unet"].module.unet)
-            return fuser.set
+            modules = {n: _inner_module(self.engines[n].module) for n in family.lora_parts}
+            return LoraFuser(modules, family.lora_loader).set
         if self.backend == "tensorrt":
             from sdrt.engines.refit import LoraRefitter
 
-            if model_dir is None:
-                raise ValueError("set_lora on the tensorrt backend needs model_dir: the model the artifact came from")
-            refitter = LoraRefitter(self.path, self.manifest, model_dir)
-            return lambda lora, scale: refitter.apply(self.engines, lora, scale)
+            if self._model_dir is None:
+                raise ValueError(
+                    "LoRAs on the tensorrt backend need model_dir (--model-dir): the model the artifact came from"
+                )
+            refitter = LoraRefitter(self.path, self.manifest, self._model_dir)
+            return lambda loras: refitter.apply(self.engines, loras)
         raise ValueError(
-            f"LoRA switching needs the torch backend or the tensorrt backend built with --refit, not {self.backend}; "
-            "ONNX Runtime engines have their weights baked in"
+            f"LoRAs need the torch backend or the tensorrt backend built with --refit, not {self.backend}, whose "
+            "engines have their weights baked in: fuse the LoRA at export instead (sdrt export MODEL --lora "
+            "FILE:WEIGHT), or run this request on the torch or tensorrt backend"
         )
 
     @property
@@ -320,8 +368,11 @@ class Pipeline:
         if not missing:
             return request
         tokens = dict(request.tokens)
+        # the text encoders read the prompts without their <lora:...> tags
+        prompts = [strip_loras(p) for p in request.prompts]
+        negatives = [strip_loras(n) for n in request.negative_prompts]
         for key, encoder in missing.items():
-            tokens[key] = PromptTokens(encoder.tokenize(request.prompts), encoder.tokenize(request.negative_prompts))
+            tokens[key] = PromptTokens(encoder.tokenize(prompts), encoder.tokenize(negatives))
         return replace(request, tokens=tokens)
 
     def stages(self, request: GenerationRequest) -> list[Stage]:
@@ -341,6 +392,10 @@ class Pipeline:
         if len(stages) > 1 and request.mode == "inpaint":
             raise ValueError("inpainting runs on the base alone: leave out refiner_switch_at")
         self.family.check_request(request, self.model)
+        if request.loras:
+            self._request_loras(request.loras)  # every name resolves to a file
+            if self._lora is None:
+                self._lora = self._lora_switch()  # the backend can switch LoRAs (ONNX Runtime cannot)
         if self.manifest.inpainting and request.mode != "inpaint":
             raise ValueError(
                 "this model's UNet is an inpainting UNet (latents + mask + masked image): give image and mask_image"
@@ -376,6 +431,7 @@ class Pipeline:
             request.eta,
             request.strength,
             request.refiner_switch_at,
+            request.loras,  # one LoRA set per batch: it changes the weights every image runs on
             *(stage.model.conditioner.batch_key(request) for stage in self.stages(request)),
         )
 
@@ -415,6 +471,8 @@ class Pipeline:
         requests = [self.tokenized(r) for r in requests]
         if len(requests) > 1 and len({self.batch_key(r) for r in requests}) > 1:  # one request: nothing to compare
             raise ValueError("requests in one batch must have equal batch_key()s (size, steps, sampler, ...)")
+        if requests[0].loras or self._fused:  # this batch's LoRAs fused in (the base model's), the last batch's out
+            self._switch([*self._fixed_loras, *self._request_loras(requests[0].loras)])
         scales = [g for r in requests for g in r.per_image(r.guidance_scales)]
         seeds = [s for r in requests for s in r.seeds]
         clock = StageClock(sync=self._sync, device=self.device)  # CUDA events on a GPU: no stall per stage
@@ -468,6 +526,7 @@ class Pipeline:
         prompts = [p for r in batch.requests for p in r.per_image(r.prompts)]
         negatives = [n for r in batch.requests for n in r.per_image(r.negative_prompts)]
         scales = [g for r in batch.requests for g in r.per_image(r.guidance_scales)]
+        vae = last.manifest.vae or {}  # the VAE that decoded, as the web UI names it: "VAE: file, VAE hash: ..."
         refiner = None
         if len(stages) > 1:  # the web UI's "Refiner: name [hash]"
             refiner = f"{last.name} [{last.manifest.source_sha256[:10]}]"
@@ -487,6 +546,8 @@ class Pipeline:
                 denoising_strength=first.strength,
                 refiner=refiner,
                 refiner_switch_at=first.refiner_switch_at,
+                vae=vae.get("name"),
+                vae_hash=vae["sha256"][:10] if "sha256" in vae else None,
             ).infotext()
             for i, seed in enumerate(batch.seeds)
         ]
@@ -606,6 +667,11 @@ class Pipeline:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _inner_module(wrapper: Any) -> Any:
+    """The diffusers/transformers module a torch backend component wraps (what a LoRA adapts)."""
+    return wrapper.unet if hasattr(wrapper, "unet") else wrapper.text_encoder
 
 
 def _texts(name: str, value: object) -> tuple[str, ...]:

@@ -8,7 +8,10 @@ Emphasis scales each token's embedding by its weight and then restores the chunk
 as the web UI's default ("Original") emphasis does. A pooled embedding (SDXL) is the first chunk's.
 
 Tokenization happens once per request (`PromptEncoder.tokenize`, when the request is checked); the
-request carries its tokens (`PromptTokens`) to batching and encoding.
+request carries its tokens (`PromptTokens`) to batching and encoding. The text-encoder engine starts after
+the token lookup: the encoder looks every id up in the model's token table, extended with the vectors of
+the textual-inversion embeddings loaded (`sdrt.runtime.embeddings`), whose names the tokenizer's ids are
+matched against as the web UI matches them, so an embedding needs no re-export.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from sdrt.engines import Engine, call_in_chunks
 from sdrt.hashing import files_sha256
 from sdrt.runtime.prompt_syntax import parse_prompt
+
+if TYPE_CHECKING:
+    from sdrt.runtime.embeddings import EmbeddingVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +90,14 @@ class PromptTokens:
     negatives: tuple[TokenizedPrompt, ...]  # one per prompt
 
 
-def tokenize_prompt(tokenizer, text: str, length: int = 77) -> TokenizedPrompt:
-    """Parse `text` for emphasis and cut its tokens into chunks of `length - 2` between begin and end tokens."""
+def tokenize_prompt(
+    tokenizer, text: str, length: int = 77, vocabulary: EmbeddingVocabulary | None = None
+) -> TokenizedPrompt:
+    """Parse `text` for emphasis and cut its tokens into chunks of `length - 2` between begin and end tokens.
+
+    Where the ids of an embedding's name appear (`vocabulary`), its vectors' ids take their place; an
+    embedding that does not fit in the current chunk starts the next one, as the web UI does.
+    """
     per_chunk = length - 2
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     if pad is None:
@@ -108,12 +121,19 @@ def tokenize_prompt(tokenizer, text: str, length: int = 77) -> TokenizedPrompt:
             continue
         if not fragment.text:
             continue
-        for token in tokenizer(fragment.text, add_special_tokens=False, verbose=False).input_ids:
-            if len(tokens) == per_chunk:
+        fragment_ids = tokenizer(fragment.text, add_special_tokens=False, verbose=False).input_ids
+        at = 0
+        while at < len(fragment_ids):
+            found = vocabulary.match(fragment_ids, at) if vocabulary is not None else None
+            consumed, new = (1, [fragment_ids[at]]) if found is None else found
+            if len(new) > per_chunk:
+                raise ValueError(f"an embedding in {text!r} has {len(new)} vectors; a chunk holds {per_chunk}")
+            if len(tokens) + len(new) > per_chunk:
                 close_chunk()
-            tokens.append(token)
-            token_weights.append(fragment.weight)
-            total += 1
+            tokens.extend(new)
+            token_weights.extend([fragment.weight] * len(new))
+            total += len(new)
+            at += consumed
     if tokens or not ids:
         close_chunk()
     return TokenizedPrompt(ids=tuple(ids), weights=tuple(weights), num_tokens=total, text=text)
@@ -128,15 +148,38 @@ class EncodedPrompts:
 
 
 class PromptEncoder:
-    """A tokenizer and the text-encoder engine that reads its ids (looked up by name at each call)."""
+    """A tokenizer, its token table and the text-encoder engine that reads the looked-up embeddings.
 
-    def __init__(self, tokenizer, key: str, engines: Mapping[str, Engine], network: str) -> None:
+    `table` is the model's (vocab, D) token table; `vocabulary` the textual-inversion embeddings this
+    encoder knows, whose vectors extend the table beyond the vocabulary.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        key: str,
+        engines: Mapping[str, Engine],
+        network: str,
+        table: torch.Tensor,
+        vocabulary: EmbeddingVocabulary | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
-        self.key = key  # the tokenizer's identity: requests carry their tokens under it
+        self.vocabulary = vocabulary if vocabulary else None
+        # the identity of the tokenization: requests carry their tokens under it
+        self.key = key if self.vocabulary is None else f"{key}+{self.vocabulary.key}"
         self._engines = engines  # the model's engines: whoever wraps one (a timer, a guard) is seen here too
         self.network = network
         self.length = self.engine.ranges.text_length
         self.max_chunks = self.engine.ranges.max_text_chunks
+        attributes = self.engine.spec.attributes
+        expected = (int(attributes["vocab_size"]), int(attributes["hidden_size"]))
+        if tuple(table.shape) != expected:
+            raise ValueError(f"the {network} token table is {tuple(table.shape)}, its engine takes {expected}")
+        table = table.detach().to(self.engine.device, torch.float32)
+        if self.vocabulary is not None:
+            table = torch.cat([table, self.vocabulary.vectors.to(table.device, torch.float32)])
+        self.table = table
+        self.eos = tokenizer.eos_token_id
         self._empty = tokenize_prompt(tokenizer, "", self.length)
 
     @property
@@ -150,7 +193,9 @@ class PromptEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> tuple[TokenizedPrompt, ...]:
         """Each text tokenized once (repeats share the result)."""
-        distinct = {text: tokenize_prompt(self.tokenizer, text, self.length) for text in dict.fromkeys(texts)}
+        distinct = {
+            text: tokenize_prompt(self.tokenizer, text, self.length, self.vocabulary) for text in dict.fromkeys(texts)
+        }
         return tuple(distinct[text] for text in texts)
 
     def check(self, prompts: Sequence[TokenizedPrompt], field: str = "prompt") -> None:
@@ -177,10 +222,13 @@ class PromptEncoder:
         rows = list(dict.fromkeys(ids for p in padded for ids in p.ids))
         row_of = {ids: i for i, ids in enumerate(rows)}
         device = self.engine.device
+        ids = torch.tensor(rows, dtype=torch.int64, device=self.table.device)
         feeds = {
-            "input_ids": torch.tensor(rows, dtype=torch.int32, device=device),
+            "inputs_embeds": self.table[ids].to(device),
             "clip_skip": torch.full((len(rows),), clip_skip, dtype=torch.int32, device=device),
         }
+        if "eos_position" in self.engine.spec.input_names:  # the pooled output is the end token's
+            feeds["eos_position"] = torch.tensor([r.index(self.eos) for r in rows], dtype=torch.int32, device=device)
         out = call_in_chunks(self.engine, feeds)
         states, pooled = out["text_embeddings"], out.get("pooled_embeddings")
         encoded = []
@@ -199,9 +247,8 @@ class PromptEncoder:
         return EncodedPrompts(all_states, all_pooled)
 
 
-def encode_prompts(tokenizer, engine: Engine, texts: Sequence[str], clip_skip: int = 0) -> torch.Tensor:
+def encode_prompts(encoder: PromptEncoder, texts: Sequence[str], clip_skip: int = 0) -> torch.Tensor:
     """Text embeddings (N, 77 * chunks, D) float32 for `texts`: tokenize, check and encode in one go."""
-    encoder = PromptEncoder(tokenizer, "", {engine.spec.name: engine}, engine.spec.name)
     prompts = encoder.tokenize(texts)
     encoder.check(prompts)
     return encoder.encode(prompts, clip_skip).states

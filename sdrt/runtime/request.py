@@ -12,6 +12,7 @@ from PIL import Image
 
 from sdrt.runtime.image_inputs import check_mask_matches
 from sdrt.runtime.latents import MAX_SEED
+from sdrt.runtime.lora_prompts import LoraTags, request_loras
 from sdrt.runtime.prompts import PromptTokens
 from sdrt.runtime.schedulers import check_sampler
 from sdrt.spec import ShapeRanges
@@ -45,6 +46,8 @@ class GenerationRequest:
     negative_aesthetic_score: float = 2.5  # SDXL refiner: the aesthetic score of its unconditional rows
     # tokenizer key -> the prompts' tokens, made once when the request is checked (Pipeline.request)
     tokens: Mapping[str, PromptTokens] = field(default_factory=dict, compare=False, repr=False)
+    # the LoRAs its prompts name (<lora:name:weight>), one set for the request: read from the prompts
+    loras: LoraTags = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -60,6 +63,7 @@ class GenerationRequest:
                     f"{field_name} has {len(values)} entries for {len(self.prompts)} prompts; "
                     "give one, or one per prompt"
                 )
+        object.__setattr__(self, "loras", request_loras(self.prompts, self.negative_prompts))
         _check_int("num_inference_steps", self.steps, 1, MAX_STEPS)
         _check_int("num_images_per_prompt", self.num_images_per_prompt, 1, None)
         for scale in self.guidance_scales:

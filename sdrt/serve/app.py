@@ -120,7 +120,7 @@ def create_app(
 
     Shutting the app down (lifespan end) stops admitting and finishes every admitted request first.
     """
-    from sdrt.serve import a1111, native, openai_images
+    from sdrt.serve import a1111, extra_networks, native, openai_images
 
     state = ServeState(config or ServeConfig())
 
@@ -171,6 +171,7 @@ def create_app(
 
     app.include_router(native.router)
     app.include_router(a1111.router)
+    app.include_router(extra_networks.router)
     app.include_router(openai_images.router)
     return app
 

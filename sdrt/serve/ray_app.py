@@ -55,8 +55,16 @@ class RayOptions:
 class SdrtReplica:
     """One replica: loads the engines once, then serves the sdrt app (built after the constructor, by Ray)."""
 
-    def __init__(self, path: str, backend: str, device: str, config: ServeConfig, refiner: str | None = None) -> None:
-        self._pipeline = Pipeline.load(path, backend=backend, device=device, refiner=refiner)
+    def __init__(
+        self,
+        path: str,
+        backend: str,
+        device: str,
+        config: ServeConfig,
+        refiner: str | None = None,
+        load_options: dict | None = None,
+    ) -> None:
+        self._pipeline = Pipeline.load(path, backend=backend, device=device, refiner=refiner, **(load_options or {}))
         self._config = config
         self._state = None
 
@@ -78,12 +86,17 @@ def deployment(
     config: ServeConfig | None = None,
     options: RayOptions | None = None,
     refiner: str | os.PathLike | None = None,
+    **load_options: str | os.PathLike,
 ) -> Application:
-    """The sdrt app as a Ray Serve application (pass it to serve.run); `refiner` is an SDXL refiner artifact."""
+    """The sdrt app as a Ray Serve application (pass it to serve.run); `refiner` is an SDXL refiner artifact.
+
+    `load_options` are directories Pipeline.load takes (embeddings_dir, lora_dir), resolved for the replicas.
+    """
     config = config or ServeConfig()
     options = options or RayOptions()
     path = str(Path(path).resolve())  # replicas may start in another working directory
     refiner = None if refiner is None else str(Path(refiner).resolve())
+    directories = {k: str(Path(v).resolve()) for k, v in load_options.items() if v is not None}
     num_gpus = options.num_gpus if options.num_gpus is not None else (1.0 if device.startswith("cuda") else 0.0)
     batch = config.max_batch or read_manifest(path).ranges.max_batch
     scaling: dict = {"num_replicas": options.replicas}
@@ -105,7 +118,7 @@ def deployment(
         max_queued_requests=config.max_queue,
         health_check_period_s=10,
         **scaling,
-    ).bind(path, backend, device, config, refiner)
+    ).bind(path, backend, device, config, refiner, directories)
 
 
 class AppArgs(BaseModel):
@@ -113,6 +126,8 @@ class AppArgs(BaseModel):
 
     artifact: str
     refiner: str | None = None
+    embeddings_dir: str | None = None
+    lora_dir: str | None = None
     backend: str = "onnxruntime"
     device: str = "cpu"
     max_batch: int | None = None
@@ -136,7 +151,10 @@ def app_builder(args: AppArgs) -> Application:
         num_gpus=args.num_gpus,
     )
     log.info("sdrt on Ray Serve: %s", asdict(options))
-    return deployment(args.artifact, args.backend, args.device, config, options, refiner=args.refiner)
+    return deployment(
+        args.artifact, args.backend, args.device, config, options, refiner=args.refiner,
+        embeddings_dir=args.embeddings_dir, lora_dir=args.lora_dir,
+    )  # fmt: skip
 
 
 def run(app: Application, host: str = "127.0.0.1", port: int = 7860, address: str | None = None) -> int:

@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -43,9 +44,10 @@ def serve(
     port: int = 7860,
     config: ServeConfig | None = None,
     refiner: str | os.PathLike | None = None,
+    **load_options: Any,
 ) -> int:
     """Serve an artifact (and an SDXL refiner) over HTTP until SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the
-    engines fail to load."""
+    engines fail to load. `load_options` (embeddings_dir, lora_dir, ...) go to Pipeline.load."""
     root = Path(path)
     for where in (root, None if refiner is None else Path(refiner)):
         if where is None:
@@ -63,7 +65,9 @@ def serve(
         server.should_exit = True
 
     app = create_app(
-        lambda: Pipeline.load(root, backend=backend, device=device, refiner=refiner), config, on_load_failure=failed
+        lambda: Pipeline.load(root, backend=backend, device=device, refiner=refiner, **load_options),
+        config,
+        on_load_failure=failed,
     )
     server = _DrainingServer(
         uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info", timeout_keep_alive=5),

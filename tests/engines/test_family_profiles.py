@@ -19,7 +19,11 @@ def test_sdxl_and_refiner_profiles_cover_their_conditioning(sdxl_artifact, sdxl_
         assert shapes["time_ids"] == ((1, time_ids), (2 * ranges.opt_batch, time_ids), (2 * ranges.max_batch, time_ids))
         assert static.shapes(spec)["time_ids"][0] == static.shapes(spec)["time_ids"][2]
         pooled = build_profiles(manifest.components["text_encoder_2"], ranges, "dynamic")[0]
-        assert set(pooled.shapes(manifest.components["text_encoder_2"])) == {"input_ids", "clip_skip"}
+        assert set(pooled.shapes(manifest.components["text_encoder_2"])) == {
+            "inputs_embeds",
+            "clip_skip",
+            "eos_position",
+        }
 
 
 def test_unclip_profiles_cover_the_image_encoder_and_class_labels(unclip_artifact):

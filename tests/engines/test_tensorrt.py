@@ -57,7 +57,7 @@ def test_vae_and_text_encoder_profiles(artifact):
     manifest = read_manifest(artifact)  # the real text encoder spec: cfg_batch rows of 77 tokens
     text = manifest.components["text_encoder"]
     shapes = build_profiles(text, manifest.ranges, "dynamic")[0].shapes(text)
-    assert shapes == {"input_ids": ((1, 77), (2, 77), (4, 77)), "clip_skip": ((1,), (2,), (4,))}
+    assert shapes == {"inputs_embeds": ((1, 77, 32), (2, 77, 32), (4, 77, 32)), "clip_skip": ((1,), (2,), (4,))}
 
 
 def test_profile_modes():

@@ -132,6 +132,10 @@ def test_manifest_records_precision_and_vae_stays_fp32(fp16_artifact, artifact):
         assert spec.inputs == fp32.components[name].inputs and spec.outputs == fp32.components[name].outputs
 
 
+def _size(tensor) -> int:
+    return int(np.prod(tensor.dims)) if tensor.dims else 1
+
+
 @pytest.mark.parametrize("component", FP16_COMPONENTS)
 def test_weights_are_fp16_and_io_float32(fp16_artifact, artifact, component):
     model, fp32 = _graph(fp16_artifact, component), _graph(artifact, component)
@@ -141,8 +145,13 @@ def test_weights_are_fp16_and_io_float32(fp16_artifact, artifact, component):
     assert len(floats) - len(half) <= 1, [t.name for t in floats if t not in half]
     assert len(half) > 50
     assert sum(len(t.raw_data) for t in half) > 0.99 * sum(len(t.raw_data) for t in floats)
-    fp32_bytes = sum(len(t.raw_data) for t in fp32.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    assert sum(len(t.raw_data) for t in half) < 0.51 * fp32_bytes
+    # the weights (initializers of 1024+ values) take half the bytes; the folded scalar constants, which the two
+    # graphs lay out differently, are left out (the tiny text encoder's weights no longer dwarf them: its token
+    # table is outside the graph)
+    fp32_bytes = sum(
+        len(t.raw_data) for t in fp32.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and _size(t) >= 1024
+    )
+    assert sum(len(t.raw_data) for t in half if _size(t) >= 1024) < 0.51 * fp32_bytes
     ours_io, fp32_io = (*model.graph.input, *model.graph.output), (*fp32.graph.input, *fp32.graph.output)
     for ours, theirs in zip(ours_io, fp32_io, strict=True):
         assert ours.name == theirs.name and ours.type == theirs.type  # float32 IO, the same dimension names

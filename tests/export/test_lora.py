@@ -87,7 +87,7 @@ def expected_delta(down: torch.Tensor, up: torch.Tensor, factor: float) -> torch
 def test_kohya_lora_fuses_the_standard_formula_and_restores_the_base(modules, tmp_path):
     factors = lora_factors(modules, seed=1)
     path = write_kohya_lora(tmp_path / "a.safetensors", factors)
-    fuser = LoraFuser(modules["text_encoder"], modules["unet"])
+    fuser = LoraFuser(modules)
     base = {part: {n: p.detach().clone() for n, p in m.named_parameters()} for part, m in modules.items()}
     scale = 0.7
     with fuser.fused(path, scale=scale) as changed:
@@ -115,7 +115,7 @@ def test_diffusers_peft_format(modules, tmp_path):
     path = tmp_path / "peft.safetensors"
     save_file({f"unet.{to_q}.lora_A.weight": down, f"unet.{to_q}.lora_B.weight": up}, str(path))
     base = weight.detach().clone()
-    with LoraFuser(modules["text_encoder"], modules["unet"]).fused(path, scale=1.0) as changed:
+    with LoraFuser(modules).fused(path, scale=1.0) as changed:
         torch.testing.assert_close(modules["unet"].get_submodule(to_q).weight, base + up @ down, rtol=1e-5, atol=1e-5)
         assert changed == {"text_encoder": set(), "unet": {f"{to_q}.weight"}}
     assert torch.equal(modules["unet"].get_submodule(to_q).weight, base)
@@ -124,7 +124,7 @@ def test_diffusers_peft_format(modules, tmp_path):
 def test_a_b_a_gives_a_exactly(modules, tmp_path):
     a = write_kohya_lora(tmp_path / "a.safetensors", lora_factors(modules, seed=1))
     b = write_kohya_lora(tmp_path / "b.safetensors", lora_factors(modules, seed=2))
-    fuser = LoraFuser(modules["text_encoder"], modules["unet"])
+    fuser = LoraFuser(modules)
 
     def snapshot(path):
         with fuser.fused(path):
@@ -142,8 +142,8 @@ def test_lora_for_another_model_is_refused(modules, tmp_path):
     ]
     path = write_kohya_lora(tmp_path / "other.safetensors", lora_factors(modules, seed=3, layers=layers))
     base = {n: p.detach().clone() for n, p in modules["unet"].named_parameters()}
-    fuser = LoraFuser(modules["text_encoder"], modules["unet"])
-    with pytest.raises(ValueError, match="adapts 3 layers, but only 2 match a layer of this model"):
+    fuser = LoraFuser(modules)
+    with pytest.raises(ValueError, match="adapts 3 layers of the unet, but only 2 match a layer of this model"):
         with fuser.fused(path):
             pass
     assert all(torch.equal(p, base[n]) for n, p in modules["unet"].named_parameters())
@@ -151,7 +151,7 @@ def test_lora_for_another_model_is_refused(modules, tmp_path):
 
 
 def test_unreadable_files_are_refused(modules, tmp_path):
-    fuser = LoraFuser(modules["text_encoder"], modules["unet"])
+    fuser = LoraFuser(modules)
     pickled = tmp_path / "lora.ckpt"
     pickled.write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a .safetensors file; sdrt does not load pickled weights"):

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from sdrt.manifest import read_manifest
+from sdrt.manifest import FORMAT_VERSION, read_manifest
 from sdrt.model_dir import ModelDir
 
 # float32 graph vs float32 eager: only operation order differs. Observed max abs error: 2e-6 (text
@@ -63,7 +63,7 @@ def test_graphs_have_spec_names_dynamic_axes_and_opset(artifact):
 def test_manifest_describes_the_artifact(artifact, demo_model):
     manifest = read_manifest(artifact)
     data = manifest.to_json()
-    assert data["format_version"] == 3 and data["family"] == "sd1"
+    assert data["format_version"] == FORMAT_VERSION and data["family"] == "sd1"
     assert data["support"] == ["tokenizer", "scheduler"] and data["extras"] == {}
     assert data["text_encoders"] == [{"tokenizer": "tokenizer", "network": "text_encoder"}]
     assert {n: c["role"] for n, c in data["components"].items()} == {
@@ -84,7 +84,10 @@ def test_manifest_describes_the_artifact(artifact, demo_model):
     assert unet["inputs"][2]["shape"] == ["cfg_batch", "text_sequence", 32]  # 1..4 chunks of 77 tokens
     assert data["dims"]["text_sequence"] == {"min": 77, "opt": 77, "max": 308}
     text = data["components"]["text_encoder"]
-    assert [i["name"] for i in text["inputs"]] == ["input_ids", "clip_skip"]
+    assert [i["name"] for i in text["inputs"]] == ["inputs_embeds", "clip_skip"]
+    assert text["inputs"][0]["shape"] == ["cfg_batch", "text_length", 32]
+    table = data["components"]["text_encoder"]["token_embeddings"]  # the lookup the engine no longer does
+    assert table["path"] == "text_encoder/token_embeddings.safetensors" and (artifact / table["path"]).is_file()
     assert text["attributes"]["num_layers"] == 3 and text["outputs"][0]["name"] == "text_embeddings"
     assert data["components"]["vae_decoder"]["outputs"][0]["shape"] == ["batch", 3, "8*latent_height", "8*latent_width"]
     assert (artifact / "tokenizer").is_dir() and (artifact / "scheduler" / "scheduler_config.json").is_file()

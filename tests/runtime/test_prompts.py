@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdrt.model_dir import ModelDir
-from sdrt.runtime.prompts import PromptEncoder, encode_prompts, tokenize_prompt
+from sdrt.runtime.prompts import encode_prompts, tokenize_prompt
 from tests.conftest import BACKENDS
 
 # float32 text encoder on identical ids; only the emphasis arithmetic differs from the reference
@@ -57,7 +57,7 @@ def test_prompts_of_a_batch_are_padded_to_one_chunk_count_with_the_empty_prompt(
     assert padded.num_chunks == long_.num_chunks == 2
     assert padded.ids[1] == tokenize_prompt(tok, "").ids[0]
     # the encoder pads a batch this way: the short prompt's second chunk encodes as the empty prompt does
-    encoder = PromptEncoder(tok, "", pipe.engines, "text_encoder")
+    encoder = pipe.model.prompt_encoder("text_encoder")
     states = encoder.encode([short, long_]).states
     empty = encoder.encode([tokenize_prompt(tok, "")]).states
     assert states.shape[1] == 2 * 77
@@ -67,11 +67,11 @@ def test_prompts_of_a_batch_are_padded_to_one_chunk_count_with_the_empty_prompt(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_200_token_prompt_first_chunk_equals_the_75_token_encoding(pipelines, backend):
     pipe = pipelines[backend]
-    engine = pipe.engines["text_encoder"]
+    encoder = pipe.model.prompt_encoder("text_encoder")
     words = ["castle", "moon", "forest", "lake", "robot"] * 40  # 200 one-token words of the demo vocabulary
-    long_states = encode_prompts(pipe.tokenizer, engine, [" ".join(words)])
-    first = encode_prompts(pipe.tokenizer, engine, [" ".join(words[:75])])
-    rest = encode_prompts(pipe.tokenizer, engine, [" ".join(words[150:])])
+    long_states = encode_prompts(encoder, [" ".join(words)])
+    first = encode_prompts(encoder, [" ".join(words[:75])])
+    rest = encode_prompts(encoder, [" ".join(words[150:])])
     assert long_states.shape == (1, 3 * 77, 32)
     torch.testing.assert_close(long_states[:, :77], first, rtol=0, atol=ATOL)
     torch.testing.assert_close(long_states[:, 154:], rest, rtol=0, atol=ATOL)
@@ -91,9 +91,8 @@ def test_prompt_over_the_chunk_limit_is_refused_before_any_engine_runs(pipelines
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_emphasis_scales_exactly_the_weighted_tokens_then_restores_the_mean(pipelines, backend):
-    pipe = pipelines[backend]
-    engine = pipe.engines["text_encoder"]
-    plain, weighted = encode_prompts(pipe.tokenizer, engine, ["a cat on a table", "a (cat:1.5) on a [table]"])
+    encoder = pipelines[backend].model.prompt_encoder("text_encoder")
+    plain, weighted = encode_prompts(encoder, ["a cat on a table", "a (cat:1.5) on a [table]"])
     # ids: <bos> a cat on a table <eos> ...: cat is token 2, table token 5
     weights = torch.ones(77)
     weights[2], weights[5] = 1.5, 1 / 1.1
@@ -105,7 +104,7 @@ def test_emphasis_scales_exactly_the_weighted_tokens_then_restores_the_mean(pipe
 
 def test_repeated_prompts_are_encoded_once_and_identically(pipelines):
     pipe = pipelines["onnxruntime"]
-    states = encode_prompts(pipe.tokenizer, pipe.engines["text_encoder"], ["a cat", "a dog", "a cat"])
+    states = encode_prompts(pipe.model.prompt_encoder("text_encoder"), ["a cat", "a dog", "a cat"])
     assert torch.equal(states[0], states[2]) and not torch.equal(states[0], states[1])
 
 
@@ -120,5 +119,5 @@ def test_clip_skip_picks_the_layer_diffusers_numbering_names(pipelines, text_mod
         reference = text_model.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
     if clip_skip == 0:
         torch.testing.assert_close(reference, out.last_hidden_state)
-    ours = encode_prompts(pipe.tokenizer, pipe.engines["text_encoder"], ["a cat on a table"], clip_skip=clip_skip)
+    ours = encode_prompts(pipe.model.prompt_encoder("text_encoder"), ["a cat on a table"], clip_skip=clip_skip)
     torch.testing.assert_close(ours, reference, rtol=0, atol=ATOL)

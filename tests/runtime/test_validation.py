@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from sdrt import Pipeline
+from sdrt.manifest import FORMAT_VERSION
 from sdrt.runtime.model import Model
 
 
@@ -26,7 +27,7 @@ def guarded(pipelines):
     real = pipelines["onnxruntime"]
     model = real.model
     engines = {n: _Untouchable(e) for n, e in model.engines.items()}
-    return Pipeline(Model(model.manifest, engines, model.tokenizers, model.scheduler_config))
+    return Pipeline(Model(model.manifest, engines, model.tokenizers, model.scheduler_config, model.token_tables))
 
 
 @pytest.mark.parametrize(
@@ -64,13 +65,15 @@ def test_missing_path(tmp_path):
         Pipeline.load(tmp_path)
 
 
-def test_artifact_from_another_format_version(artifact, tmp_path):
+# 3: text encoders took token ids, where format 4's take the looked-up embeddings (textual inversion)
+@pytest.mark.parametrize("version", [99, 3])
+def test_artifact_from_another_format_version(artifact, tmp_path, version):
     copy = tmp_path / "art"
     shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
     data = json.loads((copy / "manifest.json").read_text())
-    data["format_version"] = 99
+    data["format_version"] = version
     (copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="artifact format version 99 is not supported by this sdrt .* re-export"):
+    with pytest.raises(ValueError, match=f"format version {version} is not supported .* reads version 4.* re-export"):
         Pipeline.load(copy)
 
 
@@ -78,7 +81,10 @@ def test_artifact_from_another_format_version(artifact, tmp_path):
     "mutate, message",
     [
         (lambda d: (d / "manifest.json").write_text("{truncated"), "manifest.json is not valid JSON"),
-        (lambda d: (d / "manifest.json").write_text('{"format_version": 3}'), "manifest is malformed"),
+        (
+            lambda d: (d / "manifest.json").write_text(f'{{"format_version": {FORMAT_VERSION}}}'),
+            "manifest is malformed",
+        ),
         (lambda d: (d / "unet" / "model.onnx").unlink(), "is incomplete: unet file unet/model.onnx is missing"),
         (lambda d: shutil.rmtree(d / "tokenizer"), "is incomplete: tokenizer/ is missing"),
         (lambda d: _point_unet_at(d, "../../etc/passwd"), "points unet at ../../etc/passwd, outside the artifact"),
