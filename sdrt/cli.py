@@ -269,10 +269,16 @@ def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
         default=None,
         help="torch or onnxruntime on cuda: replay the UNet step as a CUDA graph per input shape",
     )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="engine cache outside the artifact, so the artifact may be read-only (default $SDRT_CACHE_DIR, "
+        "else ARTIFACT/engines); engines prebuilt in the artifact are still used",
+    )
 
 
 # backend option flags, passed to the backend only when given (a backend refuses options it does not have)
-_BACKEND_OPTIONS = ("dtype", "compile", "cuda_graphs", "optimization")
+_BACKEND_OPTIONS = ("dtype", "compile", "cuda_graphs", "optimization", "cache_dir")
 
 
 def _backend_options(args: argparse.Namespace) -> dict:
@@ -469,7 +475,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.ray:
         from sdrt.serve.server import serve
 
-        return serve(args.path, args.backend, args.device, args.host, args.port, config)
+        return serve(args.path, args.backend, args.device, args.host, args.port, config, _backend_options(args))
     try:
         from sdrt.serve import ray_app
     except ImportError as exc:
@@ -480,7 +486,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
     )
-    app = ray_app.deployment(args.path, args.backend, args.device, config, options)
+    app = ray_app.deployment(args.path, args.backend, args.device, config, options, _backend_options(args))
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 
 

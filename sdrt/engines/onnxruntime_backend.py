@@ -8,11 +8,8 @@ With `cuda_graphs=True` the UNet session captures one CUDA graph per input shape
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +18,23 @@ import numpy as np
 import torch
 
 from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
+from sdrt.engines.cache import (
+    CachedEngine,
+    EngineCache,
+    ensure_engine,
+    hardware_id,
+    onnx_digests,
+    reading,
+    require_onnx,
+)
 from sdrt.engines.options import make_options
-from sdrt.files import atomic_directory
-from sdrt.hashing import file_sha256, json_sha256
+from sdrt.hashing import json_sha256
 from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, Manifest, OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
 
 BACKEND = "onnxruntime"
-RECORD_FILE = "build.json"
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # IO binding takes numpy element types
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64}
@@ -44,6 +48,7 @@ class OnnxRuntimeOptions:
     optimization: str = "all"  # graph optimization level applied at build time: disable, basic, extended, all
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (run-time only, not part of the cache key)
     cuda_graphs: bool = False  # CUDA only: the UNet replays a captured CUDA graph per input shape (run-time only)
+    cache_dir: str | None = None  # engine cache outside the artifact (default $SDRT_CACHE_DIR, else the artifact)
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:
@@ -79,53 +84,53 @@ def options(**kwargs) -> OnnxRuntimeOptions:
     return make_options(OnnxRuntimeOptions, BACKEND, **kwargs)
 
 
-def cache_key(onnx_file: OnnxFile, opts: OnnxRuntimeOptions, artifact: Path) -> str:
+def cache_key(onnx_file: OnnxFile, opts: OnnxRuntimeOptions, artifact: Path, name: str = "") -> str:
     """Hash of everything the optimized model depends on: ONNX bytes, settings, library version, hardware."""
     import onnxruntime as ort
 
     return json_sha256(
         {
-            "onnx": file_sha256(artifact / onnx_file.path),
-            "external_data": file_sha256(artifact / onnx_file.external_data) if onnx_file.external_data else None,
+            **onnx_digests(artifact, name, onnx_file),
             "optimization": opts.optimization,
             "provider": opts.torch_device.type,
             "onnxruntime": ort.__version__,
             # optimized graphs are hardware-specific at level "all" (layout transforms for the CPU's vector width)
-            "hardware": _hardware_id(opts.torch_device),
+            "hardware": hardware_id(opts.torch_device),
         }
     )
-
-
-def engine_dir(artifact: Path, component: str, key: str) -> Path:
-    return artifact / "engines" / BACKEND / component / key[:16]
 
 
 def build(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> list[BuildRecord]:
     """Optimize every component's graph once and save it, keyed by `cache_key`; reuse what is already built."""
     artifact = Path(path)
-    _require_onnx(artifact, manifest)
+    require_onnx(artifact, manifest, BACKEND)
     opts.providers()  # fail on a missing execution provider before hashing gigabytes
-    return [_build_one(artifact, name, manifest.files[name], opts) for name in manifest.components]
+    records = []
+    for name in manifest.components:
+        engine = _engine(artifact, name, manifest.files[name], opts)
+        records.append(BuildRecord(name, engine.record["key"], str(engine.path), engine.reused, engine.seconds))
+    return records
 
 
 def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> dict[str, OnnxRuntimeEngine]:
-    """Sessions over the cached optimized graphs (built first where missing)."""
+    """Sessions over the cached optimized graphs (built first where missing, rebuilt where damaged)."""
     import onnxruntime as ort
 
     artifact = Path(path)
-    _require_onnx(artifact, manifest)
+    require_onnx(artifact, manifest, BACKEND)
     opts.providers()  # fail on a missing execution provider before any work
     engines = {}
     for name, spec in manifest.components.items():
-        record = _build_one(artifact, name, manifest.files[name], opts)
+        engine = _engine(artifact, name, manifest.files[name], opts)
         so = _session_options(opts)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already applied at build
         # Only the UNet runs every step; the others run once per generation, where launch overhead is noise.
         cuda_graphs = opts.cuda_graphs and spec.role == "denoiser"
         try:
-            session = ort.InferenceSession(
-                str(Path(record.path) / ONNX_FILE), so, providers=opts.providers(cuda_graph=cuda_graphs)
-            )
+            with reading(engine.path):
+                session = ort.InferenceSession(
+                    str(engine.path / ONNX_FILE), so, providers=opts.providers(cuda_graph=cuda_graphs)
+                )
         except Exception as exc:  # ONNX Runtime raises its own Fail/RuntimeException types
             if not cuda_graphs:
                 raise
@@ -215,17 +220,11 @@ class CudaGraphBindings:
         return {name: tensor.clone() for name, tensor in outputs.items()}
 
 
-def _build_one(artifact: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntimeOptions) -> BuildRecord:
+def _engine(artifact: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntimeOptions) -> CachedEngine:
+    """The optimized graph of one component from the engine cache, built there when missing or damaged."""
     import onnxruntime as ort
 
-    key = cache_key(onnx_file, opts, artifact)
-    target = engine_dir(artifact, name, key)
-    if (target / RECORD_FILE).is_file():
-        return BuildRecord(name, key, str(target), reused=True, seconds=0.0)
-    log.info("building %s engine for %s (optimization %s)", BACKEND, name, opts.optimization)
-    start = time.perf_counter()
-    # a directory without its build.json is a build cut short: atomic_directory replaces it
-    with atomic_directory(target) as tmp:
+    def optimize(tmp: Path) -> dict:
         so = _session_options(opts)
         so.graph_optimization_level = _level(opts.optimization)
         so.optimized_model_filepath = str(tmp / ONNX_FILE)
@@ -233,16 +232,12 @@ def _build_one(artifact: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntime
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ONNX_DATA_FILE)
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(artifact / onnx_file.path), so, providers=opts.providers())
-        seconds = time.perf_counter() - start
-        record = {
-            "component": name,
-            "key": key,
-            "options": vars(opts),
-            "onnxruntime": ort.__version__,
-            "seconds": seconds,
-        }
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return BuildRecord(name, key, str(target), reused=False, seconds=seconds)
+        return {"optimization": opts.optimization, "provider": opts.torch_device.type}
+
+    cache = EngineCache.for_artifact(artifact, opts.cache_dir)
+    key = cache_key(onnx_file, opts, artifact, name)
+    what = f"{BACKEND} engine for {name} (optimization {opts.optimization})"
+    return ensure_engine(cache, BACKEND, name, key, {"onnxruntime": ort.__version__}, optimize, what=what)
 
 
 def _session_options(opts: OnnxRuntimeOptions):
@@ -264,24 +259,3 @@ def _level(name: str):
         "extended": levels.ORT_ENABLE_EXTENDED,
         "all": levels.ORT_ENABLE_ALL,
     }[name]
-
-
-def _hardware_id(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return f"{platform.machine()}:{json_sha256(sorted(line.split(':', 1)[1].split()))[:16]}"
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def _require_onnx(artifact: Path, manifest: Manifest) -> None:
-    missing = [n for n in manifest.components if n not in manifest.files]
-    if missing:
-        raise ValueError(
-            f"{artifact} has no ONNX files for {', '.join(missing)}: the onnxruntime backend runs an exported "
-            "artifact (create one with 'sdrt export MODEL_DIR -o ARTIFACT_DIR')"
-        )

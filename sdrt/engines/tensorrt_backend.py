@@ -47,13 +47,13 @@ import numpy as np
 import torch
 
 from sdrt.engines.base import BuildRecord, CheckedEngine
+from sdrt.engines.cache import require_onnx
 from sdrt.engines.options import make_options
 from sdrt.engines.tensorrt_build import (
     BACKEND,
     NEEDS,
     TensorRTOptions,
     build_one,
-    require_onnx,
     tensorrt,
     trt_logger,
 )
@@ -76,7 +76,7 @@ def options(**kwargs) -> TensorRTOptions:
 def build(path: str | os.PathLike, manifest: Manifest, opts: TensorRTOptions) -> list[BuildRecord]:
     """Build every component's engine once, keyed by `cache_key`; reuse valid plans, rebuild invalid ones."""
     artifact = Path(path)
-    require_onnx(artifact, manifest)
+    require_onnx(artifact, manifest, BACKEND)
     with torch.cuda.device(opts.torch_device):
         return [build_one(artifact, manifest, name, opts) for name in manifest.components]
 
@@ -85,7 +85,7 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: TensorRTOptions) -> 
     """Engines for every component (built first where missing or invalid), sharing one activation buffer."""
     trt = tensorrt()
     artifact = Path(path)
-    require_onnx(artifact, manifest)
+    require_onnx(artifact, manifest, BACKEND)
     device = opts.torch_device
     loaded = {}
     with torch.cuda.device(device):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,11 @@ from typing import Any
 import torch
 
 from sdrt.engines.base import BuildRecord, indexed
-from sdrt.engines.tensorrt_cache import BACKEND, GpuInfo, cache_key, engine_dir, plan_problem, write_plan
+from sdrt.engines.cache import EngineCache, ensure_engine, onnx_digests
+from sdrt.engines.tensorrt_cache import BACKEND, PLAN_FILE, GpuInfo, cache_key
 from sdrt.engines.tensorrt_profiles import PROFILE_MODES, Profile, build_profiles
 from sdrt.files import atomic_file
-from sdrt.hashing import file_sha256, json_sha256
+from sdrt.hashing import json_sha256
 from sdrt.manifest import Manifest, OnnxFile
 from sdrt.spec import ComponentSpec
 
@@ -41,6 +41,7 @@ class TensorRTOptions:
     workspace_gb: float = 0.0  # builder workspace limit in GiB; 0 leaves TensorRT's default (the GPU's memory)
     optimization_level: int = 3  # builder optimization level 0..5 (TensorRT's default is 3)
     timing_cache: str | None = None  # timing cache file; None: one per TensorRT version and GPU in engines/tensorrt/
+    cache_dir: str | None = None  # engine cache outside the artifact (default $SDRT_CACHE_DIR, else the artifact)
     cuda_graphs: bool = True  # capture each shape's engine call into a CUDA graph (run-time only, not in the key)
 
     def __post_init__(self) -> None:
@@ -86,47 +87,35 @@ def gpu_info(device: torch.device) -> GpuInfo:
     return GpuInfo(torch.cuda.get_device_name(device), f"{major}.{minor}")
 
 
-def component_key(artifact: Path, onnx_file: OnnxFile, opts: TensorRTOptions, profiles: list[Profile]) -> str:
+def component_key(
+    artifact: Path, name: str, onnx_file: OnnxFile, opts: TensorRTOptions, profiles: list[Profile]
+) -> str:
     trt = tensorrt()
-    external = file_sha256(artifact / onnx_file.external_data) if onnx_file.external_data else None
-    return cache_key(
-        file_sha256(artifact / onnx_file.path),
-        external,
-        opts.settings(),
-        profiles,
-        trt.__version__,
-        gpu_info(opts.torch_device),
-    )
+    onnx = onnx_digests(artifact, name, onnx_file)
+    gpu = gpu_info(opts.torch_device)
+    return cache_key(onnx["onnx"], onnx["external_data"], opts.settings(), profiles, trt.__version__, gpu)
 
 
 def build_one(artifact: Path, manifest: Manifest, name: str, opts: TensorRTOptions, force: bool = False) -> BuildRecord:
+    """The plan of one component from the engine cache, built when missing, damaged or (`force`) refused by TensorRT."""
     trt = tensorrt()
     spec, onnx_file = manifest.components[name], manifest.files[name]
     profiles = build_profiles(spec, manifest.ranges, opts.profile)
     gpu = gpu_info(opts.torch_device)
-    key = component_key(artifact, onnx_file, opts, profiles)
-    target = engine_dir(artifact, name, key)
-    problem = "TensorRT could not deserialize it" if force else plan_problem(target, key, trt.__version__, gpu)
-    if problem is None:
-        return BuildRecord(name, key, str(target), reused=True, seconds=0.0)
-    if target.exists():
-        log.warning("rebuilding the %s engine in %s: %s", name, target, problem)
-    log.info("building a TensorRT engine for %s (%s profiles, fp16 %s)", name, opts.profile, opts.fp16)
-    start = time.perf_counter()
-    plan = _build_plan(trt, artifact / onnx_file.path, spec, profiles, opts, timing_cache_path(artifact, opts, gpu))
-    seconds = time.perf_counter() - start
-    record = {
-        "component": name,
-        "key": key,
-        "tensorrt": trt.__version__,
-        "gpu": gpu.name,
-        "compute_capability": gpu.compute_capability,
-        "settings": opts.settings(),
-        "profiles": [p.to_json() for p in profiles],
-        "seconds": seconds,
-    }
-    write_plan(target, plan, record)
-    return BuildRecord(name, key, str(target), reused=False, seconds=seconds)
+    cache = EngineCache.for_artifact(artifact, opts.cache_dir)
+    key = component_key(artifact, name, onnx_file, opts, profiles)
+
+    def build(tmp: Path) -> dict:
+        plan = _build_plan(trt, artifact / onnx_file.path, spec, profiles, opts, timing_cache_path(cache, opts, gpu))
+        (tmp / PLAN_FILE).write_bytes(plan)
+        return {"settings": opts.settings(), "profiles": [p.to_json() for p in profiles]}
+
+    if force:
+        log.warning("rebuilding the %s engine: TensorRT could not deserialize it", name)
+    expected = {"tensorrt": trt.__version__, "gpu": gpu.name, "compute_capability": gpu.compute_capability}
+    what = f"TensorRT engine for {name} ({opts.profile} profiles, fp16 {opts.fp16})"
+    engine = ensure_engine(cache, BACKEND, name, key, expected, build, what=what, rebuild=force)
+    return BuildRecord(name, key, str(engine.path), reused=engine.reused, seconds=engine.seconds)
 
 
 def _build_plan(trt, onnx_path: Path, spec: ComponentSpec, profiles: list[Profile], opts: TensorRTOptions, cache: Path):
@@ -177,12 +166,12 @@ def _keep_attention_fp32(trt, network, config) -> None:
     log.info("keeping %d attention layers in fp32 (upcast_attention)", kept)
 
 
-def timing_cache_path(artifact: Path, opts: TensorRTOptions, gpu: GpuInfo) -> Path:
+def timing_cache_path(cache: EngineCache, opts: TensorRTOptions, gpu: GpuInfo) -> Path:
     if opts.timing_cache is not None:
         return Path(opts.timing_cache)
     trt = tensorrt()
     tag = json_sha256({"tensorrt": trt.__version__, "gpu": asdict(gpu)})[:16]
-    return artifact / "engines" / BACKEND / f"timing-{tag}.cache"
+    return cache.backend_dir(BACKEND) / f"timing-{tag}.cache"
 
 
 def _load_timing_cache(config, path: Path):
@@ -219,12 +208,3 @@ def trt_logger():
 
         _LOGGER = _Forward()
     return _LOGGER
-
-
-def require_onnx(artifact: Path, manifest: Manifest) -> None:
-    missing = [n for n in manifest.components if n not in manifest.files]
-    if missing:
-        raise ValueError(
-            f"{artifact} has no ONNX files for {', '.join(missing)}: the tensorrt backend builds from an exported "
-            "artifact (create one with 'sdrt export MODEL_DIR -o ARTIFACT_DIR')"
-        )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from sdrt.export.disk import check_free_space, export_size
 from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component
 from sdrt.files import atomic_directory
@@ -73,7 +74,8 @@ def export_model(
     """Export every component of `model_dir` to ONNX under `artifact_dir`, with tokenizer, scheduler and manifest.
 
     Everything is written to a temporary sibling directory and renamed into place at the end, so an
-    interrupted export never leaves a directory that looks like an artifact.
+    interrupted export never leaves a directory that looks like an artifact (and the next export into the
+    same directory removes what it left). Fails before loading any weights when the disk lacks the room.
     """
     model = ModelDir.open(model_dir)
     out = Path(artifact_dir)
@@ -91,6 +93,8 @@ def export_model(
                 "and the pipeline will decode again in float32 when it overflows",
                 spec.name,
             )
+    fp16 = frozenset(n for n, s in manifest.components.items() if config.component_precision(s) == "fp16")
+    check_free_space(export_size(model, fp16), out)  # before gigabytes of weights are loaded
     modules = model.load_modules()
 
     with atomic_directory(out) as tmp:

@@ -55,8 +55,10 @@ class RayOptions:
 class SdrtReplica:
     """One replica: loads the engines once, then serves the sdrt app (built after the constructor, by Ray)."""
 
-    def __init__(self, path: str, backend: str, device: str, config: ServeConfig) -> None:
-        self._pipeline = Pipeline.load(path, backend=backend, device=device)
+    def __init__(
+        self, path: str, backend: str, device: str, config: ServeConfig, engine_options: dict | None = None
+    ) -> None:
+        self._pipeline = Pipeline.load(path, backend=backend, device=device, **(engine_options or {}))
         self._config = config
         self._state = None
 
@@ -77,8 +79,9 @@ def deployment(
     device: str = "cpu",
     config: ServeConfig | None = None,
     options: RayOptions | None = None,
+    engine_options: dict | None = None,
 ) -> Application:
-    """The sdrt app as a Ray Serve application (pass it to serve.run)."""
+    """The sdrt app as a Ray Serve application (pass it to serve.run); `engine_options` go to the backend."""
     config = config or ServeConfig()
     options = options or RayOptions()
     path = str(Path(path).resolve())  # replicas may start in another working directory
@@ -103,7 +106,7 @@ def deployment(
         max_queued_requests=config.max_queue,
         health_check_period_s=10,
         **scaling,
-    ).bind(path, backend, device, config)
+    ).bind(path, backend, device, config, dict(engine_options or {}))
 
 
 class AppArgs(BaseModel):

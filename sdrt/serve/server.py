@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -42,8 +44,12 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
     config: ServeConfig | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> int:
-    """Serve an artifact over HTTP until SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the engines fail to load."""
+    """Serve an artifact over HTTP until SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the engines fail to load.
+
+    `engine_options` go to the backend (e.g. cuda_graphs=True, cache_dir=...).
+    """
     root = Path(path)
     if (root / MANIFEST_NAME).is_file():
         read_manifest(root)  # a bad artifact fails here, before a port is opened
@@ -55,7 +61,10 @@ def serve(
         failures.append(exc)
         server.should_exit = True
 
-    app = create_app(lambda: Pipeline.load(root, backend=backend, device=device), config, on_load_failure=failed)
+    options = dict(engine_options or {})
+    app = create_app(
+        lambda: Pipeline.load(root, backend=backend, device=device, **options), config, on_load_failure=failed
+    )
     server = _DrainingServer(
         uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info", timeout_keep_alive=5),
         app.state.sdrt,

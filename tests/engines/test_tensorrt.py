@@ -6,7 +6,6 @@ The tests marked gpu skip, saying why, on a machine without TensorRT >= 10 and a
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 
 import numpy as np
@@ -17,7 +16,7 @@ from sdrt import Pipeline
 from sdrt.components import unet_spec, vae_decoder_spec, vae_encoder_spec
 from sdrt.engines import build_engines
 from sdrt.engines.tensorrt_backend import TensorRTOptions
-from sdrt.engines.tensorrt_cache import PLAN_FILE, RECORD_FILE, GpuInfo, cache_key, plan_problem, write_plan
+from sdrt.engines.tensorrt_cache import PLAN_FILE, GpuInfo, cache_key
 from sdrt.engines.tensorrt_profiles import build_profiles, select_profile
 from sdrt.manifest import read_manifest
 from tests.conftest import RANGES
@@ -134,42 +133,6 @@ def test_options_are_checked():
         TensorRTOptions(workspace_gb=-1)
     with pytest.raises(ValueError, match="optimization_level 6 is outside 0..5"):
         TensorRTOptions(optimization_level=6)
-
-
-# --- plan records: what may be loaded ----------------------------------------------------------------------
-
-
-def test_plan_checks_decide_rebuild(tmp_path):
-    target = tmp_path / "engines" / "tensorrt" / "unet" / "0123456789abcdef"
-    assert plan_problem(target, "k", "10.13.0", H100) == "not built yet"
-    plan = bytes(range(256)) * 64
-    write_plan(target, plan, {"key": "k", "tensorrt": "10.13.0", "gpu": H100.name, "compute_capability": "9.0"})
-    assert plan_problem(target, "k", "10.13.0", H100) is None
-    assert "key" in plan_problem(target, "other", "10.13.0", H100)
-    assert "tensorrt '10.13.0'" in plan_problem(target, "k", "10.14.0", H100)
-    assert "gpu" in plan_problem(target, "k", "10.13.0", GpuInfo("NVIDIA A100-SXM4-80GB", "9.0"))
-    assert "compute_capability" in plan_problem(target, "k", "10.13.0", GpuInfo(H100.name, "8.0"))
-
-    (target / PLAN_FILE).write_bytes(plan[:1000])  # an interrupted copy
-    assert "truncated" in plan_problem(target, "k", "10.13.0", H100)
-    damaged = bytearray(plan)
-    damaged[5000] ^= 0xFF
-    (target / PLAN_FILE).write_bytes(bytes(damaged))
-    assert "sha256" in plan_problem(target, "k", "10.13.0", H100)
-    (target / PLAN_FILE).unlink()
-    assert "missing" in plan_problem(target, "k", "10.13.0", H100)
-    (target / RECORD_FILE).write_text("{not json")
-    assert "record is unusable" in plan_problem(target, "k", "10.13.0", H100)
-    (target / RECORD_FILE).unlink()
-    assert "record is unusable" in plan_problem(target, "k", "10.13.0", H100)
-
-
-def test_write_plan_is_atomic_and_records_the_plan(tmp_path):
-    target = tmp_path / "engine"
-    record = write_plan(target, b"plan", {"key": "k"})
-    assert json.loads((target / RECORD_FILE).read_text()) == record
-    assert record["plan_bytes"] == 4 and len(record["plan_sha256"]) == 64
-    assert [p.name for p in tmp_path.iterdir()] == ["engine"]  # no partial directory left behind
 
 
 def test_without_tensorrt_the_errors_say_what_is_missing(artifact):
