@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrt.bench import BenchConfig, BenchResult, format_table, plot, run_bench
+from sdrt.bench import BASELINES, BenchConfig, BenchResult, format_table, plot, run_bench
 from sdrt.bench.machine import machine_info, machine_slug, versions
 from sdrt.export import ExportConfig
 from sdrt.files import atomic_file
@@ -44,6 +44,7 @@ class SuiteModel:
     steps: int  # denoising steps
     runs: int  # timed runs per scenario
     warmup: int  # untimed runs per contender first
+    baselines: tuple[str, ...] = BASELINES  # diffusers baselines to time beside sdrt
 
 
 def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
@@ -62,6 +63,11 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
             SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1, 8), steps=50, runs=3, warmup=1),
             SuiteModel("sdxl-random", "sdxl", None, ((1024, 1024),), (1,), steps=30, runs=3, warmup=1),
         ),
+        # benchmarks/gpu_check.sh, minutes on a lent GPU: SD 1.5 only, two runs, no torch.compile baseline
+        "gpu-check": (
+            SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1, 8), steps=50, runs=2, warmup=1,
+                       baselines=("diffusers",)),
+        ),
     }  # fmt: skip
 
 
@@ -69,7 +75,7 @@ def quick_suites() -> dict[str, tuple[SuiteModel, ...]]:
     tiny = ExportConfig(max_batch=2, min_size=64, max_size=128, opt_size=64)
     demo = SuiteModel("demo", "tiny", tiny, ((64, 64),), (1, 2), steps=2, runs=1, warmup=1)
     sdxl = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=2, runs=1, warmup=1)
-    return {"cpu": (demo,), "gpu": (demo, sdxl)}
+    return {"cpu": (demo,), "gpu": (demo, sdxl), "gpu-check": (demo,)}
 
 
 def prepare(model: SuiteModel, suite: str, root: Path) -> tuple[Path, Path | None]:
@@ -133,6 +139,7 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
             scheduler=SCHEDULER,
             device=device,
             cold_start=cold_start,
+            baselines=model.baselines,
         )
         commands.append(config.command())
         t0 = time.perf_counter()
@@ -140,10 +147,10 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
         log.info("%s timed in %.0f s", model.name, time.perf_counter() - t0)
         merged.records += result.records
         merged.notes += [f"{model.name}: {n}" for n in result.notes]
-    merged.command = f"benchmarks/{suite}.sh" + (" --quick" if quick else "")
+    merged.command = f"benchmarks/{suite.replace('-', '_')}.sh" + (" --quick" if quick else "")
     minutes = (time.perf_counter() - started) / 60
 
-    machine = machine_slug(device)
+    machine = machine_slug(device) + ("-check" if suite == "gpu-check" else "")
     results.mkdir(parents=True, exist_ok=True)
     table = format_table(merged)
     print(table)
@@ -166,7 +173,9 @@ def _markdown(result: BenchResult, suite: str, machine: str, commands: list[str]
     gpu = next((r.environment.get("gpu") for r in result.records if r.environment.get("gpu")), None)
     where = f"{gpu['name']}, " if gpu else ""
     where += f"{info['cpu']} ({info['cpu_cores_logical']} cores), {info['memory_bytes'] / 2**30:.0f} GiB"
-    libs = ", ".join(f"{k} {lib[k]}" for k in ("torch", "diffusers", "transformers", "onnxruntime") if k in lib)
+    libs = ", ".join(
+        f"{k} {lib[k]}" for k in ("torch", "diffusers", "transformers", "onnxruntime", "openvino") if k in lib
+    )
     lines = [
         f"Machine `{machine}`: {where}; {libs}. Produced by `{result.command}` in {minutes:.1f} minutes "
         f"(results in `results/{machine}.json`, chart in `results/{machine}.png`), which ran:",
@@ -213,7 +222,7 @@ def _artifact_on_gpu() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("cpu", "gpu"))
+    parser.add_argument("suite", choices=("cpu", "gpu", "gpu-check"))
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, 64x64, 2 steps, one run")
     parser.add_argument("--root", type=Path, default=ROOT, help="where models/ and artifacts/ are kept")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts")

@@ -67,6 +67,16 @@ def artifact(demo_model, tmp_path_factory) -> Path:
     return export(demo_model, tmp_path_factory, "demo")
 
 
+@pytest.fixture()
+def fresh_artifact(artifact, tmp_path) -> Path:
+    """A private copy of the session artifact without engines, for tests that build, damage or lock them."""
+    import shutil
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
+    return copy
+
+
 @pytest.fixture(scope="session")
 def pipelines(demo_model, artifact):
     return load_pipelines(demo_model, artifact)

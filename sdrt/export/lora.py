@@ -95,7 +95,13 @@ class LoraFuser:
     def _fuse(self, path: str | os.PathLike, scale: float) -> None:
         from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
         from diffusers.loaders.lora_base import fuse_text_encoder_lora
-        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        try:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+        except ImportError as exc:
+            raise ValueError(
+                f"LoRA needs peft, which diffusers reads LoRA files with: pip install 'sdrt[lora]' ({exc})"
+            ) from exc
 
         raw = read_lora(path)
         expected = lora_layer_count(raw)

@@ -185,7 +185,9 @@ class Pipeline:
 
             if model_dir is None:
                 raise ValueError("set_lora on the tensorrt backend needs model_dir: the model the artifact came from")
-            refitter = LoraRefitter(self.path, self.manifest, model_dir)
+            # weight maps are cached beside the engines: in the cache directory they were loaded from, if any
+            cache_dir = getattr(self.model.denoiser, "cache_dir", None)
+            refitter = LoraRefitter(self.path, self.manifest, model_dir, cache_dir=cache_dir)
             return lambda lora, scale: refitter.apply(self.engines, lora, scale)
         raise ValueError(
             f"LoRA switching needs the torch backend or the tensorrt backend built with --refit, not {self.backend}; "

@@ -21,14 +21,6 @@ from sdrt.manifest import ONNX_FILE, read_manifest
 KWARGS = {"height": 64, "width": 64, "num_inference_steps": 3, "seed": 5, "scheduler": "euler"}
 
 
-@pytest.fixture()
-def fresh_artifact(artifact, tmp_path):
-    """A private copy of the session artifact, without engines."""
-    copy = tmp_path / "artifact"
-    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
-    return copy
-
-
 def _build(path, **options):
     return {r.component: r for r in build_engines(path, read_manifest(path), "onnxruntime", **options)}
 
