@@ -143,6 +143,11 @@ class SdrtRunner:
         for name, stage in _SDRT_STAGES.items():
             if name in self.pipe.engines:
                 self.pipe.engines[name] = TimedEngine(self.pipe.engines[name], self.clock, stage, before.get(name))
+        # the prompt encoders hold their text-encoder engines from load: time those calls too
+        for encoder in self.pipe.model.encoders.values():
+            timed = self.pipe.engines.get(encoder.engine.spec.name)
+            if isinstance(timed, TimedEngine) and timed.engine is encoder.engine:
+                encoder.engine = timed
 
     def run(self, scenario: Scenario, seed: int) -> Sample:
         self.clock.reset()

@@ -98,6 +98,8 @@ class GraphCache(Generic[T]):
         return entry
 
     def put(self, key: Hashable, entry: T) -> None:
+        # called right after a capture, and torch.cuda.graph synchronizes the device before capturing: a graph
+        # dropped here has finished its last replay, so its memory and context may go
         self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:

@@ -73,6 +73,7 @@ def test_json_records_hold_stages_throughput_memory_and_ratios(result, tmp_path)
         for s in seconds.values():
             assert s["min"] <= s["median"] <= s["p90"] <= s["p99"] <= s["max"] and s["n"] == 2
         assert seconds["total"]["median"] > seconds["unet"]["median"] > 0
+        assert seconds["text_encoder"]["median"] > 0, "the prompt encoders' engine calls are timed too"
         assert seconds["vae_encode"]["max"] == 0.0  # text-to-image never calls the VAE encoder
         # guidance doubles the rows; the artifact takes 2 x max_batch = 4 rows, so one UNet call per step
         assert record["steps_run"] == 2 and record["unet_calls_per_run"] == 2
