@@ -15,7 +15,8 @@ setup(
         "tokenizers",
         "safetensors",
         "onnx>=1.16",
-        "onnxruntime>=1.18",
+        # ONNX Runtime comes from an extra: its CPU and GPU builds are two packages owning one module, and
+        # installing both breaks it; pick sdrt[cpu] or sdrt[gpu]
         "onnx-graphsurgeon",  # fp16 export: constant folding and graph clean-up
         "numpy",
         "pillow",
@@ -28,6 +29,13 @@ setup(
         "python-multipart",  # sdrt serve: multipart uploads (OpenAI's image variations)
     ],
     extras_require={
+        "cpu": ["onnxruntime>=1.18"],  # the onnxruntime backend (and fp16 export's converter) on the CPU
+        "gpu": ["onnxruntime-gpu>=1.18"],  # the same with ONNX Runtime's CUDA provider (instead of sdrt[cpu])
+        # the tensorrt backend: sdrt has a code path for TensorRT 10.x and one for 11.x (sdrt.engines.tensorrt_api),
+        # checked against stand-ins of both APIs; neither has run on a GPU yet
+        "tensorrt": ["tensorrt>=10.0,<12"],
+        "openvino": ["openvino>=2025.0"],  # the openvino backend (CPU); tested with 2026.4.1
+        "lora": ["peft>=0.17"],  # Pipeline.set_lora: diffusers reads LoRA files through peft's layers
         "serve-ray": ["ray[serve]"],  # sdrt serve --ray: scale-out on Ray Serve (large: Ray and its dependencies)
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrt.bench import BenchConfig, BenchResult, format_table, plot, run_bench
+from sdrt.bench import BASELINES, BenchConfig, BenchResult, format_table, plot, run_bench
 from sdrt.bench.machine import machine_info, machine_slug, versions
 from sdrt.export import ExportConfig
 from sdrt.files import atomic_file
@@ -47,6 +47,7 @@ class SuiteModel:
     refiner: str | None = None  # benchmarks.models preset of an SDXL refiner run after the base (models/<preset>)
     refiner_switch_at: float | None = None  # with a refiner: share of the steps the base runs
     mode: str = "txt2img"  # "variation" for unCLIP models
+    baselines: tuple[str, ...] = BASELINES  # diffusers baselines to time beside sdrt
 
 
 def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
@@ -76,6 +77,11 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
             SuiteModel("unclip-random", "unclip", None, ((768, 768),), (1,), steps=20, runs=3, warmup=1,
                        mode="variation"),
         ),
+        # benchmarks/gpu_check.sh, minutes on a lent GPU: SD 1.5 only, two runs, no torch.compile baseline
+        "gpu-check": (
+            SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1, 8), steps=50, runs=2, warmup=1,
+                       baselines=("diffusers",)),
+        ),
     }  # fmt: skip
 
 
@@ -85,7 +91,7 @@ def quick_suites() -> dict[str, tuple[SuiteModel, ...]]:
     sdxl = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=2, runs=1, warmup=1)
     refined = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=4, runs=1, warmup=1,
                          refiner="sdxl-refiner-tiny", refiner_switch_at=0.5)  # fmt: skip
-    return {"cpu": (demo, sdxl), "gpu": (demo, sdxl, refined)}
+    return {"cpu": (demo, sdxl), "gpu": (demo, sdxl, refined), "gpu-check": (demo,)}
 
 
 def prepare(name: str, preset: str, export: ExportConfig | None, suite: str, root: Path) -> tuple[Path, Path | None]:
@@ -158,6 +164,7 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
             mode=model.mode,
             device=device,
             cold_start=cold_start,
+            baselines=model.baselines,
         )
         commands.append(config.command())
         t0 = time.perf_counter()
@@ -165,10 +172,10 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
         log.info("%s timed in %.0f s", model.name, time.perf_counter() - t0)
         merged.records += result.records
         merged.notes += [f"{model.name}: {n}" for n in result.notes]
-    merged.command = f"benchmarks/{suite}.sh" + (" --quick" if quick else "")
+    merged.command = f"benchmarks/{suite.replace('-', '_')}.sh" + (" --quick" if quick else "")
     minutes = (time.perf_counter() - started) / 60
 
-    machine = machine_slug(device)
+    machine = machine_slug(device) + ("-check" if suite == "gpu-check" else "")
     results.mkdir(parents=True, exist_ok=True)
     table = format_table(merged)
     print(table)
@@ -191,7 +198,9 @@ def _markdown(result: BenchResult, suite: str, machine: str, commands: list[str]
     gpu = next((r.environment.get("gpu") for r in result.records if r.environment.get("gpu")), None)
     where = f"{gpu['name']}, " if gpu else ""
     where += f"{info['cpu']} ({info['cpu_cores_logical']} cores), {info['memory_bytes'] / 2**30:.0f} GiB"
-    libs = ", ".join(f"{k} {lib[k]}" for k in ("torch", "diffusers", "transformers", "onnxruntime") if k in lib)
+    libs = ", ".join(
+        f"{k} {lib[k]}" for k in ("torch", "diffusers", "transformers", "onnxruntime", "openvino") if k in lib
+    )
     lines = [
         f"Machine `{machine}`: {where}; {libs}. Produced by `{result.command}` in {minutes:.1f} minutes "
         f"(results in `results/{machine}.json`, chart in `results/{machine}.png`), which ran:",
@@ -238,7 +247,7 @@ def _artifact_on_gpu() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("cpu", "gpu"))
+    parser.add_argument("suite", choices=("cpu", "gpu", "gpu-check"))
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, 64x64, 2 steps, one run")
     parser.add_argument("--root", type=Path, default=ROOT, help="where models/ and artifacts/ are kept")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts")

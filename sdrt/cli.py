@@ -298,6 +298,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
     p.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
+    p.add_argument(
+        "--warm-shapes",
+        nargs="+",
+        default=(),
+        metavar="WxH:B[,B...]",
+        help="capture each engine's CUDA graphs (or compile OpenVINO's static models) at load for these sizes and "
+        "batches, e.g. 512x512:1,2,4, so no served batch pays for it",
+    )
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (pip install 'sdrt[serve-ray]')")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join, e.g. auto (default: start one here)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default 1; one per GPU on CUDA)")
@@ -377,10 +385,30 @@ def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
         default=None,
         help="torch or onnxruntime on cuda: replay the UNet step as a CUDA graph per input shape",
     )
+    p.add_argument(
+        "--max-cuda-graphs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --cuda-graphs (tensorrt: always): CUDA graphs kept per engine, least recently used dropped "
+        "(default 8)",
+    )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        default=None,
+        help="on cuda: let float32 math use TF32 (faster, not float32-exact; off by default)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="engine cache outside the artifact, so the artifact may be read-only (default $SDRT_CACHE_DIR, "
+        "else ARTIFACT/engines); engines prebuilt in the artifact are still used",
+    )
 
 
 # backend option flags, passed to the backend only when given (a backend refuses options it does not have)
-_BACKEND_OPTIONS = ("dtype", "compile", "cuda_graphs", "optimization")
+_BACKEND_OPTIONS = ("dtype", "compile", "cuda_graphs", "max_cuda_graphs", "tf32", "optimization", "cache_dir")
 
 
 def _backend_options(args: argparse.Namespace) -> dict:
@@ -571,9 +599,19 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS
     from sdrt.serve import ServeConfig
+    from sdrt.serve.config import parse_warm_shapes
 
     _quiet_third_party()
+    options = _backend_options(args)
+    warm = parse_warm_shapes(args.warm_shapes)
+    kept = options.get("max_cuda_graphs", DEFAULT_MAX_GRAPHS)
+    if len(warm) > kept:
+        raise ValueError(
+            f"--warm-shapes names {len(warm)} shapes, but engines keep at most {kept} CUDA graphs each; "
+            f"raise --max-cuda-graphs to {len(warm)}"
+        )
     config = ServeConfig(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -583,27 +621,29 @@ def _serve(args: argparse.Namespace) -> int:
         default_steps=args.default_steps,
         max_steps=args.max_steps,
         max_images=args.max_images,
+        warm_shapes=warm,
     )
     if not args.ray:
         from sdrt.serve.server import serve
 
         return serve(
             args.path, args.backend, args.device, args.host, args.port, config, refiner=args.refiner,
-            **_load_options(args),
+            **options, **_load_options(args),
         )  # fmt: skip
     try:
         from sdrt.serve import ray_app
     except ImportError as exc:
         raise ValueError(f"--ray needs Ray Serve: pip install 'sdrt[serve-ray]' ({exc})") from exc
-    options = ray_app.RayOptions(
+    ray_options = ray_app.RayOptions(
         replicas=args.replicas,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
     )
     app = ray_app.deployment(
-        args.path, args.backend, args.device, config, options, refiner=args.refiner, **_load_options(args)
-    )
+        args.path, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
+        **_load_options(args),
+    )  # fmt: skip
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 
 

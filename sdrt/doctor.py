@@ -1,4 +1,4 @@
-"""`sdrt doctor`: what this machine has (GPU, CUDA, TensorRT, ONNX Runtime providers) and which backends can run."""
+"""`sdrt doctor`: what this machine has (GPU, CUDA, TensorRT, ONNX Runtime, OpenVINO) and which backends can run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
 from typing import Any
 
 from sdrt.engines import BACKENDS, DEVICES
@@ -57,6 +58,8 @@ class Report:
     onnxruntime: Library  # ONNX Runtime
     onnxruntime_providers: list[str]  # its available execution providers
     tensorrt: Library  # TensorRT's Python bindings
+    tensorrt_path: str  # which of sdrt's TensorRT code paths (10.x or 11.x) this TensorRT takes, or why none
+    openvino: Library  # OpenVINO's Python package
     backends: list[BackendStatus] = field(default_factory=list)  # every backend on every device
 
 
@@ -66,6 +69,7 @@ def diagnose() -> Report:
 
     gpus, gpu_reason = _gpus(torch)
     ort, providers = _onnxruntime()
+    trt = _tensorrt()
     report = Report(
         python=platform.python_version(),
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
@@ -77,7 +81,9 @@ def diagnose() -> Report:
         nvidia_smi=_nvidia_smi(),
         onnxruntime=ort,
         onnxruntime_providers=providers,
-        tensorrt=_tensorrt(),
+        tensorrt=trt,
+        tensorrt_path=_tensorrt_path(trt),
+        openvino=_openvino(),
     )
     backends = [_backend_status(report, b, d) for b in BACKENDS for d in DEVICES]
     return replace(report, backends=backends)
@@ -99,6 +105,8 @@ def format_report(report: Report) -> str:
         ("onnxruntime", _library_line(report.onnxruntime)),
         ("  providers", ", ".join(report.onnxruntime_providers) or "none"),
         ("tensorrt", _library_line(report.tensorrt)),
+        ("  code path", report.tensorrt_path),
+        ("openvino", _library_line(report.openvino)),
     ]
     lines = [f"{name:<14}{value}" for name, value in rows]
     lines += ["", "backend       device  can run"]
@@ -172,6 +180,39 @@ def _tensorrt() -> Library:
     return Library("tensorrt", str(getattr(trt, "__version__", "unknown version")))
 
 
+def _tensorrt_path(lib: Library) -> str:
+    """The TensorRT code path sdrt takes here: from the imported version, else the installed package's."""
+    from sdrt.engines.tensorrt_api import api_path
+
+    version, installed_only = lib.version, False
+    if version is None:
+        try:
+            version, installed_only = metadata.version("tensorrt"), True
+        except metadata.PackageNotFoundError:
+            return "none: TensorRT is not installed"
+    try:
+        path = api_path(version)
+    except ValueError as exc:
+        return f"none: {exc}"
+    if installed_only:
+        return f"{path.major}.x once the tensorrt {version} package imports ({path.summary})"
+    return f"{path.major}.x ({path.summary})"
+
+
+def _openvino() -> Library:
+    """OpenVINO's Python package and the devices it sees."""
+    try:
+        ov = importlib.import_module("openvino")
+    except Exception as exc:  # an optional library may fail to import in any way
+        return Library("openvino", None, f"import failed: {type(exc).__name__}: {exc}")
+    version = str(getattr(ov, "__version__", "unknown version")).split("-")[0]
+    try:
+        devices = ov.Core().available_devices
+    except Exception as exc:  # noqa: BLE001 (a plugin failing to load is reported, never raised)
+        return Library("openvino", version, f"its runtime failed to start: {exc}")
+    return Library("openvino", version, None if "CPU" in devices else f"no CPU device (it sees {devices})")
+
+
 def _backend_status(report: Report, backend: str, device: str) -> BackendStatus:
     """Can `backend` run on `device`: what it would run on, or everything that is missing."""
     missing: list[str] = []
@@ -189,11 +230,19 @@ def _backend_status(report: Report, backend: str, device: str) -> BackendStatus:
             hint = ": install onnxruntime-gpu" if device == "cuda" else ""
             missing.append(f"this onnxruntime has no {provider} (only {', '.join(providers)}){hint}")
     elif backend == "tensorrt":
-        runs_on = f"TensorRT {report.tensorrt.version}"
+        runs_on = f"TensorRT {report.tensorrt.version}, code path {report.tensorrt_path.split(' ')[0]}"
         if device == "cpu":
             missing = ["TensorRT runs on NVIDIA GPUs only"]
         elif report.tensorrt.version is None:
             missing.append(f"tensorrt: {report.tensorrt.reason}")
+        elif report.tensorrt_path.startswith("none"):
+            missing.append(report.tensorrt_path.removeprefix("none: "))
+    elif backend == "openvino":
+        runs_on = f"OpenVINO {report.openvino.version} (CPU plugin)"
+        if device == "cuda":
+            missing = ["sdrt runs OpenVINO on the CPU only (use --device cpu)"]
+        elif report.openvino.version is None or report.openvino.reason is not None:
+            missing.append(f"openvino: {report.openvino.reason}; pip install 'sdrt[openvino]'")
     else:
         missing.append("sdrt doctor does not know what this backend needs")
         runs_on = ""

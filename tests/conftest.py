@@ -41,6 +41,22 @@ def load_pipelines(model: Path, artifact: Path) -> dict:
     }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory):
+    """The hash memo in a scratch file, and no engine cache from the environment: tests never touch ~/.cache."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("SDRT_HASH_MEMO", "SDRT_CACHE_DIR")}
+    os.environ["SDRT_HASH_MEMO"] = str(tmp_path_factory.mktemp("memo") / "hash-memo.json")
+    os.environ.pop("SDRT_CACHE_DIR", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
     return write_model(tmp_path_factory, "demo")
@@ -49,6 +65,16 @@ def demo_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def artifact(demo_model, tmp_path_factory) -> Path:
     return export(demo_model, tmp_path_factory, "demo")
+
+
+@pytest.fixture()
+def fresh_artifact(artifact, tmp_path) -> Path:
+    """A private copy of the session artifact without engines, for tests that build, damage or lock them."""
+    import shutil
+
+    copy = tmp_path / "artifact"
+    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdrt.cli import main
-from sdrt.doctor import Gpu, Library, _backend_status, diagnose, format_report
+from sdrt.doctor import Gpu, Library, _backend_status, _tensorrt_path, diagnose, format_report
 from sdrt.engines import BACKENDS, DEVICES
 
 
@@ -71,8 +71,15 @@ def test_gpu_machine_rows(report):
     assert not ort_cuda.ok and ort_cuda.reason.endswith("install onnxruntime-gpu")
     with_provider = replace(machine, onnxruntime_providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert _backend_status(with_provider, "onnxruntime", "cuda").ok
-    trt = replace(machine, tensorrt=Library("tensorrt", "10.13.0"))
+    trt = replace(
+        machine, tensorrt=Library("tensorrt", "10.13.0"), tensorrt_path=_tensorrt_path(Library("t", "10.13.0"))
+    )
     assert _backend_status(trt, "tensorrt", "cuda").ok
+    assert _backend_status(trt, "tensorrt", "cuda").reason == "TensorRT 10.13.0, code path 10.x"
+    too_new = replace(
+        machine, tensorrt=Library("tensorrt", "12.0.0"), tensorrt_path=_tensorrt_path(Library("t", "12.0.0"))
+    )
+    assert "newer than the 10.x and 11.x" in _backend_status(too_new, "tensorrt", "cuda").reason
     assert _backend_status(trt, "tensorrt", "cpu").reason == "TensorRT runs on NVIDIA GPUs only"
     assert not _backend_status(machine, "tensorrt", "cuda").ok
     assert "H100" in format_report(replace(trt, backends=[_backend_status(trt, "tensorrt", "cuda")]))
@@ -86,3 +93,31 @@ def test_cli_text_and_json(capsys):
     data = json.loads(capsys.readouterr().out)
     assert {"gpus", "gpu_reason", "torch_cuda", "onnxruntime_providers", "tensorrt", "backends"} <= set(data)
     assert {"backend", "device", "ok", "reason"} == set(data["backends"][0])
+
+
+def test_tensorrt_code_path_is_named(monkeypatch):
+    """doctor says which TensorRT code path a machine takes: from the imported module, else the installed package."""
+    import sdrt.doctor as doctor
+
+    assert _tensorrt_path(Library("tensorrt", "11.1.0")).startswith("11.x (TensorRT 11.x: always strongly typed")
+    assert _tensorrt_path(Library("tensorrt", "10.16.1")).startswith("10.x (TensorRT 10.x: strongly typed by")
+    assert (
+        _tensorrt_path(Library("tensorrt", "9.3.0"))
+        == "none: TensorRT 9.3.0 is too old: sdrt needs TensorRT 10.x or 11.x"
+    )
+    monkeypatch.setattr(doctor.metadata, "version", lambda name: "11.0.0")  # the pip stub, libraries missing
+    stub = _tensorrt_path(Library("tensorrt", None, "import failed: OSError: libnvinfer.so.11"))
+    assert stub.startswith("11.x once the tensorrt 11.0.0 package imports")
+
+    def missing(name):
+        raise doctor.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(doctor.metadata, "version", missing)
+    assert _tensorrt_path(Library("tensorrt", None, "no Python package")) == "none: TensorRT is not installed"
+
+
+def test_openvino_rows(report):
+    if report.openvino.version is None:
+        pytest.skip(f"openvino is not installed here: {report.openvino.reason}")
+    assert _status(report, "openvino", "cpu").ok and "OpenVINO" in _status(report, "openvino", "cpu").reason
+    assert _status(report, "openvino", "cuda").reason.startswith("sdrt runs OpenVINO on the CPU only")

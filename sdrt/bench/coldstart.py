@@ -120,6 +120,7 @@ def _child(phase: str, spec: ContenderSpec, scenario: Scenario) -> dict[str, Any
         # torch.compile keeps compiled kernels on disk between processes: a cold start compiles from nothing
         env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
         env["TRITON_CACHE_DIR"] = str(Path(tmp) / "triton")
+        env.pop("SDRT_CACHE_DIR", None)  # the build must go into the empty scratch artifact, not a shared cache
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "sdrt.bench.fresh_process", str(request), str(result)],

@@ -13,7 +13,7 @@ import torch
 
 from sdrt.versions import library_versions
 
-_EXTRA_PACKAGES = ("onnxruntime-gpu", "numpy", "accelerate")
+_EXTRA_PACKAGES = ("onnxruntime-gpu", "openvino", "tensorrt", "numpy", "accelerate")
 
 
 def cpu_model() -> str:

@@ -17,7 +17,7 @@ from sdrt.bench.memory import MemorySampler
 from sdrt.bench.records import MEMORY_MEANING, SCHEMA, Record, attach_comparisons
 from sdrt.bench.runners import Runner, load_runner
 from sdrt.bench.scenario import BASELINES, BenchConfig, Scenario
-from sdrt.bench.weights import ContenderSpec, Weights, contender, resolve_weights
+from sdrt.bench.weights import ContenderSpec, Weights, contender, engine_dtype, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
             family=weights.family,
             backend=backend,
             device=device.split(":")[0],
-            dtype=spec.dtype if spec is not None else _dtype(backend, device),
+            dtype=spec.dtype if spec is not None else _dtype(backend, device, weights),
             width=width,
             height=height,
             batch=batch,
@@ -219,9 +219,11 @@ def _fail(records: Sequence[Record], reason: str) -> None:
         record.windows.clear()
 
 
-def _dtype(backend: str, device: str) -> str:
-    """What a skipped contender would run in: TensorRT and the GPU baselines in float16, the rest in float32."""
-    return "float16" if backend == "tensorrt" or (backend in BASELINES and device.startswith("cuda")) else "float32"
+def _dtype(backend: str, device: str, weights: Weights) -> str:
+    """What a skipped contender would run in: GPU baselines in float16, engine backends the artifact's precision."""
+    if backend in BASELINES:
+        return "float16" if device.startswith("cuda") else "float32"
+    return "float32" if backend == "torch" else engine_dtype(weights)
 
 
 def _describe(s: Scenario) -> str:

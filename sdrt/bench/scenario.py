@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # sdrt's backends a benchmark knows of; one that this sdrt lacks is listed as skipped, never faked
-SDRT_BACKENDS = ("onnxruntime", "torch", "tensorrt")
+SDRT_BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino")
 # diffusers on the same weights: eager (fp32 on the CPU, fp16 + SDPA on a GPU), and with torch.compile (GPU only)
 BASELINES = ("diffusers", "diffusers-compile")
 DEVICES = ("cpu", "cuda")

@@ -23,6 +23,7 @@ class Weights:
     ranges: ShapeRanges | None  # the artifact's shapes; None for a model directory alone
     native_size: int  # pixels the model was trained at (the default size without an artifact)
     unsupported: str | None = None  # why sdrt cannot run this model (its baselines still can), None when it can
+    precision: str = "fp32"  # the artifact's denoiser graph precision ("fp32" or "fp16"), what engine backends run
 
     @property
     def default_size(self) -> int:
@@ -53,7 +54,8 @@ def resolve_weights(path: str | os.PathLike, model: str | os.PathLike | None = N
                     f"--model {model_dir} is not the model artifact {root} was exported from (the weights' sha256 "
                     "differs from the manifest's source_sha256); a comparison needs the same weights on both sides"
                 )
-        return Weights(root, model_dir, manifest.family, model_label(root), manifest.ranges, native)
+        precision = manifest.components[manifest.model_family.denoiser].attributes.get("precision", "fp32")
+        return Weights(root, model_dir, manifest.family, model_label(root), manifest.ranges, native, None, precision)
     if (root / "model_index.json").is_file():
         if model is not None:
             raise ValueError(f"{root} is a model directory already; --model goes with an artifact directory")
@@ -132,10 +134,10 @@ def _contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSp
     if backend not in BACKENDS:
         return None, f"not implemented yet: this sdrt has no {backend} backend (it has {', '.join(BACKENDS)})"
     try:  # each backend's options say what it needs that is missing here (a GPU, a library)
-        opts = backend_module(backend).options(device=device)
+        backend_module(backend).options(device=device)
     except ValueError as exc:
         return None, str(exc)
-    dtype = "float16" if getattr(opts, "fp16", False) else "float32"  # TensorRT builds with fp16 kernels
+    dtype = engine_dtype(weights)
     if backend == "torch":
         if weights.model_dir is None:
             return None, _NEEDS_MODEL
@@ -152,6 +154,11 @@ def _contender(backend: str, weights: Weights, device: str) -> tuple[ContenderSp
     if weights.artifact is None:
         return None, f"the {backend} backend runs an exported artifact: give ARTIFACT_DIR (from 'sdrt export')"
     return ContenderSpec(backend, str(weights.artifact), weights.family, device, dtype), None
+
+
+def engine_dtype(weights: Weights) -> str:
+    """What an engine backend computes an artifact's denoiser in: its graph's precision (strongly typed)."""
+    return "float16" if weights.precision == "fp16" else "float32"
 
 
 _NEEDS_MODEL = (

@@ -15,6 +15,7 @@ BACKENDS = {
     "torch": "sdrt.engines.torch_backend",
     "onnxruntime": "sdrt.engines.onnxruntime_backend",
     "tensorrt": "sdrt.engines.tensorrt_backend",
+    "openvino": "sdrt.engines.openvino_backend",
 }
 DEVICES = ("cpu", "cuda")
 

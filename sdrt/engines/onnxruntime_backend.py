@@ -3,17 +3,16 @@
 The same code serves the CPU provider and the CUDA provider (`device="cuda"`): inputs and outputs are
 bound by pointer to torch tensors on the engine's device, so a GPU run never copies through the host.
 An fp16 artifact (`sdrt export --precision fp16`) runs unchanged: its graphs take and return float32.
-With `cuda_graphs=True` the UNet session captures one CUDA graph per input shape (see CudaGraphBindings).
+With `cuda_graphs=True` the UNet session captures one CUDA graph per input shape, at most `max_cuda_graphs`
+(see CudaGraphBindings). On CUDA, TF32 is off unless `tf32=True` (the provider's `use_tf32`), so an fp32
+artifact computes in fp32.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +20,25 @@ import numpy as np
 import torch
 
 from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
+from sdrt.engines.cache import (
+    CachedEngine,
+    EngineCache,
+    ensure_engine,
+    hardware_id,
+    onnx_digests,
+    reading,
+    require_onnx,
+)
+from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS, shape_key
+from sdrt.engines.float32 import float32_name, float32_onnx
 from sdrt.engines.options import make_options
-from sdrt.files import atomic_directory
-from sdrt.hashing import file_sha256, json_sha256
+from sdrt.hashing import json_sha256
 from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, Manifest, OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
 
 BACKEND = "onnxruntime"
-RECORD_FILE = "build.json"
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # IO binding takes numpy element types
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64}
@@ -44,6 +52,9 @@ class OnnxRuntimeOptions:
     optimization: str = "all"  # graph optimization level applied at build time: disable, basic, extended, all
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (run-time only, not part of the cache key)
     cuda_graphs: bool = False  # CUDA only: the UNet replays a captured CUDA graph per input shape (run-time only)
+    max_cuda_graphs: int = DEFAULT_MAX_GRAPHS  # graphs per engine; further shapes run without one (run-time only)
+    tf32: bool = False  # CUDA only: let fp32 math use TF32 (faster, not fp32-exact; ONNX Runtime's default is on)
+    cache_dir: str | None = None  # engine cache outside the artifact (default $SDRT_CACHE_DIR, else the artifact)
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:
@@ -52,6 +63,8 @@ class OnnxRuntimeOptions:
             raise ValueError(f"threads {self.threads} must be 0 (automatic) or positive")
         if self.cuda_graphs and self.device.split(":")[0] != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, not {self.device!r}")
+        if self.max_cuda_graphs < 1:
+            raise ValueError(f"max_cuda_graphs {self.max_cuda_graphs} must be at least 1")
 
     @property
     def torch_device(self) -> torch.device:
@@ -69,84 +82,134 @@ class OnnxRuntimeOptions:
                 f"device {self.device} needs ONNX Runtime's CUDAExecutionProvider, but this onnxruntime has only "
                 f"{available}; install onnxruntime-gpu"
             )
-        cuda = {"device_id": self.torch_device.index or 0}
+        cuda = {"device_id": self.torch_device.index or 0, "use_tf32": "1" if self.tf32 else "0"}
         if cuda_graph:
             cuda["enable_cuda_graph"] = "1"
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
 def options(**kwargs) -> OnnxRuntimeOptions:
-    return make_options(OnnxRuntimeOptions, BACKEND, **kwargs)
+    opts = make_options(OnnxRuntimeOptions, BACKEND, **kwargs)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        extra = "gpu" if opts.device.startswith("cuda") else "cpu"
+        raise ValueError(f"the onnxruntime backend needs ONNX Runtime: pip install 'sdrt[{extra}]' ({exc})") from exc
+    return opts
 
 
-def cache_key(onnx_file: OnnxFile, opts: OnnxRuntimeOptions, artifact: Path) -> str:
+def cache_key(onnx_file: OnnxFile, opts: OnnxRuntimeOptions, artifact: Path, name: str = "") -> str:
     """Hash of everything the optimized model depends on: ONNX bytes, settings, library version, hardware."""
     import onnxruntime as ort
 
     return json_sha256(
         {
-            "onnx": file_sha256(artifact / onnx_file.path),
-            "external_data": file_sha256(artifact / onnx_file.external_data) if onnx_file.external_data else None,
+            **onnx_digests(artifact, name, onnx_file),
             "optimization": opts.optimization,
             "provider": opts.torch_device.type,
             "onnxruntime": ort.__version__,
             # optimized graphs are hardware-specific at level "all" (layout transforms for the CPU's vector width)
-            "hardware": _hardware_id(opts.torch_device),
+            "hardware": hardware_id(opts.torch_device),
         }
     )
-
-
-def engine_dir(artifact: Path, component: str, key: str) -> Path:
-    return artifact / "engines" / BACKEND / component / key[:16]
 
 
 def build(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> list[BuildRecord]:
     """Optimize every component's graph once and save it, keyed by `cache_key`; reuse what is already built."""
     artifact = Path(path)
-    _require_onnx(artifact, manifest)
+    require_onnx(artifact, manifest, BACKEND)
     opts.providers()  # fail on a missing execution provider before hashing gigabytes
-    return [_build_one(artifact, name, manifest.files[name], opts) for name in manifest.components]
+    cache = EngineCache.for_artifact(artifact, opts.cache_dir)
+    records = []
+    for name in manifest.components:
+        engine = _engine(cache, artifact, name, manifest.files[name], opts)
+        records.append(BuildRecord(name, engine.record["key"], str(engine.path), engine.reused, engine.seconds))
+    return records
 
 
 def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> dict[str, OnnxRuntimeEngine]:
-    """Sessions over the cached optimized graphs (built first where missing)."""
-    import onnxruntime as ort
-
+    """Sessions over the cached optimized graphs (built first where missing, rebuilt where damaged)."""
     artifact = Path(path)
-    _require_onnx(artifact, manifest)
+    require_onnx(artifact, manifest, BACKEND)
     opts.providers()  # fail on a missing execution provider before any work
+    cache = EngineCache.for_artifact(artifact, opts.cache_dir)
     engines = {}
     for name, spec in manifest.components.items():
-        record = _build_one(artifact, name, manifest.files[name], opts)
-        so = _session_options(opts)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already applied at build
+        engine = _engine(cache, artifact, name, manifest.files[name], opts)
         # Only the UNet runs every step; the others run once per generation, where launch overhead is noise.
-        cuda_graphs = opts.cuda_graphs and spec.role == "denoiser"
-        try:
-            session = ort.InferenceSession(
-                str(Path(record.path) / ONNX_FILE), so, providers=opts.providers(cuda_graph=cuda_graphs)
-            )
-        except Exception as exc:  # ONNX Runtime raises its own Fail/RuntimeException types
-            if not cuda_graphs:
-                raise
-            raise ValueError(
-                f"ONNX Runtime cannot capture CUDA graphs for {name} ({exc}); load without cuda_graphs"
-            ) from exc
-        engines[name] = OnnxRuntimeEngine(session, spec, manifest.ranges, opts.torch_device, cuda_graphs)
+        cuda_graphs = opts.cuda_graphs and spec.role == "denoiser" and _graphs_possible(engine, name)
+        engines[name] = OnnxRuntimeEngine(
+            _session(engine, opts, cuda_graphs, name), spec, manifest.ranges, opts, cuda_graphs
+        )
+        if spec.attributes.get("precision", "fp32") != "fp32":
+            engines[name].float32_factory = _float32_factory(cache, artifact, name, manifest, opts)
     return engines
+
+
+def _session(engine: CachedEngine, opts: OnnxRuntimeOptions, cuda_graphs: bool, name: str):
+    """An inference session over a cached optimized graph (its optimizations already applied)."""
+    import onnxruntime as ort
+
+    so = _session_options(opts)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        with reading(engine.path):
+            return ort.InferenceSession(
+                str(engine.path / ONNX_FILE), so, providers=opts.providers(cuda_graph=cuda_graphs)
+            )
+    except Exception as exc:  # ONNX Runtime raises its own Fail/RuntimeException types
+        if not cuda_graphs:
+            raise
+        raise ValueError(
+            f"ONNX Runtime cannot capture CUDA graphs for {name} ({exc}); load without cuda_graphs"
+        ) from exc
+
+
+def _graphs_possible(engine: CachedEngine, name: str) -> bool:
+    """False (with a warning) when the optimized graph holds Memcpy nodes: ONNX Runtime refuses CUDA graphs then."""
+    copies = int(engine.record.get("memcpy_nodes", 0))
+    if copies:
+        log.warning(
+            "%s: the optimized graph copies between host and GPU (%d Memcpy nodes: some nodes run on the CPU), "
+            "which CUDA graphs cannot capture; running it without them",
+            name,
+            copies,
+        )
+    return not copies
+
+
+def _float32_factory(cache: EngineCache, artifact: Path, name: str, manifest: Manifest, opts: OnnxRuntimeOptions):
+    """What builds the float32 copy of an fp16 component's engine, when the VAE guard first needs it."""
+
+    def make() -> OnnxRuntimeEngine:
+        root, onnx_file = float32_onnx(cache, artifact, name, manifest.files[name])
+        engine = _engine(cache, root, float32_name(name), onnx_file, opts)
+        return OnnxRuntimeEngine(_session(engine, opts, False, name), manifest.components[name], manifest.ranges, opts)
+
+    return make
 
 
 class OnnxRuntimeEngine(CheckedEngine):
     """An ONNX Runtime session behind the engine protocol, fed by IO binding on torch tensors."""
 
     def __init__(
-        self, session, spec: ComponentSpec, ranges: ShapeRanges, device: torch.device, cuda_graphs: bool = False
+        self,
+        session,
+        spec: ComponentSpec,
+        ranges: ShapeRanges,
+        opts: OnnxRuntimeOptions,
+        cuda_graphs: bool = False,
     ) -> None:
-        super().__init__(spec, ranges, device)
+        super().__init__(spec, ranges, opts.torch_device)
         self.session = session
         self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
         self._device_id = self.device.index or 0
-        self._graphs = CudaGraphBindings(self) if cuda_graphs else None
+        self._graphs = CudaGraphBindings(self, opts.max_cuda_graphs) if cuda_graphs else None
+        self.float32_factory: Callable[[], OnnxRuntimeEngine] | None = None
+
+    def float32_copy(self) -> OnnxRuntimeEngine:
+        """This network computing in float32: itself for an fp32 graph, else a session over its upcast graph."""
+        return self if self.float32_factory is None else self.float32_factory()
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
         if self._graphs is not None:
@@ -191,16 +254,34 @@ class CudaGraphBindings:
     shape gets buffers allocated once: a call copies its inputs in and returns copies of the outputs
     (the next replay overwrites them). The session must have the CUDA provider with
     `enable_cuda_graph`, and all its compute nodes on it (shape arithmetic may stay on the CPU).
+    ONNX Runtime has no call that releases a captured graph, so graphs are not evicted: past
+    `capacity` shapes, a new shape runs with `gpu_graph_id` -1 (no capture, no replay).
     """
 
-    def __init__(self, engine: OnnxRuntimeEngine) -> None:
+    def __init__(self, engine: OnnxRuntimeEngine, capacity: int = DEFAULT_MAX_GRAPHS) -> None:
         self.engine = engine
+        self.capacity = capacity
         self._by_shape: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], object, object]] = {}
+        self._warned = False
 
     def run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
         import onnxruntime as ort
 
-        key = tuple(sorted((name, tuple(t.shape)) for name, t in feeds.items()))
+        key = shape_key(feeds)
+        if key not in self._by_shape and len(self._by_shape) >= self.capacity:
+            if not self._warned:
+                log.warning(
+                    "%s: %d CUDA graphs captured, the most kept; other shapes run without one",
+                    self.engine.spec.name,
+                    self.capacity,
+                )
+                self._warned = True
+            inputs = {name: t.contiguous() for name, t in feeds.items()}
+            outputs = self.engine._empty_outputs(dims)
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", "-1")  # "capture/replay is disabled in that run"
+            self.engine._execute(self.engine._bind(inputs, outputs), run_options)
+            return outputs
         if key not in self._by_shape:
             inputs = {name: torch.empty_like(t, memory_format=torch.contiguous_format) for name, t in feeds.items()}
             outputs = self.engine._empty_outputs(dims)
@@ -215,34 +296,35 @@ class CudaGraphBindings:
         return {name: tensor.clone() for name, tensor in outputs.items()}
 
 
-def _build_one(artifact: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntimeOptions) -> BuildRecord:
+def _engine(cache: EngineCache, root: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntimeOptions) -> CachedEngine:
+    """The optimized graph of one component (under `root`) from the engine cache, built when missing or damaged."""
     import onnxruntime as ort
 
-    key = cache_key(onnx_file, opts, artifact)
-    target = engine_dir(artifact, name, key)
-    if (target / RECORD_FILE).is_file():
-        return BuildRecord(name, key, str(target), reused=True, seconds=0.0)
-    log.info("building %s engine for %s (optimization %s)", BACKEND, name, opts.optimization)
-    start = time.perf_counter()
-    # a directory without its build.json is a build cut short: atomic_directory replaces it
-    with atomic_directory(target) as tmp:
+    def optimize(tmp: Path) -> dict:
         so = _session_options(opts)
         so.graph_optimization_level = _level(opts.optimization)
         so.optimized_model_filepath = str(tmp / ONNX_FILE)
         if onnx_file.external_data:
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ONNX_DATA_FILE)
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        ort.InferenceSession(str(artifact / onnx_file.path), so, providers=opts.providers())
-        seconds = time.perf_counter() - start
-        record = {
-            "component": name,
-            "key": key,
-            "options": vars(opts),
-            "onnxruntime": ort.__version__,
-            "seconds": seconds,
+        ort.InferenceSession(str(root / onnx_file.path), so, providers=opts.providers())
+        return {
+            "optimization": opts.optimization,
+            "provider": opts.torch_device.type,
+            "memcpy_nodes": _memcpy_nodes(tmp / ONNX_FILE),
         }
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return BuildRecord(name, key, str(target), reused=False, seconds=seconds)
+
+    key = cache_key(onnx_file, opts, root, name)
+    what = f"{BACKEND} engine for {name} (optimization {opts.optimization})"
+    return ensure_engine(cache, BACKEND, name, key, {"onnxruntime": ort.__version__}, optimize, what=what)
+
+
+def _memcpy_nodes(path: Path) -> int:
+    """Host/device copy nodes ONNX Runtime placed in an optimized graph (its graph only; weights not read)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(node.op_type in ("MemcpyFromHost", "MemcpyToHost") for node in graph.node)
 
 
 def _session_options(opts: OnnxRuntimeOptions):
@@ -264,24 +346,3 @@ def _level(name: str):
         "extended": levels.ORT_ENABLE_EXTENDED,
         "all": levels.ORT_ENABLE_ALL,
     }[name]
-
-
-def _hardware_id(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return f"{platform.machine()}:{json_sha256(sorted(line.split(':', 1)[1].split()))[:16]}"
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def _require_onnx(artifact: Path, manifest: Manifest) -> None:
-    missing = [n for n in manifest.components if n not in manifest.files]
-    if missing:
-        raise ValueError(
-            f"{artifact} has no ONNX files for {', '.join(missing)}: the onnxruntime backend runs an exported "
-            "artifact (create one with 'sdrt export MODEL_DIR -o ARTIFACT_DIR')"
-        )

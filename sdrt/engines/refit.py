@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdrt.engines.cache import EngineCache, onnx_digests
 from sdrt.files import atomic_file, read_json_object
-from sdrt.hashing import file_sha256, json_sha256
+from sdrt.hashing import json_sha256
 from sdrt.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -229,18 +230,15 @@ def _equal(array: np.ndarray, value: np.ndarray | None) -> bool:
     return np.array_equal(value.astype(array.dtype), array)
 
 
-def weight_map_for(artifact: Path, manifest: Manifest, component: str, module: nn.Module) -> WeightMap:
-    """The weight map of one component, from the cache under engines/refit/ or built and cached."""
+def weight_map_for(
+    artifact: Path, manifest: Manifest, component: str, module: nn.Module, cache_dir: str | os.PathLike | None = None
+) -> WeightMap:
+    """The weight map of one component, from the engine cache (engines/refit/) or built and cached there."""
     onnx_file = manifest.files[component]
     key = json_sha256(
-        {
-            "version": MAP_VERSION,
-            "onnx": file_sha256(artifact / onnx_file.path),
-            "external_data": file_sha256(artifact / onnx_file.external_data) if onnx_file.external_data else None,
-            "source": manifest.source_sha256,
-        }
+        {"version": MAP_VERSION, **onnx_digests(artifact, component, onnx_file), "source": manifest.source_sha256}
     )
-    path = artifact / "engines" / "refit" / f"{component}-{key[:16]}.json"
+    path = EngineCache.for_artifact(artifact, cache_dir).backend_dir("refit") / f"{component}-{key[:16]}.json"
     if path.is_file():
         try:
             return WeightMap.from_json(read_json_object(path))
@@ -260,7 +258,13 @@ class LoraRefitter:
     which the weight maps then place into the engines' initializers.
     """
 
-    def __init__(self, artifact: str | os.PathLike, manifest: Manifest, model_dir: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        artifact: str | os.PathLike,
+        manifest: Manifest,
+        model_dir: str | os.PathLike,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
         from sdrt.export.lora import LoraFuser
         from sdrt.model_dir import ModelDir
 
@@ -274,7 +278,9 @@ class LoraRefitter:
         # the fuser names parameters within the text encoder / UNet; the maps within the component modules
         self._prefix = {c: _child_prefix(self.modules[c], module) for c, module in inner.items()}
         self.maps = {
-            c: weight_map_for(Path(artifact), manifest, c, self.modules[c]) for c in inner if c in manifest.files
+            c: weight_map_for(Path(artifact), manifest, c, self.modules[c], cache_dir)
+            for c in inner
+            if c in manifest.files
         }
 
     def apply(self, engines: Mapping[str, Any], lora: Any, scale: float = 1.0) -> None:

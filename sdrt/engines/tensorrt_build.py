@@ -1,13 +1,18 @@
 """Building TensorRT plans: options, the parse-configure-build steps, the timing cache, the keyed plan cache.
 
-See `sdrt.engines.tensorrt_backend` for the design. Imports tensorrt only inside functions.
+Every network is built strongly typed, on TensorRT 10.x (by creation flag) and 11.x (always): the ONNX's
+types are the law, so an fp16 artifact (`sdrt export --precision fp16`) runs in fp16 exactly where its
+graph says and in fp32 where the export kept fp32 on purpose (the timestep embedding, SD 2.x attention
+scores), and an fp32 artifact runs in fp32. TF32 (TensorRT's default for fp32 tensors) is switched off
+unless `tf32=True`, so fp32 is fp32; the setting is part of the cache key. Where the two TensorRT
+versions differ, `sdrt.engines.tensorrt_api` holds one code path each. See `sdrt.engines.tensorrt_backend`
+for the run-time design. Imports tensorrt only inside functions.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,33 +20,38 @@ from typing import Any
 import torch
 
 from sdrt.engines.base import BuildRecord, indexed
-from sdrt.engines.tensorrt_cache import BACKEND, GpuInfo, cache_key, engine_dir, plan_problem, write_plan
+from sdrt.engines.cache import EngineCache, ensure_engine, onnx_digests
+from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS
+from sdrt.engines.tensorrt_api import SUPPORTED_MAJORS, TensorRTPath, api_path
+from sdrt.engines.tensorrt_cache import BACKEND, PLAN_FILE, GpuInfo, cache_key
 from sdrt.engines.tensorrt_profiles import PROFILE_MODES, Profile, build_profiles
 from sdrt.files import atomic_file
-from sdrt.hashing import file_sha256, json_sha256
+from sdrt.hashing import json_sha256
 from sdrt.manifest import Manifest, OnnxFile
 from sdrt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
 
-MIN_TENSORRT = 10
-NEEDS = "the tensorrt backend needs TensorRT >= 10 and an NVIDIA GPU"
-# attention scores and softmax (not the q/k/v projections) in diffusers' exported attention blocks
-_ATTENTION_SCORES = re.compile(r"/attn\d*/(MatMul(_\d+)?|Softmax)$")
+NEEDS = (
+    f"the tensorrt backend needs TensorRT {'.x or '.join(str(m) for m in SUPPORTED_MAJORS)}.x "
+    "(pip install 'sdrt[tensorrt]') and an NVIDIA GPU"
+)
 
 
 @dataclass(frozen=True)
 class TensorRTOptions:
-    """Options of the TensorRT backend."""
+    """Options of the TensorRT backend. Precision is the artifact's: export with --precision fp16 for fp16 engines."""
 
     device: str = "cuda"  # "cuda[:N]": TensorRT runs on NVIDIA GPUs only
-    fp16: bool = True  # let TensorRT pick FP16 kernels (inputs and outputs keep the ONNX's dtypes)
+    tf32: bool = False  # let fp32 tensors use TF32 (faster, not fp32-exact; TensorRT's own default is on)
     profile: str = "both"  # optimization profiles: "static" (opt shapes only), "dynamic" (whole range), "both"
     refit: bool = False  # build refittable engines, so LoRAs can be switched without a rebuild
     workspace_gb: float = 0.0  # builder workspace limit in GiB; 0 leaves TensorRT's default (the GPU's memory)
     optimization_level: int = 3  # builder optimization level 0..5 (TensorRT's default is 3)
-    timing_cache: str | None = None  # timing cache file; None: one per TensorRT version and GPU in engines/tensorrt/
+    timing_cache: str | None = None  # timing cache file; None: one per TensorRT version and GPU in the engine cache
+    cache_dir: str | None = None  # engine cache outside the artifact (default $SDRT_CACHE_DIR, else the artifact)
     cuda_graphs: bool = True  # capture each shape's engine call into a CUDA graph (run-time only, not in the key)
+    max_cuda_graphs: int = DEFAULT_MAX_GRAPHS  # graphs kept per engine, least recently used dropped (run-time)
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] != "cuda":
@@ -52,6 +62,8 @@ class TensorRTOptions:
             raise ValueError(f"workspace_gb {self.workspace_gb} must be 0 (TensorRT's default) or positive")
         if not 0 <= self.optimization_level <= 5:
             raise ValueError(f"optimization_level {self.optimization_level} is outside 0..5")
+        if self.max_cuda_graphs < 1:
+            raise ValueError(f"max_cuda_graphs {self.max_cuda_graphs} must be at least 1")
 
     @property
     def torch_device(self) -> torch.device:
@@ -60,7 +72,8 @@ class TensorRTOptions:
     def settings(self) -> dict[str, Any]:
         """The options a plan depends on (part of the cache key)."""
         return {
-            "fp16": self.fp16,
+            "strongly_typed": True,
+            "tf32": self.tf32,
             "profile": self.profile,
             "refit": self.refit,
             "workspace_gb": self.workspace_gb,
@@ -69,13 +82,15 @@ class TensorRTOptions:
 
 
 def tensorrt():
-    """The tensorrt module; ValueError saying what is missing when TensorRT >= 10 or a GPU is absent."""
+    """The tensorrt module; ValueError saying what is missing when TensorRT 10.x/11.x or a GPU is absent."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:
         raise ValueError(f"{NEEDS}: the tensorrt Python package cannot be imported ({exc})") from exc
-    if int(trt.__version__.split(".")[0]) < MIN_TENSORRT:
-        raise ValueError(f"{NEEDS}: this is TensorRT {trt.__version__}")
+    try:
+        api_path(trt.__version__)
+    except ValueError as exc:
+        raise ValueError(f"{NEEDS}: {exc}") from exc
     if not torch.cuda.is_available():
         raise ValueError(f"{NEEDS}: torch sees no CUDA GPU (or is a CPU build)")
     return trt
@@ -86,53 +101,54 @@ def gpu_info(device: torch.device) -> GpuInfo:
     return GpuInfo(torch.cuda.get_device_name(device), f"{major}.{minor}")
 
 
-def component_key(artifact: Path, onnx_file: OnnxFile, opts: TensorRTOptions, profiles: list[Profile]) -> str:
-    trt = tensorrt()
-    external = file_sha256(artifact / onnx_file.external_data) if onnx_file.external_data else None
-    return cache_key(
-        file_sha256(artifact / onnx_file.path),
-        external,
-        opts.settings(),
-        profiles,
-        trt.__version__,
-        gpu_info(opts.torch_device),
-    )
+def build_one(
+    artifact: Path,
+    manifest: Manifest,
+    name: str,
+    opts: TensorRTOptions,
+    force: bool = False,
+    source: tuple[Path, OnnxFile] | None = None,
+    engine_name: str | None = None,
+) -> BuildRecord:
+    """The plan of one component from the engine cache, built when missing, damaged or (`force`) refused by TensorRT.
 
-
-def build_one(artifact: Path, manifest: Manifest, name: str, opts: TensorRTOptions, force: bool = False) -> BuildRecord:
+    `source` (root, file) builds from another graph than the artifact's (the float32 copy of an fp16
+    network) under `engine_name`.
+    """
     trt = tensorrt()
-    spec, onnx_file = manifest.components[name], manifest.files[name]
+    spec = manifest.components[name]
+    root, onnx_file = source or (artifact, manifest.files[name])
+    engine_name = engine_name or name
     profiles = build_profiles(spec, manifest.ranges, opts.profile)
     gpu = gpu_info(opts.torch_device)
-    key = component_key(artifact, onnx_file, opts, profiles)
-    target = engine_dir(artifact, name, key)
-    problem = "TensorRT could not deserialize it" if force else plan_problem(target, key, trt.__version__, gpu)
-    if problem is None:
-        return BuildRecord(name, key, str(target), reused=True, seconds=0.0)
-    if target.exists():
-        log.warning("rebuilding the %s engine in %s: %s", name, target, problem)
-    log.info("building a TensorRT engine for %s (%s profiles, fp16 %s)", name, opts.profile, opts.fp16)
-    start = time.perf_counter()
-    plan = _build_plan(trt, artifact / onnx_file.path, spec, profiles, opts, timing_cache_path(artifact, opts, gpu))
-    seconds = time.perf_counter() - start
-    record = {
-        "component": name,
-        "key": key,
-        "tensorrt": trt.__version__,
-        "gpu": gpu.name,
-        "compute_capability": gpu.compute_capability,
-        "settings": opts.settings(),
-        "profiles": [p.to_json() for p in profiles],
-        "seconds": seconds,
-    }
-    write_plan(target, plan, record)
-    return BuildRecord(name, key, str(target), reused=False, seconds=seconds)
+    cache = EngineCache.for_artifact(artifact, opts.cache_dir)
+    onnx = onnx_digests(root, engine_name, onnx_file)
+    key = cache_key(onnx["onnx"], onnx["external_data"], opts.settings(), profiles, trt.__version__, gpu)
+
+    def build(tmp: Path) -> dict:
+        timing = timing_cache_path(cache, opts, trt.__version__, gpu)
+        plan = build_plan(trt, api_path(trt.__version__), root / onnx_file.path, spec, profiles, opts, timing)
+        (tmp / PLAN_FILE).write_bytes(plan)
+        return {"settings": opts.settings(), "profiles": [p.to_json() for p in profiles]}
+
+    if force:
+        log.warning("rebuilding the %s engine: TensorRT could not deserialize it", engine_name)
+    expected = {"tensorrt": trt.__version__, "gpu": gpu.name, "compute_capability": gpu.compute_capability}
+    precision = spec.attributes.get("precision", "fp32")
+    what = f"TensorRT engine for {engine_name} ({precision} graph, {opts.profile} profiles, tf32 {opts.tf32})"
+    engine = ensure_engine(cache, BACKEND, engine_name, key, expected, build, what=what, rebuild=force)
+    return BuildRecord(engine_name, key, str(engine.path), reused=engine.reused, seconds=engine.seconds)
 
 
-def _build_plan(trt, onnx_path: Path, spec: ComponentSpec, profiles: list[Profile], opts: TensorRTOptions, cache: Path):
-    builder = trt.Builder(trt_logger())
-    network = builder.create_network(0)  # explicit batch: the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, trt_logger())
+def build_plan(
+    trt, path: TensorRTPath, onnx_path: Path, spec: ComponentSpec, profiles: list[Profile], opts: TensorRTOptions,
+    timing_cache: Path,
+) -> bytes:  # fmt: skip
+    """Parse the ONNX into a strongly typed network, configure the builder, build; the serialized plan."""
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(path.network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # reads external weights beside the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ValueError(f"TensorRT cannot parse {onnx_path}: {errors}")
@@ -140,91 +156,100 @@ def _build_plan(trt, onnx_path: Path, spec: ComponentSpec, profiles: list[Profil
     if inputs != set(spec.input_names):
         raise ValueError(f"{onnx_path} has inputs {sorted(inputs)}; the manifest says {spec.input_names}")
     config = builder.create_builder_config()
-    if opts.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        if spec.attributes.get("upcast_attention"):
-            _keep_attention_fp32(trt, network, config)
+    configure(trt, config, opts)
+    for profile in profiles:
+        config.add_optimization_profile(optimization_profile(builder, spec, profile))
+    timing = load_timing_cache(config, timing_cache)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ValueError(f"TensorRT failed to build the {spec.name} engine from {onnx_path} (see its log above)")
+    with atomic_file(timing_cache) as tmp:
+        tmp.write_bytes(bytes(timing.serialize()))
+    return bytes(plan)
+
+
+def configure(trt, config, opts: TensorRTOptions) -> None:
+    """Builder flags: no weak typing ever (the network is strongly typed), TF32 only when asked, refit."""
+    if not opts.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default; off, fp32 layers compute in fp32
     if opts.refit:
         config.set_flag(trt.BuilderFlag.REFIT)
     if opts.workspace_gb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
     config.builder_optimization_level = opts.optimization_level
-    for profile in profiles:
-        trt_profile = builder.create_optimization_profile()
-        for name, (low, opt, high) in profile.shapes(spec).items():
-            trt_profile.set_shape(name, low, opt, high)
-        config.add_optimization_profile(trt_profile)
-    timing = _load_timing_cache(config, cache)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError(f"TensorRT failed to build the {spec.name} engine (see the log above)")
-    with atomic_file(cache) as tmp:
-        tmp.write_bytes(bytes(timing.serialize()))
-    return bytes(plan)
 
 
-def _keep_attention_fp32(trt, network, config) -> None:
-    """Attention scores and softmax in fp32 (SD 2.x overflows fp16 there), the rest free to use fp16."""
-    kept = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if _ATTENTION_SCORES.search(layer.name):
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            kept += 1
-    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    log.info("keeping %d attention layers in fp32 (upcast_attention)", kept)
+def optimization_profile(builder, spec: ComponentSpec, profile: Profile):
+    """One IOptimizationProfile; ValueError naming the component, input and shapes TensorRT refused."""
+    trt_profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile.shapes(spec).items():
+        guarded(
+            lambda name=name, low=low, opt=opt, high=high: trt_profile.set_shape(name, low, opt, high),
+            f"{spec.name}: TensorRT refused the {profile.kind} profile of input {name} "
+            f"(min {list(low)}, opt {list(opt)}, max {list(high)})",
+        )
+    return trt_profile
 
 
-def timing_cache_path(artifact: Path, opts: TensorRTOptions, gpu: GpuInfo) -> Path:
+def guarded(call: Callable[[], Any], what: str) -> Any:
+    """Run a TensorRT call that reports failure by raising RuntimeError or returning False; ValueError saying `what`."""
+    try:
+        result = call()
+    except RuntimeError as exc:
+        raise ValueError(f"{what}: {exc}") from exc
+    if result is False:
+        raise ValueError(f"{what} (see TensorRT's log above)")
+    return result
+
+
+def timing_cache_path(cache: EngineCache, opts: TensorRTOptions, version: str, gpu: GpuInfo) -> Path:
     if opts.timing_cache is not None:
         return Path(opts.timing_cache)
-    trt = tensorrt()
-    tag = json_sha256({"tensorrt": trt.__version__, "gpu": asdict(gpu)})[:16]
-    return artifact / "engines" / BACKEND / f"timing-{tag}.cache"
+    tag = json_sha256({"tensorrt": version, "gpu": asdict(gpu)})[:16]
+    return cache.backend_dir(BACKEND) / f"timing-{tag}.cache"
 
 
-def _load_timing_cache(config, path: Path):
+def load_timing_cache(config, path: Path):
+    """The timing cache to build with: `path`'s, or a fresh one when TensorRT cannot read or refuses it.
+
+    `set_timing_cache(cache, ignore_mismatch=False)` returns False for a cache made on another device; its
+    timings would mislead the builder, so it is replaced (and overwritten after the build) rather than kept.
+    """
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
     if cache is None and data:
-        log.warning("ignoring the unreadable timing cache %s", path)
+        log.warning("ignoring the unreadable timing cache %s; starting a new one", path)
         cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, False)
+    if not config.set_timing_cache(cache, False):
+        if not data:
+            raise ValueError(f"TensorRT refused a new, empty timing cache for {path}")
+        log.warning("TensorRT refused the timing cache %s (made on another GPU or TensorRT); starting a new one", path)
+        cache = config.create_timing_cache(b"")
+        guarded(lambda: config.set_timing_cache(cache, False), f"TensorRT refused a new timing cache for {path}")
     return cache
 
 
-_LOGGER = None
-
-
-def trt_logger():
+def trt_logger(trt):
     """A TensorRT logger that forwards to `logging` (TensorRT's own prints straight to the terminal)."""
-    global _LOGGER
-    if _LOGGER is None:
-        trt = tensorrt()
+    cached = _LOGGERS.get(id(trt))
+    if cached is not None and cached[0] is trt:
+        return cached[1]
 
-        class _Forward(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
+    class _Forward(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
 
-            def log(self, severity, msg: str) -> None:
-                levels = trt.ILogger.Severity
-                if severity in (levels.INTERNAL_ERROR, levels.ERROR):
-                    log.error("TensorRT: %s", msg)
-                elif severity == levels.WARNING:
-                    log.warning("TensorRT: %s", msg)
-                elif severity == levels.INFO:
-                    log.debug("TensorRT: %s", msg)
+        def log(self, severity, msg: str) -> None:
+            levels = trt.ILogger.Severity
+            if severity in (levels.INTERNAL_ERROR, levels.ERROR):
+                log.error("TensorRT: %s", msg)
+            elif severity == levels.WARNING:
+                log.warning("TensorRT: %s", msg)
+            elif severity == levels.INFO:
+                log.debug("TensorRT: %s", msg)
 
-        _LOGGER = _Forward()
-    return _LOGGER
+    _LOGGERS[id(trt)] = (trt, _Forward())  # TensorRT needs a logger to outlive every builder and runtime
+    return _LOGGERS[id(trt)][1]
 
 
-def require_onnx(artifact: Path, manifest: Manifest) -> None:
-    missing = [n for n in manifest.components if n not in manifest.files]
-    if missing:
-        raise ValueError(
-            f"{artifact} has no ONNX files for {', '.join(missing)}: the tensorrt backend builds from an exported "
-            "artifact (create one with 'sdrt export MODEL_DIR -o ARTIFACT_DIR')"
-        )
+_LOGGERS: dict[int, tuple[Any, Any]] = {}

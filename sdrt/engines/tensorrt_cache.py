@@ -1,30 +1,24 @@
-"""The TensorRT engine cache: keys, plan records, and the check that decides whether a plan may be loaded.
+"""TensorRT engine cache keys: what a plan depends on.
 
 A plan is only valid for the ONNX it was built from, the build settings and profiles, the TensorRT
 version and the GPU model it was tuned on. The key hashes all of them, so a change to any gets a new
-engine directory instead of a stale engine. Each directory holds the plan and a `build.json` record
-(key, TensorRT version, GPU, plan size and sha256); a plan whose record is missing, names another
-key, TensorRT or GPU, or whose bytes do not match the record (a truncated or damaged file) is
-rebuilt rather than loaded. Pure Python: no TensorRT needed.
+engine directory instead of a stale engine. The directory itself (the plan, its `build.json` with the
+plan's size and sha256, the checks before a load) is `sdrt.engines.cache`'s. Pure Python: no TensorRT needed.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from sdrt.engines.tensorrt_profiles import Profile
-from sdrt.files import atomic_directory, read_json_object
-from sdrt.hashing import file_sha256, json_sha256
+from sdrt.hashing import json_sha256
 
 BACKEND = "tensorrt"
 PLAN_FILE = "model.plan"
-RECORD_FILE = "build.json"
 # bump when the way engines are built changes, so older plans are rebuilt rather than trusted
-BUILD_RECIPE = 1
+BUILD_RECIPE = 2  # 2: records with file digests (sdrt.engines.cache)
 
 
 @dataclass(frozen=True)
@@ -55,52 +49,3 @@ def cache_key(
             "gpu": asdict(gpu),
         }
     )
-
-
-def engine_dir(artifact: Path, component: str, key: str) -> Path:
-    return artifact / "engines" / BACKEND / component / key[:16]
-
-
-def write_plan(target: Path, plan: bytes, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the plan and its record into `target` atomically; return the record as written."""
-    import hashlib
-
-    full = {**record, "plan_bytes": len(plan), "plan_sha256": hashlib.sha256(plan).hexdigest()}
-    with atomic_directory(target) as tmp:
-        (tmp / PLAN_FILE).write_bytes(plan)
-        (tmp / RECORD_FILE).write_text(json.dumps(full, indent=2) + "\n")
-    return full
-
-
-def plan_problem(directory: Path, key: str, tensorrt_version: str, gpu: GpuInfo) -> str | None:
-    """Why the plan in `directory` must not be loaded (None when it may be).
-
-    Checks the record exists and parses, names this key, TensorRT version and GPU, and that the plan
-    file has the recorded size and sha256. Deserialization can still fail afterwards (the caller
-    treats a None engine the same way).
-    """
-    record_path = directory / RECORD_FILE
-    if not directory.is_dir():
-        return "not built yet"
-    try:
-        record = read_json_object(record_path)
-    except ValueError as exc:
-        return f"its record is unusable ({exc})"
-    expected = {
-        "key": key,
-        "tensorrt": tensorrt_version,
-        "gpu": gpu.name,
-        "compute_capability": gpu.compute_capability,
-    }
-    for field, value in expected.items():
-        if record.get(field) != value:
-            return f"it was built for {field} {record.get(field)!r}, not {value!r}"
-    plan = directory / PLAN_FILE
-    if not plan.is_file():
-        return f"{PLAN_FILE} is missing"
-    size = plan.stat().st_size
-    if size != record.get("plan_bytes"):
-        return f"{PLAN_FILE} has {size} bytes, the record says {record.get('plan_bytes')} (truncated or replaced)"
-    if file_sha256(plan) != record.get("plan_sha256"):
-        return f"{PLAN_FILE} does not match the sha256 in its record (damaged or replaced)"
-    return None

@@ -1,9 +1,11 @@
 """The reference backend: the diffusers/transformers modules themselves, run by torch.
 
 On a GPU it is also a fast backend: fp16 weights, SDPA attention, channels_last convolutions, and
-optionally `torch.compile` and CUDA graphs for the UNet, the one network called every step. Engines
-take and return float32 tensors whatever their compute dtype (they cast at the boundary), so the
-runtime is the same for every setting.
+optionally `torch.compile` and CUDA graphs for the UNet, the one network called every step (from the
+device's shared graph pool, at most `max_cuda_graphs` shapes, least recently used dropped; a shape
+whose capture fails runs eagerly). Engines take and return float32 tensors whatever their compute
+dtype (they cast at the boundary), so the runtime is the same for every setting. On CUDA, float32
+math is IEEE float32 unless `tf32=True`: cuDNN's convolutions default to TF32, which is not float32.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
+from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache, GraphCaptureError, capture, shape_key
 from sdrt.engines.options import make_options
 from sdrt.manifest import Manifest
 from sdrt.model_dir import ModelDir
@@ -47,6 +51,8 @@ class TorchOptions:
     compile: bool = False  # torch.compile the UNet (the first call at each shape compiles: minutes at full size)
     compile_mode: str = "max-autotune-no-cudagraphs"  # torch.compile mode, one of COMPILE_MODES
     cuda_graphs: bool = False  # capture the UNet call as one CUDA graph per input shape, replayed (CUDA only)
+    max_cuda_graphs: int = DEFAULT_MAX_GRAPHS  # graphs kept, least recently used dropped first
+    tf32: bool = False  # CUDA only: let float32 convolutions and matmuls use TF32 (faster, not float32-exact)
 
     def __post_init__(self) -> None:
         for name in ("dtype", "vae_dtype"):
@@ -57,6 +63,8 @@ class TorchOptions:
             raise ValueError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         if self.cuda_graphs and not self.on_cuda:
             raise ValueError(f"cuda_graphs needs a CUDA device, not {self.device!r}")
+        if self.max_cuda_graphs < 1:
+            raise ValueError(f"max_cuda_graphs {self.max_cuda_graphs} must be at least 1")
         if self.cuda_graphs and self.compile and self.compile_mode in _CUDA_GRAPH_COMPILE_MODES:
             raise ValueError(
                 f"compile_mode {self.compile_mode} captures CUDA graphs itself; with cuda_graphs=True use "
@@ -104,10 +112,13 @@ class TorchEngine(CheckedEngine):
         channels_last: bool = False,
         compile_mode: str | None = None,
         cuda_graphs: bool = False,
+        max_cuda_graphs: int = DEFAULT_MAX_GRAPHS,
+        tf32: bool = False,
     ) -> None:
         super().__init__(spec, ranges, device)
         self.dtype = dtype
         self.channels_last = channels_last
+        self.tf32 = tf32
         self.module = module.to(self.device, dtype)
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -116,10 +127,10 @@ class TorchEngine(CheckedEngine):
             self._forward = torch.compile(self.module, mode=compile_mode, dynamic=False)
         self._compute: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] = self._run_module
         if cuda_graphs:
-            self._compute = CudaGraphRunner(self._run_module, self.device)
+            self._compute = CudaGraphRunner(self._run_module, self.device, max_graphs=max_cuda_graphs, owner=spec.name)
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_math(self.device, self.tf32):
             return self._compute(feeds)
 
     def _run_module(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -150,7 +161,34 @@ class TorchEngine(CheckedEngine):
         if self.dtype == torch.float32:
             return self
         module = copy.deepcopy(self.module).float()
-        return TorchEngine(module, self.spec, self.ranges, self.device, torch.float32, self.channels_last)
+        return TorchEngine(
+            module, self.spec, self.ranges, self.device, torch.float32, self.channels_last, tf32=self.tf32
+        )
+
+
+@contextmanager
+def float32_math(device: torch.device, tf32: bool) -> Iterator[None]:
+    """On CUDA, float32 convolutions and matmuls in IEEE float32 (or TF32 when `tf32`), restored afterwards.
+
+    cuDNN's convolutions use TF32 by default (torch's `cudnn.allow_tf32`), so a float32 engine would not
+    compute in float32; the setting is process-wide, hence set around each call, not once.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing it with the legacy allow_tf32 flags is an error
+        settings, value = [(conv, "fp32_precision"), (matmul, "fp32_precision")], "tf32" if tf32 else "ieee"
+    else:
+        settings, value = [(torch.backends.cudnn, "allow_tf32"), (matmul, "allow_tf32")], tf32
+    saved = [getattr(obj, name) for obj, name in settings]
+    for obj, name in settings:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for (obj, name), old in zip(settings, saved, strict=True):
+            setattr(obj, name, old)
 
 
 class CudaGraphRunner:
@@ -159,7 +197,9 @@ class CudaGraphRunner:
     A graph reads and writes fixed addresses, so each one owns static input buffers: a call copies its
     inputs into them, replays, and returns copies of the outputs (the next replay overwrites them, and
     multistep schedulers keep model outputs across steps). Follows torch's documented recipe: warm-up
-    calls on a side stream (which also trigger torch.compile for the shape), then capture.
+    calls on a side stream (which also trigger torch.compile for the shape), then capture, into the
+    device's shared pool. At most `max_graphs` are kept (least recently used dropped); a shape whose
+    capture fails runs eagerly from then on, with a warning naming the cause.
     """
 
     def __init__(
@@ -167,17 +207,27 @@ class CudaGraphRunner:
         fn: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
         device: torch.device,
         warmup_calls: int = 3,
+        max_graphs: int = DEFAULT_MAX_GRAPHS,
+        owner: str = "engine",
     ) -> None:
         self.fn = fn
         self.device = device
         self.warmup_calls = warmup_calls
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+        self.graphs: GraphCache[tuple] = GraphCache(max_graphs, owner)
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        key = tuple(sorted((name, tuple(t.shape), t.dtype) for name, t in feeds.items()))
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(feeds)
-        graph, inputs, outputs = self._graphs[key]
+        key = shape_key(dict(feeds))
+        if key in self.graphs.failed:
+            return self.fn(feeds)
+        entry = self.graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(feeds)
+            except GraphCaptureError as exc:
+                self.graphs.fail(key, exc)
+                return self.fn(feeds)
+            self.graphs.put(key, entry)
+        graph, inputs, outputs = entry
         for name, tensor in feeds.items():
             inputs[name].copy_(tensor)
         graph.replay()
@@ -192,14 +242,7 @@ class CudaGraphRunner:
             for _ in range(self.warmup_calls):
                 self.fn(inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                outputs = self.fn(inputs)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"capturing a CUDA graph failed ({exc}); run without cuda_graphs (--cuda-graphs) to use this model"
-            ) from exc
+        graph, outputs = capture(lambda: self.fn(inputs), self.device)
         return graph, inputs, outputs
 
 
@@ -225,15 +268,17 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> dic
 def _settings(spec: ComponentSpec, opts: TorchOptions) -> dict:
     """A network's engine settings by its role: the VAE's dtype for the VAE, compile and graphs for the denoiser."""
     if spec.role in ("vae_decoder", "vae_encoder"):
-        return {"dtype": opts.vae_compute_dtype, "channels_last": opts.use_channels_last}
+        return {"dtype": opts.vae_compute_dtype, "channels_last": opts.use_channels_last, "tf32": opts.tf32}
     if spec.role == "denoiser":
         return {
             "dtype": opts.compute_dtype,
             "channels_last": opts.use_channels_last,
             "compile_mode": opts.compile_mode if opts.compile else None,
             "cuda_graphs": opts.cuda_graphs,
+            "max_cuda_graphs": opts.max_cuda_graphs,
+            "tf32": opts.tf32,
         }
-    return {"dtype": opts.compute_dtype}  # text and image encoders: no convolutions to lay out
+    return {"dtype": opts.compute_dtype, "tf32": opts.tf32}  # text and image encoders: no convolutions to lay out
 
 
 def use_sdpa(modules) -> None:

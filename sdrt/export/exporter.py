@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sdrt.export.disk import check_free_space, export_size
 from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component
 from sdrt.files import atomic_directory
@@ -79,7 +80,8 @@ def export_model(
     The model is a diffusers directory or a single-file checkpoint (converted first, in a temporary
     directory beside the artifact); `source` says what a single file cannot and which VAE to swap in.
     Everything is written to a temporary sibling directory and renamed into place at the end, so an
-    interrupted export never leaves a directory that looks like an artifact.
+    interrupted export never leaves a directory that looks like an artifact (and the next export into the
+    same directory removes what it left). Fails before loading any weights when the disk lacks the room.
     """
     out = Path(artifact_dir)
     if out.exists() and not overwrite:
@@ -102,6 +104,8 @@ def _export(model: ModelDir, out: Path, config: ExportConfig, progress: bool) ->
                 "and the pipeline will decode again in float32 when it overflows",
                 spec.name,
             )
+    fp16 = frozenset(n for n, s in manifest.components.items() if config.component_precision(s) == "fp16")
+    check_free_space(export_size(model, fp16), out)  # before gigabytes of weights are loaded
     with atomic_directory(out) as tmp:
         files, tables = {}, {}
         networks = tqdm(model.iter_modules(), total=len(manifest.components), desc="export", unit="component",

@@ -81,7 +81,13 @@ def fp32_nodes(graph, spec: ComponentSpec) -> set[str]:
     for name in sorted(spec.fp32_inputs):
         keep |= input_embedding_nodes(graph, name)
     if spec.attributes.get("upcast_attention"):
-        keep |= attention_score_nodes(graph)
+        scores = attention_score_nodes(graph)
+        if not scores:  # an fp16 SD 2.x UNet without them overflows in attention: refuse rather than export it
+            raise ValueError(
+                f"{spec.name} needs its attention scores in fp32 (upcast_attention), but no attention "
+                "(a Softmax fed by a MatMul) was found in its graph; export it with --precision fp32"
+            )
+        keep |= scores
     return keep
 
 
@@ -136,3 +142,37 @@ def _name_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_sdrt_{i}"
         seen.add(node.name)
+
+
+def upcast_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An fp16 graph computing in float32: its fp16 weights and constants upcast, every cast to fp16 made one to fp32.
+
+    The inverse of `convert_model` up to the weights' fp16 rounding, as diffusers' upcast_vae runs a
+    float16 VAE in float32: the fallback when an fp16 network overflows (an overflow is in the
+    activations; the weights' rounding moves a VAE's pixels by well under one 8-bit level).
+    """
+    from onnx import numpy_helper
+
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+
+    def upcast(tensor: onnx.TensorProto) -> None:
+        if tensor.data_type == fp16:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), tensor.name))
+
+    graph = out.graph
+    for initializer in graph.initializer:
+        upcast(initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                upcast(attr.t)
+            elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i == fp16:
+                attr.i = fp32  # Cast's target, and the dtype of generator ops
+        if any(attr.type == onnx.AttributeProto.GRAPH for attr in node.attribute):
+            raise ValueError(f"node {node.name} ({node.op_type}) has a subgraph; upcasting those is not supported")
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.tensor_type.elem_type == fp16:
+            value.type.tensor_type.elem_type = fp32
+    return out

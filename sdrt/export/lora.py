@@ -242,6 +242,12 @@ class LoraFuser:
     def _fuse(self, loras: Sequence[tuple[Path, float]]) -> None:
         if not loras:
             return
+        try:
+            import peft  # noqa: F401 (diffusers reads LoRA files with it)
+        except ImportError as exc:
+            raise ValueError(
+                f"LoRA needs peft, which diffusers reads LoRA files with: pip install 'sdrt[lora]' ({exc})"
+            ) from exc
         files = [(self.read(path), weight) for path, weight in loras]
         for lora, _ in files:
             unknown = sorted(set(lora.layers) - set(self.modules))

@@ -232,7 +232,9 @@ class Pipeline:
                 raise ValueError(
                     "LoRAs on the tensorrt backend need model_dir (--model-dir): the model the artifact came from"
                 )
-            refitter = LoraRefitter(self.path, self.manifest, self._model_dir)
+            # weight maps are cached beside the engines: in the cache directory they were loaded from, if any
+            cache_dir = getattr(self.model.denoiser, "cache_dir", None)
+            refitter = LoraRefitter(self.path, self.manifest, self._model_dir, cache_dir=cache_dir)
             return lambda loras: refitter.apply(self.engines, loras)
         raise ValueError(
             f"LoRAs need the torch backend or the tensorrt backend built with --refit, not {self.backend}, whose "

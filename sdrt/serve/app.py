@@ -57,7 +57,12 @@ class ServeState:
         return self.pipeline
 
     async def attach(self, pipeline: Pipeline) -> None:
-        """Start batching for a loaded pipeline."""
+        """Warm the configured shapes, then start batching for a loaded pipeline."""
+        if self.config.warm_shapes:
+            from sdrt.serve.warmup import warm_up
+
+            seconds = await run_in_threadpool(warm_up, pipeline, self.config.warm_shapes)
+            log.info("warmed %d shapes in %.1f s", len(self.config.warm_shapes), seconds)
         max_batch = self.config.max_batch or pipeline.manifest.ranges.max_batch
         batcher = Batcher(
             pipeline.run_batch,

@@ -1,10 +1,46 @@
-"""Settings of an sdrt server: batching, queue bound and input limits."""
+"""Settings of an sdrt server: batching, queue bound, input limits and the shapes warmed at load."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sdrt.runtime.request import MAX_STEPS
+
+_WARM_GROUP = re.compile(r"^(\d+)x(\d+):(\d+(?:,\d+)*)$")
+
+
+@dataclass(frozen=True)
+class WarmShape:
+    """One served shape: image size and images per batch."""
+
+    width: int  # pixels
+    height: int  # pixels
+    batch: int  # images per engine batch
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"warm shape {name} {getattr(self, name)} must be at least 1")
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height} batch {self.batch}"
+
+
+def parse_warm_shapes(groups: Sequence[str]) -> tuple[WarmShape, ...]:
+    """`["512x512:1,2,4", "768x512:1"]` -> the shapes; ValueError naming a group that is not WIDTHxHEIGHT:B[,B...]."""
+    shapes: list[WarmShape] = []
+    for group in groups:
+        match = _WARM_GROUP.match(group.strip())
+        if match is None:
+            raise ValueError(f"warm shape {group!r} is not WIDTHxHEIGHT:BATCH[,BATCH...], e.g. 512x512:1,2,4")
+        width, height = int(match.group(1)), int(match.group(2))
+        for batch in match.group(3).split(","):
+            shape = WarmShape(width, height, int(batch))
+            if shape not in shapes:
+                shapes.append(shape)
+    return tuple(shapes)
 
 
 @dataclass(frozen=True)
@@ -21,6 +57,7 @@ class ServeConfig:
     default_steps: int | None = None
     max_steps: int = 150  # most denoising steps per request (the web UI's slider goes to 150)
     max_images: int = 16  # most images per request (prompts x images per prompt, batch_size x n_iter, n)
+    warm_shapes: tuple[WarmShape, ...] = ()  # (size, batch) shapes each engine meets at load, before ready
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and (isinstance(self.max_batch, bool) or self.max_batch < 1):

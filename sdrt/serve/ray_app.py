@@ -86,11 +86,13 @@ def deployment(
     config: ServeConfig | None = None,
     options: RayOptions | None = None,
     refiner: str | os.PathLike | None = None,
+    engine_options: dict | None = None,
     **load_options: str | os.PathLike,
 ) -> Application:
     """The sdrt app as a Ray Serve application (pass it to serve.run); `refiner` is an SDXL refiner artifact.
 
-    `load_options` are directories Pipeline.load takes (embeddings_dir, lora_dir), resolved for the replicas.
+    `engine_options` go to the backend (e.g. cuda_graphs=True); `load_options` are directories Pipeline.load
+    takes (embeddings_dir, lora_dir, model_dir), resolved for the replicas.
     """
     config = config or ServeConfig()
     options = options or RayOptions()
@@ -118,7 +120,7 @@ def deployment(
         max_queued_requests=config.max_queue,
         health_check_period_s=10,
         **scaling,
-    ).bind(path, backend, device, config, refiner, directories)
+    ).bind(path, backend, device, config, refiner, {**dict(engine_options or {}), **directories})
 
 
 class AppArgs(BaseModel):

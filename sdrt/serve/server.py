@@ -47,7 +47,8 @@ def serve(
     **load_options: Any,
 ) -> int:
     """Serve an artifact (and an SDXL refiner) over HTTP until SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the
-    engines fail to load. `load_options` (embeddings_dir, lora_dir, ...) go to Pipeline.load."""
+    engines fail to load. `load_options` go to Pipeline.load: directories (embeddings_dir, lora_dir, ...) and
+    backend options (cuda_graphs=True, cache_dir=...)."""
     root = Path(path)
     for where in (root, None if refiner is None else Path(refiner)):
         if where is None:

@@ -40,17 +40,17 @@ def _by(result, contender, batch):
 
 
 def test_every_contender_has_a_record_per_scenario(result):
-    contenders = ["sdrt-onnxruntime", "sdrt-torch", "sdrt-tensorrt", "diffusers", "diffusers-compile"]
+    contenders = ["sdrt-onnxruntime", "sdrt-torch", "sdrt-tensorrt", "sdrt-openvino", "diffusers", "diffusers-compile"]
     assert [(r.scenario.contender, r.scenario.batch) for r in result.records] == [
         (c, b) for b in (1, 2) for c in contenders
     ]
     assert result.notes == ["batch 4 dropped: the artifact's max_batch is 2 (re-export with --max-batch 4 to time it)"]
     for batch in (1, 2):
-        for name in ("sdrt-onnxruntime", "sdrt-torch", "diffusers"):
+        for name in ("sdrt-onnxruntime", "sdrt-torch", "sdrt-openvino", "diffusers"):
             assert _by(result, name, batch).status == "ok"
         trt = _by(result, "sdrt-tensorrt", batch)
-        assert trt.status == "skipped" and "needs TensorRT >= 10 and an NVIDIA GPU" in trt.reason
-        assert trt.scenario.dtype == "float16"  # what it would run in
+        assert trt.status == "skipped" and "needs TensorRT 10.x or 11.x" in trt.reason and "NVIDIA GPU" in trt.reason
+        assert trt.scenario.dtype == "float32"  # what it would run in: the artifact's precision (strongly typed)
         compiled = _by(result, "diffusers-compile", batch)
         assert compiled.status == "skipped" and "GPU only" in compiled.reason
     assert not result.failed
@@ -60,7 +60,7 @@ def test_json_records_hold_stages_throughput_memory_and_ratios(result, tmp_path)
     path = tmp_path / "bench.json"
     write_json(result, path)
     data = json.loads(path.read_text())
-    assert data["schema"] == "sdrt-bench/1" and len(data["records"]) == 10
+    assert data["schema"] == "sdrt-bench/1" and len(data["records"]) == 12  # 6 contenders x 2 batches
     for record in data["records"]:
         assert record["scenario"]["model"] == "demo" and record["machine"]["cpu_cores_logical"] >= 1
         assert record["versions"]["torch"] == torch.__version__ and record["gpu"] is None
@@ -73,6 +73,7 @@ def test_json_records_hold_stages_throughput_memory_and_ratios(result, tmp_path)
         for s in seconds.values():
             assert s["min"] <= s["median"] <= s["p90"] <= s["p99"] <= s["max"] and s["n"] == 2
         assert seconds["total"]["median"] > seconds["unet"]["median"] > 0
+        assert seconds["text_encoder"]["median"] > 0, "the prompt encoders' engine calls are timed too"
         assert seconds["vae_encode"]["max"] == 0.0  # text-to-image never calls the VAE encoder
         # guidance doubles the rows; the artifact takes 2 x max_batch = 4 rows, so one UNet call per step
         assert record["steps_run"] == 2 and record["unet_calls_per_run"] == 2
@@ -108,11 +109,11 @@ def test_table_lists_every_contender_and_why_some_did_not_run(result):
     )
     header = lines[2].split()
     assert header[:3] == ["contender", "dtype", "text"] and header[-2:] == ["vs", "diffusers"]
-    rows = {line.split()[0]: line for line in lines[3:8]}
+    rows = {line.split()[0]: line for line in lines[3:9]}  # 6 contenders
     assert rows["diffusers"].endswith("1 (itself)")
     ratio = _by(result, "sdrt-onnxruntime", 1).vs_baseline["diffusers"]["ratio"]["total"]
     assert rows["sdrt-onnxruntime"].endswith(f"{ratio:.2f}")
-    assert "skipped: device 'cpu': the tensorrt backend needs TensorRT >= 10" in rows["sdrt-tensorrt"]
+    assert "skipped: device 'cpu': the tensorrt backend needs TensorRT 10.x or 11.x" in rows["sdrt-tensorrt"]
     assert "skipped: the torch.compile baseline runs on a GPU only" in rows["diffusers-compile"]
     assert "Throughput, images per second" in table and "batch 1  batch 2" in table
     assert "Note: batch 4 dropped" in table

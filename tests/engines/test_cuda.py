@@ -91,25 +91,46 @@ def test_cuda_graph_option_needs_cuda():
         options(cuda_graphs=True)
 
 
-def test_cuda_graph_bindings_keep_buffers_per_shape(artifact):
-    """What a CUDA graph replay needs, checked on the CPU provider (which ignores the graph ids): one set of
-    fixed buffers and one graph id per input shape, fresh inputs copied in, outputs returned as copies."""
+def _graph_engine(artifact, max_cuda_graphs: int):
+    """An engine whose CUDA graph bookkeeping runs on the CPU provider (which ignores the graph ids), with the
+    run options of every run recorded."""
     from sdrt.engines import load_engines
-    from sdrt.engines.onnxruntime_backend import OnnxRuntimeEngine
+    from sdrt.engines.onnxruntime_backend import OnnxRuntimeEngine, options
     from sdrt.manifest import read_manifest
 
     plain = load_engines(artifact, read_manifest(artifact), "onnxruntime")["vae_decoder"]
-    graphs = OnnxRuntimeEngine(plain.session, plain.spec, plain.ranges, plain.device, cuda_graphs=True)
+    opts = options(max_cuda_graphs=max_cuda_graphs)
+    graphs = OnnxRuntimeEngine(plain.session, plain.spec, plain.ranges, opts, cuda_graphs=True)
+    ids = []
+    execute = graphs._execute
+    graphs._execute = lambda binding, run_options=None: (
+        ids.append(run_options.get_run_config_entry("gpu_graph_id")) or execute(binding, run_options)
+    )
+    return plain, graphs, ids
+
+
+def test_cuda_graph_bindings_keep_buffers_per_shape(artifact):
+    """What a CUDA graph replay needs, checked on the CPU provider: one set of fixed buffers and one graph id per
+    input shape, fresh inputs copied in, outputs returned as copies."""
+    plain, graphs, ids = _graph_engine(artifact, max_cuda_graphs=8)
     gen = torch.Generator().manual_seed(0)
     small, large = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 16, generator=gen)
     for latent in (small, large, small + 1, large):
         expected = plain({"latent": latent})["images"]
         out = graphs({"latent": latent})["images"]
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    by_shape = graphs._graphs._by_shape
-    assert len(by_shape) == 2, "one binding per input shape"
+    assert len(graphs._graphs._by_shape) == 2, "one binding per input shape"
+    assert ids == ["1", "2", "1", "2"]
     first = graphs({"latent": small})["images"]
     graphs({"latent": small + 1})
     torch.testing.assert_close(first, plain({"latent": small})["images"], msg="outputs must be copies")
-    ids = sorted(options.get_run_config_entry("gpu_graph_id") for *_, options in by_shape.values())
-    assert ids == ["1", "2"]
+
+
+def test_cuda_graphs_beyond_the_cap_run_without_one(artifact):
+    """ONNX Runtime cannot release a captured graph, so past the cap a new shape runs with gpu_graph_id -1."""
+    plain, graphs, ids = _graph_engine(artifact, max_cuda_graphs=1)
+    gen = torch.Generator().manual_seed(0)
+    small, large = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 16, generator=gen)
+    for latent in (small, large, small, large):
+        torch.testing.assert_close(graphs({"latent": latent})["images"], plain({"latent": latent})["images"])
+    assert ids == ["1", "-1", "1", "-1"] and len(graphs._graphs._by_shape) == 1

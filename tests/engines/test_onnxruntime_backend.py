@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import onnx
@@ -11,14 +10,6 @@ import torch
 
 from sdrt.engines import build_engines, load_engines
 from sdrt.manifest import read_manifest
-
-
-@pytest.fixture()
-def fresh_artifact(artifact, tmp_path):
-    """A private copy of the session artifact, without engines, so cache tests do not disturb others."""
-    copy = tmp_path / "artifact"
-    shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
-    return copy
 
 
 def _build(path, **options):

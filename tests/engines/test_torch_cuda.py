@@ -149,6 +149,33 @@ def test_cuda_graph_runner_replays_each_shape():
 
 
 @pytest.mark.gpu
+@needs_cuda
+def test_graphs_are_bounded_share_one_pool_and_a_failed_capture_runs_eagerly(caplog):
+    from sdrt.engines.cuda_graphs import graph_pool, shape_key
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    runner = CudaGraphRunner(lambda feeds: {"y": feeds["x"] * 2}, device, warmup_calls=1, max_graphs=1)
+    for n in (2, 3, 2):
+        x = torch.randn(n, device=device)
+        torch.testing.assert_close(runner({"x": x})["y"], x * 2)
+    assert len(runner.graphs) == 1 and runner.graphs.evictions == 2
+    assert graph_pool(device) is graph_pool(device), "one pool per device"
+
+    def sync_while_capturing(feeds):  # not permitted during a capture: CUDA would report its own error at the end
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("the engine refused to be captured")
+        return {"y": feeds["x"] + 1}
+
+    failing = CudaGraphRunner(sync_while_capturing, device, warmup_calls=1)
+    x = torch.randn(4, device=device)
+    with caplog.at_level("WARNING", logger="sdrt"):
+        torch.testing.assert_close(failing({"x": x})["y"], x + 1)
+        torch.testing.assert_close(failing({"x": x})["y"], x + 1)
+    assert shape_key({"x": x}) in failing.graphs.failed and len(failing.graphs) == 0
+    assert "the engine refused to be captured" in caplog.text, "the error raised inside the capture, not CUDA's"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "settings",
     [{}, {"cuda_graphs": True}, {"compile": True, "cuda_graphs": True}],

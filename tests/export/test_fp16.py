@@ -54,8 +54,8 @@ FP16_COMPONENTS = ("text_encoder", "unet")
 SCORE_OVERFLOW_FACTOR = 300.0
 
 
-def export_fp16(demo_model: Path, artifact: Path, out: Path) -> Path:
-    """`demo_model` exported through `sdrt export --precision fp16` for conftest's RANGES.
+def export_fp16(demo_model: Path, artifact: Path, out: Path, vae_fp16: bool = False) -> Path:
+    """`demo_model` exported through `sdrt export --precision fp16` (and `--vae-precision fp16`) for conftest's RANGES.
 
     Tracing is taken from the fp32 session `artifact` (the same model exported for the same ranges):
     export_component is replaced by a copy of its graphs, so the fp16 path itself runs for real
@@ -70,6 +70,8 @@ def export_fp16(demo_model: Path, artifact: Path, out: Path) -> Path:
 
     args = ["--max-batch", str(RANGES.max_batch), "--min-size", str(RANGES.min_size)]
     args += ["--max-size", str(RANGES.max_size), "--opt-size", str(RANGES.opt_size)]
+    if vae_fp16:
+        args += ["--vae-precision", "fp16"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(exporter_module, "export_component", traced)
         assert main(["-q", "export", str(demo_model), "-o", str(out), "--precision", "fp16", *args]) == 0
@@ -293,3 +295,25 @@ def test_component_precision(artifact):
     names = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
     assert [config.component_precision(specs[n]) for n in names] == ["fp16", "fp16", "fp32", "fp32"]
     assert ExportConfig(vae_precision="fp16").component_precision(specs["vae_decoder"]) == "fp16"
+
+
+def test_an_upcast_network_without_attention_is_refused():
+    """upcast_attention promises fp32 attention scores; a graph where none is found must not be exported in fp16."""
+    import onnx_graphsurgeon as gs
+    from onnx import TensorProto, helper
+
+    from sdrt.components import unet_spec
+    from sdrt.export.fp16 import fp32_nodes
+
+    weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")],
+        "no-attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [weight],
+    )
+    spec = unet_spec(in_channels=4, out_channels=4, text_hidden_size=32, num_train_timesteps=1000)
+    upcast = replace(spec, attributes={**spec.attributes, "upcast_attention": True, "fp32_inputs": ()})
+    with pytest.raises(ValueError, match="unet needs its attention scores in fp32 .* export it with --precision fp32"):
+        fp32_nodes(gs.import_onnx(helper.make_model(graph)), upcast)
