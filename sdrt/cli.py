@@ -132,6 +132,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --image: share of the schedule run, 0..1 (default 0.8, SDXL 0.3; 1.0 when inpainting)",
     )
+    p.add_argument(
+        "--hires-scale",
+        type=float,
+        default=None,
+        help="the web UI's hires fix: upscale the images this much, then denoise again at that size (e.g. 2)",
+    )
+    p.add_argument(
+        "--hires-upscaler",
+        default="Latent",
+        help="with --hires-scale: Latent, Latent (nearest), Latent (bicubic), ... or Lanczos, Nearest (default Latent)",
+    )
+    p.add_argument(
+        "--hires-steps", type=int, default=None, help="with --hires-scale: second-pass steps (default --steps)"
+    )
+    p.add_argument(
+        "--hires-strength", type=float, default=0.7, help="with --hires-scale: second-pass denoising strength (0.7)"
+    )
     p.add_argument("--refiner", type=Path, default=None, help="an SDXL refiner artifact to run after the base")
     p.add_argument(
         "--refiner-switch-at",
@@ -233,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
     p.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
+    p.add_argument("--styles", metavar="CSV", help="prompt styles for the web UI API: a web UI styles.csv")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (pip install 'sdrt[serve-ray]')")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join, e.g. auto (default: start one here)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default 1; one per GPU on CUDA)")
@@ -357,6 +375,13 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--preview-every {args.preview_every} must be at least 1")
     if args.refiner_switch_at is not None and args.refiner is None:
         raise ValueError("--refiner-switch-at needs --refiner REFINER_ARTIFACT")
+    hires = None
+    if args.hires_scale is not None:
+        from sdrt import Hires
+
+        hires = Hires(
+            scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps, strength=args.hires_strength
+        )
     pipe = Pipeline.load(
         args.path, backend=args.backend, device=args.device, refiner=args.refiner, **_backend_options(args)
     )
@@ -387,6 +412,7 @@ def _generate(args: argparse.Namespace) -> int:
         refiner_switch_at=args.refiner_switch_at,
         aesthetic_score=args.aesthetic_score,
         negative_aesthetic_score=args.negative_aesthetic_score,
+        hires=hires,
     )
     if preview is not None:
         print(f"wrote previews every {args.preview_every} steps to {preview_dir}")
@@ -458,6 +484,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from sdrt.serve import ServeConfig
+    from sdrt.serve.styles import read_styles
 
     _quiet_third_party()
     config = ServeConfig(
@@ -469,6 +496,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_steps=args.default_steps,
         max_steps=args.max_steps,
         max_images=args.max_images,
+        styles=() if args.styles is None else read_styles(args.styles),
     )
     if not args.ray:
         from sdrt.serve.server import serve

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from sdrt.excerpt import excerpt
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.codec import encode_all
 from sdrt.serve.errors import InputError
@@ -58,7 +59,7 @@ def _size(value: str | None, opt_size: int) -> tuple[int, int]:
         return opt_size, opt_size
     match = _SIZE.match(value)
     if match is None:
-        raise InputError("size", f"size {value!r} is not WIDTHxHEIGHT in pixels (e.g. 512x512) or auto")
+        raise InputError("size", f"size {excerpt(value)} is not WIDTHxHEIGHT in pixels (e.g. 512x512) or auto")
     return int(match.group(2)), int(match.group(1))
 
 
@@ -68,14 +69,15 @@ async def generations(body: ImagesBody, http: Request) -> dict:
     if body.response_format not in (None, "b64_json"):
         raise InputError(
             "response_format",
-            f"response_format {body.response_format!r} is not supported: this server keeps no images to link to; "
+            f"response_format {excerpt(body.response_format)} is not supported: this server keeps no images to link "
+            "to; "
             "use b64_json",
         )
     for field, allowed in _HONOURED.items():
         value = getattr(body, field)
         if value not in allowed:
             shown = ", ".join(repr(v) for v in allowed if v is not None) or "nothing"
-            raise InputError(field, f"{field} {value!r} is not supported by this server; it accepts {shown}")
+            raise InputError(field, f"{field} {excerpt(value)} is not supported by this server; it accepts {shown}")
 
     def build(pipe: Pipeline):
         height, width = _size(body.size, pipe.manifest.ranges.opt_size)
