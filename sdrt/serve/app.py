@@ -47,6 +47,7 @@ class ServeState:
     pipeline: Pipeline | None = None
     batcher: Batcher | None = None
     load_error: str | None = None
+    draining: bool = False  # SIGTERM: every new request gets a 503 while the admitted ones finish
     options: dict[str, Any] = field(default_factory=dict)  # the web UI API's shared settings (POST /sdapi/v1/options)
 
     @property
@@ -158,7 +159,7 @@ def create_app(
 
     Shutting the app down (lifespan end) stops admitting and finishes every admitted request first.
     """
-    from sdrt.serve import a1111, a1111_info, native, openai_images
+    from sdrt.serve import a1111, a1111_info, native, openai_images, openapi
 
     state = ServeState(config or ServeConfig())
 
@@ -188,6 +189,7 @@ def create_app(
     app = FastAPI(title="sdrt", version=__version__, lifespan=lifespan)
     app.state.sdrt = state
     app.add_middleware(BodyLimit, limit=state.config.max_body_bytes, metrics=state.metrics)
+    app.add_middleware(Drain, state=state)
     _add_error_handlers(app, state)
 
     @app.get("/health")
@@ -203,7 +205,7 @@ def create_app(
         status = "failed" if state.load_error else "draining" if state.pipeline is not None else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
@@ -211,6 +213,7 @@ def create_app(
     app.include_router(a1111.router)
     app.include_router(a1111_info.router)
     app.include_router(openai_images.router)
+    openapi.install(app, state)
     return app
 
 
@@ -298,3 +301,19 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class Drain:
+    """ASGI middleware: while the server drains (SIGTERM), every new request gets a 503 with Retry-After."""
+
+    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.state.draining:
+            self.state.metrics.rejections.labels("draining").inc()
+            body = error_body("the server is shutting down: it finishes the requests it has and accepts no new ones")
+            await JSONResponse(body, status_code=503, headers={"Retry-After": "5"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -110,6 +110,7 @@ class Batcher:
         self._groups: dict[Hashable, deque[Job]] = {}
         self._queued = 0
         self._queued_images = 0
+        self._running = 0  # requests in the batch the engine runs now
         self._accepting = True
         self._batch_seconds: float | None = None  # moving average, for Retry-After
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,6 +132,11 @@ class Batcher:
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests without their result yet: queued or in the running batch."""
+        return self._queued + self._running
 
     def submit(self, request: GenerationRequest, key: Hashable, caller: str | None = None) -> Job:
         """Admit a validated request (on the event loop); QueueFull or Draining if it cannot be."""
@@ -229,6 +235,7 @@ class Batcher:
             self.metrics.queue_seconds.observe(start - job.admitted)
         self._count(-len(batch), -images)
         self.metrics.running_images.set(images)
+        self._running = len(batch)
         try:
             try:
                 results = await self._engine(batch)
@@ -247,6 +254,7 @@ class Batcher:
             for job, result in zip(batch, results, strict=True):
                 self._finish(job, result, start, images, len(batch))
         finally:
+            self._running = 0
             self.metrics.running_images.set(0)
 
     async def _run_alone(self, job: Job, start: float) -> None:

@@ -68,26 +68,30 @@ def _switching_reference(diffusers_pipe, texts_at_step, negative: str, seed: int
     ).images
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_prompt_editing_switches_at_the_web_ui_step(pipelines, diffusers_pipe, backend):
-    # [cat:dog:2]: steps 0, 1 and 2 (UNet calls counted from 0) see "a cat in the snow", the rest "a dog ..."
-    ours = pipelines[backend].generate(
-        "a [cat:dog:2] in the snow", negative_prompt="blurry", height=HEIGHT, width=WIDTH,
-        num_inference_steps=STEPS, seed=5, scheduler="euler",
-    )  # fmt: skip
-    texts = lambda step: "a cat in the snow" if step <= 2 else "a dog in the snow"  # noqa: E731
-    assert_images_close(ours.images, _switching_reference(diffusers_pipe, texts, "blurry", 5, "euler"))
+def _edited(step: int) -> str:
+    # [cat:dog:2]: steps 0, 1 and 2 (UNet calls counted from 0) see the cat, the rest the dog
+    return "a cat in the snow" if step <= 2 else "a dog in the snow"
+
+
+def _alternated(step: int) -> str:
+    # [cat|dog]: the schedule's step 1 is cat, 2 dog, ...; call 0 takes step 1's text, as the web UI's does
+    return "a " + ("cat" if max(step, 1) % 2 else "dog") + " in the snow"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_alternation_takes_turns_per_step(pipelines, diffusers_pipe, backend):
-    # a fraction: [cat|dog] alternates from step 1: calls 0 and 1 see cat, 2 dog, 3 cat, ...
+@pytest.mark.parametrize(
+    ("prompt", "texts", "scheduler"),
+    [("a [cat:dog:2] in the snow", _edited, "euler"), ("a [cat|dog] in the snow", _alternated, "dpmpp_2m")],
+    ids=["editing", "alternation"],
+)
+def test_the_conditioning_switches_as_a_hand_made_run_switches_it(
+    pipelines, diffusers_pipe, backend, prompt, texts, scheduler
+):
     ours = pipelines[backend].generate(
-        "a [cat|dog] on a hill", negative_prompt="blurry", height=HEIGHT, width=WIDTH,
-        num_inference_steps=STEPS, seed=8, scheduler="dpmpp_2m",
+        prompt, negative_prompt="blurry", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, seed=5,
+        scheduler=scheduler,
     )  # fmt: skip
-    texts = lambda step: "a " + ("cat" if max(step, 1) % 2 else "dog") + " on a hill"  # noqa: E731
-    assert_images_close(ours.images, _switching_reference(diffusers_pipe, texts, "blurry", 8, "dpmpp_2m"))
+    assert_images_close(ours.images, _switching_reference(diffusers_pipe, texts, "blurry", 5, scheduler))
 
 
 class _Recording:

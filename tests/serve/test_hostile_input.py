@@ -160,3 +160,22 @@ def test_several_init_images_one_per_batch_item(server):
     assert alone.json()["images"][0] == response.json()["images"][3]
     too_many = _post(server, "/sdapi/v1/img2img", {**body, "batch_size": 1})
     assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "init_images"]
+
+
+def test_the_openapi_schema_states_the_real_limits_and_answers(server):
+    doc = httpx.get(f"{server}/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    width = schemas["Txt2ImgBody"]["properties"]["width"]
+    assert (width["minimum"], width["maximum"], width["multipleOf"]) == (64, 256, 8)  # the artifact's range
+    assert schemas["Txt2ImgBody"]["properties"]["batch_size"]["maximum"] == 8  # this server's --max-images
+    assert schemas["Img2ImgBody"]["properties"]["prompt"]["maxLength"] == 4000
+    generate = doc["paths"]["/v1/generate"]["post"]["responses"]
+    assert {"400", "413", "422", "429", "500", "503"} <= set(generate)
+    assert "Retry-After" in generate["429"]["headers"] and "image/png" in generate["200"]["content"]
+    assert list(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain; version=0.0.4"]
+    # and the statuses it states are the ones it gives: a body that is not UTF-8 is a 400
+    not_utf8 = httpx.post(
+        f"{server}/sdapi/v1/txt2img", content=b'{"prompt": "\xff"}', headers={"content-type": "application/json"}
+    )
+    assert not_utf8.status_code == 400
+    assert httpx.get(f"{server}/metrics").headers["content-type"].startswith("text/plain")
