@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from sdrt.spec import ShapeRanges
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGES = 64
+_ADDED_TIMINGS = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "steps", "unet_calls")
 _PLACEHOLDER_IMAGE = Image.new("RGB", (8, 8))  # the input of a hires second pass checked before its first pass ran
 
 # callback(step index, timestep, latents (N, C, h, w)) after a denoising step
@@ -80,6 +81,7 @@ class _Batch:
     unet_calls: int = 0  # UNet calls so far, all stages: the step a prompt's schedule (prompt editing) counts
     stop: Callable[[], bool] | None = None  # asked after each step: True ends the batch there (an interrupt)
     stopped: bool = False  # the batch was stopped before its last step
+    later: list[Timings] = field(default_factory=list)  # the hires fix's second passes, counted in the timings
 
     @property
     def first(self) -> GenerationRequest:
@@ -540,6 +542,7 @@ class Pipeline:
                 results = self.run_batch([passes[i] for i in members], progress, callback, callback_steps, batch.stop)
                 for i, result in zip(members, results, strict=True):
                     images[i] = result.images[0]
+                batch.later.append(results[0].timings)
         extra = infotext_fields(hires, first.steps)
         return self._results(batch, images, extra=extra, strength=hires.strength)
 
@@ -613,6 +616,11 @@ class Pipeline:
             unet_calls=clock.calls.get("unet", 0),
             vae_encode=s.get("vae_encode", 0.0),
         )
+        for more in batch.later:  # stage by stage; the total already spans them
+            timings = replace(
+                timings,
+                **{k: getattr(timings, k) + getattr(more, k) for k in _ADDED_TIMINGS},
+            )
         label = sampler_label(first.scheduler, self.scheduler_config)
         prompts = [p for r in batch.requests for p in r.per_image(r.prompts)]
         negatives = [n for r in batch.requests for n in r.per_image(r.negative_prompts)]

@@ -66,6 +66,7 @@ def test_hires_equals_the_two_passes_by_hand(pipelines, diffusers_pipe, img2img,
     text = ours.parameters[0]
     assert "Size: 72x64" in text and "Hires upscale: 1.5" in text and f"Hires upscaler: {upscaler}" in text
     assert "Denoising strength: 0.6" in text and "Hires steps: 3" in text
+    assert ours.timings.steps == 4 + 1  # both passes: 4 steps, then int(3 * 0.6)
 
 
 def test_hires_prompt_and_several_images(pipelines, diffusers_pipe, img2img):

@@ -179,3 +179,20 @@ def test_emphasis_that_overflows_is_refused_when_checked(pipelines):
     with pytest.raises(ValueError, match=r"negative_prompt .* emphasis weight"):
         pipe.request("a", negative_prompt="(b:5000)", height=64, width=64, num_inference_steps=2)
     pipe.request("(" * 70 + "a" + ")" * 70, height=64, width=64, num_inference_steps=2)  # 1.1 ** 70 is fine
+
+
+def test_sdxl_conditioning_switches_too(sdxl_pipelines):
+    # the schedule is the text conditioner's, so SDXL's states and pooled embeddings switch alike
+    pipe = sdxl_pipelines["onnxruntime"]
+    settings = dict(height=64, width=64, num_inference_steps=3, guidance_scale=1.0, scheduler="euler")
+
+    def run():
+        return pipe.generate("a [cat:dog:1]", seed=1, **settings)
+
+    calls = _recorded(pipe, "unet", run)
+    cfg = _no_cfg(pipe)
+    cat, dog = (pipe.model.conditioner.prepare([pipe.request(t, **settings)], cfg) for t in ("a cat", "a dog"))
+    assert len(calls) == 3
+    for call, expected in zip(calls, (cat, cat, dog), strict=True):
+        for name in ("encoder_hidden_states", "text_embeds", "time_ids"):
+            assert torch.equal(call[name], expected.cond[name]), name
