@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from PIL import Image, ImageOps
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from sdrt import __version__
@@ -34,6 +34,7 @@ from sdrt.serve.a1111_settings import model_names, title
 from sdrt.serve.codec import decode_image, encode_all
 from sdrt.serve.config import ServeConfig
 from sdrt.serve.errors import InputError, from_runtime
+from sdrt.serve.fields import Float, Int
 from sdrt.serve.generation import build_request
 from sdrt.serve.styles import PromptStyle, apply_styles
 
@@ -73,18 +74,6 @@ HIRES_STRENGTH = 0.7  # the web UI's denoising strength of the hires pass when a
 MAX_NESTING = 32  # deepest nesting of lists and objects in a free-form field (script_args, comments, ...)
 
 
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"{str(value).lower()} is a boolean; give a number")
-    return value
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"{value} is not a finite number")
-    return value
-
-
 def _shallow(value: Any) -> Any:
     depth = _depth(value)
     if depth > MAX_NESTING:
@@ -104,11 +93,6 @@ def _depth(value: Any, limit: int = MAX_NESTING + 1) -> int:
                 return depth
             stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
-
-
-Int = Annotated[int, BeforeValidator(_not_bool)]  # an integer; true/false are refused, not read as 1/0
-Float = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_finite)]
-Free = Annotated[Any, AfterValidator(_shallow)]  # a free-form value echoed back: bounded nesting
 
 
 class _Common(BaseModel):

@@ -13,6 +13,7 @@ from sdrt.excerpt import excerpt
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.codec import encode_all
 from sdrt.serve.errors import InputError
+from sdrt.serve.fields import Int
 from sdrt.serve.generation import build_request
 
 router = APIRouter()
@@ -39,7 +40,7 @@ class ImagesBody(BaseModel):
 
     prompt: str
     model: str | None = None
-    n: int | None = Field(1, ge=1, le=10)
+    n: Int | None = Field(1, ge=1, le=10)
     size: str | None = Field(None, description="WxH in pixels or auto; default the artifact's tuned size")
     response_format: str | None = Field(None, description="b64_json (the default here); url is not offered")
     quality: str | None = None
