@@ -176,6 +176,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --image: share of the schedule run, 0..1 (default 0.8, SDXL 0.3; 1.0 when inpainting)",
     )
+    p.add_argument(
+        "--hires-scale",
+        type=float,
+        default=None,
+        help="the web UI's hires fix: upscale the images this much, then denoise again at that size (e.g. 2)",
+    )
+    p.add_argument(
+        "--hires-upscaler",
+        default="Latent",
+        help="with --hires-scale: Latent, Latent (nearest), Latent (bicubic), ... or Lanczos, Nearest (default Latent)",
+    )
+    p.add_argument(
+        "--hires-steps", type=int, default=None, help="with --hires-scale: second-pass steps (default --steps)"
+    )
+    p.add_argument(
+        "--hires-strength", type=float, default=0.7, help="with --hires-scale: second-pass denoising strength (0.7)"
+    )
     p.add_argument("--refiner", type=Path, default=None, help="an SDXL refiner artifact to run after the base")
     p.add_argument(
         "--refiner-switch-at",
@@ -306,6 +323,7 @@ def _parser() -> argparse.ArgumentParser:
         help="capture each engine's CUDA graphs (or compile OpenVINO's static models) at load for these sizes and "
         "batches, e.g. 512x512:1,2,4, so no served batch pays for it",
     )
+    p.add_argument("--styles", metavar="CSV", help="prompt styles for the web UI API: a web UI styles.csv")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (pip install 'sdrt[serve-ray]')")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join, e.g. auto (default: start one here)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default 1; one per GPU on CUDA)")
@@ -494,6 +512,13 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--preview-every {args.preview_every} must be at least 1")
     if args.refiner_switch_at is not None and args.refiner is None:
         raise ValueError("--refiner-switch-at needs --refiner REFINER_ARTIFACT")
+    hires = None
+    if args.hires_scale is not None:
+        from sdrt import Hires
+
+        hires = Hires(
+            scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps, strength=args.hires_strength
+        )
     pipe = Pipeline.load(
         args.path, backend=args.backend, device=args.device, refiner=args.refiner, **_load_options(args),
         **_backend_options(args),
@@ -526,6 +551,7 @@ def _generate(args: argparse.Namespace) -> int:
         aesthetic_score=args.aesthetic_score,
         negative_aesthetic_score=args.negative_aesthetic_score,
         noise_level=args.noise_level,
+        hires=hires,
     )
     if preview is not None:
         print(f"wrote previews every {args.preview_every} steps to {preview_dir}")
@@ -602,6 +628,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS
     from sdrt.serve import ServeConfig
     from sdrt.serve.config import parse_warm_shapes
+    from sdrt.serve.styles import read_styles
 
     _quiet_third_party()
     options = _backend_options(args)
@@ -622,6 +649,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         max_images=args.max_images,
         warm_shapes=warm,
+        styles=() if args.styles is None else read_styles(args.styles),
     )
     if not args.ray:
         from sdrt.serve.server import serve

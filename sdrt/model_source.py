@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrt.files import read_json_object
+from sdrt.files import read_json_object, writer_tag
 from sdrt.hashing import file_sha256, files_sha256
 from sdrt.model_dir import ModelDir
 
@@ -55,7 +55,8 @@ def open_model(
     Converted files live in a temporary directory under `workdir` (default: the system's) until the block ends.
     """
     source = Path(path)
-    with tempfile.TemporaryDirectory(prefix=".sdrt-source-", dir=workdir) as scratch:
+    # tagged with its writer like every sdrt temporary: one a killed process left is removed by the next write there
+    with tempfile.TemporaryDirectory(prefix=f".sdrt-source.partial-{writer_tag()}-", dir=workdir) as scratch:
         if source.is_file():
             model = convert_single_file(source, Path(scratch) / "model", options)
         else:

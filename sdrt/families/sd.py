@@ -11,6 +11,7 @@ from sdrt.families import register
 from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
 from sdrt.families.text_conditioning import TextConditioner
 from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
+from sdrt.runtime.prompts import RowCache
 from sdrt.spec import ComponentSpec
 
 if TYPE_CHECKING:
@@ -39,12 +40,12 @@ SD_LATENT_RGB = (
 class SDConditioner(TextConditioner):
     """Prompts -> `encoder_hidden_states`: the text encoder's states for each image and each guided image's negative."""
 
-    def prepare(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence = ()
+    def condition(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, step: int, cache: RowCache
     ) -> Conditioning:
-        (encoder,) = self.encoders  # text conditioning draws no noise: `generators` go unused
-        uncond, cond = self.rows(requests, cfg, encoder)
-        states = encoder.encode([*uncond, *cond], requests[0].clip_skip, self.chunks(requests)).states
+        (encoder,) = self.encoders
+        uncond, cond = self.rows(requests, cfg, encoder, step)
+        states = encoder.encode([*uncond, *cond], requests[0].clip_skip, self.chunks(requests), cache).states
         k = len(uncond)
         return Conditioning(cond={"encoder_hidden_states": states[k:]}, uncond={"encoder_hidden_states": states[:k]})
 

@@ -22,7 +22,7 @@ from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
 from sdrt.families.sd import TOKENIZERS
 from sdrt.families.text_conditioning import TextConditioner
 from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
-from sdrt.runtime.prompts import PromptEncoder
+from sdrt.runtime.prompts import PromptEncoder, RowCache
 from sdrt.spec import ComponentSpec, TensorSpec
 
 if TYPE_CHECKING:
@@ -48,19 +48,19 @@ class SDXLConditioner(TextConditioner):
         self.force_zeros = force_zeros  # an empty negative prompt gives zero embeddings instead of its encoding
         self.aesthetic = aesthetic  # the refiner's time ids end with an aesthetic score instead of a target size
 
-    def prepare(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence = ()
+    def condition(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, step: int, cache: RowCache
     ) -> Conditioning:
-        first = requests[0]  # text and size conditioning draw no noise: `generators` go unused
+        first = requests[0]
         chunks = self.chunks(requests)
         cond_states, uncond_states = [], []
         cond_pooled = uncond_pooled = None
         zero: list[bool] = []
         for encoder in self.encoders:
-            uncond, cond = self.rows(requests, cfg, encoder)
+            uncond, cond = self.rows(requests, cfg, encoder, step)
             zero = [self.force_zeros and n.is_empty for n in uncond]  # the same rows for every encoder
             encoded = [n for n, z in zip(uncond, zero, strict=True) if not z]
-            out = encoder.encode([*encoded, *cond], first.clip_skip, chunks)
+            out = encoder.encode([*encoded, *cond], first.clip_skip, chunks, cache)
             k = len(encoded)
             cond_states.append(out.states[k:])
             uncond_states.append(_with_zero_rows(out.states[:k], zero))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sdrt.runtime.guidance import ClassifierFreeGuidance, is_guided
-from sdrt.runtime.prompts import PromptEncoder, PromptTokens, TokenizedPrompt
+from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning, is_guided
+from sdrt.runtime.prompts import PromptEncoder, PromptTokens, RowCache, TokenizedPrompt
 from sdrt.runtime.request import GenerationRequest
 
 
@@ -47,10 +47,39 @@ class TextConditioner:
                 count = max(count, *(p.num_chunks for p in (*encoded, *tokens.prompts)))
         return count
 
+    def prepare(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence = ()
+    ) -> Conditioning:
+        """Conditioning of every image and guided image, with a part from each step where some prompt switches.
+
+        Prompt editing and alternation (`[from:to:when]`, `[a|b]`) switch the text a row is conditioned on;
+        every part is encoded for the whole batch, each distinct text-encoder row once for all parts. Text
+        conditioning draws no noise: `generators` (one per image) are for families whose conditioning does.
+        """
+        cache: RowCache = {}
+        starts = (0, *self.switches(requests))
+        return Conditioning.scheduled([(start, self.condition(requests, cfg, start, cache)) for start in starts])
+
+    def switches(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """Steps at which any prompt or negative prompt of the batch switches to another text."""
+        steps: set[int] = set()
+        for encoder in self.encoders:
+            for r in requests:
+                tokens = self.tokens(r, encoder)
+                for prompt in (*tokens.prompts, *tokens.negatives):
+                    steps.update(prompt.switches)
+        return sorted(steps)
+
+    def condition(
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, step: int, cache: RowCache
+    ) -> Conditioning:
+        """The conditioning of `step`: the family's inputs from the rows' texts at that step."""
+        raise NotImplementedError
+
     def rows(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, encoder: PromptEncoder
+        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, encoder: PromptEncoder, step: int = 0
     ) -> tuple[list[TokenizedPrompt], list[TokenizedPrompt]]:
-        """(negatives of the guided images, prompts of all images), one entry per row, in the UNet's order."""
-        prompts = [p for r in requests for p in r.per_image(self.tokens(r, encoder).prompts)]
-        negatives = [n for r in requests for n in r.per_image(self.tokens(r, encoder).negatives)]
+        """(negatives of the guided images, prompts of all images) at `step`, one entry per row, in the UNet's order."""
+        prompts = [p.at(step) for r in requests for p in r.per_image(self.tokens(r, encoder).prompts)]
+        negatives = [n.at(step) for r in requests for n in r.per_image(self.tokens(r, encoder).negatives)]
         return cfg.guided_items(negatives), prompts

@@ -77,7 +77,7 @@ class UnCLIPConditioner(SDConditioner):
     def prepare(
         self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence[torch.Generator]
     ) -> Conditioning:
-        text = super().prepare(requests, cfg)
+        text = super().prepare(requests, cfg, generators)
         labels = []
         first_image = 0  # index of each request's first image: its generator draws the request's embedding noise
         for request, embeds in zip(requests, self.image_embeddings(requests), strict=True):
@@ -85,10 +85,8 @@ class UnCLIPConditioner(SDConditioner):
             labels.append(noised.expand(request.num_images, -1))
             first_image += request.num_images
         cond = torch.cat(labels).to(text.cond["encoder_hidden_states"].device)
-        return Conditioning(
-            cond={**text.cond, "class_labels": cond},
-            uncond={**text.uncond, "class_labels": cond.new_zeros((cfg.num_uncond, cond.shape[-1]))},
-        )
+        zeros = cond.new_zeros((cfg.num_uncond, cond.shape[-1]))
+        return text.with_inputs({"class_labels": cond}, {"class_labels": zeros})  # the same at every step
 
     def image_embeddings(self, requests: Sequence[GenerationRequest]) -> list[torch.Tensor]:
         """Each request's (1, E) CLIP image embedding: given, or its image through processor and vision encoder."""

@@ -10,7 +10,7 @@ labels) goes through the same `expand`, so no input can be ordered differently f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import torch
@@ -29,10 +29,41 @@ class Conditioning:
 
     cond: Mapping[str, torch.Tensor]  # name -> (N, ...) for the N images of a batch
     uncond: Mapping[str, torch.Tensor] = field(default_factory=dict)  # name -> (K, ...) for its K guided images
+    # prompt editing: (first step, the conditioning from that step on), ascending; this one conditions before
+    later: tuple[tuple[int, Conditioning], ...] = ()
 
     def __post_init__(self) -> None:
         if self.uncond and set(self.uncond) != set(self.cond):
             raise ValueError(f"conditioning names {sorted(self.cond)} but unconditional {sorted(self.uncond)}")
+        starts = [start for start, _ in self.later]
+        if starts != sorted(set(starts)) or (starts and starts[0] < 1):
+            raise ValueError(f"conditioning switches at steps {starts}: they must ascend from 1")
+
+    def at(self, step: int) -> Conditioning:
+        """The conditioning of denoising step `step` (UNet calls counted from 0)."""
+        current = self
+        for start, part in self.later:
+            if step < start:
+                break
+            current = part
+        return current
+
+    def with_inputs(self, cond: Mapping[str, torch.Tensor], uncond: Mapping[str, torch.Tensor]) -> Conditioning:
+        """This conditioning with more named inputs, the same at every step (every part of a schedule gets them)."""
+        return replace(
+            self,
+            cond={**self.cond, **cond},
+            uncond={**self.uncond, **uncond},
+            later=tuple((start, part.with_inputs(cond, uncond)) for start, part in self.later),
+        )
+
+    @classmethod
+    def scheduled(cls, parts: Sequence[tuple[int, Conditioning]]) -> Conditioning:
+        """One conditioning from (first step, conditioning) parts in step order, the first starting at step 0."""
+        (start, head), *rest = parts
+        if start != 0:
+            raise ValueError(f"the first part of a conditioning schedule starts at step 0, not {start}")
+        return replace(head, later=tuple(rest))
 
 
 class ClassifierFreeGuidance:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Parameters:
     refiner_switch_at: float | None = None  # the share of the schedule the base ran before the refiner
     vae: str | None = None  # the swapped-in VAE's file name, when the artifact was exported with one
     vae_hash: str | None = None  # its short hash
+    extra: tuple[tuple[str, str], ...] = ()  # more "Key: value" pairs in order (the hires fix's)
 
     def infotext(self) -> str:
         """The AUTOMATIC1111 web UI's infotext: prompt, 'Negative prompt: ...', then 'Key: value' pairs."""
@@ -64,10 +66,40 @@ class Parameters:
                 if self.refiner is not None
                 else {}
             ),
+            **dict(self.extra),
             "Version": f"sdrt {__version__}",
         }
         lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items()))
         return "\n".join(lines)
+
+
+# one "Key: value" pair of an infotext's last line; a value is quoted when it holds "," or ":"
+_PAIR = re.compile(r'\s*([^,:]+?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """An infotext read back: "Prompt", "Negative prompt" and every "Key: value" of its last line (Size split too)."""
+    lines = text.strip().split("\n")
+    pairs: dict[str, str] = {}
+    last = lines[-1] if lines else ""
+    found = _PAIR.findall(last)
+    if len(found) >= 3:  # a settings line (Steps, Sampler, ...), not a prompt that happens to hold a colon
+        lines = lines[:-1]
+        for key, value in found:
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            pairs[key.strip()] = value
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    out = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **pairs}
+    size = re.fullmatch(r"(\d+)x(\d+)", pairs.get("Size", ""))
+    if size:
+        out["Size-1"], out["Size-2"] = size.group(1), size.group(2)
+    return out
 
 
 def _quote(value: str) -> str:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sdrt.runtime.request import strength_steps
+
 
 def stage_timesteps(
     scheduler, steps: int, strength: float | None, start: float | None = None, end: float | None = None
@@ -15,7 +17,7 @@ def stage_timesteps(
 
     - `start` (diffusers' `denoising_start`, a refiner after the base): the timesteps below the cut-off
       `round(T * (1 - start))`, one more for a second-order scheduler so no step is cut in half;
-    - else `strength` (image-to-image, SDEdit, Meng et al. 2021): the last int(steps * strength) steps;
+    - else `strength` (image-to-image, SDEdit, Meng et al. 2021): the last int(steps * strength) steps (at least 1);
     - else all of them;
     then `end` (diffusers' `denoising_end`, the base before a refiner) keeps those at or above the cut-off
     `round(T * (1 - end))`. The scheduler's begin index moves to the first step run, so samplers that index
@@ -31,7 +33,7 @@ def stage_timesteps(
             run += 1
         begin = len(timesteps) - run
     elif strength is not None:
-        run = min(int(steps * strength), steps)
+        run = strength_steps(steps, strength)
         begin = (steps - run) * scheduler.order
     if begin is not None:
         if hasattr(scheduler, "set_begin_index"):

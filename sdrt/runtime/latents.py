@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds (a negative one is its two's complement)
 
 
 def random_seed() -> int:

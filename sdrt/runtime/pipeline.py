@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdrt.engines import Engine, call_in_chunks
+from sdrt.excerpt import excerpt
 from sdrt.manifest import Manifest
 from sdrt.runtime.embeddings import EmbeddingLibrary
 from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
+from sdrt.runtime.hires import Hires, infotext_fields, upscale_image, upscale_latents
 from sdrt.runtime.image_inputs import ImageInput, open_image, preprocess_image, preprocess_mask, size_from_image
 from sdrt.runtime.images import Parameters, to_pil
 from sdrt.runtime.init_latents import Inpainting, latent_mask, stage_timesteps
@@ -41,6 +43,8 @@ from sdrt.spec import ShapeRanges
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGES = 64
+_ADDED_TIMINGS = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "steps", "unet_calls")
+_PLACEHOLDER_IMAGE = Image.new("RGB", (8, 8))  # the input of a hires second pass checked before its first pass ran
 
 # callback(step index, timestep, latents (N, C, h, w)) after a denoising step
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -77,6 +81,10 @@ class _Batch:
     clock: StageClock
     start: float  # perf_counter at the batch's start
     steps: int = 0  # denoising steps run so far, all stages
+    unet_calls: int = 0  # UNet calls so far, all stages: the step a prompt's schedule (prompt editing) counts
+    stop: Callable[[], bool] | None = None  # asked after each step: True ends the batch there (an interrupt)
+    stopped: bool = False  # the batch was stopped before its last step
+    later: list[Timings] = field(default_factory=list)  # the hires fix's second passes, counted in the timings
 
     @property
     def first(self) -> GenerationRequest:
@@ -271,6 +279,7 @@ class Pipeline:
         negative_aesthetic_score: float = 2.5,
         noise_level: int = 0,
         image_embeds: torch.Tensor | None = None,
+        hires: Hires | None = None,
     ) -> GenerationResult:
         """Generate images for one prompt or a list of prompts (a batch).
 
@@ -289,12 +298,14 @@ class Pipeline:
         the refiner after the share F of the schedule; `aesthetic_score` and `negative_aesthetic_score`
         condition an SDXL refiner. On an unCLIP model, `image` (or its CLIP embedding `image_embeds`) conditions
         the UNet and the result is a variation of it, with `noise_level` noise added to the embedding; the prompt
-        is optional there ("") and steps and guidance default to 20 and 10.
+        is optional there ("") and steps and guidance default to 20 and 10. `hires=Hires(scale=2.0)` is the web
+        UI's hires fix: the images are upscaled and denoised again at the larger size (image-to-image at the
+        hires strength).
         """
         request = self.request(
             prompt, negative_prompt, height, width, num_inference_steps, guidance_scale, seed,
             num_images_per_prompt, scheduler, eta, clip_skip, image, mask_image, strength,
-            refiner_switch_at, aesthetic_score, negative_aesthetic_score, noise_level, image_embeds,
+            refiner_switch_at, aesthetic_score, negative_aesthetic_score, noise_level, image_embeds, hires,
         )  # fmt: skip
         return self.run(request, progress=progress, callback=callback, callback_steps=callback_steps)
 
@@ -319,6 +330,7 @@ class Pipeline:
         negative_aesthetic_score: float = 2.5,
         noise_level: int = 0,
         image_embeds: torch.Tensor | None = None,
+        hires: Hires | None = None,
     ) -> GenerationRequest:
         """The checked, tokenized request `generate` would run, defaults filled in; ValueError naming a bad field."""
         family = self.family
@@ -358,13 +370,19 @@ class Pipeline:
             negative_aesthetic_score=negative_aesthetic_score,
             noise_level=noise_level,
             image_embeds=image_embeds,
+            hires=hires,
         )
         request = self.tokenized(request)
         self.check(request)
         return request
 
     def tokenized(self, request: GenerationRequest) -> GenerationRequest:
-        """`request` carrying its tokens for every tokenizer of this pipeline's models (tokenized once)."""
+        """`request` carrying its tokens for every tokenizer of this pipeline's models (tokenized once).
+
+        With hires, it carries its second pass too (tokenized as well), as the checks and the batch key see it.
+        """
+        if request.hires is not None and request.hires.strength > 0 and request.second_pass is None:
+            request = replace(request, second_pass=self.tokenized(self._second_pass(request)))
         encoders = {k: e for m in self.models for k, e in m.tokenizer_keys().items()}
         missing = {k: e for k, e in encoders.items() if k not in request.tokens}
         if not missing:
@@ -374,7 +392,9 @@ class Pipeline:
         prompts = [strip_loras(p) for p in request.prompts]
         negatives = [strip_loras(n) for n in request.negative_prompts]
         for key, encoder in missing.items():
-            tokens[key] = PromptTokens(encoder.tokenize(prompts), encoder.tokenize(negatives))
+            tokens[key] = PromptTokens(
+                encoder.tokenize(prompts, request.steps), encoder.tokenize(negatives, request.steps)
+            )
         return replace(request, tokens=tokens)
 
     def stages(self, request: GenerationRequest) -> list[Stage]:
@@ -386,9 +406,76 @@ class Pipeline:
             raise ValueError("refiner_switch_at needs a refiner: load the pipeline with refiner=REFINER_ARTIFACT")
         return [Stage(self.model, end=switch), Stage(self.refiner, start=switch)]
 
+    def _second_pass(
+        self, request: GenerationRequest, index: int | None = None, source: torch.Tensor | Image.Image | None = None
+    ) -> GenerationRequest:
+        """The hires fix's second pass: image-to-image at the target size, from upscaled latents or an image.
+
+        With `index`, the pass of the request's image `index` alone (its prompt and seed) from `source`;
+        without, the whole request's, from a placeholder of the right shape (for checks and the batch key).
+        """
+        hires = request.hires
+        assert hires is not None  # callers check
+        factor = self.manifest.ranges.latent_factor
+        height, width = hires.geometry(request.height, request.width, factor).size
+        prompts, negatives, scales = request.prompts, request.negative_prompts, request.guidance_scales
+        count, seed = request.num_images_per_prompt, request.seed
+        if index is not None:
+            at = index // request.num_images_per_prompt
+            prompts, negatives, scales = prompts[at : at + 1], negatives[at : at + 1], scales[at : at + 1]
+            count, seed = 1, request.seed + index
+        if hires.prompt is not None:
+            prompts = (hires.prompt,) * len(prompts)
+        if hires.negative_prompt is not None:
+            negatives = (hires.negative_prompt,) * len(negatives)
+        image = latents = None
+        if isinstance(source, Image.Image):
+            image = source
+        elif source is not None:
+            latents = source
+        elif hires.latent:  # the placeholder: a tensor with a shape and no data
+            latents = torch.empty(
+                (count * len(prompts), self.model.latent_channels, height // factor, width // factor), device="meta"
+            )
+        else:
+            image = _PLACEHOLDER_IMAGE
+        return replace(
+            request,
+            prompts=prompts,
+            negative_prompts=negatives,
+            guidance_scales=scales,
+            num_images_per_prompt=count,
+            seed=seed,
+            height=height,
+            width=width,
+            steps=hires.steps or request.steps,
+            scheduler=hires.sampler or request.scheduler,
+            strength=hires.strength,
+            image=image,
+            init_latents=latents,
+            hires=None,
+            tokens={},
+            second_pass=None,
+        )
+
     def check(self, request: GenerationRequest) -> None:
-        """Raise ValueError unless this pipeline's engines can run `request`."""
+        """Raise ValueError unless this pipeline's engines can run `request` (with hires: both passes)."""
         request = self.tokenized(request)
+        if request.hires is not None:
+            height, width = request.hires.geometry(
+                request.height, request.width, self.manifest.ranges.latent_factor
+            ).size
+            try:
+                self.manifest.ranges.check_size(height, width)
+            except ValueError as exc:
+                raise ValueError(f"hires: the second pass's {exc}") from None
+            if request.second_pass is not None:
+                self.check(request.second_pass)
+        if request.init_latents is not None:
+            factor = self.manifest.ranges.latent_factor
+            shape = (request.num_images, self.model.latent_channels, request.height // factor, request.width // factor)
+            if tuple(request.init_latents.shape) != shape:
+                raise ValueError(f"init_latents have shape {tuple(request.init_latents.shape)}, not {shape}")
         request.check_against(self.manifest.ranges, self.max_images)
         stages = self.stages(request)
         if len(stages) > 1 and request.mode == "inpaint":
@@ -434,8 +521,19 @@ class Pipeline:
             request.strength,
             request.refiner_switch_at,
             request.loras,  # one LoRA set per batch: it changes the weights every image runs on
+            request.init_latents is not None,
             *(stage.model.conditioner.batch_key(request) for stage in self.stages(request)),
+            self._hires_key(request),
         )
+
+    def _hires_key(self, request: GenerationRequest) -> tuple | None:
+        """What a hires batch shares: the upscale and, when it runs, the second pass's own batch key."""
+        hires = request.hires
+        if hires is None:
+            return None
+        geometry = hires.geometry(request.height, request.width, self.manifest.ranges.latent_factor)
+        second = None if request.second_pass is None else self.batch_key(request.second_pass)
+        return (hires.upscaler, geometry, hires.strength, second)
 
     def run(
         self,
@@ -453,20 +551,66 @@ class Pipeline:
         progress: bool = False,
         callback: StepCallback | None = None,
         callback_steps: int = 1,
+        stop: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]:
         """Run validated requests with equal `batch_key`s together: one text-encoder call and one UNet call per step.
 
         Each image keeps its own prompt, negative prompt, guidance scale, seed and input image, so
         every request gets exactly the images it gets alone (up to float rounding). Each result
-        carries the timings of the whole batch.
+        carries the timings of the whole batch. `stop()` is asked after every step: when it says True the
+        batch stops there and returns the images it has (the web UI's interrupt), skipping any later pass.
         """
         if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
             raise ValueError(f"callback_steps {callback_steps!r} is not a positive integer")
         if not requests:
             raise ValueError("run_batch needs at least one request")
         batch = self.prepare(requests)
+        batch.stop = stop
         latents = self.sample(batch, progress, callback, callback_steps)
-        return self.finish(batch, latents)
+        if batch.first.hires is None or batch.stopped:
+            return self.finish(batch, latents)
+        return self._hires_pass(batch, latents, progress, callback, callback_steps)
+
+    def _hires_pass(
+        self,
+        batch: _Batch,
+        latents: torch.Tensor,
+        progress: bool,
+        callback: StepCallback | None,
+        callback_steps: int,
+    ) -> list[GenerationResult]:
+        """The hires fix: upscale the first pass's latents (or its decoded images), then image-to-image each.
+
+        Each image's second pass is its own request (its upscaled input, its prompt, its seed: fresh generators,
+        as the web UI draws the second pass's noise); requests that can share a batch run as one.
+        """
+        first = batch.first
+        hires = first.hires
+        assert hires is not None  # run_batch checks
+        factor = self.manifest.ranges.latent_factor
+        geometry = hires.geometry(first.height, first.width, factor)
+        if hires.latent:
+            sources: list = list(upscale_latents(latents, hires, geometry, factor).split(1))
+        else:
+            sources = [upscale_image(image, hires, geometry, factor) for image in self._decode(batch, latents)]
+        if hires.strength == 0:  # upscale only
+            images = self._decode(batch, torch.cat(sources)) if hires.latent else sources
+        else:
+            passes, at = [], 0
+            for r in batch.requests:
+                passes += [self._second_pass(r, i, sources[at + i]) for i in range(r.num_images)]
+                at += r.num_images
+            groups: dict[tuple, list[int]] = {}
+            for i, p in enumerate(passes):
+                groups.setdefault(self.batch_key(p), []).append(i)
+            images = [None] * len(passes)
+            for members in groups.values():
+                results = self.run_batch([passes[i] for i in members], progress, callback, callback_steps, batch.stop)
+                for i, result in zip(members, results, strict=True):
+                    images[i] = result.images[0]
+                batch.later.append(results[0].timings)
+        extra = infotext_fields(hires, first.steps)
+        return self._results(batch, images, extra=extra, strength=hires.strength)
 
     def prepare(self, requests: Sequence[GenerationRequest]) -> _Batch:
         """Tokens, one batch key, the guidance rows, and every image's seed and generator."""
@@ -502,17 +646,33 @@ class Pipeline:
                     model, scheduler, timesteps, latents, conditioning, batch, inpainting, progress,
                     callback, callback_steps,
                 )  # fmt: skip
+            if batch.stopped:
+                break
         return latents
 
     def finish(self, batch: _Batch, latents: torch.Tensor) -> list[GenerationResult]:
         """Decode with the last stage's VAE, convert to images, and write each image's infotext."""
+        return self._results(batch, self._decode(batch, latents))
+
+    def _decode(self, batch: _Batch, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents -> 8-bit images with the last stage's VAE decoder."""
+        last = self.stages(batch.first)[-1].model
+        with batch.clock.stage("vae_decode"):
+            latents = latents / last.manifest.vae_scaling_factor
+            images = call_in_chunks(last.engines[last.family.vae_decoder], {"latent": latents})["images"]
+        return to_pil(images)
+
+    def _results(
+        self,
+        batch: _Batch,
+        pil: Sequence[Image.Image],
+        extra: tuple[tuple[str, str], ...] = (),
+        strength: float | None = None,
+    ) -> list[GenerationResult]:
+        """Each request's images with the batch's timings and each image's infotext (`extra`: more entries)."""
         first, clock = batch.first, batch.clock
         stages = self.stages(first)
         last = stages[-1].model
-        with clock.stage("vae_decode"):
-            latents = latents / last.manifest.vae_scaling_factor
-            images = call_in_chunks(last.engines[last.family.vae_decoder], {"latent": latents})["images"]
-        pil = to_pil(images)
         s = clock.seconds
         timings = Timings(
             text_encoder=s.get("text_encoder", 0.0),
@@ -524,6 +684,11 @@ class Pipeline:
             unet_calls=clock.calls.get("unet", 0),
             vae_encode=s.get("vae_encode", 0.0),
         )
+        for more in batch.later:  # stage by stage; the total already spans them
+            timings = replace(
+                timings,
+                **{k: getattr(timings, k) + getattr(more, k) for k in _ADDED_TIMINGS},
+            )
         label = sampler_label(first.scheduler, self.scheduler_config)
         prompts = [p for r in batch.requests for p in r.per_image(r.prompts)]
         negatives = [n for r in batch.requests for n in r.per_image(r.negative_prompts)]
@@ -545,11 +710,12 @@ class Pipeline:
                 model_hash=self.manifest.source_sha256[:10],
                 model=self.model_name,
                 clip_skip=first.clip_skip,
-                denoising_strength=first.strength,
+                denoising_strength=first.strength if strength is None else strength,
                 refiner=refiner,
                 refiner_switch_at=first.refiner_switch_at,
                 vae=vae.get("name"),
                 vae_hash=vae["sha256"][:10] if "sha256" in vae else None,
+                extra=extra,
             ).infotext()
             for i, seed in enumerate(batch.seeds)
         ]
@@ -559,7 +725,7 @@ class Pipeline:
             at += r.num_images
             results.append(
                 GenerationResult(
-                    images=pil[rows], seeds=r.seeds, parameters=parameters[rows], timings=timings, request=r
+                    images=list(pil[rows]), seeds=r.seeds, parameters=parameters[rows], timings=timings, request=r
                 )
             )
         return results
@@ -579,8 +745,11 @@ class Pipeline:
         if first.mode in ("txt2img", "variation"):  # a variation's image conditions the UNet, not its latents
             return initial_noise(gens, shape, self.device) * scheduler.init_noise_sigma, None
         scaling = model.manifest.vae_scaling_factor
-        images = [preprocess_image(r.image, r.height, r.width, factor).to(self.device) for r in requests]
         start_timestep = timesteps[:1].repeat(n)
+        if first.init_latents is not None:  # the hires fix's second pass: latents in, as diffusers' img2img takes them
+            image_latents = torch.cat([r.init_latents for r in requests]).to(self.device)
+            return scheduler.add_noise(image_latents, initial_noise(gens, shape, self.device), start_timestep), None
+        images = [preprocess_image(r.image, r.height, r.width, factor).to(self.device) for r in requests]
         if first.mode == "img2img":
             with clock.stage("vae_encode"):
                 image_latents = sample_vae_latents(self._encode_per_image(model, requests, images), gens, scaling)
@@ -648,8 +817,12 @@ class Pipeline:
         unet, cfg, clock = model.denoiser, batch.cfg, batch.clock
         order = scheduler.order
         step_kwargs = _step_kwargs(scheduler, batch.gens, batch.first.eta)
-        conditioned = cfg.expand(conditioning.cond, conditioning.uncond)  # the same at every step
+        current: Conditioning | None = None
         for i, t in enumerate(tqdm(timesteps, desc="denoise", unit="step", disable=not progress)):
+            step = conditioning.at(batch.unet_calls)  # prompt editing switches it; expanded again only then
+            if step is not current:
+                current, conditioned = step, cfg.expand(step.cond, step.uncond)
+            batch.unet_calls += 1
             sample = scheduler.scale_model_input(latents, t)
             if inpainting is not None:
                 sample = inpainting.unet_input(sample)
@@ -664,6 +837,9 @@ class Pipeline:
                 if callback is not None and batch.steps % callback_steps == 0:
                     callback(batch.steps, t, latents)
                 batch.steps += 1
+                if batch.stop is not None and i + 1 < len(timesteps) and batch.stop():
+                    batch.stopped = True
+                    break
         return latents
 
     def _sync(self) -> None:
@@ -682,7 +858,7 @@ def _texts(name: str, value: object) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, Sequence):
         return tuple(value)
-    raise ValueError(f"{name} {value!r} is not a string or a list of strings")
+    raise ValueError(f"{name} {excerpt(value)} is not a string or a list of strings")
 
 
 def _step_kwargs(scheduler: Any, gens: list[torch.Generator], eta: float) -> dict[str, Any]:

@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from sdrt.engines import Engine, call_in_chunks
+from sdrt.excerpt import excerpt
 from sdrt.hashing import files_sha256
-from sdrt.runtime.prompt_syntax import parse_prompt
+from sdrt.runtime.prompt_syntax import parse_prompt, prompt_schedule
+
+MAX_EMPHASIS = 1000.0  # largest emphasis weight a token may carry (1.1 ** 72 is about 956)
 
 if TYPE_CHECKING:
     from sdrt.runtime.embeddings import EmbeddingVocabulary
@@ -83,11 +86,48 @@ class TokenizedPrompt:
 
 
 @dataclass(frozen=True)
+class ScheduledPrompt:
+    """A prompt's tokens step by step (the web UI's prompt editing): one part per text, in step order.
+
+    Part k conditions the denoising steps (UNet calls, counted from 0) up to and including `ends[k]`; the last
+    part runs to the end. A prompt without editing or alternation has one part.
+    """
+
+    parts: tuple[TokenizedPrompt, ...]
+    ends: tuple[int, ...]  # last step of each part, ascending
+    text: str = ""  # the prompt as written
+
+    def __post_init__(self) -> None:
+        if not self.parts or len(self.parts) != len(self.ends) or list(self.ends) != sorted(self.ends):
+            raise ValueError(f"a scheduled prompt needs one ascending end step per part, not {self.ends}")
+
+    def at(self, step: int) -> TokenizedPrompt:
+        """The tokens conditioning denoising step `step` (0 = the first UNet call)."""
+        for part, end in zip(self.parts, self.ends, strict=True):
+            if step <= end:
+                return part
+        return self.parts[-1]
+
+    @property
+    def switches(self) -> tuple[int, ...]:
+        """The steps at which another part takes over (each part's first step but the first's)."""
+        return tuple(end + 1 for end in self.ends[:-1])
+
+    @property
+    def num_chunks(self) -> int:
+        return max(p.num_chunks for p in self.parts)
+
+    @property
+    def num_tokens(self) -> int:
+        return max(p.num_tokens for p in self.parts)
+
+
+@dataclass(frozen=True)
 class PromptTokens:
     """One tokenizer's tokens of a request's prompts and negative prompts, made once when the request is checked."""
 
-    prompts: tuple[TokenizedPrompt, ...]  # one per prompt
-    negatives: tuple[TokenizedPrompt, ...]  # one per prompt
+    prompts: tuple[ScheduledPrompt, ...]  # one per prompt
+    negatives: tuple[ScheduledPrompt, ...]  # one per prompt
 
 
 def tokenize_prompt(
@@ -137,6 +177,10 @@ def tokenize_prompt(
     if tokens or not ids:
         close_chunk()
     return TokenizedPrompt(ids=tuple(ids), weights=tuple(weights), num_tokens=total, text=text)
+
+
+# (text encoder, row ids, clip skip) -> (the row's text states, its pooled embedding or None): each row once a batch
+RowCache = dict[tuple[str, tuple[int, ...], int], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -191,67 +235,102 @@ class PromptEncoder:
         """Largest clip_skip the text encoder allows (the spec's bound is exclusive)."""
         return int(self.engine.spec.attributes["clip_skip_max"]) - 1
 
-    def tokenize(self, texts: Sequence[str]) -> tuple[TokenizedPrompt, ...]:
-        """Each text tokenized once (repeats share the result)."""
-        distinct = {
-            text: tokenize_prompt(self.tokenizer, text, self.length, self.vocabulary) for text in dict.fromkeys(texts)
-        }
-        return tuple(distinct[text] for text in texts)
+    def tokenize(self, texts: Sequence[str], steps: int = 1) -> tuple[ScheduledPrompt, ...]:
+        """Each text's schedule over `steps` steps (prompt editing), each distinct text tokenized once."""
+        tokens: dict[str, TokenizedPrompt] = {}
 
-    def check(self, prompts: Sequence[TokenizedPrompt], field: str = "prompt") -> None:
-        """ValueError naming `field` for a prompt over the artifact's chunk limit."""
+        def tokenized(text: str) -> TokenizedPrompt:
+            if text not in tokens:
+                tokens[text] = tokenize_prompt(self.tokenizer, text, self.length, self.vocabulary)
+            return tokens[text]
+
+        scheduled = {}
+        for text in dict.fromkeys(texts):
+            schedule = prompt_schedule(text, steps)
+            parts = tuple(tokenized(part) for _, part in schedule)
+            scheduled[text] = ScheduledPrompt(parts, tuple(end for end, _ in schedule), text)
+        return tuple(scheduled[text] for text in texts)
+
+    def check(self, prompts: Sequence[ScheduledPrompt | TokenizedPrompt], field: str = "prompt") -> None:
+        """ValueError naming `field` for a prompt over the artifact's chunk limit or whose emphasis overflows."""
         for prompt in prompts:
+            for part in prompt.parts if isinstance(prompt, ScheduledPrompt) else (prompt,):
+                _check_emphasis(part, field)
             if prompt.num_chunks > self.max_chunks:
                 raise ValueError(
-                    f"{field} {_abbreviate(prompt.text)!r} is {prompt.num_tokens} tokens in {prompt.num_chunks} "
+                    f"{field} {excerpt(prompt.text, 60)} is {prompt.num_tokens} tokens in {prompt.num_chunks} "
                     f"chunks of {self.length - 2}; this artifact takes at most {self.max_chunks} chunks "
                     f"({self.max_chunks * (self.length - 2)} tokens). Shorten it, or re-export with a larger "
                     "--max-text-chunks"
                 )
 
     def encode(
-        self, prompts: Sequence[TokenizedPrompt], clip_skip: int = 0, chunks: int | None = None
+        self,
+        prompts: Sequence[TokenizedPrompt],
+        clip_skip: int = 0,
+        chunks: int | None = None,
+        cache: RowCache | None = None,
     ) -> EncodedPrompts:
         """Embeddings of `prompts`, each padded to `chunks` chunks (default: the longest's), distinct rows once.
 
-        `clip_skip` counts as diffusers counts (0: the encoder's usual layer; 1: one before it).
+        `clip_skip` counts as diffusers counts (0: the encoder's usual layer; 1: one before it). Rows found in
+        `cache` (the rows earlier calls encoded, for prompt editing's parts) are not encoded again.
         """
         count = max(p.num_chunks for p in prompts) if chunks is None else chunks
         distinct = list(dict.fromkeys(prompts))
         padded = [p.padded(count, self._empty) for p in distinct]
-        rows = list(dict.fromkeys(ids for p in padded for ids in p.ids))
-        row_of = {ids: i for i, ids in enumerate(rows)}
-        device = self.engine.device
-        ids = torch.tensor(rows, dtype=torch.int64, device=self.table.device)
-        feeds = {
-            "inputs_embeds": self.table[ids].to(device),
-            "clip_skip": torch.full((len(rows),), clip_skip, dtype=torch.int32, device=device),
-        }
-        if "eos_position" in self.engine.spec.input_names:  # the pooled output is the end token's
-            feeds["eos_position"] = torch.tensor([r.index(self.eos) for r in rows], dtype=torch.int32, device=device)
-        out = call_in_chunks(self.engine, feeds)
-        states, pooled = out["text_embeddings"], out.get("pooled_embeddings")
+        cache = {} if cache is None else cache
+        key = self.network
+        rows = [ids for ids in dict.fromkeys(i for p in padded for i in p.ids) if (key, ids, clip_skip) not in cache]
+        if rows:
+            device = self.engine.device
+            ids = torch.tensor(rows, dtype=torch.int64, device=self.table.device)
+            feeds = {
+                "inputs_embeds": self.table[ids].to(device),
+                "clip_skip": torch.full((len(rows),), clip_skip, dtype=torch.int32, device=device),
+            }
+            if "eos_position" in self.engine.spec.input_names:  # the pooled output is the end token's
+                feeds["eos_position"] = torch.tensor(
+                    [r.index(self.eos) for r in rows], dtype=torch.int32, device=device
+                )
+            out = call_in_chunks(self.engine, feeds)
+            states, pooled = out["text_embeddings"], out.get("pooled_embeddings")
+            for i, ids_ in enumerate(rows):
+                cache[(key, ids_, clip_skip)] = (states[i], None if pooled is None else pooled[i])
         encoded = []
         for prompt in padded:
-            chunks_ = [
-                apply_emphasis(states[row_of[ids]], torch.tensor(w, dtype=states.dtype, device=states.device))
-                for ids, w in zip(prompt.ids, prompt.weights, strict=True)
-            ]
+            chunks_ = []
+            for ids, w in zip(prompt.ids, prompt.weights, strict=True):
+                row = cache[(key, ids, clip_skip)][0]
+                chunks_.append(apply_emphasis(row, torch.tensor(w, dtype=row.dtype, device=row.device)))
             encoded.append(torch.cat(chunks_, dim=0))
         index = {p: i for i, p in enumerate(distinct)}
         order = [index[p] for p in prompts]
         all_states = torch.stack(encoded)[order]
+        first_rows = [cache[(key, p.ids[0], clip_skip)][1] for p in padded]
         all_pooled = None
-        if pooled is not None:
-            all_pooled = pooled[[row_of[p.ids[0]] for p in padded]][order]
+        if first_rows[0] is not None:
+            all_pooled = torch.stack(first_rows)[order]
         return EncodedPrompts(all_states, all_pooled)
 
 
 def encode_prompts(encoder: PromptEncoder, texts: Sequence[str], clip_skip: int = 0) -> torch.Tensor:
-    """Text embeddings (N, 77 * chunks, D) float32 for `texts`: tokenize, check and encode in one go."""
-    prompts = encoder.tokenize(texts)
+    """Text embeddings (N, 77 * chunks, D) float32 for `texts` (read without editing): tokenize, check, encode."""
+    prompts = [tokenize_prompt(encoder.tokenizer, text, encoder.length, encoder.vocabulary) for text in texts]
     encoder.check(prompts)
     return encoder.encode(prompts, clip_skip).states
+
+
+def _check_emphasis(prompt: TokenizedPrompt, field: str) -> None:
+    """ValueError unless every emphasis weight is finite and at most MAX_EMPHASIS: a larger one overflows float32."""
+    for chunk in prompt.weights:
+        for weight in chunk:
+            if not abs(weight) <= MAX_EMPHASIS:  # also catches NaN
+                raise ValueError(
+                    f"{field} {excerpt(prompt.text, 60)} has an emphasis weight of {weight:.3g}; at most "
+                    f"{MAX_EMPHASIS:g} is allowed (each '(' multiplies by 1.1: 73 nested brackets reach it), "
+                    "since a larger weight overflows the text embeddings"
+                )
 
 
 def apply_emphasis(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -261,7 +340,3 @@ def apply_emphasis(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     original_mean = states.mean()
     weighted = states * weights.unsqueeze(-1)
     return weighted * (original_mean / weighted.mean())
-
-
-def _abbreviate(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -9,6 +9,8 @@ from typing import Any
 
 import diffusers
 
+from sdrt.excerpt import excerpt
+
 # Sigma spacings a model's own scheduler config may switch on; a named sampler states its spacing in
 # full, so "euler" on a model shipped with Karras sigmas is still plain Euler.
 _SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
@@ -75,12 +77,12 @@ def canonical_sampler(name: str | None) -> str | None:
     if name is None:
         return None
     if not isinstance(name, str):
-        raise ValueError(f"scheduler {name!r} is not a string; give a sampler name such as 'euler_a'")
+        raise ValueError(f"scheduler {excerpt(name)} is not a string; give a sampler name such as 'euler_a'")
     canonical = _ALIASES.get(name.strip().casefold())
     if canonical is None:
         names = ", ".join(SAMPLERS)
         labels = ", ".join(repr(s.label) for s in SAMPLERS.values())
-        raise ValueError(f"unknown scheduler {name!r}; known: {names}; or their web UI labels: {labels}")
+        raise ValueError(f"unknown scheduler {excerpt(name)}; known: {names}; or their web UI labels: {labels}")
     return canonical
 
 

@@ -3,8 +3,9 @@
 Fields are those of the web UI's `StableDiffusionProcessingTxt2Img` / `...Img2Img` and its API models, with
 their defaults (steps 50, cfg_scale 7, 512x512, sampler Euler, seed -1 = random). A field the web UI
 has and sdrt does not implement is accepted at its default; a value that would change the image in a
-way sdrt cannot honour (hires fix, face restoration, variation seeds, scripts, ...) is refused with a
-422 naming the field, never silently ignored. Unknown fields are ignored, as the web UI ignores them.
+way sdrt cannot honour (face restoration, tiling, variation seeds, scripts, ...) is refused with a
+422 naming the field, never silently ignored. Hires fix (`enable_hr`) runs the runtime's `Hires`.
+Unknown fields are ignored, as the web UI ignores them.
 """
 
 from __future__ import annotations
@@ -12,21 +13,30 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from PIL import Image, ImageOps
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from sdrt import __version__
-from sdrt.runtime.model import Model
-from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler, sampler_choices
-from sdrt.serve.batcher import Completed
+from sdrt.excerpt import excerpt
+from sdrt.runtime.hires import Hires
+from sdrt.runtime.latents import random_seed
+from sdrt.runtime.pipeline import GenerationResult, Pipeline
+from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler
+from sdrt.serve import a1111_settings
+from sdrt.serve.a1111_settings import model_names, title
 from sdrt.serve.codec import decode_image, encode_all
-from sdrt.serve.errors import InputError
+from sdrt.serve.config import ServeConfig
+from sdrt.serve.errors import InputError, from_runtime
+from sdrt.serve.fields import Float, Int
 from sdrt.serve.generation import build_request
+from sdrt.serve.styles import PromptStyle, apply_styles
 
 router = APIRouter(prefix="/sdapi/v1")
 
@@ -42,22 +52,47 @@ _NAMES = {
     "mask_image": "mask",
     "strength": "denoising_strength",
     "refiner_switch_at": "refiner_switch_at",
+    "hires": "hr_scale",
+    "hires.scale": "hr_scale",
+    "hires.width": "hr_resize_x",
+    "hires.height": "hr_resize_y",
+    "hires.upscaler": "hr_upscaler",
+    "hires.steps": "hr_second_pass_steps",
+    "hires.strength": "denoising_strength",
 }
 
 # Web UI 1.9+ splits "DPM++ 2M Karras" into sampler "DPM++ 2M" and scheduler "Karras"; sdrt's labels are
 # the older combined ones, so a scheduler only adds " Karras" or keeps the label as it is.
 _SCHEDULERS = {"automatic": "", "uniform": "", "karras": " Karras"}
 
-# Samplers whose noise the web UI scales by eta (default 1); sdrt runs them at eta 1 only.
+# Samplers whose noise the web UI scales by eta (default 1); at eta 0 an ancestral sampler adds no noise and is
+# the sampler it comes from, which sdrt then runs (and names so in the infotext).
 _ETA_ONE = {"euler_a", "dpm2_a", "dpmpp_sde_karras", "dpmpp_2m_sde_karras"}
+_WITHOUT_NOISE = {"euler_a": "euler", "dpm2_a": "dpm2"}
 
-# override_settings sdrt reads (CLIP_stop_at_last_layers) or that keep their meaning at these values
-_OVERRIDES = {
-    "sd_vae": ("Automatic", "None", None),
-    "eta_noise_seed_delta": (0, None),
-    "samples_format": ("png", None),
-    "enable_pnginfo": (True, None),
-}
+HIRES_STRENGTH = 0.7  # the web UI's denoising strength of the hires pass when a request gives none
+MAX_NESTING = 32  # deepest nesting of lists and objects in a free-form field (script_args, comments, ...)
+
+
+def _shallow(value: Any) -> Any:
+    depth = _depth(value)
+    if depth > MAX_NESTING:
+        raise ValueError(f"nests lists and objects {depth} levels deep; at most {MAX_NESTING}")
+    return value
+
+
+def _depth(value: Any, limit: int = MAX_NESTING + 1) -> int:
+    """Nesting depth of lists and dicts in `value`, counted up to `limit` (iteratively: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth >= limit:
+                return depth
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class _Common(BaseModel):
@@ -65,45 +100,45 @@ class _Common(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = ""
+    prompt: str = Field("", description="the web UI's prompt syntax: emphasis, [from:to:when] editing, [a|b]")
     negative_prompt: str = ""
-    styles: list[str] = []
-    seed: int = -1
-    subseed: int = -1
-    subseed_strength: float = 0.0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
+    styles: list[str] = Field([], description="names of the server's prompt styles (`sdrt serve --styles`)")
+    seed: Int = Field(-1, description="-1: random; another negative seed is its 64-bit two's complement, as torch's")
+    subseed: Int = -1
+    subseed_strength: Float = 0.0
+    seed_resize_from_h: Int = -1
+    seed_resize_from_w: Int = -1
     sampler_name: str | None = None
     sampler_index: str = "Euler"
     scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    batch_size: Int = Field(1, description="images per batch; batch_size x n_iter is at most --max-images")
+    n_iter: Int = Field(1, description="batches; batch_size x n_iter is at most --max-images")
+    steps: Int = Field(50, description="denoising steps, 1..--max-steps (150)")
+    cfg_scale: Float = 7.0
+    width: Int = Field(512, description="pixels: a multiple of 8 inside the artifact's size range")
+    height: Int = Field(512, description="pixels: a multiple of 8 inside the artifact's size range")
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
-    eta: float | None = None
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
+    eta: Float | None = None
+    s_min_uncond: Float | None = None
+    s_churn: Float | None = None
     s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
-    override_settings: dict[str, Any] = {}
+    s_tmin: Float | None = None
+    s_noise: Float | None = None
+    override_settings: Annotated[dict[str, Any], AfterValidator(_shallow)] = {}
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
+    refiner_switch_at: Float | None = None
     disable_extra_networks: bool = False
     firstpass_image: str | None = None
-    comments: dict | None = None
+    comments: Annotated[dict | None, AfterValidator(_shallow)] = None
     script_name: str | None = None
-    script_args: list = []
+    script_args: Annotated[list, AfterValidator(_shallow)] = []
     send_images: bool = True
     save_images: bool = False
-    alwayson_scripts: dict = {}
+    alwayson_scripts: Annotated[dict, AfterValidator(_shallow)] = {}
     force_task_id: str | None = None
     infotext: str | None = None
 
@@ -115,14 +150,14 @@ class _Common(BaseModel):
 
 class Txt2ImgBody(_Common):
     enable_hr: bool = False
-    denoising_strength: float | None = None  # the hires pass's; unused without enable_hr
-    firstphase_width: int = 0
-    firstphase_height: int = 0
-    hr_scale: float = 2.0
+    denoising_strength: Float | None = None  # the hires pass's; unused without enable_hr
+    firstphase_width: Int = 0
+    firstphase_height: Int = 0
+    hr_scale: Float = 2.0
     hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
+    hr_second_pass_steps: Int = 0
+    hr_resize_x: Int = 0
+    hr_resize_y: Int = 0
     hr_checkpoint_name: str | None = None
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
@@ -131,52 +166,53 @@ class Txt2ImgBody(_Common):
 
 
 class Img2ImgBody(_Common):
-    init_images: list[str] | None = None
-    resize_mode: int = 0
-    denoising_strength: float = 0.75
-    image_cfg_scale: float | None = None  # instruct-pix2pix models only
-    mask: str | None = None
+    init_images: list[str] | None = Field(
+        None, description="base64 images (a data: URL prefix is allowed); several: one per batch item, as the web UI"
+    )
+    resize_mode: Int = 0
+    denoising_strength: Float = 0.75
+    image_cfg_scale: Float | None = None  # instruct-pix2pix models only
+    mask: str | None = Field(None, description="base64 mask, resized to the init image's size; white is repainted")
     # sdrt inpaints as diffusers does: the whole image, the mask binarized at 0.5. These web UI refinements
     # of the mask and the crop are accepted and have no effect.
-    mask_blur_x: int = 4
-    mask_blur_y: int = 4
-    mask_blur: int | None = None
+    mask_blur_x: Int = 4
+    mask_blur_y: Int = 4
+    mask_blur: Int | None = None
     mask_round: bool = True
-    inpainting_fill: int = 0
+    inpainting_fill: Int = 0
     inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
-    initial_noise_multiplier: float | None = None
+    inpaint_full_res_padding: Int = 0
+    inpainting_mask_invert: int = 0  # the web UI's own tests send true/false here: a boolean is read as 1/0
+    initial_noise_multiplier: Float | None = None
     latent_mask: str | None = None
     include_init_images: bool = False
 
 
 def _refuse(field: str, value: Any, why: str) -> InputError:
-    return InputError(field, f"{field} {value!r} is not supported by sdrt: {why}")
+    return InputError(field, f"{field} {excerpt(value)} is not supported by sdrt: {why}")
 
 
 def _check_supported(body: _Common) -> None:
     """422 for every field whose value would change the image in a way sdrt cannot honour."""
     checks: list[tuple[str, bool, str]] = [
-        ("styles", not body.styles, "no prompt styles are stored on this server; put their text in the prompt"),
         ("subseed_strength", body.subseed_strength == 0, "variation seeds are not implemented"),
         ("seed_resize_from_h", body.seed_resize_from_h <= 0, "seed resizing is not implemented"),
         ("seed_resize_from_w", body.seed_resize_from_w <= 0, "seed resizing is not implemented"),
-        ("restore_faces", not body.restore_faces, "face restoration is not available"),
+        ("restore_faces", not body.restore_faces, "face restoration is not available (GET /sdapi/v1/face-restorers)"),
         ("tiling", not body.tiling, "tiling is not implemented"),
         ("s_min_uncond", body.s_min_uncond in (None, 0), "negative guidance minimum sigma is not implemented"),
         ("s_churn", body.s_churn in (None, 0), "sampler churn is not implemented"),
         ("s_tmin", body.s_tmin in (None, 0), "sampler churn is not implemented"),
         ("s_tmax", body.s_tmax in (None, 0) or body.s_tmax == math.inf, "sampler churn is not implemented"),
-        ("firstpass_image", body.firstpass_image is None, "hires fix is not implemented"),
-        ("script_name", not body.script_name, "web UI scripts are not available"),
-        ("alwayson_scripts", not body.alwayson_scripts, "web UI scripts are not available"),
+        ("firstpass_image", body.firstpass_image is None, "a given first-pass image is not implemented"),
+        ("script_name", not body.script_name, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
+        ("alwayson_scripts", not body.alwayson_scripts, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
         ("infotext", not body.infotext, "settings are not read from infotext; send them as fields"),
     ]
     if isinstance(body, Txt2ImgBody):
-        checks.append(("enable_hr", not body.enable_hr, "hires fix is not implemented"))
-        checks.append(("firstphase_width", body.firstphase_width == 0, "hires fix is not implemented"))
-        checks.append(("firstphase_height", body.firstphase_height == 0, "hires fix is not implemented"))
+        old_api = "the old hires API's first-pass size; give width/height and hr_scale or hr_resize_x/y"
+        checks.append(("firstphase_width", body.firstphase_width == 0, old_api))
+        checks.append(("firstphase_height", body.firstphase_height == 0, old_api))
     if isinstance(body, Img2ImgBody):
         checks.append(("resize_mode", body.resize_mode == 0, "only resize mode 0 (just resize) is implemented"))
         checks.append(("initial_noise_multiplier", body.initial_noise_multiplier in (None, 1), "not implemented"))
@@ -186,21 +222,43 @@ def _check_supported(body: _Common) -> None:
             raise _refuse(field, getattr(body, field), why)
 
 
-def _sampler(body: _Common) -> str:
-    """sdrt's sampler name for sampler_name (or sampler_index) and scheduler."""
-    label = body.sampler_name or body.sampler_index
-    field = "sampler_name" if body.sampler_name else "sampler_index"
-    suffix = _SCHEDULERS.get((body.scheduler or "automatic").casefold())
+def _sampler(label: str, field: str, scheduler: str | None, scheduler_field: str, eta: float | None) -> str:
+    """sdrt's sampler for a web UI sampler label, its 1.9+ scheduler and eta (0 takes an ancestral's noise away)."""
+    suffix = _SCHEDULERS.get((scheduler or "automatic").casefold())
     if suffix is None:
         raise InputError(
-            "scheduler", f"scheduler {body.scheduler!r} is not supported; known: Automatic, Uniform, Karras"
+            scheduler_field,
+            f"{scheduler_field} {excerpt(scheduler)} is not supported; known: Automatic, Uniform, Karras",
         )
-    if suffix and not label.casefold().endswith(suffix.casefold()):
-        label += suffix
     try:
-        return str(canonical_sampler(label))
+        sampler = str(canonical_sampler(label))
     except ValueError as exc:
         raise InputError(field, f"{field}: {exc}") from exc
+    if suffix and not label.casefold().endswith(suffix.casefold()):
+        try:
+            sampler = str(canonical_sampler(label + suffix))
+        except ValueError:
+            karras = ", ".join(s.label[: -len(suffix)] for s in SAMPLERS.values() if s.label.endswith(suffix))
+            raise InputError(
+                scheduler_field,
+                f"{scheduler_field} {scheduler!r} is not available with {field} {excerpt(label)}; "
+                f"samplers with a Karras schedule: {karras}",
+            ) from None
+    if eta == 0 and sampler in _WITHOUT_NOISE:
+        sampler = _WITHOUT_NOISE[sampler]
+    return sampler
+
+
+def _eta(body: _Common, sampler: str) -> float:
+    """DDIM's eta; ancestral and SDE samplers run at the web UI's default noise (eta 1, s_noise 1), or 0 (above)."""
+    if sampler == "ddim":
+        return 0.0 if body.eta is None else body.eta
+    if sampler in _ETA_ONE:
+        label = SAMPLERS[sampler].label
+        for field in ("eta", "s_noise"):
+            if getattr(body, field) not in (None, 1):
+                raise _refuse(field, getattr(body, field), f"sdrt runs {label} at {field} 1 (or eta 0: without noise)")
+    return 0.0  # no effect on the other samplers (s_noise only scales churn, which is 0)
 
 
 def _refiner_switch(body: _Common, pipe: Pipeline) -> float | None:
@@ -211,67 +269,44 @@ def _refiner_switch(body: _Common, pipe: Pipeline) -> float | None:
         raise _refuse(
             "refiner_checkpoint", body.refiner_checkpoint, "this server runs no refiner (start it with --refiner)"
         )
-    if body.refiner_checkpoint not in _model_names(pipe, pipe.refiner):
+    if body.refiner_checkpoint not in model_names(pipe, pipe.refiner):
         raise InputError(
             "refiner_checkpoint",
-            f"refiner_checkpoint {body.refiner_checkpoint!r} is not the refiner this server runs "
-            f"({_title(pipe, pipe.refiner)!r})",
+            f"refiner_checkpoint {excerpt(body.refiner_checkpoint)} is not the refiner this server runs "
+            f"({title(pipe, pipe.refiner)!r})",
         )
     if body.refiner_switch_at is None:
         raise InputError("refiner_switch_at", "refiner_switch_at is required with refiner_checkpoint: 0 < F < 1")
     return body.refiner_switch_at
 
 
-def _clip_skip(body: _Common, pipe: Pipeline) -> int:
-    """diffusers' clip_skip from the web UI's CLIP_stop_at_last_layers (N means clip_skip N - 1)."""
-    settings = dict(body.override_settings)
-    model = settings.pop("sd_model_checkpoint", None)
-    if model is not None and model not in _model_names(pipe):
-        raise InputError(
-            "override_settings.sd_model_checkpoint",
-            f"override_settings.sd_model_checkpoint {model!r} is not the model this server runs ({_title(pipe)!r})",
+def _hires(body: Txt2ImgBody, pipe: Pipeline, sampler: str) -> Hires | None:
+    """The hires fix a txt2img body asks for (enable_hr), checked; None without it."""
+    if not body.enable_hr:
+        return None
+    if body.hr_checkpoint_name not in (None, "", "Use same checkpoint") and body.hr_checkpoint_name not in model_names(
+        pipe
+    ):
+        raise _refuse("hr_checkpoint_name", body.hr_checkpoint_name, "the second pass runs the model this server runs")
+    hr_sampler = None
+    if body.hr_sampler_name not in (None, "", "Use same sampler"):
+        hr_sampler = _sampler(body.hr_sampler_name, "hr_sampler_name", body.hr_scheduler, "hr_scheduler", body.eta)
+    # "None" is the web UI's upscaler that only resizes, with Lanczos
+    upscaler = {None: "Latent", "None": "Lanczos"}.get(body.hr_upscaler, body.hr_upscaler)
+    try:
+        return Hires(
+            scale=body.hr_scale,
+            width=body.hr_resize_x,
+            height=body.hr_resize_y,
+            upscaler=str(upscaler),
+            steps=body.hr_second_pass_steps or None,
+            strength=HIRES_STRENGTH if body.denoising_strength is None else body.denoising_strength,
+            prompt=body.hr_prompt or None,
+            negative_prompt=body.hr_negative_prompt or None,
+            sampler=None if hr_sampler == sampler else hr_sampler,
         )
-    settings.pop("sd_checkpoint_hash", None)
-    stop_at = settings.pop("CLIP_stop_at_last_layers", 1)
-    for key, value in settings.items():
-        allowed = _OVERRIDES.get(key)
-        if allowed is None or value not in allowed:
-            known = ", ".join(["CLIP_stop_at_last_layers", "sd_model_checkpoint", *_OVERRIDES])
-            raise InputError(
-                f"override_settings.{key}",
-                f"override_settings.{key} {value!r} is not supported by sdrt; it reads {known} (at their defaults)",
-            )
-    if isinstance(stop_at, bool) or not isinstance(stop_at, int) or not 1 <= stop_at <= pipe.clip_skip_max + 1:
-        raise InputError(
-            "override_settings.CLIP_stop_at_last_layers",
-            f"override_settings.CLIP_stop_at_last_layers {stop_at!r} is outside 1..{pipe.clip_skip_max + 1}",
-        )
-    return stop_at - 1
-
-
-def _eta(body: _Common, sampler: str) -> float:
-    """DDIM's eta; ancestral and SDE samplers run at the web UI's default noise (eta 1, s_noise 1) only."""
-    if sampler == "ddim":
-        return 0.0 if body.eta is None else body.eta
-    if sampler in _ETA_ONE:
-        label = SAMPLERS[sampler].label
-        for field in ("eta", "s_noise"):
-            if getattr(body, field) not in (None, 1):
-                raise _refuse(field, getattr(body, field), f"sdrt runs {label} at {field} 1")
-    return 0.0  # no effect on the other samplers (s_noise only scales churn, which is 0)
-
-
-def _title(pipe: Pipeline, model: Model | None = None) -> str:
-    """The web UI's checkpoint title, "name [hash]", of the base model (or of `model`)."""
-    model = model or pipe.model
-    return f"{model.name} [{model.manifest.source_sha256[:10]}]"
-
-
-def _model_names(pipe: Pipeline, model: Model | None = None) -> set[str]:
-    """What clients may call the base model (or `model`): title, name, name with a file suffix, short or full hash."""
-    model = model or pipe.model
-    name, sha = model.name, model.manifest.source_sha256
-    return {_title(pipe, model), name, f"{name}.safetensors", f"{name}.ckpt", sha[:10], sha}
+    except ValueError as exc:
+        raise from_runtime(exc, _NAMES) from exc
 
 
 def _binary_mask(mask: Image.Image, invert: bool) -> Image.Image:
@@ -282,25 +317,46 @@ def _binary_mask(mask: Image.Image, invert: bool) -> Image.Image:
     return ImageOps.invert(mask) if invert else mask
 
 
+def _styled(body: _Common, styles: Mapping[str, PromptStyle]) -> tuple[str, str]:
+    """The prompt and negative prompt with the request's styles merged in."""
+    try:
+        return apply_styles(styles, body.styles, body.prompt, body.negative_prompt)
+    except ValueError as exc:
+        raise InputError("styles", str(exc)) from exc
+
+
+def _seed(body: _Common) -> int | None:
+    """None (random) for -1; another negative seed is its 64-bit two's complement, the seed torch makes of it."""
+    return None if body.seed == -1 else body.seed % 2**64 if body.seed < 0 else body.seed
+
+
 def _info(
-    body: _Common, pipe: Pipeline, completed: Completed, sampler: str, clip_skip: int, strength: float | None
+    body: _Common,
+    prompt: str,
+    negative_prompt: str,
+    pipe: Pipeline,
+    results: list[GenerationResult],
+    sampler: str,
+    clip_skip: int,
+    strength: float | None,
 ) -> str:
     """The web UI's `info`: a JSON string with the seeds, prompts and infotexts (Processed.js())."""
-    result = completed.result
-    n = len(result.images)
+    first = results[0]
+    seeds = [s for r in results for s in r.seeds]
+    n = len(seeds)
     return json.dumps(
         {
-            "prompt": body.prompt,
-            "all_prompts": [body.prompt] * n,
-            "negative_prompt": body.negative_prompt,
-            "all_negative_prompts": [body.negative_prompt] * n,
-            "seed": result.seeds[0],
-            "all_seeds": result.seeds,
+            "prompt": prompt,
+            "all_prompts": [prompt] * n,
+            "negative_prompt": negative_prompt,
+            "all_negative_prompts": [negative_prompt] * n,
+            "seed": seeds[0],
+            "all_seeds": seeds,
             "subseed": -1,
             "all_subseeds": [-1] * n,
             "subseed_strength": 0,
-            "width": result.request.width,
-            "height": result.request.height,
+            "width": first.request.width,
+            "height": first.request.height,
             "sampler_name": SAMPLERS[sampler].label,
             "cfg_scale": body.cfg_scale,
             "steps": body.steps,
@@ -316,28 +372,46 @@ def _info(
             "denoising_strength": strength,
             "extra_generation_params": {},
             "index_of_first_image": 0,
-            "infotexts": result.parameters,
-            "styles": [],
+            "infotexts": [p for r in results for p in r.parameters],
+            "styles": body.styles,
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
             "clip_skip": clip_skip + 1,
-            "is_using_inpainting_conditioning": bool(pipe.manifest.inpainting and result.request.mode == "inpaint"),
+            "is_using_inpainting_conditioning": bool(pipe.manifest.inpainting and first.request.mode == "inpaint"),
             "version": f"sdrt {__version__}",
-        }
+        },
+        ensure_ascii=True,
     )
 
 
-async def _generate(body: _Common, http: Request, api: str) -> dict:
-    state = http.app.state.sdrt
-    pipe = state.require_pipeline()
-    _check_supported(body)
+def _check_counts(body: _Common, config: ServeConfig) -> None:
+    """batch_size and n_iter at least 1, and their product within the server's limit, blaming the one over it."""
     for field in ("batch_size", "n_iter"):
         if getattr(body, field) < 1:
             raise InputError(field, f"{field} {getattr(body, field)} must be at least 1")
-    sampler = _sampler(body)
-    eta = _eta(body, sampler)
-    clip_skip = _clip_skip(body, pipe)
-    refiner_switch_at = _refiner_switch(body, pipe)
+    limit = config.max_images
+    if body.batch_size * body.n_iter > limit:
+        field = "batch_size" if body.batch_size > limit else "n_iter"
+        raise InputError(
+            field,
+            f"batch_size {body.batch_size} x n_iter {body.n_iter} is {body.batch_size * body.n_iter} images, "
+            f"over this server's limit of {limit} images per request",
+        )
+
+
+async def _generate(body: _Common, http: Request, api: str) -> Response:
+    state = http.app.state.sdrt
+    pipe = state.require_pipeline()
+    _check_supported(body)
+    _check_counts(body, state.config)
     img2img = isinstance(body, Img2ImgBody)
+    label = body.sampler_name or body.sampler_index
+    sampler = _sampler(
+        label, "sampler_name" if body.sampler_name else "sampler_index", body.scheduler, "scheduler", body.eta
+    )
+    eta = _eta(body, sampler)
+    clip_skip = a1111_settings.clip_skip(body.override_settings, pipe, state.options)
+    refiner_switch_at = _refiner_switch(body, pipe)
+    prompt, negative_prompt = _styled(body, {s.name: s for s in state.config.styles})
     variations = pipe.family.image_conditioned  # unCLIP: img2img makes variations of init_images[0]
     if variations and not img2img:
         raise InputError(
@@ -347,114 +421,115 @@ async def _generate(body: _Common, http: Request, api: str) -> dict:
             status=400,
         )
     strength = body.denoising_strength if img2img and not variations else None
-    if img2img and not body.init_images:
-        raise InputError("init_images", "init_images is required: give one base64 image")
-    if img2img and len(body.init_images) != 1:
-        raise InputError("init_images", f"init_images has {len(body.init_images)} images; sdrt takes one per request")
+    init_images = (body.init_images or []) if img2img else []
+    if img2img and not init_images:
+        raise InputError("init_images", "init_images is required: give one base64 image (or one per batch item)")
+    if len(init_images) > max(1, body.batch_size):
+        raise InputError(
+            "init_images",
+            f"init_images has {len(init_images)} images for batch_size {body.batch_size}; give one, or at most "
+            "one per batch item",
+        )
+    seed = _seed(body)
+    hires = _hires(body, pipe, sampler) if isinstance(body, Txt2ImgBody) else None
 
-    def build(pipe: Pipeline):
-        image = mask = None
-        if img2img:
-            image = decode_image(body.init_images[0], "init_images")
-            if body.mask is not None:
-                mask = _binary_mask(decode_image(body.mask, "mask", mode=None), bool(body.inpainting_mask_invert))
-        return build_request(
-            pipe,
-            state.config,
-            prompts=[body.prompt],
-            negative_prompts=[body.negative_prompt],
+    def build(pipe: Pipeline) -> list[tuple[GenerationRequest, Hashable]]:
+        images: list[Image.Image | None] = [decode_image(b64, "init_images") for b64 in init_images] or [None]
+        mask = None
+        if img2img and body.mask is not None:
+            raw = decode_image(body.mask, "mask", mode=None)
+            mask = _binary_mask(raw, bool(body.inpainting_mask_invert))
+        common = dict(
+            prompts=[prompt],
+            negative_prompts=[negative_prompt],
             height=body.height,
             width=body.width,
             steps=body.steps,
             guidance_scales=[body.cfg_scale],
-            seed=None if body.seed == -1 else body.seed,
-            num_images_per_prompt=body.batch_size * body.n_iter,
             scheduler=sampler,
             eta=eta,
             clip_skip=clip_skip,
-            image=image,
-            mask_image=mask,
             strength=strength,
             refiner_switch_at=refiner_switch_at,
+            hires=hires,
             names=_NAMES,
         )
+        if len(images) == 1:  # one image (or none) for every batch item: one request, seeds seed + i
+            image = images[0]
+            item_mask = None if image is None or mask is None else _fit(mask, image.size)
+            return [
+                build_request(
+                    pipe,
+                    state.config,
+                    **common,
+                    seed=seed,
+                    num_images_per_prompt=body.batch_size * body.n_iter,
+                    image=image,
+                    mask_image=item_mask,
+                )  # fmt: skip
+            ]
+        # one init image per batch item, as the web UI: item j of iteration k has image j and seed + k * batch + j
+        first = seed if seed is not None else random_seed()
+        built = []
+        for iteration in range(body.n_iter):
+            for j, image in enumerate(images):
+                item_mask = None if mask is None else _fit(mask, image.size)
+                built.append(
+                    build_request(
+                        pipe,
+                        state.config,
+                        **common,
+                        seed=first + iteration * len(images) + j,
+                        num_images_per_prompt=1,
+                        image=image,
+                        mask_image=item_mask,
+                    )  # fmt: skip
+                )
+        return built
 
-    completed = await state.generate(http, api, build)
-    images = await run_in_threadpool(encode_all, completed.result) if body.send_images else []
+    completed = await state.generate_all(http, api, build)
+    results = [c.result for c in completed]
+    images = []
+    if body.send_images:
+        for result in results:
+            images += await run_in_threadpool(encode_all, result)
     parameters = body.model_dump()
     if img2img and not body.include_init_images:
         parameters.update(init_images=None, mask=None)
-    return {
-        "images": images,
-        "parameters": parameters,
-        "info": _info(body, pipe, completed, sampler, clip_skip, strength),
-    }
+    return ascii_json(
+        {
+            "images": images,
+            "parameters": parameters,
+            "info": _info(
+                body,
+                prompt,
+                negative_prompt,
+                pipe,
+                results,
+                sampler,
+                clip_skip,
+                hires.strength if hires is not None else strength,
+            ),
+        }
+    )
+
+
+def _fit(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The mask at an init image's size (the web UI resizes the mask to the image it masks)."""
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.LANCZOS)
+
+
+def ascii_json(content: Any) -> Response:
+    """A JSON answer with non-ASCII escaped: an echoed lone surrogate (a client's) cannot fail to encode."""
+    text = json.dumps(content, ensure_ascii=True, allow_nan=True, separators=(",", ":"))
+    return Response(text, media_type="application/json")
 
 
 @router.post("/txt2img")
-async def txt2img(body: Txt2ImgBody, http: Request) -> dict:
+async def txt2img(body: Txt2ImgBody, http: Request) -> Response:
     return await _generate(body, http, "a1111_txt2img")
 
 
 @router.post("/img2img")
-async def img2img(body: Img2ImgBody, http: Request) -> dict:
+async def img2img(body: Img2ImgBody, http: Request) -> Response:
     return await _generate(body, http, "a1111_img2img")
-
-
-@router.get("/samplers")
-async def samplers() -> list[dict]:
-    return [{"name": label, "aliases": [name], "options": {}} for name, label in sampler_choices()]
-
-
-@router.get("/schedulers")
-async def schedulers() -> list[dict]:
-    return [
-        {"name": name, "label": name.capitalize(), "aliases": None, "default_rho": -1, "need_inner_model": False}
-        for name in _SCHEDULERS
-    ]
-
-
-@router.get("/sd-models")
-async def sd_models(http: Request) -> list[dict]:
-    pipe = http.app.state.sdrt.require_pipeline()
-    return [
-        {
-            "title": _title(pipe, model),
-            "model_name": model.name,
-            "hash": model.manifest.source_sha256[:10],
-            "sha256": model.manifest.source_sha256,
-            "filename": model.name,  # the artifact directory's name; the server's paths stay private
-            "config": None,
-        }
-        for model in pipe.models  # the base, then its refiner (a refiner_checkpoint)
-    ]
-
-
-@router.get("/options")
-async def get_options(http: Request) -> dict:
-    pipe = http.app.state.sdrt.require_pipeline()
-    return {
-        "sd_model_checkpoint": _title(pipe),
-        "sd_checkpoint_hash": pipe.manifest.source_sha256,
-        "CLIP_stop_at_last_layers": 1,
-        "sd_vae": "Automatic",
-        "samples_format": "png",
-        "enable_pnginfo": True,
-        "eta_ddim": 0.0,
-        "eta_ancestral": 1.0,
-        "eta_noise_seed_delta": 0,
-    }
-
-
-@router.post("/options")
-async def set_options(options: dict[str, Any], http: Request) -> None:
-    """Settings are per request in sdrt (override_settings); only selecting the model it runs is accepted."""
-    pipe = http.app.state.sdrt.require_pipeline()
-    for key, value in options.items():
-        if key == "sd_model_checkpoint" and value in _model_names(pipe):
-            continue
-        raise InputError(
-            key,
-            f"{key} {value!r} cannot be set on this server: options are shared by every client; send settings "
-            "per request in override_settings (the only model is " + repr(_title(pipe)) + ")",
-        )

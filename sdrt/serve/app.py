@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,7 @@ from sdrt.serve.batcher import Batcher, BatchFailed, Completed, Draining, QueueF
 from sdrt.serve.config import ServeConfig
 from sdrt.serve.errors import InputError, error_body
 from sdrt.serve.metrics import Metrics
+from sdrt.serve.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class ServeState:
     pipeline: Pipeline | None = None
     batcher: Batcher | None = None
     load_error: str | None = None
+    draining: bool = False  # SIGTERM: every new request gets a 503 while the admitted ones finish
+    options: dict[str, Any] = field(default_factory=dict)  # the web UI API's shared settings (POST /sdapi/v1/options)
 
     @property
     def ready(self) -> bool:
@@ -64,12 +68,18 @@ class ServeState:
             seconds = await run_in_threadpool(warm_up, pipeline, self.config.warm_shapes)
             log.info("warmed %d shapes in %.1f s", len(self.config.warm_shapes), seconds)
         max_batch = self.config.max_batch or pipeline.manifest.ranges.max_batch
+        progress = Progress(pipeline.family.latent_rgb or None)
+
+        def run_batch(requests: Sequence[GenerationRequest]) -> list:
+            return pipeline.run_batch(requests, callback=progress.on_step, stop=progress.should_stop)
+
         batcher = Batcher(
-            pipeline.run_batch,
+            run_batch,
             max_images=max_batch,
             max_wait=self.config.max_wait_ms / 1000.0,
             max_queue=self.config.max_queue,
             metrics=self.metrics,
+            progress=progress,
         )
         await batcher.start()
         self.pipeline, self.batcher = pipeline, batcher
@@ -82,25 +92,54 @@ class ServeState:
         A client that disconnects while queued is dropped from the queue; one that disconnects while its
         batch runs leaves the batch to finish (the others in it need their images) and its result is discarded.
         """
+        (completed,) = await self.generate_all(http, api, lambda pipe: [build(pipe)])
+        return completed
+
+    async def generate_all(
+        self, http: Request, api: str, build: Callable[[Pipeline], list[tuple[GenerationRequest, Hashable]]]
+    ) -> list[Completed]:
+        """`generate` for the several requests one call makes (the web UI's several init images), in their order."""
         pipe = self.require_pipeline()
-        request, key = await run_in_threadpool(build, pipe)
-        assert self.batcher is not None  # require_pipeline checked it
+        built = await run_in_threadpool(build, pipe)
+        if self.batcher is None:  # require_pipeline checked it; a type checker cannot know
+            raise NotReady("the engines are still loading")
         start = time.monotonic()
-        job = self.batcher.submit(request, key)
-        gone = asyncio.create_task(_disconnected(http.receive))
+        jobs = []
         try:
-            await asyncio.wait({job.future, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not job.future.done():
+            caller = http.client.host if http.client is not None else None
+            for request, key in built:
+                jobs.append(self.batcher.submit(request, key, caller))
+        except Exception:  # the queue filled part way: none of this call's requests run
+            for job in jobs:
                 self.batcher.cancel(job)
+            raise
+        gone = asyncio.create_task(_disconnected(http.receive))
+        futures = [job.future for job in jobs]
+        try:
+            pending = set(futures)
+            while pending and not gone.done():
+                done, pending = await asyncio.wait({*pending, gone}, return_when=asyncio.FIRST_COMPLETED)
+                pending -= {gone}
+                if any(f.exception() is not None for f in done if f is not gone and not f.cancelled()):
+                    break  # one failed: the call fails, whatever the others give
+            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+            if failed:
+                for job in jobs:
+                    self.batcher.cancel(job)
+                raise failed[0].exception()
+            if not all(f.done() for f in futures):
+                for job in jobs:
+                    self.batcher.cancel(job)
                 raise ClientGone()
-            completed = job.future.result()
+            completed = [f.result() for f in futures]
         except asyncio.CancelledError:  # the server cancelled the handler (e.g. Ray Serve on a disconnect)
-            self.batcher.cancel(job)
+            for job in jobs:
+                self.batcher.cancel(job)
             raise
         finally:
             gone.cancel()
         self.metrics.request_seconds.labels(api).observe(time.monotonic() - start)
-        self.metrics.images.inc(len(completed.result.images))
+        self.metrics.images.inc(sum(len(c.result.images) for c in completed))
         return completed
 
 
@@ -125,7 +164,7 @@ def create_app(
 
     Shutting the app down (lifespan end) stops admitting and finishes every admitted request first.
     """
-    from sdrt.serve import a1111, extra_networks, native, openai_images
+    from sdrt.serve import a1111, a1111_info, extra_networks, native, openai_images, openapi
 
     state = ServeState(config or ServeConfig())
 
@@ -155,6 +194,7 @@ def create_app(
     app = FastAPI(title="sdrt", version=__version__, lifespan=lifespan)
     app.state.sdrt = state
     app.add_middleware(BodyLimit, limit=state.config.max_body_bytes, metrics=state.metrics)
+    app.add_middleware(Drain, state=state)
     _add_error_handlers(app, state)
 
     @app.get("/health")
@@ -170,14 +210,16 @@ def create_app(
         status = "failed" if state.load_error else "draining" if state.pipeline is not None else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
     app.include_router(native.router)
     app.include_router(a1111.router)
     app.include_router(extra_networks.router)
+    app.include_router(a1111_info.router)
     app.include_router(openai_images.router)
+    openapi.install(app, state)
     return app
 
 
@@ -218,7 +260,7 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
 
     @app.exception_handler(BatchFailed)
     async def batch_failed(request: Request, exc: BatchFailed) -> JSONResponse:
-        return answer(request, 500, error_body(str(exc)))
+        return answer(request, exc.status, error_body(str(exc)))
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
@@ -265,3 +307,19 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class Drain:
+    """ASGI middleware: while the server drains (SIGTERM), every new request gets a 503 with Retry-After."""
+
+    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.state.draining:
+            self.state.metrics.rejections.labels("draining").inc()
+            body = error_body("the server is shutting down: it finishes the requests it has and accepts no new ones")
+            await JSONResponse(body, status_code=503, headers={"Retry-After": "5"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.vae_guard import NonFiniteOutputError
 from sdrt.serve.metrics import Metrics
+from sdrt.serve.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,16 @@ class Draining(Exception):
 
 
 class BatchFailed(Exception):
-    """The engine batch holding this request failed; every request in it gets this error."""
+    """This request failed when it ran (alone: a batch that fails is retried request by request)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"the engine failed on this request: {type(cause).__name__}: {cause}")
+        self.cause = cause
+
+    @property
+    def status(self) -> int:
+        """422 when the request's own outputs were not finite (its input's doing, e.g. a huge guidance scale)."""
+        return 422 if isinstance(self.cause, NonFiniteOutputError) else 500
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class Job:
     admitted: float  # monotonic seconds
     state: str = "queued"  # queued, running, done
     abandoned: bool = False  # the client left while it ran: its result is discarded
+    caller: str | None = None  # who sent it (the client's address): /interrupt stops the caller's own jobs
 
     @property
     def images(self) -> int:
@@ -87,8 +99,10 @@ class Batcher:
         max_wait: float,
         max_queue: int,
         metrics: Metrics | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self.progress = progress  # told which batch runs (its run_batch reports the steps)
         self.max_images = max_images  # images per engine batch
         self.max_wait = max_wait  # seconds
         self.max_queue = max_queue  # requests
@@ -96,6 +110,7 @@ class Batcher:
         self._groups: dict[Hashable, deque[Job]] = {}
         self._queued = 0
         self._queued_images = 0
+        self._running = 0  # requests in the batch the engine runs now
         self._accepting = True
         self._batch_seconds: float | None = None  # moving average, for Retry-After
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,7 +133,12 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
-    def submit(self, request: GenerationRequest, key: Hashable) -> Job:
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests without their result yet: queued or in the running batch."""
+        return self._queued + self._running
+
+    def submit(self, request: GenerationRequest, key: Hashable, caller: str | None = None) -> Job:
         """Admit a validated request (on the event loop); QueueFull or Draining if it cannot be."""
         if not self.accepting:
             self.metrics.rejections.labels("draining").inc()
@@ -127,7 +147,7 @@ class Batcher:
             self.metrics.rejections.labels("queue_full").inc()
             raise QueueFull(self._queued, self.retry_after())
         assert self._loop is not None and self._wake is not None  # set by start(), which accepting checks
-        job = Job(request=request, key=key, future=self._loop.create_future(), admitted=time.monotonic())
+        job = Job(request=request, key=key, future=self._loop.create_future(), admitted=time.monotonic(), caller=caller)
         self._groups.setdefault(key, deque()).append(job)
         self._count(+1, job.images)
         self._wake.set()
@@ -215,30 +235,73 @@ class Batcher:
             self.metrics.queue_seconds.observe(start - job.admitted)
         self._count(-len(batch), -images)
         self.metrics.running_images.set(images)
+        self._running = len(batch)
         try:
-            results = await self._loop.run_in_executor(self._executor, self._run_batch, [j.request for j in batch])
-            seconds = time.monotonic() - start
-            self._batch_seconds = seconds if self._batch_seconds is None else 0.8 * self._batch_seconds + 0.2 * seconds
+            try:
+                results = await self._engine(batch)
+            except Exception as exc:  # an engine error fails this batch, never the server
+                log.exception("engine batch of %d requests (%d images) failed", len(batch), images)
+                self.metrics.batch_errors.inc()
+                if len(batch) == 1:
+                    self._fail(batch[0], exc)
+                    return
+                # one request may have poisoned the batch (outputs not finite, say): each runs alone, so only
+                # the bad one fails and its batch-mates get the images they would get alone
+                for job in batch:
+                    await self._run_alone(job, start)
+                return
             self.metrics.observe_batch(images, len(batch), results[0].timings)
             for job, result in zip(batch, results, strict=True):
-                job.state = "done"
-                if job.abandoned:
-                    self.metrics.dropped.labels("running").inc()
-                elif not job.future.done():
-                    job.future.set_result(Completed(result, start - job.admitted, images, len(batch)))
-        except Exception as exc:  # an engine error fails this batch's requests, never the server
-            log.exception("engine batch of %d requests (%d images) failed", len(batch), images)
-            self.metrics.batch_errors.inc()
-            error = BatchFailed(f"the engine batch holding this request failed: {type(exc).__name__}: {exc}")
-            for job in batch:
-                job.state = "done"
-                if not job.future.done():
-                    job.future.set_exception(error)
+                self._finish(job, result, start, images, len(batch))
         finally:
+            self._running = 0
             self.metrics.running_images.set(0)
+
+    async def _run_alone(self, job: Job, start: float) -> None:
+        try:
+            (result,) = await self._engine([job])
+        except Exception as exc:
+            log.warning("request of %d images failed alone too: %s: %s", job.images, type(exc).__name__, exc)
+            self._fail(job, exc)
+            return
+        self.metrics.observe_batch(job.images, 1, result.timings)
+        self._finish(job, result, start, job.images, 1)
+
+    async def _engine(self, jobs: list[Job]) -> list[GenerationResult]:
+        assert self._loop is not None
+        start = time.monotonic()
+        requests = [j.request for j in jobs]
+        if self.progress is not None:
+            self.progress.begin([j.caller for j in jobs], _steps(requests[0]))
+        try:
+            results = await self._loop.run_in_executor(self._executor, self._run_batch, requests)
+        finally:
+            if self.progress is not None:
+                self.progress.end()
+        seconds = time.monotonic() - start
+        self._batch_seconds = seconds if self._batch_seconds is None else 0.8 * self._batch_seconds + 0.2 * seconds
+        return results
+
+    def _finish(self, job: Job, result: GenerationResult, start: float, images: int, requests: int) -> None:
+        job.state = "done"
+        if job.abandoned:
+            self.metrics.dropped.labels("running").inc()
+        elif not job.future.done():
+            job.future.set_result(Completed(result, start - job.admitted, images, requests))
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        job.state = "done"
+        if not job.future.done():
+            job.future.set_exception(BatchFailed(exc))
 
     def _count(self, jobs: int, images: int) -> None:
         self._queued += jobs
         self._queued_images += images
         self.metrics.queue_depth.set(self._queued)
         self.metrics.queue_images.set(self._queued_images)
+
+
+def _steps(request: GenerationRequest) -> int:
+    """Steps a batch like `request` runs, both passes with hires."""
+    second = request.second_pass
+    return request.steps_run + (0 if second is None else second.steps_run)

@@ -15,22 +15,30 @@ from sdrt.runtime.pipeline import GenerationResult
 from sdrt.serve.errors import InputError
 
 # "data:image/png;base64,...": browsers and some clients send data URLs
-_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
 def decode_image(value: str, field: str, mode: str | None = "RGB") -> Image.Image:
-    """A base64 (or base64 data URL) image, decoded and converted to `mode` (None: as sent); InputError otherwise."""
-    text = value.strip()
-    if text.lower().startswith(("http://", "https://", "file:", "/")):
-        raise InputError(field, f"{field}: images are not fetched from URLs or paths; send the image's bytes as base64")
-    text = _DATA_URL.sub("", text, count=1)
+    """A base64 (or base64 data URL) image, decoded and converted to `mode` (None: as sent); InputError otherwise.
+
+    Raw base64 may start with "/" (a JPEG's is "/9j/"), so a string is read as base64 first; one that is not
+    an image and looks like a URL or a path is refused as such, never fetched or opened.
+    """
+    text = DATA_URL.sub("", value.strip(), count=1)
+    looks_like_path = text.lower().startswith(("http://", "https://", "file:", "/", "./", "~"))
+    not_fetched = f"{field}: images are not fetched from URLs or paths; send the image's bytes as base64"
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InputError(field, f"{field} is not valid base64: {exc}") from exc
+        raise InputError(field, not_fetched if looks_like_path else f"{field} is not valid base64: {exc}") from exc
     if not data:
         raise InputError(field, f"{field} is empty: send a base64-encoded PNG, JPEG or WebP image")
-    return decode_image_bytes(data, field, mode)
+    try:
+        return decode_image_bytes(data, field, mode)
+    except InputError:
+        if looks_like_path:  # base64 by chance, but no image: what was sent is a path or URL
+            raise InputError(field, not_fetched) from None
+        raise
 
 
 def decode_image_bytes(data: bytes, field: str, mode: str | None = "RGB") -> Image.Image:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sdrt.runtime.request import MAX_STEPS
+from sdrt.serve.styles import PromptStyle
 
 _WARM_GROUP = re.compile(r"^(\d+)x(\d+):(\d+(?:,\d+)*)$")
 
@@ -58,6 +59,7 @@ class ServeConfig:
     max_steps: int = 150  # most denoising steps per request (the web UI's slider goes to 150)
     max_images: int = 16  # most images per request (prompts x images per prompt, batch_size x n_iter, n)
     warm_shapes: tuple[WarmShape, ...] = ()  # (size, batch) shapes each engine meets at load, before ready
+    styles: tuple[PromptStyle, ...] = ()  # the web UI API's prompt styles (`sdrt serve --styles styles.csv`)
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and (isinstance(self.max_batch, bool) or self.max_batch < 1):
@@ -69,5 +71,9 @@ class ServeConfig:
                 raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
         if not 1 <= self.max_steps <= MAX_STEPS:
             raise ValueError(f"max_steps {self.max_steps} is outside 1..{MAX_STEPS}")
+        names = [style.name for style in self.styles]
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"styles {repeated} are given more than once; each style needs its own name")
         if self.default_steps is not None and not 1 <= self.default_steps <= self.max_steps:
             raise ValueError(f"default_steps {self.default_steps} is outside 1..max_steps ({self.max_steps})")

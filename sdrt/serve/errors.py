@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+MAX_MESSAGE_CHARS = 2000  # longest error message an answer carries
+
 # sdrt's request fields, as the runtime's ValueErrors name them at the start of their message
 RUNTIME_FIELDS = (
     "prompt",
@@ -30,6 +32,8 @@ class InputError(ValueError):
     """Input a server cannot serve: `status` (422 by default) with `field` and a message saying what is allowed."""
 
     def __init__(self, field: str | None, message: str, status: int = 422) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:  # a safety net: messages quote excerpts of bad values, never whole ones
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.field = field
         self.message = message
@@ -51,6 +55,10 @@ def from_runtime(exc: ValueError, names: Mapping[str, str] | None = None) -> Inp
         field = "scheduler"
     elif words[:1] == ["batch"]:  # "batch of N images ... is over the maximum"
         field = "num_images_per_prompt"
+    elif words[:1] == ["hires:"]:  # "hires: the second pass's width ... is outside the artifact's range"
+        field = "hires"
+    elif words[:1] == ["hires"] and len(words) > 1:  # "hires scale 0.5 is outside ..."
+        field = f"hires.{words[1]}"
     elif "inpainting UNet" in message:
         field = "mask_image"
     if field is not None and names is not None:

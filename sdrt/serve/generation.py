@@ -6,6 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 from PIL import Image
 
+from sdrt.runtime.hires import Hires
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.request import GenerationRequest
 from sdrt.serve.config import ServeConfig
@@ -33,6 +34,7 @@ def build_request(
     refiner_switch_at: float | None = None,
     aesthetic_score: float = 6.0,
     negative_aesthetic_score: float = 2.5,
+    hires: Hires | None = None,
     names: Mapping[str, str] | None = None,
 ) -> tuple[GenerationRequest, Hashable]:
     """A request checked against the server's limits and the artifact, with its batch key; InputError otherwise.
@@ -88,6 +90,7 @@ def build_request(
             refiner_switch_at=refiner_switch_at,
             aesthetic_score=aesthetic_score,
             negative_aesthetic_score=negative_aesthetic_score,
+            hires=hires,
         )
     except ValueError as exc:
         raise from_runtime(exc, names) from exc

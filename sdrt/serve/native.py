@@ -14,6 +14,7 @@ from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.batcher import Completed
 from sdrt.serve.codec import decode_image, encode_all, png_bytes
 from sdrt.serve.errors import InputError
+from sdrt.serve.fields import Int
 from sdrt.serve.generation import build_request
 
 router = APIRouter()
@@ -29,17 +30,17 @@ class GenerateBody(BaseModel):
 
     prompt: str | list[str] = Field(description="prompt, or a list of prompts; web UI emphasis syntax")
     negative_prompt: str | list[str] | None = Field(None, description="one for all prompts, or one per prompt")
-    height: int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
-    width: int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
-    steps: int | None = Field(None, description="denoising steps; default the server's --default-steps (30)")
+    height: Int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
+    width: Int | None = Field(None, description="pixels; default the input image's or the artifact's tuned size")
+    steps: Int | None = Field(None, description="denoising steps; default the server's --default-steps (30)")
     guidance_scale: float | list[float] | None = Field(
         None, description="one for all prompts, or one per prompt; default the model family's (7.5; SDXL 5)"
     )
-    seed: int | None = Field(None, description="seed of the first image; image i uses seed + i; default random")
-    num_images_per_prompt: int = 1
+    seed: Int | None = Field(None, description="seed of the first image; image i uses seed + i; default random")
+    num_images_per_prompt: Int = 1
     scheduler: str | None = Field(None, description="sampler name or web UI label; default the model's own")
     eta: float = Field(0.0, description="DDIM eta")
-    clip_skip: int = Field(0, description="diffusers' numbering: 1 is the web UI's 'CLIP skip 2'")
+    clip_skip: Int = Field(0, description="diffusers' numbering: 1 is the web UI's 'CLIP skip 2'")
     image: str | None = Field(None, description="base64 input image: image-to-image, or inpainting with mask_image")
     mask_image: str | None = Field(None, description="base64 inpainting mask of the image's size: white is repainted")
     strength: float | None = Field(None, description="with an image: share of the schedule run, 0..1")

@@ -10,9 +10,11 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from sdrt.excerpt import excerpt
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.codec import decode_image_bytes, encode_all
 from sdrt.serve.errors import InputError
+from sdrt.serve.fields import Int
 from sdrt.serve.generation import build_request
 
 router = APIRouter()
@@ -39,7 +41,7 @@ class ImagesBody(BaseModel):
 
     prompt: str
     model: str | None = None
-    n: int | None = Field(1, ge=1, le=10)
+    n: Int | None = Field(1, ge=1, le=10)
     size: str | None = Field(None, description="WxH in pixels or auto; default the artifact's tuned size")
     response_format: str | None = Field(None, description="b64_json (the default here); url is not offered")
     quality: str | None = None
@@ -59,7 +61,7 @@ def _size(value: str | None, opt_size: int) -> tuple[int, int]:
         return opt_size, opt_size
     match = _SIZE.match(value)
     if match is None:
-        raise InputError("size", f"size {value!r} is not WIDTHxHEIGHT in pixels (e.g. 512x512) or auto")
+        raise InputError("size", f"size {excerpt(value)} is not WIDTHxHEIGHT in pixels (e.g. 512x512) or auto")
     return int(match.group(2)), int(match.group(1))
 
 
@@ -67,7 +69,7 @@ def _check_response_format(value: str | None) -> None:
     if value not in (None, "b64_json"):
         raise InputError(
             "response_format",
-            f"response_format {value!r} is not supported: this server keeps no images to link to; use b64_json",
+            f"response_format {excerpt(value)} is not supported: this server keeps no images to link to; use b64_json",
         )
 
 
@@ -98,7 +100,7 @@ async def generations(body: ImagesBody, http: Request) -> dict:
         value = getattr(body, field)
         if value not in allowed:
             shown = ", ".join(repr(v) for v in allowed if v is not None) or "nothing"
-            raise InputError(field, f"{field} {value!r} is not supported by this server; it accepts {shown}")
+            raise InputError(field, f"{field} {excerpt(value)} is not supported by this server; it accepts {shown}")
 
     def build(pipe: Pipeline):
         height, width = _size(body.size, pipe.manifest.ranges.opt_size)

@@ -20,20 +20,34 @@ log = logging.getLogger(__name__)
 
 
 class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, which on SIGTERM/SIGINT also stops the batcher admitting before uvicorn drains connections.
+    """uvicorn's server that on SIGTERM/SIGINT drains with the socket open, then lets uvicorn shut down.
 
-    uvicorn then closes the listening socket, lets every in-flight request finish (queued ones included: the
-    batcher runs them without waiting for company), runs the app's shutdown, and returns.
+    The first signal stops the batcher admitting and makes every new request (and /health) a 503 with
+    Retry-After, so clients and load balancers see a server going away rather than a refused connection.
+    Once every admitted request has its result, uvicorn closes the socket, lets the answers go out, runs the
+    app's shutdown and returns. A second signal exits at once, as uvicorn's does.
     """
 
     def __init__(self, config: uvicorn.Config, state) -> None:
         super().__init__(config)
         self._state = state
+        self._signal: tuple[int, FrameType | None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._state.batcher is not None:
-            self._state.batcher.close()
-        super().handle_exit(sig, frame)
+        batcher = self._state.batcher
+        if self._signal is not None or batcher is None:  # a second signal, or nothing loaded to drain
+            super().handle_exit(sig, frame)
+            return
+        log.info("draining: new requests get 503 until the %d admitted ones are answered", batcher.in_flight)
+        self._signal = (sig, frame)
+        self._state.draining = True
+        batcher.close()
+
+    async def on_tick(self, counter: int) -> bool:
+        batcher = self._state.batcher
+        if self._signal is not None and not self.should_exit and (batcher is None or batcher.in_flight == 0):
+            super().handle_exit(*self._signal)  # drained: now uvicorn closes the socket and shuts down
+        return await super().on_tick(counter)
 
 
 def serve(

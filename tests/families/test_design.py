@@ -86,8 +86,8 @@ def test_manifest_round_trips_and_its_family_validates_it(artifact, sd2_model):
 class ClassConditioner(SDConditioner):
     """SD's text states, plus `class_labels`: 50 x the image's guidance scale, zeros for the uncond rows."""
 
-    def prepare(self, requests, cfg, generators=()) -> Conditioning:
-        text = super().prepare(requests, cfg)
+    def condition(self, requests, cfg, step, cache) -> Conditioning:
+        text = super().condition(requests, cfg, step, cache)
         scales = torch.tensor([g for r in requests for g in r.per_image(r.guidance_scales)], dtype=torch.float32)
         labels = (50.0 * scales).view(-1, 1).expand(-1, CLASS_WIDTH).contiguous()
         return Conditioning(

@@ -116,14 +116,14 @@ def test_multi_vector_embedding_fills_its_positions_and_moves_to_the_next_chunk(
     encoder = ti_pipelines["onnxruntime"].model.prompt_encoder("text_encoder")
     vocab = encoder.vocabulary
     base = encoder.engine.spec.attributes["vocab_size"]
-    (prompt,) = encoder.tokenize(["a multivec castle"])
+    (prompt,) = (p.at(0) for p in encoder.tokenize(["a multivec castle"]))  # no prompt editing: one part
     plain = tokenize_prompt(encoder.tokenizer, "a castle")
     ids = prompt.ids[0]
     assert ids[1] == plain.ids[0][1] and ids[5] == plain.ids[0][2]  # a, (three vectors), castle
     assert all(i >= base for i in ids[2:5]) and prompt.num_tokens == 5
     torch.testing.assert_close(encoder.table[list(ids[2:5])], vocab.vectors[[i - base for i in ids[2:5]]])
     # 74 words then a 3-vector embedding: it does not fit the first chunk, so it starts the second
-    (long_,) = encoder.tokenize([" ".join(["castle"] * 74) + " multivec"])
+    (long_,) = (p.at(0) for p in encoder.tokenize([" ".join(["castle"] * 74) + " multivec"]))
     assert long_.num_chunks == 2 and all(i >= base for i in long_.ids[1][1:4])
 
 

@@ -91,7 +91,7 @@ def test_img2img_is_reproducible_per_seed_whatever_the_batch(pipelines):
     [
         ({"strength": 1.5}, r"strength 1.5 is outside 0..1"),
         ({"strength": -0.1}, r"strength -0.1 is outside 0..1"),
-        ({"strength": 0.1, "num_inference_steps": 5}, r"runs no step"),
+        ({"strength": 0, "num_inference_steps": 5}, r"strength 0 runs no step"),
         ({"image": b"not an image"}, r"image 12 bytes cannot be read as an image"),
         ({"image": "/nonexistent/input.png"}, r"image /nonexistent/input.png does not exist"),
         ({"image": None, "strength": 0.5}, r"strength 0.5 needs an input image"),
@@ -114,3 +114,10 @@ def test_unreadable_image_file_is_refused(pipelines, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     with pytest.raises(ValueError, match=r"broken.png cannot be read as an image"):
         pipelines["onnxruntime"].generate("a cat", image=bad, num_inference_steps=4, seed=0)
+
+
+def test_a_strength_below_one_step_still_runs_one_step(pipelines):
+    # the web UI runs one step where int(steps * strength) is 0 (diffusers refuses such a request)
+    pipe = pipelines["onnxruntime"]
+    result = pipe.generate("a cat", image=input_image(), num_inference_steps=1, strength=0.75, seed=1)
+    assert result.timings.steps == 1 and result.request.steps_run == 1

@@ -157,21 +157,28 @@ def test_web_ui_lists(server):
     options = httpx.get(f"{server}/sdapi/v1/options").json()
     assert options["sd_model_checkpoint"] == models[0]["title"] and options["CLIP_stop_at_last_layers"] == 1
     assert httpx.post(f"{server}/sdapi/v1/options", json={"sd_model_checkpoint": models[0]["title"]}).status_code == 200
-    refused = httpx.post(f"{server}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
-    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "CLIP_stop_at_last_layers"]
+    refused = httpx.post(f"{server}/sdapi/v1/options", json={"sd_vae": "kl-f8-anime.ckpt"})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "sd_vae"]
     assert [s["name"] for s in httpx.get(f"{server}/sdapi/v1/schedulers").json()] == ["automatic", "uniform", "karras"]
 
 
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_upscaler": "4x-UltraSharp"}, "hr_upscaler"),
         ({"restore_faces": True}, "restore_faces"),
         ({"subseed_strength": 0.3}, "subseed_strength"),
         ({"styles": ["cinematic"]}, "styles"),
         ({"script_name": "x/y/z plot"}, "script_name"),
         ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
-        ({"sampler_name": "Euler a", "eta": 0}, "eta"),
+        ({"sampler_name": "Euler a", "eta": 0.5}, "eta"),
+        ({"sampler_name": "Euler a", "scheduler": "Karras"}, "scheduler"),
+        ({"batch_size": 20}, "batch_size"),
+        ({"n_iter": 20}, "n_iter"),
+        ({"steps": True}, "steps"),
+        ({"width": True}, "width"),
+        ({"seed": False}, "seed"),
+        ({"script_args": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, "script_args"),
         ({"sampler_name": "Magic sampler"}, "sampler_name"),
         ({"scheduler": "Exponential"}, "scheduler"),
         (

@@ -42,6 +42,8 @@ def _image(size=(64, 64)) -> str:
         ({"steps": 0}, "steps", "outside 1..50"),
         ({"steps": 51}, "steps", "outside 1..50"),
         ({"steps": 2.5}, "steps", "integer"),
+        ({"steps": True}, "steps", "is a boolean; give a number"),
+        ({"num_images_per_prompt": True}, "num_images_per_prompt", "boolean"),
         ({"num_images_per_prompt": 5}, "num_images_per_prompt", "limit of 4"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt", "at least 1"),
         ({"prompt": ["a", "b", "c"], "num_images_per_prompt": 2}, "num_images_per_prompt", "limit of 4"),

@@ -152,7 +152,7 @@ def test_a_full_queue_refuses_with_retry_after_and_an_engine_error_fails_only_it
         assert refused.value.retry_after >= 1
         engine.fail = True
         engine.gate.set()
-        with pytest.raises(BatchFailed, match="the engine broke"):
+        with pytest.raises(BatchFailed, match="the engine failed on this request: RuntimeError: the engine broke"):
             await first.future
         engine.fail = False
         await asyncio.gather(*(j.future for j in waiting))
@@ -181,3 +181,30 @@ def test_drain_finishes_admitted_work_without_waiting_for_company_then_refuses()
 
     _run(main())
     assert engine.batches == [[0, 1, 2]]
+
+
+def test_a_poisoned_request_fails_alone_and_its_batch_mates_are_served():
+    class Poisoned(Engine):
+        def __call__(self, requests):
+            if any(r.seed == 666 for r in requests):
+                from sdrt.runtime.vae_guard import NonFiniteOutputError
+
+                raise NonFiniteOutputError("NaN from request 666")
+            return super().__call__(requests)
+
+    engine = Poisoned()
+
+    async def main():
+        batcher = Batcher(engine, max_images=4, max_wait=0.2, max_queue=8)
+        await batcher.start()
+        jobs = [batcher.submit(_request(seed), "a") for seed in (1, 666, 2, 3)]
+        await asyncio.wait([j.future for j in jobs])
+        assert [j.future.exception() is None for j in jobs] == [True, False, True, True]
+        failed = jobs[1].future.exception()
+        assert isinstance(failed, BatchFailed) and failed.status == 422 and "NaN from request 666" in str(failed)
+        assert [j.future.result().batch_requests for j in (jobs[0], jobs[2], jobs[3])] == [1, 1, 1]
+        assert batcher.metrics.registry.get_sample_value("sdrt_batch_errors_total") == 1
+        await batcher.drain()
+
+    _run(main())
+    assert engine.batches == [[1], [2], [3]]  # the batch of four failed; each ran alone, the poisoned one failed

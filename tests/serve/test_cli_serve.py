@@ -1,4 +1,4 @@
-"""`sdrt serve` as a process: loads, serves, and on SIGTERM stops accepting, finishes what is in flight, exits 0."""
+"""`sdrt serve` as a process: loads, serves, and on SIGTERM answers 503, finishes what is in flight, exits 0."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def test_sdrt_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(artifact)
                 assert not all(p.done() for p in pending), "requests finished before SIGTERM could be sent"
                 time.sleep(0.01)
             process.send_signal(signal.SIGTERM)
+            # while it drains the socket stays open: new requests and /health get 503, not a refused connection
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{url}/health").status_code != 503:
+                assert time.monotonic() < deadline, "the server never said it was draining"
+                time.sleep(0.02)
+            refused = httpx.post(f"{url}/v1/generate", json=bodies[0])
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+            assert "shutting down" in refused.json()["detail"][0]["msg"]
+            assert not all(p.done() for p in pending), "the drain ended before it could be seen"
             responses = [p.result() for p in pending]
         assert [r.status_code for r in responses] == [200] * len(bodies)
         assert process.wait(60) == 0

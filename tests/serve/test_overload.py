@@ -56,7 +56,7 @@ def test_a_burst_over_the_queue_gets_429s_while_every_admitted_request_completes
         assert metric(metrics, "sdrt_queue_depth") == 0
 
 
-def test_an_engine_error_fails_its_batch_with_500_and_the_server_keeps_serving(serve_pipeline):
+def test_an_engine_error_fails_only_its_request_with_500_and_the_server_keeps_serving(serve_pipeline):
     broken = copy.copy(serve_pipeline)
 
     def run_batch(requests, **kwargs):
@@ -69,8 +69,9 @@ def test_an_engine_error_fails_its_batch_with_500_and_the_server_keeps_serving(s
     with running(app) as url, httpx.Client(timeout=60) as client, ThreadPoolExecutor(2) as pool:
         bodies = [{"prompt": "explode", "seed": 1, **SMALL}, {"prompt": "a quiet lake", "seed": 2, **SMALL}]
         responses = list(pool.map(lambda b: client.post(f"{url}/v1/generate", json=b), bodies))
-        assert [r.status_code for r in responses] == [500, 500]
-        assert all("ran out of memory" in r.json()["detail"][0]["msg"] for r in responses)
+        # the batch of both failed; each ran again alone, and only the one that fails alone failed
+        assert [r.status_code for r in responses] == [500, 200]
+        assert "ran out of memory" in responses[0].json()["detail"][0]["msg"]
         assert client.post(f"{url}/v1/generate", json=bodies[1]).status_code == 200
         assert metric(client.get(f"{url}/metrics").text, "sdrt_batch_errors_total") == 1
 

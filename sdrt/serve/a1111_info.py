@@ -1,0 +1,174 @@
+"""The web UI API's listings, options and PNG info: what this server really serves, in the web UI's shapes.
+
+Listings name only what runs here: the samplers, the one model (and its refiner), the upscalers that need no
+weights, the prompt styles of `--styles`. Face restorers, hypernetworks, Real-ESRGAN models and scripts are
+empty lists: sdrt has none, and a request that asks for one is refused with a 422 saying so.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+from fastapi import APIRouter, Request
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+
+from sdrt.runtime.images import parse_infotext
+from sdrt.runtime.schedulers import sampler_choices
+from sdrt.serve import a1111_settings
+from sdrt.serve.a1111_settings import title
+from sdrt.serve.codec import DATA_URL
+from sdrt.serve.errors import InputError
+
+router = APIRouter(prefix="/sdapi/v1")
+
+SCHEDULERS = ("automatic", "uniform", "karras")
+
+
+@router.get("/samplers")
+async def samplers() -> list[dict]:
+    return [{"name": label, "aliases": [name], "options": {}} for name, label in sampler_choices()]
+
+
+@router.get("/schedulers")
+async def schedulers() -> list[dict]:
+    return [
+        {"name": name, "label": name.capitalize(), "aliases": None, "default_rho": -1, "need_inner_model": False}
+        for name in SCHEDULERS
+    ]
+
+
+@router.get("/sd-models")
+async def sd_models(http: Request) -> list[dict]:
+    pipe = http.app.state.sdrt.require_pipeline()
+    return [
+        {
+            "title": title(pipe, model),
+            "model_name": model.name,
+            "hash": model.manifest.source_sha256[:10],
+            "sha256": model.manifest.source_sha256,
+            "filename": model.name,  # the artifact directory's name; the server's paths stay private
+            "config": None,
+        }
+        for model in pipe.models  # the base, then its refiner (a refiner_checkpoint)
+    ]
+
+
+@router.get("/options")
+async def get_options(http: Request) -> dict:
+    state = http.app.state.sdrt
+    return a1111_settings.read_options(state.require_pipeline(), state.options)
+
+
+@router.post("/options")
+async def set_options(options: dict[str, Any], http: Request) -> None:
+    """Settings are shared by every client, as in the web UI; only those that exist here can be written."""
+    state = http.app.state.sdrt
+    a1111_settings.write_options(state.require_pipeline(), state.options, options)
+
+
+@router.get("/cmd-flags")
+async def cmd_flags(http: Request) -> dict:
+    """The server's settings, under the web UI's flag names where it has one."""
+    config = http.app.state.sdrt.config
+    return {
+        "api": True,
+        "nowebui": True,
+        "styles_file": [] if not config.styles else ["--styles"],
+        "max_batch": config.max_batch,
+        "max_wait_ms": config.max_wait_ms,
+        "max_queue": config.max_queue,
+        "max_body_bytes": config.max_body_bytes,
+        "max_prompt_chars": config.max_prompt_chars,
+        "max_steps": config.max_steps,
+        "max_images": config.max_images,
+    }
+
+
+@router.get("/upscalers")
+async def upscalers() -> list[dict]:
+    """The image upscalers of hires fix that need no weights (ESRGAN and friends need model files sdrt has not)."""
+    from sdrt.runtime.hires import IMAGE_UPSCALERS
+
+    return [
+        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for name in ("None", *IMAGE_UPSCALERS)
+    ]
+
+
+@router.get("/latent-upscale-modes")
+async def latent_upscale_modes() -> list[dict]:
+    from sdrt.runtime.hires import LATENT_UPSCALERS
+
+    return [{"name": name} for name in LATENT_UPSCALERS]
+
+
+@router.get("/prompt-styles")
+async def prompt_styles(http: Request) -> list[dict]:
+    return [
+        {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+        for s in http.app.state.sdrt.config.styles
+    ]
+
+
+@router.get("/hypernetworks")
+@router.get("/face-restorers")
+@router.get("/realesrgan-models")
+@router.get("/script-info")
+async def none_here() -> list:
+    """sdrt has none of these; requests that ask for one are refused with a 422."""
+    return []
+
+
+@router.get("/scripts")
+async def scripts() -> dict:
+    return {"txt2img": [], "img2img": []}
+
+
+class PngInfoBody(BaseModel):
+    image: str
+
+
+@router.post("/png-info")
+async def png_info(body: PngInfoBody) -> dict:
+    """The PNG's text chunks: `info` is its `parameters` infotext, `parameters` that infotext read back."""
+    try:
+        data = base64.b64decode(DATA_URL.sub("", body.image.strip(), count=1), validate=True)
+        image = Image.open(io.BytesIO(data))
+    except (binascii.Error, ValueError) as exc:
+        raise InputError("image", f"image is not valid base64: {exc}") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError("image", f"image cannot be read as an image: {exc}") from exc
+    items = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
+    info = items.pop("parameters", "")
+    return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
+
+
+@router.get("/progress")
+async def progress(http: Request, skip_current_image: bool = False) -> dict:
+    """The running batch: share of its steps done, seconds left, job counts, and a cheap latent preview."""
+    state = http.app.state.sdrt
+    state.require_pipeline()
+    return state.batcher.progress.snapshot(state.batcher.queued, with_image=not skip_current_image)
+
+
+@router.post("/interrupt")
+async def interrupt(http: Request) -> dict:
+    """Stop the caller's running job at the next step; it answers with the images it has then."""
+    return _stop(http, skip=False)
+
+
+@router.post("/skip")
+async def skip(http: Request) -> dict:
+    """As /interrupt: a job here is one request, so skipping its current image ends it too."""
+    return _stop(http, skip=True)
+
+
+def _stop(http: Request, skip: bool) -> dict:
+    state = http.app.state.sdrt
+    state.require_pipeline()
+    caller = http.client.host if http.client is not None else None
+    return {"stopping": state.batcher.progress.stop(caller, skip=skip)}

@@ -1,0 +1,110 @@
+"""The web UI API's settings: its model names, the options clients read and write, and override_settings.
+
+Options are shared by every client of a server, as in the web UI: `POST /sdapi/v1/options` changes them for
+all later requests. Only settings that exist here can be written (`send_seed`, `sd_model_checkpoint` naming
+the model served, `CLIP_stop_at_last_layers`, and the others at the only value sdrt honours); anything
+else is refused with a 422 naming it, never stored and ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sdrt.excerpt import excerpt
+from sdrt.runtime.model import Model
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.serve.errors import InputError
+
+# settings whose only value here is the one listed (what sdrt does); a request may state it, never change it
+FIXED = {
+    "sd_vae": ("Automatic", "None"),
+    "eta_noise_seed_delta": (0,),
+    "samples_format": ("png",),
+    "enable_pnginfo": (True,),
+}
+# settings a client may write, with their defaults (sd_model_checkpoint and CLIP skip are checked against the model)
+WRITABLE = {"send_seed": True, "CLIP_stop_at_last_layers": 1}
+
+
+def title(pipe: Pipeline, model: Model | None = None) -> str:
+    """The web UI's checkpoint title, "name [hash]", of the base model (or of `model`)."""
+    model = model or pipe.model
+    return f"{model.name} [{model.manifest.source_sha256[:10]}]"
+
+
+def model_names(pipe: Pipeline, model: Model | None = None) -> set[str]:
+    """What clients may call the base model (or `model`): title, name, name with a file suffix, short or full hash."""
+    model = model or pipe.model
+    name, sha = model.name, model.manifest.source_sha256
+    return {title(pipe, model), name, f"{name}.safetensors", f"{name}.ckpt", sha[:10], sha}
+
+
+def clip_stop(value: object, pipe: Pipeline, field: str) -> int:
+    """CLIP_stop_at_last_layers as an int (a float with no fraction, as the web UI's slider sends, is one)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    top = pipe.clip_skip_max + 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise InputError(field, f"{field} {excerpt(value)} is outside 1..{top} (an integer)")
+    return value
+
+
+def check_model(value: object, pipe: Pipeline, field: str) -> None:
+    if not isinstance(value, str) or value not in model_names(pipe):
+        raise InputError(field, f"{field} {excerpt(value)} is not the model this server runs ({title(pipe)!r})")
+
+
+def read_options(pipe: Pipeline, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """GET /sdapi/v1/options: the settings this server has, with their current values."""
+    return {
+        "sd_model_checkpoint": title(pipe),
+        "sd_checkpoint_hash": pipe.manifest.source_sha256,
+        **{key: stored.get(key, default) for key, default in WRITABLE.items()},
+        **{key: values[0] for key, values in FIXED.items()},
+        "eta_ddim": 0.0,
+        "eta_ancestral": 1.0,
+    }
+
+
+def write_options(pipe: Pipeline, stored: dict[str, Any], options: Mapping[str, Any]) -> None:
+    """POST /sdapi/v1/options: every setting checked first, then all stored (none when one is refused)."""
+    changes: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "sd_model_checkpoint":
+            check_model(value, pipe, key)
+        elif key == "send_seed":
+            if not isinstance(value, bool):
+                raise InputError(key, f"send_seed {excerpt(value)} is not true or false")
+            changes[key] = value
+        elif key == "CLIP_stop_at_last_layers":
+            changes[key] = clip_stop(value, pipe, key)
+        elif key in FIXED and value in FIXED[key]:
+            continue
+        else:
+            raise InputError(key, f"{key} {excerpt(value)} cannot be set on this server; {_known()}")
+    stored.update(changes)
+
+
+def clip_skip(overrides: Mapping[str, Any], pipe: Pipeline, stored: Mapping[str, Any]) -> int:
+    """diffusers' clip_skip for a request: CLIP_stop_at_last_layers N (override, else the option) is N - 1."""
+    settings = dict(overrides)
+    model = settings.pop("sd_model_checkpoint", None)
+    if model is not None:
+        check_model(model, pipe, "override_settings.sd_model_checkpoint")
+    settings.pop("sd_checkpoint_hash", None)
+    settings.pop("send_seed", None)  # a UI setting: no effect on the image
+    field = "override_settings.CLIP_stop_at_last_layers"
+    stop_at = settings.pop("CLIP_stop_at_last_layers", stored.get("CLIP_stop_at_last_layers", 1))
+    for key, value in settings.items():
+        if value not in FIXED.get(key, ()):
+            raise InputError(
+                f"override_settings.{key}",
+                f"override_settings.{key} {excerpt(value)} is not supported by sdrt; {_known()}",
+            )
+    return clip_stop(stop_at, pipe, field) - 1
+
+
+def _known() -> str:
+    fixed = ", ".join(f"{key} ({values[0]!r} only)" for key, values in FIXED.items())
+    return f"the settings here are sd_model_checkpoint (the model served), send_seed, CLIP_stop_at_last_layers, {fixed}"
