@@ -144,6 +144,23 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
+def scratch_directory(parent: str | os.PathLike | None, name: str) -> Iterator[Path]:
+    """A temporary directory under `parent` (default: the system's) for the block, removed after it.
+
+    Named like every sdrt temporary, so one a killed process left is removed by the next write in `parent`.
+    """
+    where = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    where.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(where)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-{writer_tag()}-", dir=where))
+    with _temporary(tmp):
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target` to write; on success it is renamed to `target`."""
     target = Path(target)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrt.files import read_json_object, writer_tag
+from sdrt.files import read_json_object, scratch_directory
 from sdrt.hashing import file_sha256, files_sha256
 from sdrt.model_dir import ModelDir
 
@@ -55,8 +54,7 @@ def open_model(
     Converted files live in a temporary directory under `workdir` (default: the system's) until the block ends.
     """
     source = Path(path)
-    # tagged with its writer like every sdrt temporary: one a killed process left is removed by the next write there
-    with tempfile.TemporaryDirectory(prefix=f".sdrt-source.partial-{writer_tag()}-", dir=workdir) as scratch:
+    with scratch_directory(workdir, "sdrt-source") as scratch:
         if source.is_file():
             model = convert_single_file(source, Path(scratch) / "model", options)
         else:
