@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The CPU suite (sdrt bench's code, two models): the tiny demo model at 128x128, 20 steps, batch 1/2/4, and a
-# full-size SD 1.5 architecture with random weights at 256x256, 4 steps, batch 1; every sdrt backend (onnxruntime,
-# openvino, torch; tensorrt listed as skipped) against diffusers fp32, alternating run by run. The last run took
-# 12.4 minutes on the 2-core machine before openvino joined (it adds a contender: expect about 15) once
-# models/sd15-random and artifacts/sd15-random-cpu exist; a first run also writes the model (4 GB) and exports it.
+# The CPU suite (sdrt bench's code, four models): the tiny demo model at 128x128, 20 steps, batch 1/2/4; a
+# full-size SD 1.5 architecture with random weights at 256x256, 4 steps, batch 1; SDXL's topology at half widths
+# (a 0.64 B UNet) at 256x256, 4 steps; the tiny unCLIP model's variations at 128x128, 20 steps. Every sdrt backend
+# (onnxruntime, torch, openvino; tensorrt reports why it cannot run) against diffusers fp32, alternating run by
+# run. About 16 minutes on the 2-core machine, exports included (a first run also writes the 4 GB SD 1.5 model;
+# peak RSS 21 GB, the SD 1.5 scenario with every contender loaded).
 # Writes benchmarks/results/<machine>.{json,png,md} and the table in benchmarks/README.md.
 # QUICK=1 (or --quick) is a one-minute smoke test of the same path, written under outputs/bench-quick/.
 set -euo pipefail

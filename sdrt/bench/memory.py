@@ -105,6 +105,18 @@ class MemorySampler:
 
 
 def process_peak_rss() -> int:
-    """Peak RSS of this whole process so far, in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak RSS of this process's own memory so far, in bytes.
+
+    On Linux, VmHWM of /proc/self/status: ru_maxrss is not it there, since a child inherits its parent's at
+    fork and keeps it through exec (a fresh process started from a 20 GB benchmark reports 20 GB).
+    Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)

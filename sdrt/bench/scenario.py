@@ -172,7 +172,9 @@ class BenchConfig:
         args += ["--runs", str(self.runs), "--warmup", str(self.warmup), "--scheduler", self.scheduler]
         args += ["--guidance-scale", f"{self.guidance_scale:g}"]
         if self.mode != "txt2img":
-            args += ["--mode", self.mode, "--strength", f"{self.strength:g}"]
+            args += ["--mode", self.mode]
+        if self.mode == "img2img":  # a variation's image conditions: it has no strength
+            args += ["--strength", f"{self.strength:g}"]
         if self.refiner is not None:
             args += ["--refiner", str(self.refiner), "--refiner-switch-at", f"{self.refiner_switch_at:g}"]
             if self.refiner_model is not None:
