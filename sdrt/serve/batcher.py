@@ -248,6 +248,10 @@ class Batcher:
                 # one request may have poisoned the batch (outputs not finite, say): each runs alone, so only
                 # the bad one fails and its batch-mates get the images they would get alone
                 for job in batch:
+                    if job.abandoned:  # its client left: nobody waits for a retry
+                        job.state = "done"
+                        self.metrics.dropped.labels("running").inc()
+                        continue
                     await self._run_alone(job, start)
                 return
             self.metrics.observe_batch(images, len(batch), results[0].timings)
