@@ -598,7 +598,8 @@ class Pipeline:
         else:
             passes, at = [], 0
             for r in batch.requests:
-                passes += [self._second_pass(r, i, sources[at + i]) for i in range(r.num_images)]
+                # tokenized here, once: the batch key and run_batch read the same tokens
+                passes += [self.tokenized(self._second_pass(r, i, sources[at + i])) for i in range(r.num_images)]
                 at += r.num_images
             groups: dict[tuple, list[int]] = {}
             for i, p in enumerate(passes):
