@@ -49,6 +49,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sdrt tests benchmarks
 	$(VENV)/bin/ruff format --check sdrt tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	PY=$(PY) bash benchmarks/cpu.sh

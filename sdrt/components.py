@@ -201,6 +201,11 @@ class TextEncoderModule(SpecModule):
         self.pooled = "pooled_embeddings" in spec.output_names
         self.final_layer_norm = self.text_model.final_layer_norm if spec.attributes["final_layer_norm"] else None
 
+    @property
+    def adapted(self) -> nn.Module:
+        """The transformers text model a LoRA adapts."""
+        return self.text_encoder
+
     def token_table(self) -> torch.Tensor:
         """The token-embedding matrix (vocab, D) the runtime looks ids up in."""
         return self.text_encoder.get_input_embeddings().weight
@@ -238,6 +243,11 @@ class UNetModule(SpecModule):
         super().__init__(spec)
         self.unet = unet
         self.added_cond = tuple(spec.attributes.get("added_cond", ()))
+
+    @property
+    def adapted(self) -> nn.Module:
+        """The diffusers UNet a LoRA adapts."""
+        return self.unet
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         feeds = self.bind(args, kwargs)

@@ -13,6 +13,7 @@ from sdrt.families import Family, family_named
 from sdrt.files import read_json_object
 from sdrt.hashing import file_sha256
 from sdrt.model_dir import ModelDir
+from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 # 4: text encoders take token embeddings (the artifact keeps each token table), the swapped VAE and the LoRAs
@@ -20,20 +21,8 @@ from sdrt.spec import ComponentSpec, ShapeRanges
 # family); 2: CLIP-skip input, dynamic text axis, inpainting flag
 FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
-ONNX_FILE = "model.onnx"  # a component's graph, in its own directory (exported or engine-optimized)
-ONNX_DATA_FILE = "model.onnx.data"  # its weights, when the graph passes 2 GB
 TOKEN_TABLE_FILE = "token_embeddings.safetensors"  # a text encoder's token table: tensor "weight" (vocab, D) float32
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
-@dataclass(frozen=True)
-class OnnxFile:
-    """Where a component's ONNX graph lies in the artifact, and a hash of its bytes."""
-
-    path: str  # relative to the artifact root, e.g. "unet/model.onnx"
-    sha256: str  # of the .onnx file
-    external_data: str | None = None  # relative path of the external weights file, when the graph passed 2 GB
-    external_data_sha256: str | None = None  # of the external weights file
 
 
 @dataclass(frozen=True)

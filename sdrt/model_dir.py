@@ -48,7 +48,7 @@ class ModelDir:
 
     def with_loras(self, loras: tuple[tuple[Path, float], ...]) -> ModelDir:
         """This model with LoRAs fused into its text encoders and UNet when they load; each file is checked now."""
-        from sdrt.export.lora import prepare_lora
+        from sdrt.lora import prepare_lora
 
         if not self.family.lora_loader:
             raise ValueError(f"LoRAs are not supported for {self.family.description}s")
@@ -142,7 +142,7 @@ class ModelDir:
         dtype = {"dtype": torch.float32} if library == "transformers" else {"torch_dtype": torch.float32}
         module = loader.from_pretrained(self.part_dir(name), local_files_only=True, use_safetensors=True, **dtype)
         if self.loras and name in self.family.lora_parts:
-            from sdrt.export.lora import fuse_into_part, prepare_lora
+            from sdrt.lora import fuse_into_part, prepare_lora
 
             loader_name, unet = self.family.lora_loader, self.configs.get("unet")
             files = [(prepare_lora(path, loader_name, unet), weight) for path, weight in self.loras]

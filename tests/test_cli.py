@@ -8,7 +8,7 @@ from PIL import Image
 
 from sdrt.cli import main
 from sdrt.manifest import FORMAT_VERSION
-from sdrt.runtime.schedulers import sampler_choices
+from sdrt.schedulers import sampler_choices
 
 
 def test_export_build_generate(demo_model, tmp_path, capsys):

@@ -224,7 +224,7 @@ class DiffusersRunner:
         return pipe
 
     def run(self, scenario: Scenario, seed: int) -> Sample:
-        from sdrt.runtime.schedulers import make_scheduler
+        from sdrt.schedulers import make_scheduler
 
         self.clock.reset()
         self.loop.reset()

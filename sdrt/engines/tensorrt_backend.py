@@ -38,24 +38,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from sdrt.engines.base import BuildRecord, CheckedEngine
+from sdrt.engines.base import BuildRecord, CheckedEngine, Networks
 from sdrt.engines.cache import EngineCache, reading, require_onnx
 from sdrt.engines.cuda_graphs import GraphCache, GraphCaptureError, capture, side_stream
 from sdrt.engines.float32 import float32_name, float32_onnx
 from sdrt.engines.options import make_options
+from sdrt.engines.refit import WeightSource
 from sdrt.engines.tensorrt_api import TensorRTPath, api_path
 from sdrt.engines.tensorrt_build import NEEDS, TensorRTOptions, build_one, guarded, tensorrt, trt_logger
 from sdrt.engines.tensorrt_cache import BACKEND, PLAN_FILE
 from sdrt.engines.tensorrt_profiles import Profile, build_profiles, select_profile
-from sdrt.manifest import Manifest
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def options(**kwargs) -> TensorRTOptions:
     return opts
 
 
-def build(path: str | os.PathLike, manifest: Manifest, opts: TensorRTOptions) -> list[BuildRecord]:
+def build(path: str | os.PathLike, manifest: Networks, opts: TensorRTOptions) -> list[BuildRecord]:
     """Build every component's engine once, keyed by `cache_key`; reuse valid plans, rebuild invalid ones."""
     artifact = Path(path)
     require_onnx(artifact, manifest, BACKEND)
@@ -77,7 +78,7 @@ def build(path: str | os.PathLike, manifest: Manifest, opts: TensorRTOptions) ->
         return [build_one(artifact, manifest, name, opts) for name in manifest.components]
 
 
-def load(path: str | os.PathLike, manifest: Manifest, opts: TensorRTOptions) -> dict[str, TensorRTEngine]:
+def load(path: str | os.PathLike, manifest: Networks, opts: TensorRTOptions) -> dict[str, TensorRTEngine]:
     """Engines for every component (built first where missing or invalid), sharing one activation buffer."""
     trt = tensorrt()
     artifact = Path(path)
@@ -94,10 +95,11 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: TensorRTOptions) -> 
             onnx_path=artifact / manifest.files[name].path,
         )  # fmt: skip
         engines[name].float32_factory = _float32_factory(runtime, artifact, manifest, name, opts)
+        engines[name].weight_source = WeightSource(artifact, manifest, name, opts.cache_dir)
     return engines
 
 
-def _load_engine(runtime, artifact: Path, manifest: Manifest, name: str, opts: TensorRTOptions, **source: Any):
+def _load_engine(runtime, artifact: Path, manifest: Networks, name: str, opts: TensorRTOptions, **source: Any):
     """(deserialized engine, profiles) of one component: built where missing, rebuilt once if TensorRT refuses it."""
     spec = manifest.components[name]
     profiles = build_profiles(spec, manifest.ranges, opts.profile)
@@ -113,7 +115,7 @@ def _load_engine(runtime, artifact: Path, manifest: Manifest, name: str, opts: T
     return engine, profiles
 
 
-def _float32_factory(runtime, artifact: Path, manifest: Manifest, name: str, opts: TensorRTOptions):
+def _float32_factory(runtime, artifact: Path, manifest: Networks, name: str, opts: TensorRTOptions):
     """What builds the float32 copy of an fp16 component's engine, when the VAE guard first needs it."""
 
     def make() -> TensorRTEngine:
@@ -191,6 +193,7 @@ class TensorRTEngine(CheckedEngine):
         self.float32_factory: Callable[[], TensorRTEngine] | None = None
         self._eager: _Eager | None = None
         self._onnx_arrays: dict[str, np.ndarray] = {}
+        self.weight_source: WeightSource | None = None  # the ONNX graph a refit from torch weights maps through
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
         profile = select_profile(self.profiles, dims, self.spec.name)
@@ -279,6 +282,12 @@ class TensorRTEngine(CheckedEngine):
     @property
     def refittable(self) -> bool:
         return bool(self.cuda_engine.refittable)
+
+    def refit_from(self, module: nn.Module, changed: Collection[str] = ()) -> None:
+        """Refit to `module`'s parameters (the network's torch module, a LoRA fused in) through the weight map."""
+        if self.weight_source is None:
+            raise ValueError(f"the {self.spec.name} engine does not know the ONNX graph it was built from")
+        self.weight_source.refit(self, module, changed)
 
     def refit(self, weights: Mapping[str, np.ndarray]) -> None:
         """Replace the engine's weights by name (ONNX initializer names), in place.

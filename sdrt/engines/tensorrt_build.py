@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sdrt.engines.base import BuildRecord, indexed
+from sdrt.engines.base import BuildRecord, Networks, indexed
 from sdrt.engines.cache import EngineCache, ensure_engine, onnx_digests
 from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS
 from sdrt.engines.tensorrt_api import SUPPORTED_MAJORS, TensorRTPath, api_path
@@ -27,7 +27,7 @@ from sdrt.engines.tensorrt_cache import BACKEND, PLAN_FILE, GpuInfo, cache_key
 from sdrt.engines.tensorrt_profiles import PROFILE_MODES, Profile, build_profiles
 from sdrt.files import atomic_file
 from sdrt.hashing import json_sha256
-from sdrt.manifest import Manifest, OnnxFile
+from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def gpu_info(device: torch.device) -> GpuInfo:
 
 def build_one(
     artifact: Path,
-    manifest: Manifest,
+    manifest: Networks,
     name: str,
     opts: TensorRTOptions,
     force: bool = False,

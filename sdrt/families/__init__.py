@@ -27,10 +27,15 @@ def unregister(name: str) -> None:
     _FAMILIES.pop(name, None)
 
 
+_BUILTIN_ORDER = ("sd1", "sd2", "sdxl", "sdxl_refiner", "unclip", "controlnet")
+
+
 def families() -> dict[str, Family]:
-    """Every known family by name."""
+    """Every known family by name: the built-in ones in a fixed order, then others as they were registered."""
     _load_builtin()
-    return dict(_FAMILIES)
+    order = {name: i for i, name in enumerate(_BUILTIN_ORDER)}
+    names = sorted(_FAMILIES, key=lambda n: order.get(n, len(order)))  # a stable sort keeps registration order
+    return {name: _FAMILIES[name] for name in names}
 
 
 def family_named(name: str) -> Family:

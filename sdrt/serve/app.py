@@ -71,7 +71,7 @@ class ServeState:
         progress = Progress(pipeline.family.latent_rgb or None)
 
         def run_batch(requests: Sequence[GenerationRequest]) -> list:
-            return pipeline.run_batch(requests, callback=progress.on_step, stop=progress.should_stop)
+            return pipeline.run_pass(requests, callback=progress.on_step, stop=progress.should_stop)
 
         batcher = Batcher(
             run_batch,

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sdrt.runtime.request import MAX_STEPS
+from sdrt.runtime.params import MAX_STEPS
 from sdrt.serve.styles import PromptStyle
 
 _WARM_GROUP = re.compile(r"^(\d+)x(\d+):(\d+(?:,\d+)*)$")

@@ -266,8 +266,8 @@ def test_single_file_options_are_refused_for_a_directory(demo_model, tmp_path):
 
 
 def test_converted_directory_opens_as_the_family_describes(sd1_checkpoint, demo_model):
+    from sdrt.conditioning.prompts import load_tokenizer
     from sdrt.model_source import open_model
-    from sdrt.runtime.prompts import load_tokenizer
 
     with open_model(sd1_checkpoint, SourceOptions(config_dir=demo_model)) as model:
         assert model.family.name == "sd1" and model.weights_sha256() == file_sha256(sd1_checkpoint)
