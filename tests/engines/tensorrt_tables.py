@@ -7,10 +7,13 @@ the bound base classes and the members pybind11 gives every enum, as the real mo
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 TABLES = Path(__file__).parent / "tensorrt_names"
 MODULE = "tensorrt"  # the owner of module-level names
@@ -137,3 +140,18 @@ def table_for(version: str) -> Table:
     if len(matches) != 1:
         raise KeyError(f"no single name table for TensorRT {version}; tables: {', '.join(tables())}")
     return tables()[matches[0]]
+
+
+@cache
+def script(name: str) -> ModuleType:
+    """scripts/<name>.py of the repository, imported (its dataclasses need it in sys.modules)."""
+    path = Path(__file__).parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"sdrt_scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    sys.path.insert(0, str(path.parent))  # the scripts import each other
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -8,11 +8,8 @@ uses it as, in every version that can reach it; the stand-in may hold only names
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import inspect
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,20 +18,13 @@ import sdrt
 from sdrt.engines.tensorrt_api import SUPPORTED_MAJORS
 from tests.engines.tensorrt_reach import failures, reach
 from tests.engines.tensorrt_standin import make_tensorrt
-from tests.engines.tensorrt_tables import MODULE, tables
+from tests.engines.tensorrt_tables import MODULE, script, tables
 
 SDRT = Path(sdrt.__file__).parent
-SCRIPT = Path(__file__).parents[2] / "scripts" / "tensorrt_names.py"
 
 
-@functools.cache
 def _script():
-    """scripts/tensorrt_names.py, imported (its dataclasses need it in sys.modules)."""
-    spec = importlib.util.spec_from_file_location("sdrt_tensorrt_names_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return script("tensorrt_names")
 
 
 @pytest.fixture(scope="module")
@@ -192,16 +182,14 @@ def _kind(value) -> str:
     return "method" if callable(value) else "value"
 
 
-@pytest.mark.parametrize("version", list(tables()))
-def test_the_standin_has_only_names_its_version_has(version):
-    table = tables()[version]
-    trt = make_tensorrt(version)
+def _standin_differences(trt, table) -> list[str]:
+    """Every name of stand-in `trt` its version lacks, every enum number it gets wrong."""
     wrong = []
     for name, value in vars(trt).items():
         if name.startswith("_") and name != "__version__":
             continue  # the stand-in's own records (calls, printed)
         if not table.lookup(MODULE, name):
-            wrong.append(f"tensorrt.{name}")
+            wrong.append(f"tensorrt.{name} does not exist in TensorRT {table.version}")
         if isinstance(value, type) and issubclass(value, int):  # an enum: the header's numbers
             values = table.enum_values(name)
             mine = {k: int(m) for k, m in value.__members__.items()}  # aliases too (WEIGHTLESS = STRIP_PLAN)
@@ -209,9 +197,29 @@ def test_the_standin_has_only_names_its_version_has(version):
                 wrong.append(f"{name} values {mine} are not {values}")
         elif isinstance(value, type):
             wrong.extend(_class_differences(table, name, value))
-    severity = dict(table.enum_values("ILogger.Severity"))
-    assert {k: int(m) for k, m in trt.ILogger.Severity.__members__.items()} == severity
-    assert wrong == []
+    severity = {k: int(m) for k, m in trt.ILogger.Severity.__members__.items()}
+    if severity != table.enum_values("ILogger.Severity"):
+        wrong.append(f"ILogger.Severity values {severity}")
+    return wrong
+
+
+@pytest.mark.parametrize("version", list(tables()))
+def test_the_standin_has_only_names_its_version_has(version):
+    assert _standin_differences(make_tensorrt(version), tables()[version]) == []
+
+
+def test_the_standin_check_catches_what_the_old_standin_invented(monkeypatch):
+    """The mistakes of sdrt's first stand-in, planted back: invented classes and members, 11.x's flag numbers."""
+    trt = make_tensorrt("11.4.0")
+    monkeypatch.setattr(trt.INetworkDefinition, "strongly_typed", property(lambda self: True), raising=False)
+    monkeypatch.setattr(trt, "ExecutionContext", trt.IExecutionContext, raising=False)
+    monkeypatch.setattr(trt, "NetworkDefinitionCreationFlag", __import__("enum").IntEnum("F", {"STRONGLY_TYPED": 1}))
+    monkeypatch.setattr(trt.IExecutionContext, "set_device_memory", lambda self, memory: None)
+    wrong = "\n".join(_standin_differences(trt, tables()["11.4.0.106"]))
+    assert "INetworkDefinition.strongly_typed does not exist" in wrong
+    assert "tensorrt.ExecutionContext does not exist" in wrong
+    assert "NetworkDefinitionCreationFlag values {'STRONGLY_TYPED': 1}" in wrong
+    assert "IExecutionContext.set_device_memory(self, memory) matches none of" in wrong
 
 
 def _class_differences(table, name: str, cls: type) -> list[str]:
