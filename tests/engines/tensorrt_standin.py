@@ -29,7 +29,7 @@ import onnx
 import torch
 
 from sdrt.engines.tensorrt_cache import GpuInfo
-from tests.engines.tensorrt_tables import Table, table_for
+from tests.engines.tensorrt_tables import table_for
 
 _WEAK_TYPING = (
     "FP16",
@@ -624,8 +624,4 @@ class SerialPlace:
         pass
 
 
-def standin_table(trt: SimpleNamespace) -> Table:
-    return table_for(trt.__version__)
-
-
-__all__ = ["SerialPlace", "calls", "make_tensorrt", "printed", "standin_table", "STANDIN_GPU"]
+__all__ = ["STANDIN_GPU", "SerialPlace", "calls", "make_tensorrt", "printed"]
