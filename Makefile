@@ -47,8 +47,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdrt tests benchmarks
-	$(VENV)/bin/ruff format --check sdrt tests benchmarks
+	$(VENV)/bin/ruff check sdrt tests benchmarks scripts
+	$(VENV)/bin/ruff format --check sdrt tests benchmarks scripts
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)

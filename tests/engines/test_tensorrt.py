@@ -1,8 +1,9 @@
 """The TensorRT backend: profiles, cache keys and plan checks on the CPU; builds and runs where TensorRT and a GPU are.
 
-The tests marked gpu skip, saying why, on a machine without TensorRT 10.x/11.x and a CUDA GPU. The builder's
-choices (flags, network creation, profiles, timing cache) are checked against stand-ins of TensorRT 10 and 11 in
-test_tensorrt_build.py.
+The tests marked gpu skip, saying why, on a machine without TensorRT 10.x/11.x and a CUDA GPU. On the CPU, stand-ins
+of TensorRT 10 and 11 that hold only the real API's names (test_tensorrt_names.py) check the builder's choices
+(test_tensorrt_build.py) and sdrt's load, IO checks, runs with and without CUDA graphs and refit
+(test_tensorrt_engine.py); no stand-in result stands for a GPU one.
 """
 
 from __future__ import annotations
