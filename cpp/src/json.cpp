@@ -46,6 +46,16 @@ Value Value::object(std::map<std::string, Value> members) {
   return v;
 }
 
+const std::vector<Value>& Value::items() const {
+  static const std::vector<Value> none;
+  return is_array() ? *array_ : none;
+}
+
+const std::map<std::string, Value>& Value::members() const {
+  static const std::map<std::string, Value> none;
+  return is_object() ? *object_ : none;
+}
+
 const Value& Value::operator[](const std::string& key) const {
   static const Value null;
   if (!is_object()) return null;

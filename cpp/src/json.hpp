@@ -33,8 +33,9 @@ class Value {
   double as_number() const { return number_; }
   int64_t as_int() const { return static_cast<int64_t>(number_); }
   const std::string& as_string() const { return string_; }
-  const std::vector<Value>& items() const { return *array_; }
-  const std::map<std::string, Value>& members() const { return *object_; }
+  // The elements of an array and the members of an object; empty for a value of another kind.
+  const std::vector<Value>& items() const;
+  const std::map<std::string, Value>& members() const;
 
   bool has(const std::string& key) const { return is_object() && object_->count(key) > 0; }
   // The member `key` of an object, or a null value when it is absent.

@@ -365,7 +365,7 @@ class ArtifactPipeline : public Pipeline {
   }
 
   // States (rows, 77, D) and pooled embeddings (rows, P) of text-encoder rows of token ids.
-  std::pair<Tensor, Tensor> encode_rows(Encoder& e, const std::vector<std::vector<int32_t>>& rows, int clip_skip) {
+  std::pair<Tensor, std::optional<Tensor>> encode_rows(Encoder& e, const std::vector<std::vector<int32_t>>& rows, int clip_skip) {
     const int64_t length = manifest_.ranges.text_length, width = e.table.shape[1];
     const auto count = static_cast<int64_t>(rows.size());
     std::vector<float> embeds;
@@ -382,7 +382,7 @@ class ArtifactPipeline : public Pipeline {
                     {"clip_skip", Tensor::int32({count}, std::vector<int32_t>(rows.size(), clip_skip))}};
     if (e.spec->has_input("eos_position")) feeds["eos_position"] = Tensor::int32({count}, eos);
     TensorMap out = call_in_chunks(*engines_.at(e.network), *e.spec, feeds);
-    Tensor pooled;
+    std::optional<Tensor> pooled;
     if (out.count("pooled_embeddings")) pooled = out.at("pooled_embeddings");
     return {out.at("text_embeddings"), pooled};
   }
@@ -400,7 +400,7 @@ class ArtifactPipeline : public Pipeline {
       if (guided) chunks = std::max(chunks, negatives.back().ids.size());
     }
     std::vector<Tensor> cond_states, uncond_states;
-    Tensor cond_pooled, uncond_pooled;
+    std::optional<Tensor> cond_pooled, uncond_pooled;
     for (size_t which = 0; which < encoders_.size(); ++which) {
       Encoder& e = encoders_[which];
       const TokenizedPrompt prompt = padded(prompts[which], e.empty, chunks);
@@ -439,11 +439,12 @@ class ArtifactPipeline : public Pipeline {
         const Tensor uncond = zero_negative ? Tensor::zeros(cond.shape) : embed(negative, negative_rows);
         uncond_states.push_back(uncond.repeat_row(0, n));
       }
-      if (pooled.numel() > 0) {  // the last encoder with a pooled output gives it (diffusers' rule): the first chunk's
-        cond_pooled = pooled.rows(static_cast<int64_t>(prompt_rows[0]), static_cast<int64_t>(prompt_rows[0]) + 1).repeat_row(0, n);
+      if (pooled) {  // the last encoder with a pooled output gives it (diffusers' rule): the first chunk's
+        const auto first = static_cast<int64_t>(prompt_rows[0]);
+        cond_pooled = pooled->rows(first, first + 1).repeat_row(0, n);
         if (guided) {
-          const Tensor neg = zero_negative ? Tensor::zeros({1, pooled.shape[1]})
-                                           : pooled.rows(static_cast<int64_t>(negative_rows[0]), static_cast<int64_t>(negative_rows[0]) + 1);
+          const Tensor neg = zero_negative ? Tensor::zeros({1, pooled->shape[1]})
+                                           : pooled->rows(static_cast<int64_t>(negative_rows[0]), static_cast<int64_t>(negative_rows[0]) + 1);
           uncond_pooled = neg.repeat_row(0, n);
         }
       }
@@ -468,8 +469,8 @@ class ArtifactPipeline : public Pipeline {
     const Tensor cond = features(cond_states);
     feeds["encoder_hidden_states"] = guided ? concat({features(uncond_states), cond}) : cond;
     if (xl_) {
-      if (cond_pooled.numel() == 0) throw Error("an SDXL artifact needs a text encoder with a pooled output");
-      feeds["text_embeds"] = guided ? concat({uncond_pooled, cond_pooled}) : cond_pooled;
+      if (!cond_pooled) throw Error("an SDXL artifact needs a text encoder with a pooled output");
+      feeds["text_embeds"] = guided ? concat({*uncond_pooled, *cond_pooled}) : *cond_pooled;
       // time ids: (original height, width, crop top, left, target height, width), the same for both rows
       const auto hh = static_cast<float>(*r.height), ww = static_cast<float>(*r.width);
       const Tensor ids = Tensor::from({1, 6}, {hh, ww, 0.0f, 0.0f, hh, ww}).repeat_row(0, n);

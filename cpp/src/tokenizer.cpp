@@ -206,7 +206,9 @@ Tokenizer Tokenizer::load(const fs::path& directory) {
     if (!fs::exists(vocab_file) || !fs::exists(merges_file)) {
       throw Error("tokenizer directory " + directory.string() + " has neither tokenizer.json nor vocab.json and merges.txt");
     }
-    for (const auto& [token, id] : json::parse_file(vocab_file.string()).members()) {
+    const json::Value vocab = json::parse_file(vocab_file.string());  // kept: the loop reads its members
+    if (!vocab.is_object()) throw Error(vocab_file.string() + " is not a JSON object of token ids");
+    for (const auto& [token, id] : vocab.members()) {
       t.vocab_[token] = static_cast<int32_t>(id.as_int());
     }
     std::istringstream lines(read_text(merges_file));

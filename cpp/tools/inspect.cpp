@@ -35,7 +35,8 @@ std::string json_list(const std::vector<T>& items, F format) {
 
 std::vector<std::string> texts_from_stdin() {
   std::vector<std::string> texts;
-  for (const auto& v : sdrt::json::parse(read_stdin(), "stdin").items()) texts.push_back(v.as_string());
+  const sdrt::json::Value doc = sdrt::json::parse(read_stdin(), "stdin");
+  for (const auto& v : doc.items()) texts.push_back(v.as_string());
   return texts;
 }
 
