@@ -4,6 +4,7 @@
 // static shapes (at most two kept, least recently used dropped), a text encoder compiled once with dynamic shapes.
 
 #include <list>
+#include <openvino/frontend/manager.hpp>
 #include <openvino/openvino.hpp>
 
 #include "sdrt/sdrt.hpp"
@@ -29,12 +30,30 @@ ov::element::Type element_type(DType dtype) { return dtype == DType::Float32 ? o
 class OpenVinoEngine : public Engine {
  public:
   explicit OpenVinoEngine(const EngineContext& ctx) : spec_(*ctx.spec) {
+    for (const auto& [key, value] : ctx.options) {
+      if (key == "cache_dir") {
+        config_.emplace(ov::cache_dir(value));
+      } else if (key == "threads") {
+        int threads = 0;
+        try {
+          threads = std::stoi(value);
+        } catch (const std::exception&) {
+          threads = -1;
+        }
+        if (threads < 1) throw Error("openvino option threads " + quote(value) + " is not a positive integer");
+        config_.emplace(ov::inference_num_threads(threads));
+      } else {
+        throw Error("unknown openvino option " + quote(key) + "; known: cache_dir, threads");
+      }
+    }
     const std::filesystem::path file = ctx.artifact / spec_.onnx;
-    try {
-      model_ = core().read_model(file.string());
+    try {  // the ONNX frontend itself: OpenVINO's format guessing would try every other frontend on a damaged file
+      static ov::frontend::FrontEndManager frontends;
+      const ov::frontend::FrontEnd::Ptr onnx = frontends.load_by_framework("onnx");
+      model_ = onnx->convert(onnx->load(file.string()));
     } catch (const std::exception& exc) {
-      throw Error("cannot read " + spec_.name + "'s ONNX graph " + file.string() + ": " + first_line(exc.what()) +
-                  " (the file is damaged or not ONNX; re-export the model)");
+      throw Error("cannot read " + spec_.name + "'s ONNX graph " + file.string() + ": it is not a valid ONNX model (" +
+                  last_line(exc.what()) + "); re-export the model");
     }
     for (const auto& input : spec_.inputs) check_port(model_->inputs(), input.name, "input");
     for (const auto& output : spec_.outputs) check_port(model_->outputs(), output.name, "output");
@@ -60,7 +79,7 @@ class OpenVinoEngine : public Engine {
     try {
       c.request.infer();
     } catch (const std::exception& exc) {
-      throw Error(spec_.name + " failed on OpenVINO: " + first_line(exc.what()));
+      throw Error(spec_.name + " failed on OpenVINO: " + last_line(exc.what()));
     }
     TensorMap out;
     for (const auto& output : spec_.outputs) {
@@ -87,9 +106,12 @@ class OpenVinoEngine : public Engine {
     ov::InferRequest request;
   };
 
-  static std::string first_line(const std::string& text) {
-    const size_t end = text.find('\n');
-    return end == std::string::npos ? text : text.substr(0, end);
+  // OpenVINO's messages start with where they were raised; the last line says what went wrong
+  static std::string last_line(const std::string& text) {
+    size_t end = text.find_last_not_of(" \n");
+    if (end == std::string::npos) return text;
+    const size_t begin = text.find_last_of('\n', end);
+    return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
   }
 
   void check_port(const std::vector<ov::Output<ov::Node>>& ports, const std::string& name, const char* what) const {
@@ -115,9 +137,9 @@ class OpenVinoEngine : public Engine {
     }
     ov::CompiledModel compiled;
     try {
-      compiled = core().compile_model(model, "CPU", ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY));
+      compiled = core().compile_model(model, "CPU", config_);
     } catch (const std::exception& exc) {
-      throw Error("OpenVINO cannot compile " + spec_.name + ": " + first_line(exc.what()));
+      throw Error("OpenVINO cannot compile " + spec_.name + ": " + last_line(exc.what()));
     }
     cache_.push_front({shapes, compiled, compiled.create_infer_request()});
     while (cache_.size() > kMaxCompiled) cache_.pop_back();
@@ -125,6 +147,8 @@ class OpenVinoEngine : public Engine {
   }
 
   const ComponentSpec spec_;
+  // the Python backend's settings: the latency hint (f32 precision is the core's), plus the caller's options
+  ov::AnyMap config_{ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
   std::shared_ptr<ov::Model> model_;
   bool static_ = false;
   std::list<Compiled> cache_;

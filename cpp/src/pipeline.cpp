@@ -83,7 +83,8 @@ std::string infotext_value(const std::string& value) {
 
 class ArtifactPipeline : public Pipeline {
  public:
-  ArtifactPipeline(const fs::path& artifact, const std::string& backend) : artifact_(artifact) {
+  ArtifactPipeline(const fs::path& artifact, const std::string& backend, const EngineOptions& options)
+      : artifact_(artifact), backend_(backend), options_(options) {
     manifest_ = read_manifest(artifact);
     check_supported(manifest_);
     name_ = fs::weakly_canonical(artifact).filename().string();
@@ -91,9 +92,7 @@ class ArtifactPipeline : public Pipeline {
     scheduler_config_ = SchedulerConfig::load(artifact / "scheduler" / "scheduler_config.json");
     make_sampler("", scheduler_config_);  // a config the library cannot run fails here (unless --sampler is given)
     xl_ = manifest_.family == "sdxl";
-    for (const auto& [name, spec] : manifest_.components) {
-      engines_[name] = make_engine(backend, EngineContext{artifact, &manifest_, &spec});
-    }
+    backend_names_check(backend);
     for (const auto& pair : manifest_.text_encoders) {
       Encoder e;
       e.network = pair.network;
@@ -278,7 +277,7 @@ class ArtifactPipeline : public Pipeline {
     // the denoising loop
     const auto denoise_start = Clock::now();
     const ComponentSpec& unet_spec = manifest_.by_role("denoiser");
-    Engine& unet = *engines_.at(unet_spec.name);
+    Engine& unet = engine(unet_spec.name);
     const int total = static_cast<int>(timesteps.size()) - begin;
     for (int index = begin; index < static_cast<int>(timesteps.size()); ++index) {
       const std::vector<float> scaled = sampler->scale_model_input(latents, index);
@@ -310,7 +309,7 @@ class ArtifactPipeline : public Pipeline {
     const ComponentSpec& decoder_spec = manifest_.by_role("vae_decoder");
     const auto scaling = static_cast<float>(manifest_.vae_scaling_factor);
     for (auto& v : latents) v = v / scaling;
-    const Tensor decoded = call_in_chunks(*engines_.at(decoder_spec.name), decoder_spec,
+    const Tensor decoded = call_in_chunks(engine(decoder_spec.name), decoder_spec,
                                           {{"latent", Tensor::from({n, c, h, w}, latents)}}).at("images");
     timings.vae_decode = seconds_since(clock);
 
@@ -338,6 +337,23 @@ class ArtifactPipeline : public Pipeline {
   }
 
  private:
+  static void backend_names_check(const std::string& backend) {
+    const auto names = backend_names();
+    if (std::find(names.begin(), names.end(), backend) == names.end()) {
+      throw Error("unknown backend " + quote(backend) + "; known: " + join(names, ", "));
+    }
+  }
+
+  // A component's engine, made at its first use: a request with a bad field is refused before any is built.
+  Engine& engine(const std::string& name) {
+    auto it = engines_.find(name);
+    if (it == engines_.end()) {
+      const EngineContext ctx{artifact_, &manifest_, &manifest_.component(name), options_};
+      it = engines_.emplace(name, make_engine(backend_, ctx)).first;
+    }
+    return *it->second;
+  }
+
   int64_t latent_channels() const {
     const TensorSpec& out = manifest_.by_role("denoiser").outputs.at(0);
     return std::stoll(out.shape.at(1));
@@ -381,7 +397,7 @@ class ArtifactPipeline : public Pipeline {
     TensorMap feeds{{"inputs_embeds", Tensor::from({count, length, width}, std::move(embeds))},
                     {"clip_skip", Tensor::int32({count}, std::vector<int32_t>(rows.size(), clip_skip))}};
     if (e.spec->has_input("eos_position")) feeds["eos_position"] = Tensor::int32({count}, eos);
-    TensorMap out = call_in_chunks(*engines_.at(e.network), *e.spec, feeds);
+    TensorMap out = call_in_chunks(engine(e.network), *e.spec, feeds);
     std::optional<Tensor> pooled;
     if (out.count("pooled_embeddings")) pooled = out.at("pooled_embeddings");
     return {out.at("text_embeddings"), pooled};
@@ -490,7 +506,7 @@ class ArtifactPipeline : public Pipeline {
       }
     }
     const ComponentSpec& spec = manifest_.by_role("vae_encoder");
-    const Tensor params = call_in_chunks(*engines_.at(spec.name), spec,
+    const Tensor params = call_in_chunks(engine(spec.name), spec,
                                          {{"images", Tensor::from({1, 3, image.height, image.width}, pixels)}}).at("latent_parameters");
     const size_t half = static_cast<size_t>(params.numel() / 2);  // mean, then log-variance
     const auto scaling = static_cast<float>(manifest_.vae_scaling_factor);
@@ -532,6 +548,8 @@ class ArtifactPipeline : public Pipeline {
   }
 
   fs::path artifact_;
+  std::string backend_;
+  EngineOptions options_;
   Manifest manifest_;
   std::string name_;
   SchedulerConfig scheduler_config_;
@@ -568,8 +586,9 @@ std::string Timings::table() const {
   return out;
 }
 
-std::unique_ptr<Pipeline> Pipeline::load(const fs::path& artifact, const std::string& backend) {
-  return std::make_unique<ArtifactPipeline>(artifact, backend);
+std::unique_ptr<Pipeline> Pipeline::load(const fs::path& artifact, const std::string& backend,
+                                         const EngineOptions& options) {
+  return std::make_unique<ArtifactPipeline>(artifact, backend, options);
 }
 
 }  // namespace sdrt

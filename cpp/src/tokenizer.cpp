@@ -230,6 +230,7 @@ Tokenizer Tokenizer::load(const fs::path& directory) {
       added.push_back({a["content"].as_string(), static_cast<int32_t>(std::stol(id)), a["normalized"].as_bool()});
     }
   }
+  // transformers makes every special token an added token, matched in the raw text (SD 2.x's pad "!" included)
   auto special_id = [&](const char* key, const char* fallback) {
     std::string name = token_name(config[key]).value_or(token_name(special[key]).value_or(fallback));
     for (const auto& a : added) {
@@ -237,6 +238,7 @@ Tokenizer Tokenizer::load(const fs::path& directory) {
     }
     auto it = t.vocab_.find(name);
     if (it == t.vocab_.end()) throw Error("tokenizer " + directory.string() + ": its " + key + " " + quote(name) + " is not in the vocabulary");
+    added.push_back({name, it->second, false});
     return it->second;
   };
   t.bos_ = special_id("bos_token", "<|startoftext|>");

@@ -89,15 +89,25 @@ int prompts(const std::vector<std::string>& args) {
   return 0;
 }
 
-// schedule CONFIG SAMPLER STEPS [BEGIN]: the sampler's timesteps, sigmas and initial sigma ("" = the model's own)
-int schedule(const std::vector<std::string>& args) {
-  const sdrt::SchedulerConfig config = sdrt::SchedulerConfig::load(args.at(0));
-  auto sampler = sdrt::make_sampler(args.at(1), config);
-  sampler->set_timesteps(std::stoi(args.at(2)));
-  std::cout << "{\"name\": " << json_string(sampler->name()) << ", \"label\": " << json_string(sampler->label())
-            << ", \"timesteps\": " << json_list(sampler->timesteps(), json_float)
-            << ", \"sigmas\": " << json_list(sampler->sigmas(), json_float)
-            << ", \"init_noise_sigma\": " << json_float(sampler->init_noise_sigma()) << "}\n";
+// schedule < [[CONFIG, SAMPLER, STEPS], ...]: each sampler's timesteps, sigmas, initial sigma and label ("" = the
+// model's own), or {"error": MESSAGE} where the library refuses the config
+int schedule(const std::vector<std::string>&) {
+  const sdrt::json::Value cases = sdrt::json::parse(read_stdin(), "stdin");
+  std::vector<std::string> out;
+  for (const auto& c : cases.items()) {
+    try {
+      const sdrt::SchedulerConfig config = sdrt::SchedulerConfig::load(c.items().at(0).as_string());
+      auto sampler = sdrt::make_sampler(c.items().at(1).as_string(), config);
+      sampler->set_timesteps(static_cast<int>(c.items().at(2).as_int()));
+      out.push_back("{\"name\": " + json_string(sampler->name()) + ", \"label\": " + json_string(sampler->label()) +
+                    ", \"timesteps\": " + json_list(sampler->timesteps(), json_float) +
+                    ", \"sigmas\": " + json_list(sampler->sigmas(), json_float) +
+                    ", \"init_noise_sigma\": " + json_float(sampler->init_noise_sigma()) + "}");
+    } catch (const sdrt::Error& e) {
+      out.push_back("{\"error\": " + json_string(e.what()) + "}");
+    }
+  }
+  std::cout << json_list(out, [](const std::string& s) { return s; }) << "\n";
   return 0;
 }
 

@@ -18,7 +18,7 @@ const char* const kUsage =
     "usage: sdrt-cpp ARTIFACT --prompt TEXT [--negative-prompt TEXT] [--steps N] [--guidance G]\n"
     "                [--sampler NAME] [--seed S] [--width W] [--height H] [--clip-skip K] [--eta E]\n"
     "                [--image IN.png --strength F] [--latents FILE.npy] [--batch N] [--backend NAME]\n"
-    "                [--repeat N] [--timings-json FILE] [-o OUT.png]\n";
+    "                [--cache-dir DIR] [--threads N] [--repeat N] [--timings-json FILE] [-o OUT.png]\n";
 
 const char* const kHelp =
     "\nGenerate images from an sdrt artifact (sd1, sd2 or sdxl; text-to-image, image-to-image) as `sdrt generate`\n"
@@ -39,6 +39,8 @@ const char* const kHelp =
     "  --latents FILE.npy    text-to-image start noise (batch, 4, H/8, W/8) float32 instead of the seeds' draws\n"
     "  --batch N             images (default 1); OUT-i.png each\n"
     "  --backend NAME        engine backend (default openvino)\n"
+    "  --cache-dir DIR       openvino: keep compiled models in DIR, so a later run imports them\n"
+    "  --threads N           openvino: inference threads (default: OpenVINO's choice)\n"
     "  --repeat N            run the generation N times in this process (timings of each in --timings-json)\n"
     "  --timings-json FILE   write the stage timings (seconds) of every run as JSON\n"
     "  -o, --output OUT.png  where to write the image (default sdrt.png)\n";
@@ -101,6 +103,7 @@ int run(int argc, char** argv) {
   sdrt::Request request;
   std::string artifact, output = "sdrt.png", backend = "openvino", image_path, latents_path, timings_path;
   int repeat = 1;
+  sdrt::EngineOptions options;
   bool have_prompt = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -143,6 +146,10 @@ int run(int argc, char** argv) {
       request.batch = narrow(a, integer(a, value()));
     } else if (a == "--backend") {
       backend = value();
+    } else if (a == "--cache-dir") {
+      options["cache_dir"] = value();
+    } else if (a == "--threads") {
+      options["threads"] = value();
     } else if (a == "--repeat") {
       repeat = narrow(a, integer(a, value()));
       if (repeat < 1) throw sdrt::Error("--repeat " + std::to_string(repeat) + " must be at least 1");
@@ -165,7 +172,7 @@ int run(int argc, char** argv) {
   if (!image_path.empty()) request.image = sdrt::read_png(image_path);
   if (!latents_path.empty()) request.latents = sdrt::read_npy(latents_path);
 
-  auto pipeline = sdrt::Pipeline::load(artifact, backend);
+  auto pipeline = sdrt::Pipeline::load(artifact, backend, options);
   request = pipeline->check(request);  // every bad field is refused before any engine runs
   const bool tty = isatty(fileno(stderr));
   auto progress = [&](int done, int total) {

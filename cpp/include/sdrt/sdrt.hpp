@@ -271,11 +271,15 @@ std::unique_ptr<Sampler> make_sampler(const std::string& name, const SchedulerCo
 
 // ------------------------------------------------------------------------------------------------ engines
 
-// What an engine is built from: the artifact, its manifest and the component it runs.
+// Backend options by name, e.g. OpenVINO's {"cache_dir": DIR, "threads": N}; a backend refuses names it does not know.
+using EngineOptions = std::map<std::string, std::string>;
+
+// What an engine is built from: the artifact, its manifest, the component it runs and the backend's options.
 struct EngineContext {
   std::filesystem::path artifact;
   const Manifest* manifest = nullptr;
   const ComponentSpec* spec = nullptr;
+  EngineOptions options;
 };
 
 // A runnable network. Feeds reach run() already checked against the component's spec and ranges (names, dtypes,
@@ -358,7 +362,8 @@ using Progress = std::function<void(int, int)>;
 // An artifact's engines, tokenizers, token tables and scheduler config, loaded once; generate() runs requests.
 class Pipeline {
  public:
-  static std::unique_ptr<Pipeline> load(const std::filesystem::path& artifact, const std::string& backend = "openvino");
+  static std::unique_ptr<Pipeline> load(const std::filesystem::path& artifact, const std::string& backend = "openvino",
+                                        const EngineOptions& options = {});
   virtual ~Pipeline() = default;
 
   // Check a request and fill in its defaults (throws Error naming the field before any engine runs).

@@ -1,0 +1,13 @@
+"""The C++ library's own unit tests (file formats, UTF-8, Unicode normalization, JSON, shape checks), run as one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+
+def test_cpp_unit_tests_pass(cpp_tools, tmp_path):
+    result = subprocess.run([str(cpp_tools.unit_tests), str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    passed, total = map(int, re.search(r"(\d+)/(\d+) checks passed", result.stdout).groups())
+    assert passed == total and total >= 30
