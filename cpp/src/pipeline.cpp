@@ -279,13 +279,15 @@ class ArtifactPipeline : public Pipeline {
     const ComponentSpec& unet_spec = manifest_.by_role("denoiser");
     Engine& unet = engine(unet_spec.name);
     const int total = static_cast<int>(timesteps.size()) - begin;
+    const int64_t rows = guided ? 2 * n : n;  // the UNet's batch: [uncond rows; cond rows]
+    TensorMap feeds = std::move(conditioning);
+    Tensor& sample = feeds["sample"] = Tensor::zeros({rows, c, h, w});
+    Tensor& timestep = feeds["timestep"] = Tensor::zeros({rows});
     for (int index = begin; index < static_cast<int>(timesteps.size()); ++index) {
       const std::vector<float> scaled = sampler->scale_model_input(latents, index);
-      TensorMap feeds = conditioning;
-      Tensor sample = Tensor::from({n, c, h, w}, scaled);
-      Tensor timestep = Tensor::from({n}, std::vector<float>(static_cast<size_t>(n), static_cast<float>(timesteps[static_cast<size_t>(index)])));
-      feeds["sample"] = guided ? concat({sample, sample}) : sample;
-      feeds["timestep"] = guided ? concat({timestep, timestep}) : timestep;
+      std::copy(scaled.begin(), scaled.end(), sample.data.begin());
+      if (guided) std::copy(scaled.begin(), scaled.end(), sample.data.begin() + static_cast<std::ptrdiff_t>(scaled.size()));
+      std::fill(timestep.data.begin(), timestep.data.end(), static_cast<float>(timesteps[static_cast<size_t>(index)]));
       clock = Clock::now();
       const Tensor noise_pred = call_in_chunks(unet, unet_spec, feeds).at("noise_pred");
       timings.unet += seconds_since(clock);
@@ -363,14 +365,17 @@ class ArtifactPipeline : public Pipeline {
   TensorMap call_in_chunks(Engine& engine, const ComponentSpec& spec, const TensorMap& feeds) const {
     const int64_t limit = manifest_.dims.at(spec.batch_dim).max;
     const int64_t count = feeds.begin()->second.shape.at(0);
+    if (count <= limit) {  // one call: the feeds as they are
+      resolve_shapes(spec, manifest_.dims, feeds);
+      return engine.run(feeds);
+    }
     std::vector<TensorMap> parts;
     for (int64_t at = 0; at < count; at += limit) {
       TensorMap chunk;
-      for (const auto& [name, t] : feeds) chunk[name] = count <= limit ? t : t.rows(at, std::min(count, at + limit));
+      for (const auto& [name, t] : feeds) chunk[name] = t.rows(at, std::min(count, at + limit));
       resolve_shapes(spec, manifest_.dims, chunk);
       parts.push_back(engine.run(chunk));
     }
-    if (parts.size() == 1) return parts[0];
     TensorMap out;
     for (const auto& [name, t] : parts[0]) {
       std::vector<Tensor> pieces;
@@ -467,8 +472,7 @@ class ArtifactPipeline : public Pipeline {
     }
     // several encoders' states are concatenated on the feature axis
     auto features = [](const std::vector<Tensor>& parts) {
-      if (parts.size() == 1) return parts[0];
-      const int64_t rows = parts[0].shape[0] * parts[0].shape[1];
+        const int64_t rows = parts[0].shape[0] * parts[0].shape[1];
       int64_t width = 0;
       for (const auto& p : parts) width += p.shape[2];
       std::vector<float> out;
