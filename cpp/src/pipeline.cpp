@@ -10,6 +10,7 @@
 #include <random>
 #include <regex>
 #include <set>
+#include <tuple>
 
 #include "files.hpp"
 #include "sdrt/sdrt.hpp"
@@ -116,8 +117,20 @@ class ArtifactPipeline : public Pipeline {
 
   const Manifest& manifest() const override { return manifest_; }
 
-  Request check(const Request& request) const override {
-    Request r = request;
+  Request check(const Request& request) const override { return plan(request).request; }
+
+  // A checked request with its defaults filled in, its tokens (one per text encoder) and its sampler: made once per
+  // generation, before any engine is built, and carried through it.
+  struct Plan {
+    Request request;
+    std::vector<TokenizedPrompt> prompts, negatives;  // per text encoder
+    std::unique_ptr<Sampler> sampler;
+  };
+
+  Plan plan(const Request& request) const {
+    Plan plan;
+    plan.request = request;
+    Request& r = plan.request;
     for (const auto& [field, text] : {std::pair<const char*, const std::string*>{"prompt", &r.prompt},
                                       {"negative_prompt", &r.negative_prompt}}) {
       unicode::decode(*text, field);  // invalid UTF-8 is refused here, naming the field
@@ -182,7 +195,7 @@ class ArtifactPipeline : public Pipeline {
                     " (batch, channels, height/" + std::to_string(factor) + ", width/" + std::to_string(factor) + ")");
       }
     }
-    auto sampler = make_sampler(r.sampler, scheduler_config_, r.eta);  // an unknown sampler is refused here
+    plan.sampler = make_sampler(r.sampler, scheduler_config_, r.eta);  // an unknown sampler is refused here
     // text: CLIP skip within the encoders' layers, chunks within the artifact's, emphasis that cannot overflow
     for (const auto& e : encoders_) {
       const int64_t max_skip = e.spec->attribute("clip_skip_max") - 1;
@@ -190,20 +203,22 @@ class ArtifactPipeline : public Pipeline {
         throw Error("clip_skip " + std::to_string(r.clip_skip) + " is outside 0.." + std::to_string(max_skip) + " (the " +
                     e.network + " has " + std::to_string(e.spec->attribute("num_layers")) + " layers)");
       }
-      for (const auto& [field, text] : {std::pair<const char*, const std::string*>{"negative_prompt", &r.negative_prompt},
-                                        {"prompt", &r.prompt}}) {
-        const TokenizedPrompt p = tokenize_prompt(e.tokenizer, *text, static_cast<int>(manifest_.ranges.text_length));
+      plan.negatives.push_back(tokenize_prompt(e.tokenizer, r.negative_prompt, static_cast<int>(manifest_.ranges.text_length)));
+      plan.prompts.push_back(tokenize_prompt(e.tokenizer, r.prompt, static_cast<int>(manifest_.ranges.text_length)));
+      for (const auto& [field, text, p] : {std::tuple<const char*, const std::string&, const TokenizedPrompt&>{
+                                               "negative_prompt", r.negative_prompt, plan.negatives.back()},
+                                           {"prompt", r.prompt, plan.prompts.back()}}) {
         for (const auto& chunk : p.weights) {
           for (float w : chunk) {
             if (!(std::fabs(w) <= kMaxEmphasis)) {
-              throw Error(std::string(field) + " " + quote(*text, 60) + " has an emphasis weight of " + format_g(w) +
+              throw Error(std::string(field) + " " + quote(text, 60) + " has an emphasis weight of " + format_g(w) +
                           "; at most 1000 is allowed (each '(' multiplies by 1.1: 73 nested brackets reach it)");
             }
           }
         }
         if (static_cast<int64_t>(p.ids.size()) > manifest_.ranges.max_text_chunks) {
           const int64_t per = manifest_.ranges.text_length - 2;
-          throw Error(std::string(field) + " " + quote(*text, 60) + " is " + std::to_string(p.num_tokens) +
+          throw Error(std::string(field) + " " + quote(text, 60) + " is " + std::to_string(p.num_tokens) +
                       " tokens in " + std::to_string(p.ids.size()) + " chunks of " + std::to_string(per) +
                       "; this artifact takes at most " + std::to_string(manifest_.ranges.max_text_chunks) + " chunks (" +
                       std::to_string(manifest_.ranges.max_text_chunks * per) +
@@ -211,12 +226,13 @@ class ArtifactPipeline : public Pipeline {
         }
       }
     }
-    return r;
+    return plan;
   }
 
   Result generate(const Request& request, const Progress& progress) override {
     const auto start = Clock::now();
-    const Request r = check(request);
+    Plan plan = this->plan(request);
+    const Request& r = plan.request;
     Timings timings;
     const int n = r.batch;
     const bool guided = *r.guidance > 1.0;  // one guidance scale for the request: every image guided, or none
@@ -230,11 +246,11 @@ class ArtifactPipeline : public Pipeline {
 
     // conditioning: every UNet input but sample and timestep, uncond rows (guided images) then cond rows
     auto clock = Clock::now();
-    TensorMap conditioning = condition(r, n, guided);
+    TensorMap conditioning = condition(plan, n, guided);
     timings.text_encoder = seconds_since(clock);
 
     // the sampler and the timesteps this request runs
-    auto sampler = make_sampler(r.sampler, scheduler_config_, r.eta);
+    Sampler* sampler = plan.sampler.get();
     sampler->set_timesteps(*r.steps);
     int begin = 0;
     if (r.strength) {
@@ -409,16 +425,16 @@ class ArtifactPipeline : public Pipeline {
   }
 
   // The UNet's conditioning inputs for n images of one prompt: uncond rows (when guided) then cond rows.
-  TensorMap condition(const Request& r, int n, bool guided) {
+  TensorMap condition(const Plan& plan, int n, bool guided) {
+    const Request& r = plan.request;
     const int length = static_cast<int>(manifest_.ranges.text_length);
-    // tokens, and the chunk count every row is padded to (the longest text encoded, all encoders)
-    std::vector<TokenizedPrompt> prompts, negatives;
+    const std::vector<TokenizedPrompt>& prompts = plan.prompts;
+    const std::vector<TokenizedPrompt>& negatives = plan.negatives;
+    // the chunk count every row is padded to: the longest text encoded, all encoders
     size_t chunks = 1;
-    for (auto& e : encoders_) {
-      prompts.push_back(tokenize_prompt(e.tokenizer, r.prompt, length));
-      negatives.push_back(tokenize_prompt(e.tokenizer, r.negative_prompt, length));
-      chunks = std::max(chunks, prompts.back().ids.size());
-      if (guided) chunks = std::max(chunks, negatives.back().ids.size());
+    for (size_t which = 0; which < encoders_.size(); ++which) {
+      chunks = std::max(chunks, prompts[which].ids.size());
+      if (guided) chunks = std::max(chunks, negatives[which].ids.size());
     }
     std::vector<Tensor> cond_states, uncond_states;
     std::optional<Tensor> cond_pooled, uncond_pooled;
