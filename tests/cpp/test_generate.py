@@ -276,3 +276,18 @@ def test_bad_input_is_one_line_exit_2_and_no_png(cpp_tools, artifact, tmp_path, 
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(out_dir.iterdir()) == []  # no PNG, and no partial one
+
+
+def test_what_it_does_not_run_is_refused(cpp_tools, artifact, sdxl_refiner_artifact, tmp_path):
+    """Families and UNets outside its scope are refused by name, before any engine is built."""
+    result = sdrt_cpp(cpp_tools, sdxl_refiner_artifact, tmp_path / "a.png", "--prompt", "a cat")
+    assert result.returncode == 2
+    assert "family 'sdxl_refiner' is not supported by sdrt-cpp; it runs sd1, sd2 and sdxl" in result.stderr
+
+    def inpainting(root: Path) -> None:
+        path = root / "manifest.json"
+        path.write_text(path.read_text().replace('"inpainting": false', '"inpainting": true'))
+
+    result = sdrt_cpp(cpp_tools, _damaged_artifact(artifact, tmp_path, inpainting), tmp_path / "b.png", "--prompt", "x")
+    assert result.returncode == 2 and "an inpainting UNet, which sdrt-cpp does not run" in result.stderr
+    assert not list(tmp_path.glob("*.png"))
