@@ -62,8 +62,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdrt tests benchmarks
-	$(VENV)/bin/ruff format --check sdrt tests benchmarks
+	$(VENV)/bin/ruff check sdrt tests benchmarks scripts
+	$(VENV)/bin/ruff format --check sdrt tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	PY=$(PY) bash benchmarks/cpu.sh

@@ -13,7 +13,10 @@ from sdrt.demo import PRESETS, VARIANTS
 from sdrt.engines import BACKENDS, DEVICES
 from sdrt.engines.tensorrt_profiles import PROFILE_MODES as TENSORRT_PROFILES
 from sdrt.export.fp16 import PRECISIONS
-from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler
+from sdrt.library_logging import quiet_third_party
+from sdrt.params import Param, ParamSet
+from sdrt.runtime.params import PROMPT, all_params
+from sdrt.schedulers import SAMPLERS, canonical_sampler
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,95 +137,33 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"schedulers: {samplers}",
     )
     p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
-    p.add_argument(
-        "prompt",
-        nargs="?",
-        default="",
-        help="the prompt; web UI emphasis syntax: (word:1.3), (word), [word], BREAK (optional for unCLIP variations)",
-    )
-    p.add_argument("--negative-prompt", default=None, help="what the image should not contain")
-    p.add_argument(
-        "--seed", type=int, default=None, help="seed of the first image; image i uses seed+i (default random)"
-    )
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the family's, 30)")
-    p.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (default: the family's, 7.5 for SD 1.x/2.x, 5 for SDXL)",
-    )
-    p.add_argument(
-        "--height", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)"
-    )
-    p.add_argument("--width", type=int, default=None, help="pixels, multiple of 8 (default: the artifact's tuned size)")
-    p.add_argument(
-        "--scheduler",
-        type=_sampler,
-        default=None,
-        help="sampler name or web UI label, e.g. dpmpp_2m_karras or 'DPM++ 2M Karras' (default: the model's own)",
-    )
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
-    p.add_argument(
-        "--clip-skip",
-        type=int,
-        default=None,
-        help="text-encoder layers to skip from the end, diffusers' numbering: 1 is the web UI's 'CLIP skip 2'",
-    )
-    p.add_argument("--image", type=Path, default=None, help="input image: image-to-image, or inpainting with --mask")
-    p.add_argument("--mask", type=Path, default=None, help="inpainting mask of the image's size: white is repainted")
-    p.add_argument(
-        "--strength",
-        type=float,
-        default=None,
-        help="with --image: share of the schedule run, 0..1 (default 0.8, SDXL 0.3; 1.0 when inpainting)",
-    )
-    p.add_argument(
-        "--hires-scale",
-        type=float,
-        default=None,
-        help="the web UI's hires fix: upscale the images this much, then denoise again at that size (e.g. 2)",
-    )
-    p.add_argument(
-        "--hires-upscaler",
-        default="Latent",
-        help="with --hires-scale: Latent, Latent (nearest), Latent (bicubic), ... or Lanczos, Nearest (default Latent)",
-    )
-    p.add_argument(
-        "--hires-steps", type=int, default=None, help="with --hires-scale: second-pass steps (default --steps)"
-    )
-    p.add_argument(
-        "--hires-strength", type=float, default=0.7, help="with --hires-scale: second-pass denoising strength (0.7)"
-    )
+    p.add_argument("prompt", nargs="?", default="", help=PROMPT.help + " (optional for unCLIP variations)")
     p.add_argument("--refiner", type=Path, default=None, help="an SDXL refiner artifact to run after the base")
-    p.add_argument(
-        "--refiner-switch-at",
-        type=float,
-        default=None,
-        help="with --refiner: share of the steps the base runs before the refiner takes over, 0 < F < 1 (e.g. 0.8)",
-    )
-    p.add_argument(
-        "--aesthetic-score", type=float, default=6.0, help="SDXL refiner: aesthetic score to ask for (default 6)"
-    )
-    p.add_argument(
-        "--negative-aesthetic-score",
-        type=float,
-        default=2.5,
-        help="SDXL refiner: aesthetic score of the unconditional rows (default 2.5)",
-    )
-    p.add_argument(
-        "--noise-level",
-        type=int,
-        default=0,
-        help="unCLIP: noise added to the image's embedding, 0..999 (more: looser variations; default 0)",
-    )
+    _param_args(p, all_params())
     _extra_network_args(p)
     p.add_argument("--preview-every", type=int, default=None, metavar="N", help="write a cheap preview every N steps")
     p.add_argument("--preview-dir", type=Path, default=None, help="directory for previews (default: beside the output)")
-    p.add_argument("--batch", type=int, default=1, help="images to generate (default 1)")
     p.add_argument(
         "-o", "--output", type=Path, default=Path("sdrt.png"), help="PNG path; with --batch N, -i is appended"
     )
     _backend_args(p, default="onnxruntime")
+
+    from sdrt.runtime.preprocessors import MODULES  # numpy and PIL only: cheap for --help
+
+    p = sub.add_parser(
+        "detect",
+        help="run a ControlNet preprocessor (module) on an image: the map a ControlNet reads",
+        epilog=f"modules: {', '.join(MODULES)}",
+    )
+    p.add_argument("module", help="preprocessor, e.g. canny, invert, scribble_xdog, lineart_standard, depth")
+    p.add_argument("image", type=Path, help="input image")
+    p.add_argument("-o", "--output", type=Path, default=Path("map.png"), help="the map's PNG path (default map.png)")
+    p.add_argument("--processor-res", type=int, default=512, help="the preprocessor's working resolution (512)")
+    p.add_argument("--threshold-a", type=float, default=None, help="the module's first setting (canny: low)")
+    p.add_argument("--threshold-b", type=float, default=None, help="the module's second setting (canny: high)")
+    p.add_argument("--mask", type=Path, default=None, help="the inpaint module's mask: white is masked")
+    p.add_argument("--seed", type=int, default=0, help="seed of a module that draws (shuffle; default 0)")
+    p.add_argument("--annotator-dir", type=Path, default=None, help="annotator models' weights (depth, openpose, ...)")
 
     p = sub.add_parser("info", help="print an artifact's manifest summary")
     p.add_argument("artifact_dir", type=Path)
@@ -274,6 +215,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--refiner-model", type=Path, default=None, help="with a refiner artifact: its model directory")
     p.add_argument("--refiner-switch-at", type=float, default=None, help="with --refiner: share of steps the base runs")
+    p.add_argument(
+        "--controlnet",
+        default="",
+        help="comma-separated ControlNet artifacts (from 'sdrt export'), or model directories alone (torch backend "
+        "and baselines only)",
+    )
+    p.add_argument("--controlnet-model", default="", help="with ControlNet artifacts: their model directories")
+    p.add_argument(
+        "--controlnets",
+        default=None,
+        help="ControlNets per image, one scenario each, e.g. 0,1,2 (default: all given; 0 without --controlnet)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu or cuda[:N]")
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
@@ -286,7 +239,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="HTTP server: batches concurrent requests; sdrt, web UI (/sdapi/v1) and OpenAI image APIs",
         epilog="endpoints: POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations; "
-        "GET /sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics",
+        "GET /sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics; the ControlNet "
+        "extension's /controlnet/* (with --controlnet-dir)",
     )
     p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
     _backend_args(p, default="onnxruntime")
@@ -315,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
     p.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
+    p.add_argument("--max-control-units", type=int, default=3, help="most ControlNet units per request (default 3)")
     p.add_argument(
         "--warm-shapes",
         nargs="+",
@@ -336,6 +291,59 @@ def _parser() -> argparse.ArgumentParser:
         help="with --ray autoscaling: requests per replica to scale at (default twice the batch size)",
     )
     return parser
+
+
+def _param_args(p: argparse.ArgumentParser, params: ParamSet) -> None:
+    """A flag per request parameter (`sdrt.params`): an object's fields as --NAME-FIELD flags, unless it parses text."""
+    for param in params:
+        if param.type == "object" and param.parse is None:
+            for field in param.fields:
+                flag = f"--{param.name}-{field.name.replace('_', '-')}"
+                p.add_argument(flag, dest=f"{param.name}__{field.name}", type=_cli_type(field), default=None,
+                               metavar=field.name.upper(), help=field.help)  # fmt: skip
+            continue
+        if param.cli_flag is None or param.type == "vector":
+            continue
+        if param.type == "bool":
+            p.add_argument(param.cli_flag, dest=param.name, action="store_true", default=None, help=param.help)
+            continue
+        action = "append" if param.many else "store"
+        metavar = param.cli_flag.lstrip("-").replace("-", "_").upper()
+        p.add_argument(
+            param.cli_flag, dest=param.name, type=_cli_type(param), action=action, default=None, metavar=metavar,
+            help=param.help,
+        )  # fmt: skip
+
+
+def _param_values(args: argparse.Namespace, params: ParamSet) -> dict:
+    """The request parameters given on the command line (those not given take the pipeline's defaults)."""
+    values = {}
+    for param in params:
+        if param.type == "object" and param.parse is None:
+            given = {f.name: getattr(args, f"{param.name}__{f.name}") for f in param.fields}
+            given = {k: v for k, v in given.items() if v is not None}
+            if given:
+                values[param.name] = given
+        elif param.cli_flag is not None and getattr(args, param.name, None) is not None:
+            values[param.name] = getattr(args, param.name)
+    return values
+
+
+def _cli_type(param: Param):
+    """argparse type of a parameter: numbers, text, image paths; a sampler name becomes sdrt's."""
+    if param.parse is not None:
+        parse = param.parse
+
+        def parsed(text: str):
+            try:
+                return parse(text)
+            except ValueError as exc:  # argparse would say only "invalid value"
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return parsed
+    if param.name in ("scheduler", "sampler"):
+        return _sampler
+    return {"int": int, "float": float, "floats": float, "image": Path}.get(param.type, str)
 
 
 def _lora_arg(value: str) -> tuple[Path, float]:
@@ -377,11 +385,24 @@ def _extra_network_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="textual-inversion embeddings (.pt, .safetensors, .bin), used where a prompt names a file's stem",
     )
+    p.add_argument(
+        "--controlnet-dir",
+        type=Path,
+        default=None,
+        help="ControlNet artifacts (each subdirectory one, from 'sdrt export CONTROLNET'), which --control and "
+        "requests name by directory name",
+    )
+    p.add_argument(
+        "--annotator-dir",
+        type=Path,
+        default=None,
+        help="annotator models' weights for ControlNet modules such as depth and openpose (never downloaded)",
+    )
 
 
 def _load_options(args: argparse.Namespace) -> dict:
     """Pipeline.load's extra-network directories, as given."""
-    names = ("embeddings_dir", "lora_dir", "model_dir")
+    names = ("embeddings_dir", "lora_dir", "model_dir", "controlnet_dir", "annotator_dir")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -459,7 +480,7 @@ def _export(args: argparse.Namespace) -> int:
     from sdrt.export import ExportConfig, export_model
     from sdrt.model_source import SourceOptions
 
-    _quiet_third_party()
+    quiet_third_party()
     config = ExportConfig(
         max_batch=args.max_batch,
         min_size=args.min_size,
@@ -507,18 +528,11 @@ def _generate(args: argparse.Namespace) -> int:
     from sdrt import Pipeline
     from sdrt.runtime.images import save_png
 
-    _quiet_third_party()
+    quiet_third_party()
     if args.preview_every is not None and args.preview_every < 1:
         raise ValueError(f"--preview-every {args.preview_every} must be at least 1")
     if args.refiner_switch_at is not None and args.refiner is None:
         raise ValueError("--refiner-switch-at needs --refiner REFINER_ARTIFACT")
-    hires = None
-    if args.hires_scale is not None:
-        from sdrt import Hires
-
-        hires = Hires(
-            scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps, strength=args.hires_strength
-        )
     pipe = Pipeline.load(
         args.path, backend=args.backend, device=args.device, refiner=args.refiner, **_load_options(args),
         **_backend_options(args),
@@ -531,27 +545,10 @@ def _generate(args: argparse.Namespace) -> int:
         preview = PreviewWriter(preview_dir, prefix=args.output.stem, factors=pipe.family.latent_rgb)
     result = pipe.generate(
         args.prompt,
-        negative_prompt=args.negative_prompt,
-        height=args.height,
-        width=args.width,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        seed=args.seed,
-        num_images_per_prompt=args.batch,
-        scheduler=args.scheduler,
-        eta=args.eta,
-        clip_skip=args.clip_skip,
-        image=args.image,
-        mask_image=args.mask,
-        strength=args.strength,
         callback=preview,
         callback_steps=args.preview_every or 1,
         progress=True,
-        refiner_switch_at=args.refiner_switch_at,
-        aesthetic_score=args.aesthetic_score,
-        negative_aesthetic_score=args.negative_aesthetic_score,
-        noise_level=args.noise_level,
-        hires=hires,
+        **_param_values(args, all_params()),
     )
     if preview is not None:
         print(f"wrote previews every {args.preview_every} steps to {preview_dir}")
@@ -567,6 +564,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect(args: argparse.Namespace) -> int:
+    from sdrt.runtime.image_inputs import open_image
+    from sdrt.runtime.images import save_png
+    from sdrt.runtime.preprocessors import detect
+
+    image = open_image(args.image, "image")
+    mask = None if args.mask is None else open_image(args.mask, "mask")
+    found = detect(
+        args.module, image, args.processor_res, args.threshold_a, args.threshold_b, mask=mask, seed=args.seed,
+        annotator_dir=args.annotator_dir,
+    )  # fmt: skip
+    save_png(found, args.output, f"ControlNet module: {args.module}")
+    print(f"wrote {args.output} ({found.width}x{found.height}, {args.module})")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from sdrt.manifest import read_manifest
 
@@ -578,9 +591,15 @@ def _bench(args: argparse.Namespace) -> int:
     from sdrt.bench import BASELINES, BenchConfig, format_table, plot, run_bench, write_json
     from sdrt.bench.scenario import parse_ints, parse_size
 
-    _quiet_third_party()
+    quiet_third_party()
     backends = () if args.backend == "none" else tuple(b.strip() for b in args.backend.split(",") if b.strip())
     baselines = () if args.baseline == "none" else ("diffusers",) if args.no_compile else BASELINES
+    controlnets = tuple(Path(p.strip()) for p in args.controlnet.split(",") if p.strip())
+    controlnet_models = tuple(Path(p.strip()) for p in args.controlnet_model.split(",") if p.strip())
+    if args.controlnets is not None:
+        counts = parse_ints("--controlnets", args.controlnets)
+    else:
+        counts = (max(len(controlnets), len(controlnet_models)),)
     config = BenchConfig(
         path=args.path,
         model=args.model,
@@ -599,6 +618,9 @@ def _bench(args: argparse.Namespace) -> int:
         refiner=args.refiner,
         refiner_model=args.refiner_model,
         refiner_switch_at=args.refiner_switch_at,
+        controlnets=controlnets,
+        controlnet_models=controlnet_models,
+        control_counts=counts,
         device=args.device,
         cold_start=not args.no_cold_start,
     )
@@ -630,7 +652,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sdrt.serve.config import parse_warm_shapes
     from sdrt.serve.styles import read_styles
 
-    _quiet_third_party()
+    quiet_third_party()
     options = _backend_options(args)
     warm = parse_warm_shapes(args.warm_shapes)
     kept = options.get("max_cuda_graphs", DEFAULT_MAX_GRAPHS)
@@ -648,6 +670,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_steps=args.default_steps,
         max_steps=args.max_steps,
         max_images=args.max_images,
+        max_control_units=args.max_control_units,
         warm_shapes=warm,
         styles=() if args.styles is None else read_styles(args.styles),
     )
@@ -681,21 +704,12 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     logging.getLogger("sdrt").setLevel(level)
 
 
-def _quiet_third_party() -> None:
-    """Model loading in transformers/diffusers prints progress bars and advice meant for their own users."""
-    import diffusers
-    import transformers
-
-    for lib in (transformers, diffusers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
-
-
 _COMMANDS = {
     "demo-model": _demo_model,
     "export": _export,
     "build": _build,
     "generate": _generate,
+    "detect": _detect,
     "info": _info,
     "bench": _bench,
     "doctor": _doctor,

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import sdrt
-from sdrt.manifest import DataFile, Manifest, OnnxFile
+from sdrt.manifest import DataFile, Manifest
 from sdrt.model_dir import ModelDir
+from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ShapeRanges
 
 SCHEMA_PATH = Path(sdrt.__file__).parent / "manifest.schema.json"  # shipped with the package (setup.py)

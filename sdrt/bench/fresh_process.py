@@ -22,9 +22,9 @@ def main(request: Path, result: Path) -> None:
 
     from sdrt.bench.memory import MemorySampler, process_peak_rss
     from sdrt.bench.runners import load_runner, sync
-    from sdrt.cli import _quiet_third_party
+    from sdrt.library_logging import quiet_third_party
 
-    _quiet_third_party()
+    quiet_third_party()
     data = json.loads(request.read_text())
     spec = ContenderSpec.from_json(data["spec"])
     fields = dict(data["scenario"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from sdrt.engines.base import BuildRecord, Engine, call_in_chunks, max_batch
-from sdrt.manifest import Manifest
+from sdrt.engines.base import BuildRecord, Engine, Networks, call_in_chunks, max_batch
 
 # backend name -> module; imported only when asked for, so a missing optional library never breaks the others
 BACKENDS = {
@@ -40,28 +40,46 @@ def check_device(device: str) -> str:
 
 
 def build_engines(
-    path: str | os.PathLike, manifest: Manifest, backend: str, device: str = "cpu", **options: Any
+    path: str | os.PathLike, networks: Networks, backend: str, device: str = "cpu", **options: Any
 ) -> list[BuildRecord]:
     """Prepare engines for `backend` under `path/engines/<backend>/`, reusing any built from the same inputs."""
     module = backend_module(backend)
-    return module.build(path, manifest, module.options(device=check_device(device), **options))
+    return module.build(path, networks, module.options(device=check_device(device), **options))
+
+
+def runs_modules(backend: str) -> bool:
+    """True for a backend that runs the networks' torch modules themselves (it needs them to load)."""
+    return bool(getattr(backend_module(backend), "RUNS_MODULES", False))
 
 
 def load_engines(
-    path: str | os.PathLike, manifest: Manifest, backend: str, device: str = "cpu", **options: Any
+    path: str | os.PathLike,
+    networks: Networks,
+    backend: str,
+    device: str = "cpu",
+    modules: Callable[[], Mapping[str, Any]] | None = None,
+    **options: Any,
 ) -> dict[str, Engine]:
-    """Engines for every component of the artifact (or, for the torch backend, model directory) at `path`."""
+    """Engines for every network at `path` (an artifact; for a backend that runs torch modules, a model directory).
+
+    `modules` loads the networks' torch modules, with their specs' IO: what a backend that `runs_modules` runs.
+    """
     module = backend_module(backend)
-    return module.load(path, manifest, module.options(device=check_device(device), **options))
+    opts = module.options(device=check_device(device), **options)
+    if runs_modules(backend):
+        return module.load(path, networks, opts, modules=modules)
+    return module.load(path, networks, opts)
 
 
 __all__ = [
     "BACKENDS",
     "BuildRecord",
     "Engine",
+    "Networks",
     "backend_module",
     "build_engines",
     "call_in_chunks",
     "load_engines",
     "max_batch",
+    "runs_modules",
 ]

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
+from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
+
+
+class Networks(Protocol):
+    """What engines are built from: each network's spec and ONNX file, and the shapes they accept.
+
+    An artifact's manifest is one; engines never read more of it (no family, no runtime facts).
+    """
+
+    components: Mapping[str, ComponentSpec]  # network name -> IO spec
+    ranges: ShapeRanges  # batch and image sizes every engine accepts
+    files: Mapping[str, OnnxFile]  # network name -> its ONNX file in the artifact (empty for a model directory)
+    source_sha256: str  # the weights the graphs were exported from (keys weight maps)
 
 
 @runtime_checkable
@@ -20,6 +34,28 @@ class Engine(Protocol):
     device: torch.device  # where its inputs must live and its outputs are returned
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class ModuleEngine(Protocol):
+    """An engine that computes with a torch module it holds (the torch backend): its weights are the module's."""
+
+    module: nn.Module  # a module with the engine's spec IO; changing its parameters changes the engine
+
+
+@runtime_checkable
+class Refittable(Protocol):
+    """An engine whose weights can be replaced, without a rebuild, by those of a torch module with its spec's IO."""
+
+    @property
+    def refittable(self) -> bool:
+        """False when this engine was built without refit support."""
+
+    def refit_from(self, module: nn.Module, changed: Collection[str] = ()) -> None:
+        """Compute with `module`'s parameters from now on; `changed` names those that differ from the export's.
+
+        ValueError when the engine cannot take them (built without refit, or a changed weight was folded away).
+        """
 
 
 class CheckedEngine:

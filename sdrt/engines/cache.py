@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrt.engines.base import Networks
 from sdrt.files import atomic_directory, file_lock, read_json_object
 from sdrt.hashing import file_sha256, json_sha256
-from sdrt.manifest import Manifest, OnnxFile
+from sdrt.onnx_files import OnnxFile
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def onnx_digests(artifact: Path, component: str, onnx_file: OnnxFile) -> dict[st
     return digests
 
 
-def require_onnx(artifact: Path, manifest: Manifest, backend: str) -> None:
+def require_onnx(artifact: Path, manifest: Networks, backend: str) -> None:
     """ValueError unless every component of the manifest has its ONNX file (a model directory has none)."""
     missing = [n for n in manifest.components if n not in manifest.files]
     if missing:

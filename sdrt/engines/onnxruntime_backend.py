@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
+from sdrt.engines.base import BuildRecord, CheckedEngine, Networks, indexed
 from sdrt.engines.cache import (
     CachedEngine,
     EngineCache,
@@ -33,7 +33,7 @@ from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS, shape_key
 from sdrt.engines.float32 import float32_name, float32_onnx
 from sdrt.engines.options import make_options
 from sdrt.hashing import json_sha256
-from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, Manifest, OnnxFile
+from sdrt.onnx_files import ONNX_DATA_FILE, ONNX_FILE, OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def cache_key(onnx_file: OnnxFile, opts: OnnxRuntimeOptions, artifact: Path, nam
     )
 
 
-def build(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> list[BuildRecord]:
+def build(path: str | os.PathLike, manifest: Networks, opts: OnnxRuntimeOptions) -> list[BuildRecord]:
     """Optimize every component's graph once and save it, keyed by `cache_key`; reuse what is already built."""
     artifact = Path(path)
     require_onnx(artifact, manifest, BACKEND)
@@ -127,7 +127,7 @@ def build(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions)
     return records
 
 
-def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) -> dict[str, OnnxRuntimeEngine]:
+def load(path: str | os.PathLike, manifest: Networks, opts: OnnxRuntimeOptions) -> dict[str, OnnxRuntimeEngine]:
     """Sessions over the cached optimized graphs (built first where missing, rebuilt where damaged)."""
     artifact = Path(path)
     require_onnx(artifact, manifest, BACKEND)
@@ -136,8 +136,9 @@ def load(path: str | os.PathLike, manifest: Manifest, opts: OnnxRuntimeOptions) 
     engines = {}
     for name, spec in manifest.components.items():
         engine = _engine(cache, artifact, name, manifest.files[name], opts)
-        # Only the UNet runs every step; the others run once per generation, where launch overhead is noise.
-        cuda_graphs = opts.cuda_graphs and spec.role == "denoiser" and _graphs_possible(engine, name)
+        # Only the UNet (and ControlNets) run every step; the others run once per generation, where launch
+        # overhead is noise.
+        cuda_graphs = opts.cuda_graphs and spec.role in ("denoiser", "controlnet") and _graphs_possible(engine, name)
         engines[name] = OnnxRuntimeEngine(
             _session(engine, opts, cuda_graphs, name), spec, manifest.ranges, opts, cuda_graphs
         )
@@ -178,7 +179,7 @@ def _graphs_possible(engine: CachedEngine, name: str) -> bool:
     return not copies
 
 
-def _float32_factory(cache: EngineCache, artifact: Path, name: str, manifest: Manifest, opts: OnnxRuntimeOptions):
+def _float32_factory(cache: EngineCache, artifact: Path, name: str, manifest: Networks, opts: OnnxRuntimeOptions):
     """What builds the float32 copy of an fp16 component's engine, when the VAE guard first needs it."""
 
     def make() -> OnnxRuntimeEngine:

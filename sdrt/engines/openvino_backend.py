@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
+from sdrt.engines.base import BuildRecord, CheckedEngine, Networks, indexed
 from sdrt.engines.cache import EngineCache, ensure_engine, hardware_id, onnx_digests, reading, require_onnx
 from sdrt.engines.float32 import float32_name, float32_onnx
 from sdrt.engines.options import make_options
 from sdrt.hashing import json_sha256
-from sdrt.manifest import Manifest, OnnxFile
+from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 BACKEND = "openvino"
 BLOB_FILE = "model.blob"
 NEEDS = "the openvino backend needs OpenVINO (pip install 'sdrt[openvino]') and runs on the CPU"
-STATIC_ROLES = ("denoiser", "vae_decoder", "vae_encoder")  # a few shapes per generation: compiled per shape
+STATIC_ROLES = ("denoiser", "controlnet", "vae_decoder", "vae_encoder")  # few shapes per generation: one model each
 INFERENCE_PRECISION = "f32"  # never bf16 or f16: speed must not buy a different image
 DYNAMIC = "dynamic"
 
@@ -86,7 +86,7 @@ def options(**kwargs) -> OpenVinoOptions:
     return opts
 
 
-def build(path: str | os.PathLike, manifest: Manifest, opts: OpenVinoOptions) -> list[BuildRecord]:
+def build(path: str | os.PathLike, manifest: Networks, opts: OpenVinoOptions) -> list[BuildRecord]:
     """Compile every component at its tuned shapes (static roles) or dynamically (the others), cached on disk."""
     artifact = Path(path)
     require_onnx(artifact, manifest, BACKEND)
@@ -102,7 +102,7 @@ def build(path: str | os.PathLike, manifest: Manifest, opts: OpenVinoOptions) ->
     return records
 
 
-def load(path: str | os.PathLike, manifest: Manifest, opts: OpenVinoOptions) -> dict[str, OpenVinoEngine]:
+def load(path: str | os.PathLike, manifest: Networks, opts: OpenVinoOptions) -> dict[str, OpenVinoEngine]:
     """Engines for every component; static models are compiled (or imported from the cache) at their first shape."""
     artifact = Path(path)
     require_onnx(artifact, manifest, BACKEND)

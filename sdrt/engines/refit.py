@@ -1,4 +1,4 @@
-"""Refit weight maps (which ONNX initializer holds which torch weight) and switching LoRAs on built engines.
+"""Refit weight maps (which ONNX initializer holds which torch weight), and refitting built engines from torch weights.
 
 The exporter keeps most parameters as initializers under their own names (`unet.conv_in.weight`),
 but constant folding stores others under generated names: nn.Linear weights transposed for MatMul
@@ -10,11 +10,11 @@ parameter is a constant of the graph (shapes, frequency tables) and stays unmapp
 found in no initializer was folded into something else and cannot be refit; both are reported.
 
 `WeightMap.refit_weights(params)` turns torch parameters (a LoRA fused in, say) into the arrays the
-initializers would hold after a re-export, without re-exporting. `LoraRefitter` ties it together:
-fuse a LoRA into the torch modules (`sdrt.export.lora`), build each refittable engine's weights
-through the map, and refit every mapped weight (changed or not), so switching LoRA A -> B -> A
-gives exactly A's engine again. The map is computed once per ONNX and source model and cached as
-JSON under `engines/refit/`.
+initializers would hold after a re-export, without re-exporting. `WeightSource` ties it together
+for one engine: the runtime fuses a LoRA into the torch modules (`sdrt.lora`) and the engine refits
+every mapped weight through the map, changed or not, so switching LoRA A -> B -> A gives exactly A's
+engine again. The map is computed once per ONNX and source model and cached as JSON under
+`engines/refit/`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdrt.engines.base import Networks
 from sdrt.engines.cache import EngineCache, onnx_digests
 from sdrt.files import atomic_file, read_json_object
 from sdrt.hashing import json_sha256
-from sdrt.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _equal(array: np.ndarray, value: np.ndarray | None) -> bool:
 
 
 def weight_map_for(
-    artifact: Path, manifest: Manifest, component: str, module: nn.Module, cache_dir: str | os.PathLike | None = None
+    artifact: Path, manifest: Networks, component: str, module: nn.Module, cache_dir: str | os.PathLike | None = None
 ) -> WeightMap:
     """The weight map of one component, from the engine cache (engines/refit/) or built and cached there."""
     onnx_file = manifest.files[component]
@@ -251,62 +251,43 @@ def weight_map_for(
     return weight_map
 
 
-class LoraRefitter:
-    """Switches the LoRAs fused into refittable engines (text encoders and UNet) without rebuilding them.
+class WeightSource:
+    """Where a refittable engine's weights come from: its component's ONNX graph, whose initializers the weight map
+    links to the parameters of the torch module the engine was exported from.
 
-    Needs the model directory the artifact was exported from: LoRAs are fused into its torch weights,
-    which the weight maps then place into the engines' initializers.
+    `refit(engine, module)` refits an engine to the module's current parameters (a LoRA fused in, say): every
+    mapped weight, changed or not, so switching A -> B -> A gives exactly A's engine again. The map is computed
+    once per ONNX graph and source model and cached as JSON under `engines/refit/`.
     """
 
     def __init__(
         self,
         artifact: str | os.PathLike,
-        manifest: Manifest,
-        model_dir: str | os.PathLike,
+        networks: Networks,
+        component: str,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        from sdrt.export.lora import LoraFuser
-        from sdrt.model_dir import ModelDir
+        self.artifact = Path(artifact)
+        self.networks = networks
+        self.component = component
+        self.cache_dir = cache_dir
+        self._map: WeightMap | None = None
 
-        model = ModelDir.open(model_dir)
-        if model.weights_sha256() != manifest.source_sha256:
-            raise ValueError(f"{artifact} was not exported from {model_dir} (their weight hashes differ)")
-        family = manifest.model_family
-        self.modules = model.load_modules()
-        inner = {c: _inner(self.modules[c]) for c in family.lora_parts if c in self.modules}
-        self.fuser = LoraFuser(inner, family.lora_loader)
-        # the fuser names parameters within the text encoder / UNet; the maps within the component modules
-        self._prefix = {c: _child_prefix(self.modules[c], module) for c, module in inner.items()}
-        self.maps = {
-            c: weight_map_for(Path(artifact), manifest, c, self.modules[c], cache_dir)
-            for c in inner
-            if c in manifest.files
-        }
+    def weight_map(self, module: nn.Module) -> WeightMap:
+        """The component's weight map for `module` (its spec's IO), built or read once."""
+        if self._map is None:
+            self._map = weight_map_for(self.artifact, self.networks, self.component, module, self.cache_dir)
+        return self._map
 
-    def apply(self, engines: Mapping[str, Any], lora: Any, scale: float = 1.0) -> None:
-        """Refit the engines to the base weights with a LoRA (or a set of (file, weight); None: none) fused in."""
-        for c in self.maps:
-            if not getattr(engines[c], "refittable", False):
-                raise ValueError(f"the {c} engine cannot be refit; build the engines with --refit")
-        with self.fuser.fused(lora, scale) as changed:
-            for c, weight_map in self.maps.items():
-                touched = {self._prefix[c] + n for n in changed[c]}
-                lost = sorted(touched - weight_map.params())
-                if lost:
-                    raise ValueError(
-                        f"the LoRA changes {c} weights the export folded into other constants, so a refit cannot "
-                        f"reach them: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}"
-                    )
-                engines[c].refit(weight_map.refit_weights(dict(self.modules[c].named_parameters())))
-
-
-def _inner(wrapper: nn.Module) -> nn.Module:
-    """The diffusers/transformers module a component module wraps (what a LoRA adapts)."""
-    return wrapper.unet if hasattr(wrapper, "unet") else wrapper.text_encoder
-
-
-def _child_prefix(wrapper: nn.Module, inner: nn.Module) -> str:
-    for name, child in wrapper.named_children():
-        if child is inner:
-            return f"{name}."
-    raise ValueError(f"{type(inner).__name__} is not a direct child of {type(wrapper).__name__}")
+    def refit(self, engine: Any, module: nn.Module, changed: Collection[str] = ()) -> None:
+        """Refit `engine` to `module`'s parameters; `changed` names those a LoRA changed (checked reachable)."""
+        if not getattr(engine, "refittable", False):
+            raise ValueError(f"the {self.component} engine cannot be refit; build the engines with --refit")
+        weight_map = self.weight_map(module)
+        lost = sorted(set(changed) - weight_map.params())
+        if lost:
+            raise ValueError(
+                f"the LoRA changes {self.component} weights the export folded into other constants, so a refit cannot "
+                f"reach them: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}"
+            )
+        engine.refit(weight_map.refit_weights(dict(module.named_parameters())))

@@ -15,11 +15,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sdrt.engines.base import BuildRecord, indexed
+from sdrt.engines.base import BuildRecord, Networks, indexed
 from sdrt.engines.cache import EngineCache, ensure_engine, onnx_digests
 from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS
 from sdrt.engines.tensorrt_api import SUPPORTED_MAJORS, TensorRTPath, api_path
@@ -27,8 +27,11 @@ from sdrt.engines.tensorrt_cache import BACKEND, PLAN_FILE, GpuInfo, cache_key
 from sdrt.engines.tensorrt_profiles import PROFILE_MODES, Profile, build_profiles
 from sdrt.files import atomic_file
 from sdrt.hashing import json_sha256
-from sdrt.manifest import Manifest, OnnxFile
+from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,10 @@ def gpu_info(device: torch.device) -> GpuInfo:
 
 
 def build_one(
+    trt,
+    gpu: GpuInfo,
     artifact: Path,
-    manifest: Manifest,
+    manifest: Networks,
     name: str,
     opts: TensorRTOptions,
     force: bool = False,
@@ -112,15 +117,13 @@ def build_one(
 ) -> BuildRecord:
     """The plan of one component from the engine cache, built when missing, damaged or (`force`) refused by TensorRT.
 
-    `source` (root, file) builds from another graph than the artifact's (the float32 copy of an fp16
-    network) under `engine_name`.
+    `trt` is the tensorrt module, `gpu` the GPU the plan is for (the current device). `source` (root, file)
+    builds from another graph than the artifact's (the float32 copy of an fp16 network) under `engine_name`.
     """
-    trt = tensorrt()
     spec = manifest.components[name]
     root, onnx_file = source or (artifact, manifest.files[name])
     engine_name = engine_name or name
     profiles = build_profiles(spec, manifest.ranges, opts.profile)
-    gpu = gpu_info(opts.torch_device)
     cache = EngineCache.for_artifact(artifact, opts.cache_dir)
     onnx = onnx_digests(root, engine_name, onnx_file)
     key = cache_key(onnx["onnx"], onnx["external_data"], opts.settings(), profiles, trt.__version__, gpu)
@@ -158,7 +161,7 @@ def build_plan(
     config = builder.create_builder_config()
     configure(trt, config, opts)
     for profile in profiles:
-        config.add_optimization_profile(optimization_profile(builder, spec, profile))
+        add_profile(config, optimization_profile(builder, spec, profile), spec, profile)
     timing = load_timing_cache(config, timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -168,7 +171,7 @@ def build_plan(
     return bytes(plan)
 
 
-def configure(trt, config, opts: TensorRTOptions) -> None:
+def configure(trt, config: trt.IBuilderConfig, opts: TensorRTOptions) -> None:
     """Builder flags: no weak typing ever (the network is strongly typed), TF32 only when asked, refit."""
     if not opts.tf32:
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default; off, fp32 layers compute in fp32
@@ -179,7 +182,7 @@ def configure(trt, config, opts: TensorRTOptions) -> None:
     config.builder_optimization_level = opts.optimization_level
 
 
-def optimization_profile(builder, spec: ComponentSpec, profile: Profile):
+def optimization_profile(builder: trt.Builder, spec: ComponentSpec, profile: Profile) -> trt.IOptimizationProfile:
     """One IOptimizationProfile; ValueError naming the component, input and shapes TensorRT refused."""
     trt_profile = builder.create_optimization_profile()
     for name, (low, opt, high) in profile.shapes(spec).items():
@@ -189,6 +192,23 @@ def optimization_profile(builder, spec: ComponentSpec, profile: Profile):
             f"(min {list(low)}, opt {list(opt)}, max {list(high)})",
         )
     return trt_profile
+
+
+def add_profile(
+    config: trt.IBuilderConfig, trt_profile: trt.IOptimizationProfile, spec: ComponentSpec, profile: Profile
+) -> int:
+    """Add an optimization profile to the builder config; ValueError naming it when TensorRT finds it invalid.
+
+    `add_optimization_profile` does not raise: it returns -1 (and logs an error) for a profile it cannot use.
+    """
+    index = config.add_optimization_profile(trt_profile)
+    if index < 0:
+        shapes = "; ".join(
+            f"{name} min {list(low)} opt {list(opt)} max {list(high)}"
+            for name, (low, opt, high) in profile.shapes(spec).items()
+        )
+        raise ValueError(f"{spec.name}: TensorRT found its {profile.kind} optimization profile invalid ({shapes})")
+    return index
 
 
 def guarded(call: Callable[[], Any], what: str) -> Any:
@@ -209,7 +229,7 @@ def timing_cache_path(cache: EngineCache, opts: TensorRTOptions, version: str, g
     return cache.backend_dir(BACKEND) / f"timing-{tag}.cache"
 
 
-def load_timing_cache(config, path: Path):
+def load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
     """The timing cache to build with: `path`'s, or a fresh one when TensorRT cannot read or refuses it.
 
     `set_timing_cache(cache, ignore_mismatch=False)` returns False for a cache made on another device; its
@@ -230,26 +250,37 @@ def load_timing_cache(config, path: Path):
 
 
 def trt_logger(trt):
-    """A TensorRT logger that forwards to `logging` (TensorRT's own prints straight to the terminal)."""
-    cached = _LOGGERS.get(id(trt))
+    """The logger sdrt gives TensorRT: its own C++ one showing warnings and errors, or with --verbose a forwarder.
+
+    A logger written in Python takes the GIL for every message TensorRT sends it, VERBOSE ones included
+    (thousands per build). So, as NVIDIA's demos do, TensorRT's built-in `Logger` filters by severity in
+    C++ and prints what passes (warnings and errors); when sdrt's log shows debug messages (`--verbose`),
+    every message is forwarded to `logging` instead (errors as errors, warnings as warnings, the rest as debug).
+    """
+    verbose = log.isEnabledFor(logging.DEBUG)
+    cached = _LOGGERS.get((id(trt), verbose))
     if cached is not None and cached[0] is trt:
         return cached[1]
+    if not verbose:
+        logger = trt.Logger(trt.ILogger.Severity.WARNING)
+    else:
 
-    class _Forward(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
+        class _Forward(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
 
-        def log(self, severity, msg: str) -> None:
-            levels = trt.ILogger.Severity
-            if severity in (levels.INTERNAL_ERROR, levels.ERROR):
-                log.error("TensorRT: %s", msg)
-            elif severity == levels.WARNING:
-                log.warning("TensorRT: %s", msg)
-            elif severity == levels.INFO:
-                log.debug("TensorRT: %s", msg)
+            def log(self, severity, msg: str) -> None:
+                levels = trt.ILogger.Severity
+                if severity in (levels.INTERNAL_ERROR, levels.ERROR):
+                    log.error("TensorRT: %s", msg)
+                elif severity == levels.WARNING:
+                    log.warning("TensorRT: %s", msg)
+                else:
+                    log.debug("TensorRT: %s", msg)
 
-    _LOGGERS[id(trt)] = (trt, _Forward())  # TensorRT needs a logger to outlive every builder and runtime
-    return _LOGGERS[id(trt)][1]
+        logger = _Forward()
+    _LOGGERS[(id(trt), verbose)] = (trt, logger)  # TensorRT needs a logger to outlive every builder and runtime
+    return logger
 
 
-_LOGGERS: dict[int, tuple[Any, Any]] = {}
+_LOGGERS: dict[tuple[int, bool], tuple[Any, Any]] = {}

@@ -21,16 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdrt.engines.base import BuildRecord, CheckedEngine, indexed
+from sdrt.engines.base import BuildRecord, CheckedEngine, Networks, indexed
 from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache, GraphCaptureError, capture, shape_key
 from sdrt.engines.options import make_options
-from sdrt.manifest import Manifest
-from sdrt.model_dir import ModelDir
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
 
 BACKEND = "torch"
+RUNS_MODULES = True  # the loader hands this backend the networks' torch modules
 COMPUTE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # torch.compile modes. Without cuda_graphs, "max-autotune-no-cudagraphs" is the default: autotuned
 # Triton kernels with no CUDA-graph machinery of torch's own, so `cuda_graphs` (ours: one explicit
@@ -246,22 +245,30 @@ class CudaGraphRunner:
         return graph, inputs, outputs
 
 
-def build(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> list[BuildRecord]:
+def build(path: str | os.PathLike, networks: Networks, opts: TorchOptions) -> list[BuildRecord]:
     """The torch backend runs the modules as they are: nothing to build."""
-    _model_dir(path)
+    _check_model_dir(path)
     return []
 
 
-def load(path: str | os.PathLike, manifest: Manifest, opts: TorchOptions) -> dict[str, TorchEngine]:
-    model = _model_dir(path)
-    modules = model.load_modules()
-    use_sdpa(modules.values())
+def load(
+    path: str | os.PathLike,
+    networks: Networks,
+    opts: TorchOptions,
+    modules: Callable[[], Mapping[str, nn.Module]] | None = None,
+) -> dict[str, TorchEngine]:
+    """An engine per network around its torch module; `modules` loads them (the model directory's, with spec IO)."""
+    _check_model_dir(path)
+    if modules is None:
+        raise ValueError(f"the torch backend needs the torch modules of {path}'s networks to run; none were given")
+    loaded = modules()
+    use_sdpa(loaded.values())
     device, dtype, vae_dtype = opts.torch_device, opts.compute_dtype, opts.vae_compute_dtype
     nhwc = opts.use_channels_last
     log.info("torch backend on %s: %s (VAE %s), channels_last %s", device, dtype, vae_dtype, nhwc)
     return {
-        name: TorchEngine(modules[name], spec, manifest.ranges, device, **_settings(spec, opts))
-        for name, spec in manifest.components.items()
+        name: TorchEngine(loaded[name], spec, networks.ranges, device, **_settings(spec, opts))
+        for name, spec in networks.components.items()
     }
 
 
@@ -269,7 +276,7 @@ def _settings(spec: ComponentSpec, opts: TorchOptions) -> dict:
     """A network's engine settings by its role: the VAE's dtype for the VAE, compile and graphs for the denoiser."""
     if spec.role in ("vae_decoder", "vae_encoder"):
         return {"dtype": opts.vae_compute_dtype, "channels_last": opts.use_channels_last, "tf32": opts.tf32}
-    if spec.role == "denoiser":
+    if spec.role in ("denoiser", "controlnet"):  # the networks called every step
         return {
             "dtype": opts.compute_dtype,
             "channels_last": opts.use_channels_last,
@@ -303,10 +310,10 @@ def use_sdpa(modules) -> None:
                 part.set_attn_implementation("sdpa")
 
 
-def _model_dir(path: str | os.PathLike) -> ModelDir:
-    if not (Path(path) / "model_index.json").is_file():
+def _check_model_dir(path: str | os.PathLike) -> None:
+    # a pipeline's directory (model_index.json), or one model's (config.json: a ControlNet)
+    if not (Path(path) / "model_index.json").is_file() and not (Path(path) / "config.json").is_file():
         raise ValueError(
             f"the torch backend runs a diffusers model directory (with model_index.json); {path} is not one. "
             "Pass the model directory the artifact was exported from, or use --backend onnxruntime"
         )
-    return ModelDir.open(path)

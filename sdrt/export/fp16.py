@@ -24,9 +24,8 @@ from pathlib import Path
 
 import onnx
 
-from sdrt.export import onnx_export
-from sdrt.export.graph_cleanup import fold_constants, quiet_graph_tools, tensor_bytes, tidy
-from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, OnnxFile
+from sdrt.export.graph_cleanup import fold_constants, quiet_graph_tools, tidy
+from sdrt.onnx_files import ONNX_DATA_FILE, ONNX_FILE, OnnxFile, save_onnx
 from sdrt.spec import ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -123,14 +122,6 @@ def attention_score_nodes(graph) -> set[str]:
     return found
 
 
-def save_onnx(model: onnx.ModelProto, out_dir: Path, artifact_root: Path) -> OnnxFile:
-    """Write `out_dir/model.onnx` (weights in one external file past protobuf's limit), check it, and describe it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    big = sum(tensor_bytes(t) for t in model.graph.initializer) > onnx_export.EXTERNAL_DATA_THRESHOLD
-    onnx_export.write_onnx(model, out_dir, external_data=big)
-    return onnx_export.describe_onnx(out_dir, artifact_root)
-
-
 def _producer(tensor):
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
@@ -142,37 +133,3 @@ def _name_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_sdrt_{i}"
         seen.add(node.name)
-
-
-def upcast_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """An fp16 graph computing in float32: its fp16 weights and constants upcast, every cast to fp16 made one to fp32.
-
-    The inverse of `convert_model` up to the weights' fp16 rounding, as diffusers' upcast_vae runs a
-    float16 VAE in float32: the fallback when an fp16 network overflows (an overflow is in the
-    activations; the weights' rounding moves a VAE's pixels by well under one 8-bit level).
-    """
-    from onnx import numpy_helper
-
-    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-
-    def upcast(tensor: onnx.TensorProto) -> None:
-        if tensor.data_type == fp16:
-            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), tensor.name))
-
-    graph = out.graph
-    for initializer in graph.initializer:
-        upcast(initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                upcast(attr.t)
-            elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i == fp16:
-                attr.i = fp32  # Cast's target, and the dtype of generator ops
-        if any(attr.type == onnx.AttributeProto.GRAPH for attr in node.attribute):
-            raise ValueError(f"node {node.name} ({node.op_type}) has a subgraph; upcasting those is not supported")
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.type.tensor_type.elem_type == fp16:
-            value.type.tensor_type.elem_type = fp32
-    return out

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import onnx
 
+from sdrt.onnx_files import tensor_bytes
+
 # Passes of folding + inference: on sdrt's UNet export the node count goes 2895 -> 1621 -> 1461, and a
 # third pass folds nothing more (shapes inferred after a pass let the next fold more shape arithmetic).
 FOLD_PASSES = 2
@@ -100,14 +102,6 @@ def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     return model
-
-
-def tensor_bytes(tensor: onnx.TensorProto) -> int:
-    """Size of a tensor's data from its shape and type, without reading (and copying) the data."""
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def check_typed(model: onnx.ModelProto) -> None:

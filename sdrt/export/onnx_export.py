@@ -12,14 +12,10 @@ import onnx
 import torch
 from torch import nn
 
-from sdrt.hashing import file_sha256
-from sdrt.manifest import ONNX_DATA_FILE, ONNX_FILE, OnnxFile
+from sdrt.onnx_files import EXTERNAL_DATA_THRESHOLD, ONNX_DATA_FILE, ONNX_FILE, OnnxFile, describe_onnx
 from sdrt.spec import ComponentSpec, ShapeRanges
 
 log = logging.getLogger(__name__)
-
-# protobuf cannot serialize a message over 2 GiB; stay clear of it
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def trace_values(spec: ComponentSpec, ranges: ShapeRanges) -> dict[str, int]:
@@ -126,34 +122,3 @@ def _tensors(graph: onnx.GraphProto):
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.TENSOR:
                 yield attribute.t
-
-
-def write_onnx(model: onnx.ModelProto, out_dir: Path, external_data: bool) -> None:
-    """Write `out_dir/model.onnx`, with every weight in one `model.onnx.data` beside it when asked."""
-    target = out_dir / ONNX_FILE
-    if external_data:
-        onnx.save_model(
-            model,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=ONNX_DATA_FILE,
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(model, str(target))
-
-
-def describe_onnx(out_dir: Path, artifact_root: Path) -> OnnxFile:
-    """Check the graph in `out_dir`, make it readable to all, and describe it with paths relative to the artifact."""
-    target = out_dir / ONNX_FILE
-    onnx.checker.check_model(str(target))
-    for written in out_dir.iterdir():  # onnx writes external data owner-only; deployments read as other users
-        written.chmod(0o644)
-    external = out_dir / ONNX_DATA_FILE
-    return OnnxFile(
-        path=str(target.relative_to(artifact_root)),
-        sha256=file_sha256(target),
-        external_data=str(external.relative_to(artifact_root)) if external.exists() else None,
-        external_data_sha256=file_sha256(external) if external.exists() else None,
-    )

@@ -27,10 +27,15 @@ def unregister(name: str) -> None:
     _FAMILIES.pop(name, None)
 
 
+_BUILTIN_ORDER = ("sd1", "sd2", "sdxl", "sdxl_refiner", "unclip", "controlnet")
+
+
 def families() -> dict[str, Family]:
-    """Every known family by name."""
+    """Every known family by name: the built-in ones in a fixed order, then others as they were registered."""
     _load_builtin()
-    return dict(_FAMILIES)
+    order = {name: i for i, name in enumerate(_BUILTIN_ORDER)}
+    names = sorted(_FAMILIES, key=lambda n: order.get(n, len(order)))  # a stable sort keeps registration order
+    return {name: _FAMILIES[name] for name in names}
 
 
 def family_named(name: str) -> Family:
@@ -55,7 +60,7 @@ def family_for(index: Mapping[str, Any], configs: Mapping[str, Any], where: str 
 
 def _load_builtin() -> None:
     # imported here, not at the top: each module registers its families, and some import sdrt.runtime
-    from sdrt.families import sd, sdxl, unclip  # noqa: F401
+    from sdrt.families import controlnet, sd, sdxl, unclip  # noqa: F401
 
 
 __all__ = ["Family", "UnknownFamily", "families", "family_for", "family_named", "register", "unregister"]

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-import torch
 from torch import nn
 
 from sdrt.components import UNET, VAE_DECODER, VAE_ENCODER, latent_factor
+from sdrt.conditioning.embedders import ConditioningContext, Embedder
+from sdrt.params import Param
 from sdrt.spec import ComponentSpec
-
-if TYPE_CHECKING:
-    from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
-    from sdrt.runtime.model import Model
-    from sdrt.runtime.request import GenerationRequest
 
 MODEL = "model"  # a part whose weights become a torch module
 SUPPORT = "support"  # a part copied into the artifact as it is: tokenizer, scheduler, image processor
@@ -64,23 +60,12 @@ class TextEncoderPair:
     network: str  # text-encoder network (and its model part), e.g. "text_encoder_2"
 
 
-class Conditioner(Protocol):
-    """Requests -> the UNet's named conditioning inputs, for the conditional and unconditional rows."""
+class ModedRequest(Protocol):
+    """What a family checks of a request beyond its conditioning: where it starts."""
 
-    def check(self, request: GenerationRequest) -> None:
-        """Raise ValueError unless the conditioner can encode `request` (prompt length, CLIP skip, ...)."""
-
-    def batch_key(self, request: GenerationRequest) -> tuple:
-        """What a batch of requests must share for this conditioner to encode them together."""
-
-    def prepare(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence[torch.Generator]
-    ) -> Conditioning:
-        """Conditioning of every image of `requests` (cond rows) and of its guided images (uncond rows).
-
-        `generators` are the images' own (one per image, in order): a conditioner that draws noise (unCLIP's
-        noise augmentation) draws it from them, in diffusers' order, before the start latents are drawn.
-        """
+    @property
+    def mode(self) -> str:
+        """ "txt2img", "img2img", "inpaint" or "variation"."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +90,7 @@ class Family:
     refiners: tuple[str, ...] = ()  # families whose models can refine this family's latents (base -> refiner)
     extras_defaults: Mapping[str, Any] = field(default_factory=dict)  # manifest extras and their defaults
     lora_loader: str = ""  # diffusers' LoRA loader mixin for this family's files; "" = LoRAs are not supported
+    params: tuple[Param, ...] = ()  # request parameters this family's conditioning reads (request.option(name))
 
     # the networks the generic runtime drives; every family names them so
     denoiser = UNET
@@ -156,6 +142,7 @@ class Family:
         wrappers = {
             "text_encoder": lambda: components.TextEncoderModule(part, spec),
             "denoiser": lambda: components.UNetModule(part, spec),
+            "controlnet": lambda: components.ControlNetModule(part, spec),
             "image_encoder": lambda: components.ImageEncoderModule(part),
             "vae_decoder": lambda: components.VaeDecoderModule(part),
             "vae_encoder": lambda: components.VaeEncoderModule(part),
@@ -185,19 +172,27 @@ class Family:
                 )
         return dict(extras)
 
-    def conditioner(self, model: Model) -> Conditioner:
-        """The conditioner for a loaded model of this family."""
+    def embedders(self, context: ConditioningContext) -> list[Embedder]:
+        """The parts of this family's conditioning, in the order they run (and draw noise), for a loaded model."""
         raise NotImplementedError
 
-    def check_request(self, request: GenerationRequest, model: Model) -> None:
-        """Family-specific request checks (beyond the conditioner's); ValueError naming the field."""
+    def check_request(self, request: ModedRequest) -> None:
+        """Family-specific request checks (beyond the embedders'); ValueError naming the field."""
         if request.mode not in self.modes:
             needs = "an input image (image=...)" if "txt2img" not in self.modes else f"one of {list(self.modes)}"
             raise ValueError(f"a {self.description} runs {', '.join(self.modes)}, not {request.mode}: give {needs}")
 
+    def latent_factor(self, configs: Mapping[str, Mapping[str, Any]]) -> int:
+        """Pixels per latent cell (the VAE's downsampling)."""
+        return latent_factor(configs["vae"])
+
+    def vae_scaling_factor(self, configs: Mapping[str, Mapping[str, Any]]) -> float | None:
+        """What latents are divided by before the VAE decoder (None: the family has no VAE)."""
+        return float(configs["vae"].get("scaling_factor", 0.18215))
+
     def native_size(self, configs: Mapping[str, Mapping[str, Any]]) -> int:
         """Image size in pixels the UNet was trained at (512 for SD 1.x, 768 for SD 2.x-768, 1024 for SDXL)."""
-        return int(configs["unet"].get("sample_size", 64)) * latent_factor(configs["vae"])
+        return int(configs["unet"].get("sample_size", 64)) * self.latent_factor(configs)
 
     def prediction_type(self, configs: Mapping[str, Mapping[str, Any]]) -> str:
         return str(configs["scheduler"].get("prediction_type", "epsilon"))

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sdrt.components import text_encoder_spec, unet_spec, vae_specs
+from sdrt.components import residual_specs, text_encoder_spec, unet_spec, vae_specs
+from sdrt.conditioning.embedders import ConditioningContext, Embedder
+from sdrt.conditioning.text import TextEmbedder
 from sdrt.families import register
 from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
-from sdrt.families.text_conditioning import TextConditioner
-from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
-from sdrt.runtime.prompts import RowCache
 from sdrt.spec import ComponentSpec
-
-if TYPE_CHECKING:
-    from sdrt.runtime.model import Model
-    from sdrt.runtime.request import GenerationRequest
 
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
 TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
@@ -35,19 +30,6 @@ SD_LATENT_RGB = (
     (-0.158, 0.189, 0.264),
     (-0.184, -0.271, -0.473),
 )
-
-
-class SDConditioner(TextConditioner):
-    """Prompts -> `encoder_hidden_states`: the text encoder's states for each image and each guided image's negative."""
-
-    def condition(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, step: int, cache: RowCache
-    ) -> Conditioning:
-        (encoder,) = self.encoders
-        uncond, cond = self.rows(requests, cfg, encoder, step)
-        states = encoder.encode([*uncond, *cond], requests[0].clip_skip, self.chunks(requests), cache).states
-        k = len(uncond)
-        return Conditioning(cond={"encoder_hidden_states": states[k:]}, uncond={"encoder_hidden_states": states[:k]})
 
 
 @dataclass(frozen=True)
@@ -72,12 +54,14 @@ class SDFamily(Family):
                 unet["cross_attention_dim"],
                 configs["scheduler"].get("num_train_timesteps", 1000),
                 bool(unet.get("upcast_attention", False)),
+                residuals=residual_specs(unet),  # ControlNets steer it per request (zeros without one)
             ),
             **vae_specs(configs["vae"]),
         }
 
-    def conditioner(self, model: Model) -> SDConditioner:
-        return SDConditioner([model.prompt_encoder("text_encoder")])
+    def embedders(self, context: ConditioningContext) -> list[Embedder]:
+        """The text encoder's states for each image and each guided image's negative prompt."""
+        return [TextEmbedder([context.encoders["text_encoder"]])]
 
 
 _TEXT = (TextEncoderPair("tokenizer", "text_encoder"),)

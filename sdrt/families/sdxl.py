@@ -10,24 +10,21 @@ Long prompts are chunked for both encoders, and the pooled embedding is the firs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from sdrt.components import text_encoder_spec, unet_spec, vae_specs
+from sdrt.components import residual_specs, text_encoder_spec, unet_spec, vae_specs
+from sdrt.conditioning.embedders import ConditionedRequest, ConditioningContext, EmbedBatch, Embedder
+from sdrt.conditioning.guidance import VECTOR, Conditioning
+from sdrt.conditioning.text import TextEmbedder
 from sdrt.families import register
 from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
 from sdrt.families.sd import TOKENIZERS
-from sdrt.families.text_conditioning import TextConditioner
-from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
-from sdrt.runtime.prompts import PromptEncoder, RowCache
+from sdrt.params import Param
 from sdrt.spec import ComponentSpec, TensorSpec
-
-if TYPE_CHECKING:
-    from sdrt.runtime.model import Model
-    from sdrt.runtime.request import GenerationRequest
 
 PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
 # the web UI's "Approx cheap" fit for SDXL latents (modules/sd_vae_approx.py)
@@ -40,79 +37,61 @@ SDXL_LATENT_RGB = (
 TIME_IDS_MAX = 4096  # pixel sizes: the bound sample inputs draw time ids under
 
 
-class SDXLConditioner(TextConditioner):
-    """Prompts -> `encoder_hidden_states`, `text_embeds` (pooled) and `time_ids` for every image and guided image."""
+AESTHETIC_PARAMS = (
+    Param(
+        "aesthetic_score",
+        "float",
+        "SDXL refiner: the aesthetic score its conditional rows ask for",
+        default=6.0,
+        owner="sdxl_refiner",
+    ),
+    Param(
+        "negative_aesthetic_score",
+        "float",
+        "SDXL refiner: the aesthetic score of its unconditional rows",
+        default=2.5,
+        owner="sdxl_refiner",
+    ),
+)
 
-    def __init__(self, encoders: Sequence[PromptEncoder], force_zeros: bool, aesthetic: bool) -> None:
-        super().__init__(encoders)
-        self.force_zeros = force_zeros  # an empty negative prompt gives zero embeddings instead of its encoding
+
+class TimeIdsEmbedder:
+    """SDXL's `time_ids`: (original height, width, crop top, left, target height, width), or for the refiner
+    (height, width, crop top, left, aesthetic score), as diffusers' `_get_add_time_ids` makes them.
+
+    diffusers' defaults: original and target size are the generated image's (height, width), the crop is (0, 0);
+    the refiner asks for `aesthetic_score` on the conditional rows and `negative_aesthetic_score` on the
+    unconditional ones.
+    """
+
+    def __init__(self, aesthetic: bool) -> None:
         self.aesthetic = aesthetic  # the refiner's time ids end with an aesthetic score instead of a target size
 
-    def condition(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, step: int, cache: RowCache
-    ) -> Conditioning:
-        first = requests[0]
-        chunks = self.chunks(requests)
-        cond_states, uncond_states = [], []
-        cond_pooled = uncond_pooled = None
-        zero: list[bool] = []
-        for encoder in self.encoders:
-            uncond, cond = self.rows(requests, cfg, encoder, step)
-            zero = [self.force_zeros and n.is_empty for n in uncond]  # the same rows for every encoder
-            encoded = [n for n, z in zip(uncond, zero, strict=True) if not z]
-            out = encoder.encode([*encoded, *cond], first.clip_skip, chunks, cache)
-            k = len(encoded)
-            cond_states.append(out.states[k:])
-            uncond_states.append(_with_zero_rows(out.states[:k], zero))
-            if out.pooled is not None:  # the pooled embedding of the last encoder that has one (diffusers' rule)
-                cond_pooled, uncond_pooled = out.pooled[k:], _with_zero_rows(out.pooled[:k], zero)
-        if cond_pooled is None:
-            raise ValueError("an SDXL model needs a text encoder with a pooled output (text_encoder_2)")
-        cond_ids, uncond_ids = self.time_ids(requests, cfg)
-        device = cond_states[0].device
-        return Conditioning(
-            cond={
-                "encoder_hidden_states": torch.cat(cond_states, dim=-1),
-                "text_embeds": cond_pooled,
-                "time_ids": cond_ids.to(device),
-            },
-            uncond={
-                "encoder_hidden_states": torch.cat(uncond_states, dim=-1),
-                "text_embeds": uncond_pooled,
-                "time_ids": uncond_ids.to(device),
-            },
-        )
+    def check(self, request: ConditionedRequest) -> None:
+        if self.aesthetic:
+            for param in AESTHETIC_PARAMS:
+                param.check(request.option(param.name))
 
-    def time_ids(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, W) conditional and (K, W) unconditional time ids: the image's size, no crop, target size or score.
+    def batch_key(self, request: ConditionedRequest) -> tuple:
+        return ()  # per row: requests with other sizes or scores still share a batch (sizes are in the batch key)
 
-        diffusers' defaults: original and target size are the generated image's (height, width), the crop
-        is (0, 0); the refiner asks for `aesthetic_score` on the conditional rows and
-        `negative_aesthetic_score` on the unconditional ones.
-        """
+    def embed(self, batch: EmbedBatch) -> Conditioning:
         cond, uncond = [], []
-        for r in requests:
+        for r in batch.requests:
             size = [float(r.height), float(r.width), 0.0, 0.0]
             if self.aesthetic:
-                row, negative = [*size, float(r.aesthetic_score)], [*size, float(r.negative_aesthetic_score)]
+                row = [*size, float(r.option("aesthetic_score"))]
+                negative = [*size, float(r.option("negative_aesthetic_score"))]
             else:
                 row = negative = [*size, float(r.height), float(r.width)]
             cond += [row] * r.num_images
             uncond += [negative] * r.num_images
-        return torch.tensor(cond), torch.tensor(cfg.guided_items(uncond), dtype=torch.float32).view(-1, len(cond[0]))
-
-
-def _with_zero_rows(encoded: torch.Tensor, zero: Sequence[bool]) -> torch.Tensor:
-    """`encoded` rows with zero rows inserted where `zero` is True (the zeroed empty negatives)."""
-    if not any(zero):
-        return encoded
-    out = encoded.new_zeros((len(zero), *encoded.shape[1:]))
-    keep = [i for i, z in enumerate(zero) if not z]
-    if keep:
-        out[keep] = encoded
-    return out
+        device = batch.cfg.device
+        cond_ids = torch.tensor(cond, device=device)
+        uncond_ids = torch.tensor(batch.cfg.guided_items(uncond), dtype=torch.float32).view(-1, len(cond[0]))
+        return Conditioning(
+            cond={"time_ids": cond_ids}, uncond={"time_ids": uncond_ids.to(device)}, kinds={"time_ids": VECTOR}
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +149,8 @@ class SDXLFamily(Family):
             added_cond=added,
             fp32_inputs=("timestep", "time_ids"),  # both go through sinusoidal embeddings of values up to ~1000
             input_bounds={"time_ids": TIME_IDS_MAX},
+            # ControlNets steer the base per request (zeros without one); none exist for the refiner
+            residuals=() if self.refiner else residual_specs(unet),
         )
         specs.update(vae_specs(configs["vae"]))
         return specs
@@ -188,13 +169,14 @@ class SDXLFamily(Family):
             )
         return checked
 
-    def conditioner(self, model: Model) -> SDXLConditioner:
-        extras = model.manifest.extras
-        return SDXLConditioner(
-            [model.prompt_encoder(pair.network) for pair in self.text_encoders],
-            force_zeros=extras["force_zeros_for_empty_prompt"],
-            aesthetic=extras["requires_aesthetics_score"],
-        )
+    def embedders(self, context: ConditioningContext) -> list[Embedder]:
+        """Both encoders' penultimate states, the last one's pooled projection, and the size (or score) ids."""
+        extras = context.extras
+        encoders = [context.encoders[pair.network] for pair in self.text_encoders]
+        return [
+            TextEmbedder(encoders, pooled="text_embeds", force_zeros=extras["force_zeros_for_empty_prompt"]),
+            TimeIdsEmbedder(aesthetic=extras["requires_aesthetics_score"]),
+        ]
 
 
 _COMMON = (
@@ -236,6 +218,7 @@ SDXL_REFINER = register(
         default_strength=0.3,
         latent_rgb=SDXL_LATENT_RGB,
         extras_defaults={"force_zeros_for_empty_prompt": True, "requires_aesthetics_score": True},
+        params=AESTHETIC_PARAMS,
         refiner=True,
     )
 )

@@ -12,41 +12,57 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sdrt.components import image_encoder_spec, text_encoder_spec, unet_spec, vae_specs
+from sdrt.conditioning.embedders import ConditionedRequest, ConditioningContext, EmbedBatch, Embedder
+from sdrt.conditioning.guidance import VECTOR, Conditioning
+from sdrt.conditioning.text import TextEmbedder
 from sdrt.engines import call_in_chunks
 from sdrt.families import register
 from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
-from sdrt.families.sd import SD_LATENT_RGB, TOKENIZERS, SDConditioner
+from sdrt.families.sd import SD_LATENT_RGB, TOKENIZERS
 from sdrt.files import read_json_object
-from sdrt.runtime.guidance import ClassifierFreeGuidance, Conditioning
-from sdrt.runtime.prompts import PromptEncoder
+from sdrt.params import Param
 from sdrt.spec import ComponentSpec, TensorSpec
-
-if TYPE_CHECKING:
-    from sdrt.runtime.model import Model
-    from sdrt.runtime.request import GenerationRequest
 
 PIPELINES = ("StableUnCLIPImg2ImgPipeline",)
 NORMALIZER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-class UnCLIPConditioner(SDConditioner):
-    """Prompts -> `encoder_hidden_states` (SD 2.x); images or their embeddings -> noised `class_labels`."""
+PARAMS = (
+    Param(
+        "noise_level",
+        "int",
+        "unCLIP: noise added to the image's embedding, a timestep of the model's image-noising scheduler "
+        "(more: looser variations)",
+        default=0,
+        minimum=0,
+        owner="unclip",
+    ),
+    Param(
+        "image_embeds",
+        "vector",
+        "unCLIP: the image's CLIP embedding (E,) or (1, E), instead of the image itself",
+        flag=None,
+        owner="unclip",
+    ),
+)
+
+
+class ImageEmbedder:
+    """Images (or their CLIP embeddings) -> `class_labels`: the embedding noised to `noise_level`, then the level's
+    sinusoid; zeros for the unconditional rows."""
 
     def __init__(
         self,
-        encoder: PromptEncoder,
         engines: Mapping[str, Any],
         processor: Any,
         normalizer: tuple[torch.Tensor, torch.Tensor],
         noising_scheduler: Any,
     ) -> None:
-        super().__init__([encoder])
         self._engines = engines  # the model's engines, read at each call (a wrapper, a timer, is seen)
         self.processor = processor  # the model's own CLIPImageProcessor (transformers)
         self.mean, self.std = normalizer  # the image normalizer's (1, E) mean and std
@@ -61,36 +77,48 @@ class UnCLIPConditioner(SDConditioner):
         """noise_level is a timestep of the noising scheduler: 0 up to this, exclusive."""
         return int(self.noising.config.num_train_timesteps)
 
-    def check(self, request: GenerationRequest) -> None:
-        super().check(request)
-        if not 0 <= request.noise_level < self.noise_levels:
+    def check(self, request: ConditionedRequest) -> None:
+        embeds = request.option("image_embeds")
+        if request.image is None and embeds is None:
             raise ValueError(
-                f"noise_level {request.noise_level} is outside 0..{self.noise_levels - 1} "
+                "a Stable unCLIP 2.1 model runs variation, not txt2img: give an input image (image=...) or its CLIP "
+                "embedding (image_embeds=...)"
+            )
+        if request.image is not None and embeds is not None:
+            raise ValueError("give image or image_embeds, not both: image_embeds is the image's CLIP embedding")
+        if embeds is not None:
+            if not isinstance(embeds, torch.Tensor) or embeds.dim() not in (1, 2):
+                raise ValueError("image_embeds must be a tensor of shape (E,) or (1, E): one image's CLIP embedding")
+            if embeds.dim() == 2 and embeds.shape[0] != 1:
+                raise ValueError(f"image_embeds has {embeds.shape[0]} rows; give one image's embedding")
+        level = PARAMS[0].check(request.option("noise_level"))
+        if not 0 <= level < self.noise_levels:
+            raise ValueError(
+                f"noise_level {level} is outside 0..{self.noise_levels - 1} "
                 "(the timesteps of this model's image-noising scheduler)"
             )
-        embeds = request.image_embeds
         if embeds is not None and embeds.shape[-1] != self.embedding_dim:
             raise ValueError(
                 f"image_embeds is {embeds.shape[-1]} wide; this model's image embeddings are {self.embedding_dim} wide"
             )
 
-    def prepare(
-        self, requests: Sequence[GenerationRequest], cfg: ClassifierFreeGuidance, generators: Sequence[torch.Generator]
-    ) -> Conditioning:
-        text = super().prepare(requests, cfg, generators)
+    def batch_key(self, request: ConditionedRequest) -> tuple:
+        return ()  # per row: requests with different images and noise levels share a batch
+
+    def embed(self, batch: EmbedBatch) -> Conditioning:
         labels = []
         first_image = 0  # index of each request's first image: its generator draws the request's embedding noise
-        for request, embeds in zip(requests, self.image_embeddings(requests), strict=True):
-            noised = self.noise_augment(embeds, request.noise_level, generators[first_image])
+        for request, embeds in zip(batch.requests, self.image_embeddings(batch.requests), strict=True):
+            noised = self.noise_augment(embeds, request.option("noise_level"), batch.generators[first_image])
             labels.append(noised.expand(request.num_images, -1))
             first_image += request.num_images
-        cond = torch.cat(labels).to(text.cond["encoder_hidden_states"].device)
-        zeros = cond.new_zeros((cfg.num_uncond, cond.shape[-1]))
-        return text.with_inputs({"class_labels": cond}, {"class_labels": zeros})  # the same at every step
+        cond = torch.cat(labels).to(batch.cfg.device)
+        zeros = cond.new_zeros((batch.cfg.num_uncond, cond.shape[-1]))
+        return Conditioning({"class_labels": cond}, {"class_labels": zeros}, kinds={"class_labels": VECTOR})
 
-    def image_embeddings(self, requests: Sequence[GenerationRequest]) -> list[torch.Tensor]:
+    def image_embeddings(self, requests: Sequence[ConditionedRequest]) -> list[torch.Tensor]:
         """Each request's (1, E) CLIP image embedding: given, or its image through processor and vision encoder."""
-        images = [r.image.convert("RGB") for r in requests if r.image_embeds is None]
+        images = [r.image.convert("RGB") for r in requests if r.option("image_embeds") is None]
         encoded: list[torch.Tensor] = []
         if images:
             (name,) = (n for n, e in self._engines.items() if e.spec.role == "image_encoder")
@@ -99,7 +127,8 @@ class UnCLIPConditioner(SDConditioner):
             encoded = list(call_in_chunks(engine, {"pixel_values": pixels})["image_embeds"].cpu().split(1))
         out = []
         for r in requests:
-            out.append(r.image_embeds.reshape(1, -1).float().cpu() if r.image_embeds is not None else encoded.pop(0))
+            given = r.option("image_embeds")
+            out.append(given.reshape(1, -1).float().cpu() if given is not None else encoded.pop(0))
         return out
 
     def noise_augment(self, embeds: torch.Tensor, noise_level: int, generator: torch.Generator) -> torch.Tensor:
@@ -153,26 +182,22 @@ class UnCLIPFamily(Family):
             **vae_specs(configs["vae"], encoder=False),  # variations start from noise: no VAE encoder
         }
 
-    def conditioner(self, model: Model) -> UnCLIPConditioner:
+    def embedders(self, context: ConditioningContext) -> list[Embedder]:
+        """SD 2.x's text states, then the noised image embedding (its noise drawn after the text, as diffusers)."""
         from safetensors.torch import load_file
         from transformers import CLIPImageProcessor
 
-        from sdrt.runtime.schedulers import make_scheduler
+        from sdrt.schedulers import make_scheduler
 
-        root = Path(model.path)
+        support = context.support
         try:
-            processor = CLIPImageProcessor.from_pretrained(root / "feature_extractor", local_files_only=True)
+            processor = CLIPImageProcessor.from_pretrained(support["feature_extractor"], local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot load the image processor in {root / 'feature_extractor'}: {exc}") from exc
-        weights = load_file(str(root / "image_normalizer" / NORMALIZER_WEIGHTS))
-        noising = make_scheduler(None, read_json_object(root / "image_noising_scheduler" / "scheduler_config.json"))
-        return UnCLIPConditioner(
-            model.prompt_encoder("text_encoder"),
-            model.engines,
-            processor,
-            (weights["mean"].float(), weights["std"].float()),
-            noising,
-        )
+            raise ValueError(f"cannot load the image processor in {support['feature_extractor']}: {exc}") from exc
+        weights = load_file(str(support["image_normalizer"] / NORMALIZER_WEIGHTS))
+        noising = make_scheduler(None, read_json_object(support["image_noising_scheduler"] / "scheduler_config.json"))
+        image = ImageEmbedder(context.engines, processor, (weights["mean"].float(), weights["std"].float()), noising)
+        return [TextEmbedder([context.encoders["text_encoder"]]), image]
 
 
 UNCLIP = register(
@@ -197,5 +222,6 @@ UNCLIP = register(
         default_guidance=10.0,
         latent_rgb=SD_LATENT_RGB,
         image_conditioned=True,
+        params=PARAMS,
     )
 )

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sdrt.excerpt import check_text, excerpt
-from sdrt.runtime.schedulers import check_sampler, sampler_label
+from sdrt.params import Param, check_declared, declare, declared
+from sdrt.schedulers import check_sampler, sampler_label
 
 # the web UI's latent upscale modes: name -> (torch interpolate mode, antialias)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
@@ -49,45 +50,47 @@ class Hires:
 
     The target is `scale` times the first size, or `width` x `height` (one of them: the other keeps the aspect
     ratio; both: the upscale covers them and the latents are cropped to them, centred, as the web UI does).
+    Each field is a request parameter (`sdrt generate --hires-scale 2`, the native API's `hires` object).
     """
 
-    scale: float = 2.0  # hr_scale
-    width: int = 0  # hr_resize_x: target width in pixels (0: from the scale, or from height)
-    height: int = 0  # hr_resize_y
-    upscaler: str = "Latent"  # a LATENT_UPSCALERS or IMAGE_UPSCALERS name
-    steps: int | None = None  # hr_second_pass_steps: the second pass's steps (None: the first pass's)
-    strength: float = 0.7  # the second pass's denoising strength; 0 upscales only
-    prompt: str | None = None  # hr_prompt for every prompt (None: each image's own prompt)
-    negative_prompt: str | None = None  # hr_negative_prompt (None: each image's own)
-    sampler: str | None = None  # hr_sampler_name (None: the first pass's)
+    scale: float = declare(
+        2.0, "float", "upscale factor of the hires fix", minimum=1.0, maximum=MAX_HIRES_SCALE, webui="hr_scale"
+    )
+    width: int = declare(0, "int", "target width in pixels (0: from the scale, or from height)", webui="hr_resize_x")
+    height: int = declare(0, "int", "target height in pixels (0: from the scale, or from width)", webui="hr_resize_y")
+    upscaler: str = declare(
+        "Latent", "str", "Latent, Latent (nearest), Latent (bicubic), ... or Lanczos, Nearest", webui="hr_upscaler"
+    )
+    steps: int | None = declare(
+        None, "int", "second-pass steps (default: the first pass's)", minimum=1, webui="hr_second_pass_steps"
+    )
+    strength: float = declare(
+        0.7, "float", "second-pass denoising strength; 0 upscales only", minimum=0.0, maximum=1.0,
+        webui="denoising_strength",
+    )  # fmt: skip
+    prompt: str | None = declare(None, "str", "second-pass prompt for every image (default: each image's own)")
+    negative_prompt: str | None = declare(None, "str", "second-pass negative prompt (default: each image's own)")
+    sampler: str | None = declare(None, "str", "second-pass sampler (default: the first pass's)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
-            raise ValueError(f"hires scale {excerpt(self.scale)} is not a number")
-        if not 1.0 <= self.scale <= MAX_HIRES_SCALE:
-            raise ValueError(f"hires scale {self.scale} is outside 1..{MAX_HIRES_SCALE:g}")
         for name in ("width", "height"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"hires {name} {excerpt(value)} is not a size in pixels (0: from the scale)")
+        if self.steps is not None and (
+            isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1
+        ):
+            raise ValueError(f"hires steps {excerpt(self.steps)} is not a positive integer (None: the first pass's)")
+        check_declared(self, prefix="hires ")
         if self.upscaler not in LATENT_UPSCALERS and self.upscaler not in IMAGE_UPSCALERS:
             raise ValueError(
                 f"hires upscaler {excerpt(self.upscaler)} is not served here; served: "
                 f"{', '.join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])} (upscalers that need model weights, such as "
                 "ESRGAN, are not available)"
             )
-        if self.steps is not None and (
-            isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1
-        ):
-            raise ValueError(f"hires steps {excerpt(self.steps)} is not a positive integer (None: the first pass's)")
-        strength = self.strength
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"hires strength {excerpt(strength)} is outside 0..1")
         for name in ("prompt", "negative_prompt"):
             text = getattr(self, name)
             if text is not None:
-                if not isinstance(text, str):
-                    raise ValueError(f"hires {name} {excerpt(text)} is not a string")
                 check_text(f"hires {name}", text)
         check_sampler(self.sampler)
 
@@ -118,6 +121,20 @@ class Hires:
             size=(latent[0] * factor, latent[1] * factor),
             crop=(truncate[0] // 2, truncate[1] // 2),
         )
+
+
+PARAMS = (
+    Param(
+        "hires",
+        "object",
+        "the web UI's hires fix: upscale the first pass's images, then denoise again at that size "
+        "(give any --hires-* flag to turn it on)",
+        owner="hires",
+        fields=declared(Hires, owner="hires"),
+        make=Hires,
+        webui="hr_scale",
+    ),
+)
 
 
 def upscale_latents(latents: torch.Tensor, hires: Hires, geometry: HiresGeometry, factor: int) -> torch.Tensor:

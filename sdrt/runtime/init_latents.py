@@ -47,28 +47,17 @@ def stage_timesteps(
 
 @dataclass(frozen=True)
 class Inpainting:
-    """What the loop needs to inpaint: the mask at latent size, and the known region's latents.
-
-    A 9-channel inpainting UNet sees [latents, mask, masked-image latents] on its channel axis; an
-    ordinary 4-channel UNet denoises everything and the known region is blended back in after each
-    step, re-noised to the next step's level, as diffusers' StableDiffusionInpaintPipeline does.
+    """A 4-channel UNet's inpainting: it denoises everything, and after each step the known region is put back,
+    re-noised to the next step's level, as diffusers' StableDiffusionInpaintPipeline does. (A 9-channel
+    inpainting UNet sees the mask and masked-image latents as channels instead: CONCAT conditioning.)
     """
 
     mask: torch.Tensor  # (N, 1, h, w): 1 where the image is repainted, 0 where it is kept
-    masked_image_latents: torch.Tensor | None  # (N, C, h, w) for a 9-channel UNet, else None
-    image_latents: torch.Tensor | None  # (N, C, h, w) the image's latents, for blending into a 4-channel UNet's output
+    image_latents: torch.Tensor  # (N, C, h, w) the image's latents
     noise: torch.Tensor  # (N, C, h, w) the initial noise, to re-noise the known region
-
-    def unet_input(self, scaled_latents: torch.Tensor) -> torch.Tensor:
-        """The UNet's sample: latents alone, or with mask and masked-image latents for a 9-channel UNet."""
-        if self.masked_image_latents is None:
-            return scaled_latents
-        return torch.cat([scaled_latents, self.mask, self.masked_image_latents], dim=1)
 
     def blend(self, latents: torch.Tensor, scheduler, next_timestep: torch.Tensor | None) -> torch.Tensor:
         """After a step: put the known region back (noised to `next_timestep`; clean after the last step)."""
-        if self.image_latents is None:
-            return latents
         known = self.image_latents
         if next_timestep is not None:
             known = scheduler.add_noise(known, self.noise, next_timestep.reshape(1))

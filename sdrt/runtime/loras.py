@@ -10,7 +10,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LORA_SUFFIX = ".safetensors"  # LoRAs are read as safetensors only (sdrt.export.lora)
+LORA_SUFFIX = ".safetensors"  # LoRAs are read as safetensors only (sdrt.lora)
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,16 @@ from typing import Any
 
 import torch
 
-from sdrt.components import latent_factor
+from sdrt.conditioning.embedders import Conditioner, ConditioningContext
+from sdrt.conditioning.embeddings import EmbeddingLibrary
+from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
 from sdrt.engines import Engine, check_device, load_engines
 from sdrt.families import Family
 from sdrt.files import read_json_object
 from sdrt.manifest import MANIFEST_NAME, Manifest, read_manifest
 from sdrt.model_dir import ModelDir
-from sdrt.runtime.embeddings import EmbeddingLibrary
-from sdrt.runtime.prompts import PromptEncoder, load_tokenizer, tokenizer_key
-from sdrt.runtime.schedulers import make_scheduler
 from sdrt.runtime.vae_guard import VaeDecoderGuard
+from sdrt.schedulers import make_scheduler
 from sdrt.spec import ShapeRanges
 
 SCHEDULER_DIR = "scheduler"
@@ -55,6 +55,7 @@ class Model:
         self.backend = backend
         self.token_tables = dict(token_tables)  # text-encoder network -> (vocab, D) token table
         self.embeddings = embeddings or EmbeddingLibrary()
+        self.options: dict[str, Any] = {}  # backend options it was loaded with
         widths = {
             p.network: int(self.engines[p.network].spec.attributes["hidden_size"]) for p in self.family.text_encoders
         }
@@ -64,7 +65,9 @@ class Model:
             table = self.token_tables[pair.network]
             vocabulary = self.embeddings.vocabulary(tokenizer, pair.network, widths, table.shape[0])
             self.encoders[pair.network] = PromptEncoder(tokenizer, key, self.engines, pair.network, table, vocabulary)
-        self.conditioner = self.family.conditioner(self)
+        support = {} if path is None else {p.name: Path(path) / p.name for p in self.family.support_parts}
+        context = ConditioningContext(self.encoders, self.engines, self.manifest.extras, support)
+        self.conditioner = Conditioner(self.family.embedders(context))
 
     @classmethod
     def load(
@@ -82,31 +85,40 @@ class Model:
         """
         root = Path(path)
         check_device(device)
+        modules = None  # a model directory's torch modules, for a backend that runs them
         if (root / MANIFEST_NAME).is_file():
             manifest = read_manifest(root)
         elif (root / "model_index.json").is_file():
             model = ModelDir.open(root)
-            factor = latent_factor(model.configs["vae"])
+            factor = model.latent_factor
             manifest = Manifest.for_model(
                 model, ranges or ShapeRanges(max_batch=8, min_size=64, max_size=4096, latent_factor=factor)
             )
+            modules = model.load_modules
         else:
             raise ValueError(
                 f"{root} is neither an sdrt artifact (no {MANIFEST_NAME}) nor a diffusers model directory "
                 "(no model_index.json)"
             )
         family = manifest.model_family
+        if not family.network_names or family.modes == ():
+            raise ValueError(
+                f"{root} is a {family.description}, which steers a base model: load the base model and name it in "
+                "control=[...]"
+            )
         tokenizers = {
             pair.tokenizer: (load_tokenizer(root / pair.tokenizer), tokenizer_key(root / pair.tokenizer))
             for pair in family.text_encoders
         }
         scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
-        engines = load_engines(root, manifest, backend, device, **options)
+        engines = load_engines(root, manifest, backend, device, modules=modules, **options)
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
-        return cls(
+        model = cls(
             manifest, engines, tokenizers, scheduler_config, tables, name=root.resolve().name, path=root,
             backend=backend, embeddings=embeddings,
         )  # fmt: skip
+        model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)
+        return model
 
     @property
     def denoiser(self) -> Engine:

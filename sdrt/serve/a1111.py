@@ -26,13 +26,15 @@ from sdrt import __version__
 from sdrt.excerpt import excerpt
 from sdrt.runtime.hires import Hires
 from sdrt.runtime.latents import random_seed
+from sdrt.runtime.params import all_params
 from sdrt.runtime.pipeline import GenerationResult, Pipeline
 from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.schedulers import SAMPLERS, canonical_sampler
+from sdrt.schedulers import SAMPLERS, canonical_sampler
 from sdrt.serve import a1111_settings
 from sdrt.serve.a1111_settings import model_names, title
-from sdrt.serve.codec import decode_image, encode_all
+from sdrt.serve.codec import decode_image, encode_all, png_base64
 from sdrt.serve.config import ServeConfig
+from sdrt.serve.controlnet_api import script_units
 from sdrt.serve.errors import InputError, from_runtime
 from sdrt.serve.fields import Float, Int
 from sdrt.serve.generation import build_request
@@ -40,26 +42,20 @@ from sdrt.serve.styles import PromptStyle, apply_styles
 
 router = APIRouter(prefix="/sdapi/v1")
 
-_NAMES = {
-    "prompt": "prompt",
-    "negative_prompt": "negative_prompt",
-    "num_inference_steps": "steps",
-    "guidance_scale": "cfg_scale",
-    "num_images_per_prompt": "batch_size",
-    "scheduler": "sampler_name",
-    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
-    "image": "init_images",
-    "mask_image": "mask",
-    "strength": "denoising_strength",
-    "refiner_switch_at": "refiner_switch_at",
-    "hires": "hr_scale",
-    "hires.scale": "hr_scale",
-    "hires.width": "hr_resize_x",
-    "hires.height": "hr_resize_y",
-    "hires.upscaler": "hr_upscaler",
-    "hires.steps": "hr_second_pass_steps",
-    "hires.strength": "denoising_strength",
-}
+
+def _webui_names() -> dict[str, str]:
+    """sdrt's parameter names -> this API's fields (declared with each parameter), for error messages."""
+    names = {}
+    for param in all_params():
+        if param.webui:
+            names[param.name] = param.webui
+        for field in param.fields:
+            if field.webui:
+                names[f"{param.name}.{field.name}"] = field.webui
+    return names
+
+
+_NAMES = _webui_names()
 
 # Web UI 1.9+ splits "DPM++ 2M Karras" into sampler "DPM++ 2M" and scheduler "Karras"; sdrt's labels are
 # the older combined ones, so a scheduler only adds " Karras" or keeps the label as it is.
@@ -206,7 +202,6 @@ def _check_supported(body: _Common) -> None:
         ("s_tmax", body.s_tmax in (None, 0) or body.s_tmax == math.inf, "sampler churn is not implemented"),
         ("firstpass_image", body.firstpass_image is None, "a given first-pass image is not implemented"),
         ("script_name", not body.script_name, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
-        ("alwayson_scripts", not body.alwayson_scripts, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
         ("infotext", not body.infotext, "settings are not read from infotext; send them as fields"),
     ]
     if isinstance(body, Txt2ImgBody):
@@ -432,59 +427,53 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         )
     seed = _seed(body)
     hires = _hires(body, pipe, sampler) if isinstance(body, Txt2ImgBody) else None
+    detected_maps: list[bool] = []  # per ControlNet unit: its map goes back after the images
 
     def build(pipe: Pipeline) -> list[tuple[GenerationRequest, Hashable]]:
         images: list[Image.Image | None] = [decode_image(b64, "init_images") for b64 in init_images] or [None]
+        # the ControlNet extension's units: a unit without an image takes the input image, as the extension does
+        units, detected_maps[:] = script_units(body.alwayson_scripts, images[0], state.config.max_control_units)
         mask = None
         if img2img and body.mask is not None:
             raw = decode_image(body.mask, "mask", mode=None)
             mask = _binary_mask(raw, bool(body.inpainting_mask_invert))
         common = dict(
-            prompts=[prompt],
-            negative_prompts=[negative_prompt],
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             height=body.height,
             width=body.width,
-            steps=body.steps,
-            guidance_scales=[body.cfg_scale],
+            num_inference_steps=body.steps,
+            guidance_scale=body.cfg_scale,
             scheduler=sampler,
             eta=eta,
             clip_skip=clip_skip,
             strength=strength,
             refiner_switch_at=refiner_switch_at,
             hires=hires,
-            names=_NAMES,
+            control=units,
         )
         if len(images) == 1:  # one image (or none) for every batch item: one request, seeds seed + i
             image = images[0]
             item_mask = None if image is None or mask is None else _fit(mask, image.size)
-            return [
-                build_request(
-                    pipe,
-                    state.config,
-                    **common,
-                    seed=seed,
-                    num_images_per_prompt=body.batch_size * body.n_iter,
-                    image=image,
-                    mask_image=item_mask,
-                )  # fmt: skip
-            ]
+            params = dict(
+                common,
+                seed=seed,
+                num_images_per_prompt=body.batch_size * body.n_iter,
+                image=image,
+                mask_image=item_mask,
+            )
+            return [build_request(pipe, state.config, params, names=_NAMES)]
         # one init image per batch item, as the web UI: item j of iteration k has image j and seed + k * batch + j
         first = seed if seed is not None else random_seed()
         built = []
         for iteration in range(body.n_iter):
             for j, image in enumerate(images):
                 item_mask = None if mask is None else _fit(mask, image.size)
-                built.append(
-                    build_request(
-                        pipe,
-                        state.config,
-                        **common,
-                        seed=first + iteration * len(images) + j,
-                        num_images_per_prompt=1,
-                        image=image,
-                        mask_image=item_mask,
-                    )  # fmt: skip
-                )
+                params = dict(
+                    common, seed=first + iteration * len(images) + j, num_images_per_prompt=1, image=image,
+                    mask_image=item_mask,
+                )  # fmt: skip
+                built.append(build_request(pipe, state.config, params, names=_NAMES))
         return built
 
     completed = await state.generate_all(http, api, build)
@@ -493,6 +482,10 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
     if body.send_images:
         for result in results:
             images += await run_in_threadpool(encode_all, result)
+        units = results[0].request.control
+        for unit, send in zip(units, detected_maps, strict=True):  # the extension returns each unit's map
+            if send:
+                images.append(await run_in_threadpool(png_base64, unit.hint, f"ControlNet map: {unit.module}"))
     parameters = body.model_dump()
     if img2img and not body.include_init_images:
         parameters.update(init_images=None, mask=None)

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from sdrt.runtime.images import parse_infotext
-from sdrt.runtime.schedulers import sampler_choices
+from sdrt.schedulers import sampler_choices
 from sdrt.serve import a1111_settings
 from sdrt.serve.a1111_settings import title
 from sdrt.serve.codec import DATA_URL

@@ -9,6 +9,11 @@ starved: once ready it is served in the order its oldest request arrived.
 
 One batch runs at a time, in a worker thread (engines are not thread-safe); the event loop keeps
 admitting, refusing and answering meanwhile.
+
+A batch runs one pass of its requests. A request whose pass is followed by another (a refiner hand-off, the
+hires fix's second passes) gets a `Continuation` back: its later requests join the queue as jobs of their own,
+with the age of the request they continue (so they are served before newer work), and batch with any queued
+work of their key; when they are done, the continuation makes the request's result.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sdrt.runtime.pipeline import GenerationResult
+from sdrt.runtime.pipeline import Continuation, GenerationResult, Outcome
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.vae_guard import NonFiniteOutputError
 from sdrt.serve.metrics import Metrics
@@ -30,7 +35,7 @@ from sdrt.serve.progress import Progress
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[Sequence[GenerationRequest]], list[GenerationResult]]
+RunBatch = Callable[[Sequence[GenerationRequest]], list[Outcome]]
 
 
 class QueueFull(Exception):
@@ -80,9 +85,14 @@ class Job:
     key: Hashable  # Pipeline.batch_key(request)
     future: asyncio.Future
     admitted: float  # monotonic seconds
-    state: str = "queued"  # queued, running, done
+    state: str = "queued"  # queued, running, continued (its later passes run), done
     abandoned: bool = False  # the client left while it ran: its result is discarded
     caller: str | None = None  # who sent it (the client's address): /interrupt stops the caller's own jobs
+    # a later pass of another job: (that job, its continuation, this pass's index in it)
+    parent: tuple[Job, Continuation, int] | None = None
+    children: list[Job] = field(default_factory=list)  # this job's later passes, while they run
+    done_children: dict[int, GenerationResult] = field(default_factory=dict)
+    queue_seconds: float = 0.0  # waits in the queue so far, all passes
 
     @property
     def images(self) -> int:
@@ -155,6 +165,14 @@ class Batcher:
 
     def cancel(self, job: Job) -> None:
         """The client left: drop a queued job; a running one finishes (its batch needs it) and is discarded."""
+        for child in list(job.children):  # its later passes, queued or running
+            self.cancel(child)
+        if job.state == "continued":
+            job.state = "done"
+            job.children.clear()
+            if not job.future.done():
+                job.future.cancel()
+            return
         if job.state == "queued":
             group = self._groups[job.key]
             group.remove(job)
@@ -254,7 +272,7 @@ class Batcher:
                         continue
                     await self._run_alone(job, start)
                 return
-            self.metrics.observe_batch(images, len(batch), results[0].timings)
+            self.metrics.observe_batch(images, len(batch), results[0].timings)  # a pass's timings, either way
             for job, result in zip(batch, results, strict=True):
                 self._finish(job, result, start, images, len(batch))
         finally:
@@ -286,15 +304,60 @@ class Batcher:
         self._batch_seconds = seconds if self._batch_seconds is None else 0.8 * self._batch_seconds + 0.2 * seconds
         return results
 
-    def _finish(self, job: Job, result: GenerationResult, start: float, images: int, requests: int) -> None:
+    def _finish(self, job: Job, outcome: Outcome, start: float, images: int, requests: int) -> None:
+        job.queue_seconds += start - job.admitted
+        if isinstance(outcome, Continuation):
+            self._continue(job, outcome)
+            return
         job.state = "done"
-        if job.abandoned:
+        if job.parent is not None:
+            self._child_done(job, outcome, images, requests)
+        elif job.abandoned:
             self.metrics.dropped.labels("running").inc()
         elif not job.future.done():
-            job.future.set_result(Completed(result, start - job.admitted, images, requests))
+            job.future.set_result(Completed(outcome, job.queue_seconds, images, requests))
+
+    def _continue(self, job: Job, continuation: Continuation) -> None:
+        """Queue a job's later pass: each of its requests a job of its own, as old as the job it continues."""
+        assert self._loop is not None and self._wake is not None  # set by start()
+        job.state = "continued"
+        for i, request in enumerate(continuation.requests):
+            child = Job(
+                request=request, key=request.plan.key, future=self._loop.create_future(), admitted=job.admitted,
+                caller=job.caller, parent=(job, continuation, i),
+            )  # fmt: skip
+            job.children.append(child)
+            self._groups.setdefault(child.key, deque()).append(child)
+            self._count(+1, child.images)
+        self._wake.set()
+
+    def _child_done(self, child: Job, result: GenerationResult, images: int, requests: int) -> None:
+        parent, continuation, index = child.parent  # type: ignore[misc]  # _finish checks
+        if parent.state != "continued":  # the request was cancelled (its client left) while this pass ran
+            return
+        parent.done_children[index] = result
+        parent.queue_seconds += child.queue_seconds
+        if len(parent.done_children) < len(continuation.requests):
+            return
+        try:
+            final = continuation.finish([parent.done_children[i] for i in range(len(continuation.requests))])
+        except Exception as exc:
+            log.exception("finishing a request's passes failed")
+            self._fail(parent, exc)
+            return
+        parent.children.clear()
+        self._finish(parent, final, parent.admitted, images, requests)
 
     def _fail(self, job: Job, exc: Exception) -> None:
         job.state = "done"
+        if job.parent is not None:  # a later pass failed: its request fails, and its other passes are dropped
+            parent = job.parent[0]
+            for sibling in parent.children:
+                if sibling is not job:
+                    self.cancel(sibling)
+            parent.children.clear()
+            self._fail(parent, exc)
+            return
         if not job.future.done():
             job.future.set_exception(BatchFailed(exc))
 
@@ -306,6 +369,5 @@ class Batcher:
 
 
 def _steps(request: GenerationRequest) -> int:
-    """Steps a batch like `request` runs, both passes with hires."""
-    second = request.second_pass
-    return request.steps_run + (0 if second is None else second.steps_run)
+    """Steps a batch like `request` runs in its pass."""
+    return request.steps_run

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-MAX_MESSAGE_CHARS = 2000  # longest error message an answer carries
+from sdrt.runtime.params import all_params
 
-# sdrt's request fields, as the runtime's ValueErrors name them at the start of their message
-RUNTIME_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "height",
-    "width",
-    "num_inference_steps",
-    "guidance_scale",
-    "seed",
-    "num_images_per_prompt",
-    "scheduler",
-    "eta",
-    "clip_skip",
-    "image",
-    "mask_image",
-    "strength",
-    "refiner_switch_at",
-    "aesthetic_score",
-    "negative_aesthetic_score",
-)
+MAX_MESSAGE_CHARS = 2000  # longest error message an answer carries
 
 
 class InputError(ValueError):
@@ -49,16 +31,19 @@ def from_runtime(exc: ValueError, names: Mapping[str, str] | None = None) -> Inp
     message = str(exc)
     words = message.split(maxsplit=2)
     field = None
-    if words and words[0] in RUNTIME_FIELDS:
+    if words[:1] == ["hires:"]:  # "hires: the second pass's width ... is outside the artifact's range"
+        field = "hires"
+    elif words[:1] == ["hires"] and len(words) > 1:  # "hires scale 0.5 is outside ..."
+        field = f"hires.{words[1]}"
+    elif words and words[0] in all_params():
         field = words[0]
+    elif words and (unit := re.fullmatch(r"control\[(\d+)\]:", words[0])):  # "control[1]: ..." names the unit
+        prefix = (names or {}).get("control", "control")
+        return InputError(f"{prefix}.{unit.group(1)}", message)
     elif words[:2] == ["unknown", "scheduler"]:
         field = "scheduler"
     elif words[:1] == ["batch"]:  # "batch of N images ... is over the maximum"
         field = "num_images_per_prompt"
-    elif words[:1] == ["hires:"]:  # "hires: the second pass's width ... is outside the artifact's range"
-        field = "hires"
-    elif words[:1] == ["hires"] and len(words) > 1:  # "hires scale 0.5 is outside ..."
-        field = f"hires.{words[1]}"
     elif "inpainting UNet" in message:
         field = "mask_image"
     if field is not None and names is not None:

@@ -104,16 +104,10 @@ async def generations(body: ImagesBody, http: Request) -> dict:
 
     def build(pipe: Pipeline):
         height, width = _size(body.size, pipe.manifest.ranges.opt_size)
-        return build_request(
-            pipe,
-            state.config,
-            prompts=[body.prompt],
-            height=height,
-            width=width,
-            steps=state.config.default_steps,
-            num_images_per_prompt=body.n or 1,
-            names=_NAMES,
-        )
+        params = dict(prompt=body.prompt, height=height, width=width, num_images_per_prompt=body.n or 1)
+        if state.config.default_steps is not None:
+            params["num_inference_steps"] = state.config.default_steps
+        return build_request(pipe, state.config, params, names=_NAMES)
 
     completed = await state.generate(http, "openai", build)
     encoded = await run_in_threadpool(encode_all, completed.result)
@@ -138,17 +132,10 @@ async def variations(
 
     def build(pipe: Pipeline):
         height, width = _size(size, pipe.manifest.ranges.opt_size)
-        return build_request(
-            pipe,
-            state.config,
-            prompts=[""],
-            height=height,
-            width=width,
-            steps=state.config.default_steps,
-            num_images_per_prompt=n,
-            image=decode_image_bytes(data, "image"),
-            names=_NAMES,
-        )
+        params = dict(height=height, width=width, num_images_per_prompt=n, image=decode_image_bytes(data, "image"))
+        if state.config.default_steps is not None:
+            params["num_inference_steps"] = state.config.default_steps
+        return build_request(pipe, state.config, params, names=_NAMES)
 
     completed = await state.generate(http, "openai_variations", build)
     encoded = await run_in_threadpool(encode_all, completed.result)

@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from sdrt.runtime.prompt_syntax import parse_prompt, prompt_schedule
-from sdrt.runtime.prompts import tokenize_prompt
+from sdrt.conditioning.prompt_syntax import parse_prompt, prompt_schedule
+from sdrt.conditioning.prompts import tokenize_prompt
 
 PROMPTS = [
     "normal text",

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from sdrt.runtime.schedulers import make_scheduler, sampler_label
+from sdrt.schedulers import make_scheduler, sampler_label
 
 SAMPLERS = ["", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"]
 STEPS = [1, 3, 7, 20, 30, 50]

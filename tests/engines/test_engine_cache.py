@@ -16,7 +16,8 @@ import pytest
 from sdrt import Pipeline, hashing
 from sdrt.engines import build_engines
 from sdrt.engines.cache import RECORD_FILE, EngineCache, engine_problem, ensure_engine
-from sdrt.manifest import ONNX_FILE, read_manifest
+from sdrt.manifest import read_manifest
+from sdrt.onnx_files import ONNX_FILE
 
 KWARGS = {"height": 64, "width": 64, "num_inference_steps": 3, "seed": 5, "scheduler": "euler"}
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sdrt.engines import load_engines
-from sdrt.export.fp16 import upcast_model
 from sdrt.manifest import read_manifest
+from sdrt.onnx_files import upcast_model
 from sdrt.runtime.vae_guard import VaeDecoderGuard
 from tests.export.test_fp16 import export_fp16
 

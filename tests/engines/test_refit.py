@@ -6,6 +6,8 @@ to `engine.refit` is checked here on the CPU, including LoRA switching through r
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
@@ -13,18 +15,13 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from sdrt.engines.refit import (
-    LoraRefitter,
-    MappedWeight,
-    WeightMap,
-    build_weight_map,
-    weight_map_for,
-)
-from sdrt.export.lora import LoraFuser
+from sdrt.engines.refit import MappedWeight, WeightMap, WeightSource, build_weight_map, weight_map_for
 from sdrt.export.onnx_export import export_component
+from sdrt.lora import LoraFuser
 from sdrt.manifest import read_manifest
 from sdrt.model_dir import ModelDir
-from tests.export.test_lora import lora_factors, write_kohya_lora
+from sdrt.runtime.weights import LoraWeights
+from tests.test_lora import lora_factors, write_kohya_lora
 
 TEXT_ENCODER, UNET = "text_encoder", "unet"
 
@@ -123,60 +120,87 @@ def test_map_is_cached_as_json(setup, artifact, tmp_path):
 
 
 class RecordingEngine:
-    """Stands in for a refittable TensorRT engine: keeps the weights of its latest refit."""
+    """Stands in for a refittable TensorRT engine: refits through the real weight map, keeps the latest weights."""
 
     refittable = True
 
-    def __init__(self) -> None:
+    def __init__(self, source: WeightSource) -> None:
+        self.source = source
         self.weights: dict[str, np.ndarray] = {}
+
+    def refit_from(self, module, changed=()) -> None:
+        self.source.refit(self, module, changed)
 
     def refit(self, weights) -> None:
         self.weights = {k: v.copy() for k, v in weights.items()}
 
 
-@pytest.fixture(scope="module")
-def refitter(demo_model, artifact):
-    return LoraRefitter(artifact, read_manifest(artifact), demo_model)
+def recording_model(artifact, engines):
+    """The parts of a loaded model the LoRA switch reads, with recording engines for the text encoder and UNet."""
+    manifest = read_manifest(artifact)
+    return SimpleNamespace(
+        family=manifest.model_family, engines=engines, manifest=manifest, backend="tensorrt", path=artifact
+    )
 
 
 @pytest.fixture(scope="module")
-def loras(refitter, tmp_path_factory):
-    raw = {"unet": refitter.modules[UNET].unet, "text_encoder": refitter.modules[TEXT_ENCODER].text_encoder}
+def recording(demo_model, artifact):
+    manifest = read_manifest(artifact)
+    engines = {c: RecordingEngine(WeightSource(artifact, manifest, c)) for c in (TEXT_ENCODER, UNET)}
+    return engines, LoraWeights(recording_model(artifact, engines), model_dir=demo_model)
+
+
+@pytest.fixture(scope="module")
+def loras(demo_model, tmp_path_factory):
+    modules = ModelDir.open(demo_model).load_modules()
+    raw = {"unet": modules[UNET].unet, "text_encoder": modules[TEXT_ENCODER].text_encoder}
     directory = tmp_path_factory.mktemp("loras")
     return [write_kohya_lora(directory / f"{seed}.safetensors", lora_factors(raw, seed)) for seed in (1, 2)]
 
 
-def test_switching_loras_a_b_a_refits_a_exactly(refitter, loras, artifact):
+def test_switching_loras_a_b_a_refits_a_exactly(recording, loras, artifact):
+    engines, weights = recording
     a, b = loras
-    engines = {TEXT_ENCODER: RecordingEngine(), UNET: RecordingEngine()}
 
     def state(lora):
-        refitter.apply(engines, lora, scale=1.0)
+        weights.switch([] if lora is None else [(lora, 1.0)])
         return {c: dict(e.weights) for c, e in engines.items()}
 
     first, other, again, none = state(a), state(b), state(a), state(None)
-    for c in engines:
-        assert set(first[c]) == {w.initializer for w in refitter.maps[c].weights}  # every mapped weight, every time
+    for c, engine in engines.items():
+        mapped = engine.source.weight_map(None)  # computed at the first refit
+        assert set(first[c]) == {w.initializer for w in mapped.weights}  # every mapped weight, every time
         assert any(not np.array_equal(first[c][k], other[c][k]) for k in first[c])
         assert all(np.array_equal(first[c][k], again[c][k]) for k in first[c])
         onnx_values = initializers(artifact / read_manifest(artifact).files[c].path)
         assert all(np.array_equal(v, onnx_values[k]) for k, v in none[c].items())  # no LoRA: the exported weights
 
 
-def test_refit_needs_refittable_engines_and_the_source_model(refitter, artifact, sd2_model):
+def test_refit_needs_refittable_engines_and_the_source_model(artifact, demo_model, sd2_model, loras):
+    manifest = read_manifest(artifact)
+    engines = {c: RecordingEngine(WeightSource(artifact, manifest, c)) for c in (TEXT_ENCODER, UNET)}
+    engines[UNET].refittable = False
     with pytest.raises(ValueError, match="the unet engine cannot be refit; build the engines with --refit"):
-        refitter.apply({TEXT_ENCODER: RecordingEngine(), UNET: object()}, None)
+        LoraWeights(recording_model(artifact, engines), model_dir=demo_model).check()
+    engines[UNET].refittable = True
     with pytest.raises(ValueError, match="was not exported from"):
-        LoraRefitter(artifact, read_manifest(artifact), sd2_model)
+        LoraWeights(recording_model(artifact, engines), model_dir=sd2_model).check()
+    with pytest.raises(ValueError, match=r"need model_dir \(--model-dir\)"):
+        LoraWeights(recording_model(artifact, engines)).switch([(loras[0], 1.0)])
 
 
-def test_lora_reaching_an_unmapped_weight_is_refused(refitter, loras):
+def test_lora_reaching_an_unmapped_weight_is_refused_and_the_base_restored(recording, loras, artifact):
     """A LoRA can only be refit where the map reaches; a weight the export folded away is an error."""
+    engines, weights = recording
     conv = "unet.down_blocks.0.resnets.0.conv1.weight"  # adapted by the test LoRA
-    full = refitter.maps[UNET]
-    refitter.maps[UNET] = WeightMap(tuple(w for w in full.weights if conv not in w.params), (), (conv,))
+    source = engines[UNET].source
+    full = source.weight_map(None)
+    source._map = WeightMap(tuple(w for w in full.weights if conv not in w.params), (), (conv,))
     try:
         with pytest.raises(ValueError, match=r"folded into other constants.*down_blocks\.0\.resnets\.0\.conv1"):
-            refitter.apply({TEXT_ENCODER: RecordingEngine(), UNET: RecordingEngine()}, loras[0])
+            weights.switch([(loras[0], 1.0)])
+        assert weights.held == ()
+        onnx_values = initializers(artifact / read_manifest(artifact).files[UNET].path)
+        assert all(np.array_equal(v, onnx_values[k]) for k, v in engines[UNET].weights.items())  # refit to the base
     finally:
-        refitter.maps[UNET] = full
+        source._map = full

@@ -1,8 +1,9 @@
 """The TensorRT backend: profiles, cache keys and plan checks on the CPU; builds and runs where TensorRT and a GPU are.
 
-The tests marked gpu skip, saying why, on a machine without TensorRT 10.x/11.x and a CUDA GPU. The builder's
-choices (flags, network creation, profiles, timing cache) are checked against stand-ins of TensorRT 10 and 11 in
-test_tensorrt_build.py.
+The tests marked gpu skip, saying why, on a machine without TensorRT 10.x/11.x and a CUDA GPU. On the CPU, stand-ins
+of TensorRT 10 and 11 that hold only the real API's names (test_tensorrt_names.py) check the builder's choices
+(test_tensorrt_build.py) and sdrt's load, IO checks, runs with and without CUDA graphs and refit
+(test_tensorrt_engine.py); no stand-in result stands for a GPU one.
 """
 
 from __future__ import annotations
@@ -235,18 +236,18 @@ def test_plans_are_reused_and_a_damaged_plan_is_rebuilt(gpu_artifact, caplog):
 
 @pytest.mark.gpu
 def test_lora_switching_by_refit_is_exact(gpu_artifact, demo_model, tmp_path):
-    from sdrt.engines.refit import LoraRefitter
-    from tests.export.test_lora import lora_factors, write_kohya_lora
+    from sdrt.model_dir import ModelDir
+    from tests.test_lora import lora_factors, write_kohya_lora
 
-    pipe = Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda", refit=True)
-    refitter = LoraRefitter(gpu_artifact, read_manifest(gpu_artifact), demo_model)
-    raw = {"unet": refitter.modules["unet"].unet, "text_encoder": refitter.modules["text_encoder"].text_encoder}
+    pipe = Pipeline.load(gpu_artifact, backend="tensorrt", device="cuda", refit=True, model_dir=demo_model)
+    modules = ModelDir.open(demo_model).load_modules()
+    raw = {"unet": modules["unet"].unet, "text_encoder": modules["text_encoder"].text_encoder}
     a = write_kohya_lora(tmp_path / "a.safetensors", lora_factors(raw, 1))
     b = write_kohya_lora(tmp_path / "b.safetensors", lora_factors(raw, 2))
     base = pipe.generate("a cat", **KWARGS).images[0]
     images = []
     for lora in (a, b, a, None):
-        refitter.apply(pipe.engines, lora)
+        pipe.set_lora(lora)
         images.append(pipe.generate("a cat", **KWARGS).images[0])
     assert _max_diff(images[0], images[1]) > 0
     assert _max_diff(images[0], images[2]) == 0 and _max_diff(images[3], base) == 0

@@ -38,7 +38,7 @@ def manifest(demo_model) -> Manifest:
 @pytest.fixture(scope="module")
 def fp32(demo_model, manifest):
     """The default CPU engines: float32, no channels_last."""
-    return load_engines(demo_model, manifest, "torch")
+    return load_engines(demo_model, manifest, "torch", modules=ModelDir.open(demo_model).load_modules)
 
 
 # a mark, not a skip in the body: the skip comes before the GPU tests' fixtures export anything
@@ -79,7 +79,14 @@ def test_defaults_per_device():
 
 def test_float16_engines_cast_at_the_boundary(demo_model, manifest, fp32):
     """float16 text encoder and UNet, float32 VAE, channels_last: float32 tensors in and out, fp32's values."""
-    fp16 = load_engines(demo_model, manifest, "torch", dtype="float16", channels_last=True)
+    fp16 = load_engines(
+        demo_model,
+        manifest,
+        "torch",
+        modules=ModelDir.open(demo_model).load_modules,
+        dtype="float16",
+        channels_last=True,
+    )
     unet = fp16["unet"]
     assert unet.module.unet.dtype == torch.float16 and fp16["text_encoder"].module.text_encoder.dtype == torch.float16
     assert fp16["vae_decoder"].module.vae.dtype == torch.float32
@@ -94,7 +101,9 @@ def test_float16_engines_cast_at_the_boundary(demo_model, manifest, fp32):
 
 
 def test_channels_last_float32_matches(demo_model, manifest, fp32):
-    nhwc = load_engines(demo_model, manifest, "torch", channels_last=True)["unet"]
+    nhwc = load_engines(
+        demo_model, manifest, "torch", modules=ModelDir.open(demo_model).load_modules, channels_last=True
+    )["unet"]
     feeds = nhwc.spec.sample_inputs(VALUES, torch.Generator().manual_seed(4))
     out = nhwc(feeds)["noise_pred"]
     assert out.is_contiguous()
@@ -111,7 +120,9 @@ def test_attention_is_sdpa(fp32):
 
 
 def test_float32_copy(demo_model, manifest):
-    engines = load_engines(demo_model, manifest, "torch", vae_dtype="float16")
+    engines = load_engines(
+        demo_model, manifest, "torch", modules=ModelDir.open(demo_model).load_modules, vae_dtype="float16"
+    )
     decoder = engines["vae_decoder"]
     copy = decoder.float32_copy()
     assert copy.dtype == torch.float32 and copy.module.vae.dtype == torch.float32

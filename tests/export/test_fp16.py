@@ -30,12 +30,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from sdrt import Pipeline
+from sdrt import Pipeline, onnx_files
 from sdrt.cli import main
 from sdrt.export import ExportConfig, onnx_export
 from sdrt.export import exporter as exporter_module
 from sdrt.export.fp16 import convert_component, convert_model
-from sdrt.manifest import ONNX_DATA_FILE, OnnxFile, read_manifest
+from sdrt.manifest import read_manifest
+from sdrt.onnx_files import ONNX_DATA_FILE, OnnxFile
 from tests.conftest import RANGES
 
 RMS_BOUND = 5e-3
@@ -256,7 +257,7 @@ def test_graphs_with_external_data(artifact, tmp_path, monkeypatch, threshold):
     onnx.save_model(onnx.load(fp32_path), str(src / "model.onnx"), save_as_external_data=True, location=ONNX_DATA_FILE)
     onnx_file = OnnxFile(path="text_encoder/model.onnx", sha256="", external_data=f"text_encoder/{ONNX_DATA_FILE}")
     if threshold is not None:
-        monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", threshold)
+        monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_THRESHOLD", threshold)
     converted = convert_component(src.parent, onnx_file, spec)
 
     assert (converted.external_data is None) == (threshold is None)

@@ -17,11 +17,11 @@ import torch
 
 from sdrt import Pipeline
 from sdrt.components import TensorSpec, unet_spec
+from sdrt.conditioning.guidance import VECTOR, Conditioning
 from sdrt.families import families, family_for, family_named, register, unregister
-from sdrt.families.sd import PARTS, SD1, SDConditioner, SDFamily
+from sdrt.families.sd import PARTS, SD1, SDFamily
 from sdrt.manifest import Manifest, read_manifest
 from sdrt.model_dir import ModelDir
-from sdrt.runtime.guidance import Conditioning
 from tests.conftest import RANGES, export
 
 CLASS_WIDTH = 6  # the throwaway UNet's class-embedding input
@@ -58,7 +58,12 @@ def test_sdxl_manifests_round_trip_with_their_extras(sdxl_artifact, sdxl_refiner
     assert refiner.extras == {"force_zeros_for_empty_prompt": False, "requires_aesthetics_score": True}
     assert base.support == ("tokenizer", "tokenizer_2", "scheduler") and refiner.support == ("tokenizer_2", "scheduler")
     unet, ref_unet = base.components["unet"], refiner.components["unet"]
-    assert unet.input_names == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    conditioning = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    # The base UNet takes ControlNet residuals after its conditioning (a tiny SDXL has 6 down block
+    # outputs and a mid block at half resolution); the refiner has no ControlNet and no residual inputs.
+    residuals = [f"down_block_residual_{i}" for i in range(6)] + ["mid_block_residual"]
+    assert unet.input_names == conditioning + residuals and ref_unet.input_names == conditioning
+    assert unet.inputs[-1].shape == ("cfg_batch", 64, "latent_height/2", "latent_width/2")
     assert unet.inputs[4].shape == ("cfg_batch", 6) and ref_unet.inputs[4].shape == ("cfg_batch", 5)
     assert unet.fp32_inputs == {"timestep", "time_ids"}
     assert base.components["text_encoder_2"].output_names == ["text_embeddings", "pooled_embeddings"]
@@ -83,17 +88,20 @@ def test_manifest_round_trips_and_its_family_validates_it(artifact, sd2_model):
         Manifest.from_json({**data, "support": ["tokenizer"]})
 
 
-class ClassConditioner(SDConditioner):
-    """SD's text states, plus `class_labels`: 50 x the image's guidance scale, zeros for the uncond rows."""
+class ClassLabels:
+    """A new conditioning part: `class_labels`, 50 x the image's guidance scale, zeros for the uncond rows."""
 
-    def condition(self, requests, cfg, step, cache) -> Conditioning:
-        text = super().condition(requests, cfg, step, cache)
-        scales = torch.tensor([g for r in requests for g in r.per_image(r.guidance_scales)], dtype=torch.float32)
-        labels = (50.0 * scales).view(-1, 1).expand(-1, CLASS_WIDTH).contiguous()
-        return Conditioning(
-            cond={**text.cond, "class_labels": labels},
-            uncond={**text.uncond, "class_labels": torch.zeros(cfg.num_uncond, CLASS_WIDTH)},
-        )
+    def check(self, request) -> None:
+        pass
+
+    def batch_key(self, request) -> tuple:
+        return ()
+
+    def embed(self, batch) -> Conditioning:
+        scales = [g for r in batch.requests for g in r.per_image(r.guidance_scales)]
+        labels = (50.0 * torch.tensor(scales, dtype=torch.float32)).view(-1, 1).expand(-1, CLASS_WIDTH).contiguous()
+        zeros = torch.zeros(batch.cfg.num_uncond, CLASS_WIDTH)
+        return Conditioning({"class_labels": labels}, {"class_labels": zeros}, kinds={"class_labels": VECTOR})
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,8 @@ class ClassFamily(SDFamily):
         )
         return specs
 
-    def conditioner(self, model) -> ClassConditioner:
-        return ClassConditioner([model.prompt_encoder("text_encoder")])
+    def embedders(self, context) -> list:
+        return [*super().embedders(context), ClassLabels()]  # SD's text states, then the new part
 
 
 CLASS_FAMILY = ClassFamily(

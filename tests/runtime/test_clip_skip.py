@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdrt.runtime.prompts import tokenize_prompt
+from sdrt.conditioning.prompts import tokenize_prompt
 from tests.conftest import BACKENDS
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 

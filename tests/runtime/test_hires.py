@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sdrt import Hires
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS
 from tests.runtime.compare import assert_images_close
 
@@ -104,12 +104,16 @@ def test_hires_requests_batch_and_each_gets_its_images_alone(pipelines):
     hires = Hires(scale=1.5, strength=0.5, steps=2)
     a = pipe.request("a dog", **FIRST, seed=1, hires=hires)
     b = pipe.request("[a cat:a fox:1]", **FIRST, seed=2, hires=hires)
-    assert pipe.batch_key(a) == pipe.batch_key(b)
-    assert pipe.batch_key(a) != pipe.batch_key(pipe.request("a dog", **FIRST, seed=1, hires=Hires(scale=2.0)))
-    assert pipe.batch_key(a) != pipe.batch_key(pipe.request("a dog", **FIRST, seed=1))
-    together = pipe.run_batch([a, b])
-    for request, result in zip((a, b), together, strict=True):
+    plain = pipe.request("a bird", **FIRST, seed=3)
+    other = pipe.request("a dog", **FIRST, seed=4, hires=Hires(scale=2.0, strength=0.4))
+    # a hires request's first pass is a plain text-to-image pass: it batches with plain requests and other hires
+    # settings alike; its second pass is a request of its own, batched by its own key
+    assert pipe.batch_key(a) == pipe.batch_key(b) == pipe.batch_key(plain) == pipe.batch_key(other)
+    assert pipe.batch_key(a.next_pass) != pipe.batch_key(other.next_pass)
+    together = pipe.run_batch([a, plain, b, other])
+    for request, result in zip((a, plain, b, other), together, strict=True):
         alone = pipe.run(request)
+        assert len(result.images) == 1 and result.images[0].size == alone.images[0].size
         assert np.abs(np.asarray(alone.images[0], np.int16) - np.asarray(result.images[0], np.int16)).max() <= 1
 
 

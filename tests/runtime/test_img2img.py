@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS, export, load_pipelines
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 from tests.runtime.test_img2img import input_image

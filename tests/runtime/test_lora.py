@@ -7,7 +7,7 @@ import pytest
 
 from sdrt import Pipeline
 from tests.conftest import RANGES
-from tests.export.test_lora import lora_factors, write_kohya_lora
+from tests.test_lora import lora_factors, write_kohya_lora
 
 KWARGS = dict(height=64, width=64, num_inference_steps=3, seed=9, scheduler="euler")
 

@@ -11,8 +11,8 @@ from sdrt import Pipeline
 from sdrt.cli import main
 from sdrt.manifest import read_manifest
 from tests.conftest import RANGES
-from tests.export.test_lora import KOHYA_LAYERS, lora_factors, write_kohya_lora
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
+from tests.test_lora import KOHYA_LAYERS, lora_factors, write_kohya_lora
 
 SIZE_STEPS = {"height": HEIGHT, "width": WIDTH, "num_inference_steps": STEPS}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdrt.runtime.schedulers import SAMPLERS, make_scheduler
+from sdrt.schedulers import SAMPLERS, make_scheduler
 from tests.conftest import BACKENDS
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 

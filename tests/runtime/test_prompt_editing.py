@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdrt.runtime.prompt_syntax import prompt_schedule
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.conditioning.prompt_syntax import prompt_schedule
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 
@@ -144,7 +144,7 @@ def test_the_unet_sees_each_steps_text(pipelines, prompt, seen):
 
 
 def _no_cfg(pipe):
-    from sdrt.runtime.guidance import ClassifierFreeGuidance
+    from sdrt.conditioning.guidance import ClassifierFreeGuidance
 
     return ClassifierFreeGuidance([1.0], pipe.device)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdrt import Pipeline
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS
 from tests.runtime.compare import HEIGHT, WIDTH, assert_images_close
 from tests.runtime.test_img2img import input_image

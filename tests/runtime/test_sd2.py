@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS, export, load_pipelines
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 

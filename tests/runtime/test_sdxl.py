@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS, export, load_pipelines, write_model
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 from tests.runtime.test_img2img import input_image
@@ -82,7 +82,7 @@ def test_clip_skip_counts_from_the_penultimate_layer(sdxl_pipelines, sdxl_diffus
 
 def _hand_built_embeddings(pipe, chunks, weights):
     """Both encoders' penultimate states per chunk with web UI emphasis, concatenated; the first chunk's pooled."""
-    from sdrt.runtime.prompts import apply_emphasis
+    from sdrt.conditioning.prompts import apply_emphasis
 
     states = []
     for encoder in (pipe.text_encoder, pipe.text_encoder_2):
@@ -100,7 +100,7 @@ def _hand_built_embeddings(pipe, chunks, weights):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_long_prompt_with_emphasis(sdxl_pipelines, sdxl_diffusers, backend):
     """A 2-chunk prompt with weights: each encoder's chunks with emphasis, concatenated; pooled from chunk one."""
-    from sdrt.runtime.prompts import tokenize_prompt
+    from sdrt.conditioning.prompts import tokenize_prompt
 
     ours_pipe = sdxl_pipelines[backend]
     text = "a (castle:1.3) in the forest, " * 20 + "[fog]"

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sdrt.runtime.schedulers import make_scheduler
+from sdrt.families.unclip import ImageEmbedder
+from sdrt.schedulers import make_scheduler
 from tests.conftest import BACKENDS
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 from tests.runtime.test_img2img import input_image
@@ -52,7 +53,7 @@ def test_negative_prompt_and_precomputed_image_embeds(unclip_pipelines, unclip_d
     """A caller that already ran CLIP gives image_embeds: the same image as from the image, no vision encoder call."""
     pipe = unclip_pipelines[backend]
     image = input_image(seed=4)
-    embeds = pipe.model.conditioner.image_embeddings([pipe.request(image=image)])[0]
+    embeds = pipe.model.conditioner.part(ImageEmbedder).image_embeddings([pipe.request(image=image)])[0]
     vision = pipe.engines["image_encoder"]
     calls = []
     pipe.engines["image_encoder"] = lambda feeds: calls.append(feeds) or vision(feeds)

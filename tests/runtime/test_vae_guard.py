@@ -119,9 +119,13 @@ def test_float16_torch_decoder_falls_back_to_its_float32_copy(demo_model):
     from sdrt.model_dir import ModelDir
 
     manifest = Manifest.for_model(ModelDir.open(demo_model), RANGES)
-    decoder = load_engines(demo_model, manifest, "torch", vae_dtype="float16")["vae_decoder"]
+    decoder = load_engines(
+        demo_model, manifest, "torch", modules=ModelDir.open(demo_model).load_modules, vae_dtype="float16"
+    )["vae_decoder"]
     decoder._forward = lambda latent: torch.full((latent.shape[0], 3, 64, 64), float("nan"), dtype=latent.dtype)
-    reference = load_engines(demo_model, manifest, "torch")["vae_decoder"]
+    reference = load_engines(demo_model, manifest, "torch", modules=ModelDir.open(demo_model).load_modules)[
+        "vae_decoder"
+    ]
     guard = VaeDecoderGuard(decoder, fallback=decoder.float32_copy)
     feeds = {"latent": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
     torch.testing.assert_close(guard(feeds)["images"], reference(feeds)["images"], atol=1 / 255, rtol=0)

@@ -7,8 +7,8 @@ from safetensors.torch import save_file
 
 from sdrt import Pipeline
 from sdrt.serve import ServeConfig, create_app
+from tests.conditioning.test_embeddings import write_sd_embeddings
 from tests.conftest import RANGES
-from tests.runtime.test_embeddings import write_sd_embeddings
 from tests.serve.conftest import running
 
 

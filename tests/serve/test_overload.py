@@ -59,12 +59,12 @@ def test_a_burst_over_the_queue_gets_429s_while_every_admitted_request_completes
 def test_an_engine_error_fails_only_its_request_with_500_and_the_server_keeps_serving(serve_pipeline):
     broken = copy.copy(serve_pipeline)
 
-    def run_batch(requests, **kwargs):
+    def run_pass(requests, **kwargs):
         if any("explode" in p for r in requests for p in r.prompts):
             raise RuntimeError("the UNet engine ran out of memory")
-        return serve_pipeline.run_batch(requests, **kwargs)
+        return serve_pipeline.run_pass(requests, **kwargs)
 
-    broken.run_batch = run_batch
+    broken.run_pass = run_pass
     app = create_app(broken, ServeConfig(max_wait_ms=1000))  # the two requests below share a batch
     with running(app) as url, httpx.Client(timeout=60) as client, ThreadPoolExecutor(2) as pool:
         bodies = [{"prompt": "explode", "seed": 1, **SMALL}, {"prompt": "a quiet lake", "seed": 2, **SMALL}]
@@ -80,12 +80,12 @@ def test_a_client_that_disconnects_is_dropped_from_the_queue_or_from_its_result(
     engine_free = threading.Event()
     held = copy.copy(serve_pipeline)
 
-    def run_batch(requests, **kwargs):  # a request saying "hold" keeps the engine busy until the test says
+    def run_pass(requests, **kwargs):  # a request saying "hold" keeps the engine busy until the test says
         if any("hold" in p for r in requests for p in r.prompts):
             engine_free.wait(30)
-        return serve_pipeline.run_batch(requests, **kwargs)
+        return serve_pipeline.run_pass(requests, **kwargs)
 
-    held.run_batch = run_batch
+    held.run_pass = run_pass
     app = create_app(held, ServeConfig(max_batch=1, max_wait_ms=0))
     hold = {"prompt": "hold the engine", "seed": 1, **SMALL}
     with running(app) as url, httpx.Client(timeout=120) as client:

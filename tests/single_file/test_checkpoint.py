@@ -127,7 +127,7 @@ def test_published_sizes_are_recognized_and_every_part_fits_its_shipped_config(n
 def test_every_shipped_config_is_tested():
     assert {p.stem for p in CONFIG_DIR.glob("*.json")} == {
         "sd15", "sd15_inpainting", "sd21_768_v", "sd21_512_epsilon", "sd2_inpainting", "sdxl_base", "sdxl_refiner",
-        "sdxl_inpainting",
+        "sdxl_inpainting", "controlnet_sd15", "controlnet_sd21",  # the last two: tests/single_file/test_controlnet_file
     }  # fmt: skip
 
 
@@ -266,8 +266,8 @@ def test_single_file_options_are_refused_for_a_directory(demo_model, tmp_path):
 
 
 def test_converted_directory_opens_as_the_family_describes(sd1_checkpoint, demo_model):
+    from sdrt.conditioning.prompts import load_tokenizer
     from sdrt.model_source import open_model
-    from sdrt.runtime.prompts import load_tokenizer
 
     with open_model(sd1_checkpoint, SourceOptions(config_dir=demo_model)) as model:
         assert model.family.name == "sd1" and model.weights_sha256() == file_sha256(sd1_checkpoint)

@@ -1,6 +1,6 @@
 """Prompts to text embeddings as the AUTOMATIC1111 web UI makes them: emphasis weights, 75-token chunks, CLIP skip.
 
-A prompt is parsed for emphasis (`sdrt.runtime.prompt_syntax`), tokenized fragment by fragment, and
+A prompt is parsed for emphasis (`sdrt.conditioning.prompt_syntax`), tokenized fragment by fragment, and
 cut into chunks of 75 tokens (a `BREAK` starts a new chunk). Each chunk becomes one text-encoder row
 of 77 ids (begin token, tokens, end token, padding) and the rows' embeddings are concatenated along
 the sequence axis. A prompt of at most 75 tokens with no emphasis gives exactly diffusers' encoding.
@@ -10,7 +10,7 @@ as the web UI's default ("Original") emphasis does. A pooled embedding (SDXL) is
 Tokenization happens once per request (`PromptEncoder.tokenize`, when the request is checked); the
 request carries its tokens (`PromptTokens`) to batching and encoding. The text-encoder engine starts after
 the token lookup: the encoder looks every id up in the model's token table, extended with the vectors of
-the textual-inversion embeddings loaded (`sdrt.runtime.embeddings`), whose names the tokenizer's ids are
+the textual-inversion embeddings loaded (`sdrt.conditioning.embeddings`), whose names the tokenizer's ids are
 matched against as the web UI matches them, so an embedding needs no re-export.
 """
 
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sdrt.conditioning.prompt_syntax import parse_prompt, prompt_schedule
 from sdrt.engines import Engine, call_in_chunks
 from sdrt.excerpt import excerpt
 from sdrt.hashing import files_sha256
-from sdrt.runtime.prompt_syntax import parse_prompt, prompt_schedule
 
 MAX_EMPHASIS = 1000.0  # largest emphasis weight a token may carry (1.1 ** 72 is about 956)
 
 if TYPE_CHECKING:
-    from sdrt.runtime.embeddings import EmbeddingVocabulary
+    from sdrt.conditioning.embeddings import EmbeddingVocabulary
 
 log = logging.getLogger(__name__)
 

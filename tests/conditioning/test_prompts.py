@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sdrt.conditioning.prompts import encode_prompts, tokenize_prompt
 from sdrt.model_dir import ModelDir
-from sdrt.runtime.prompts import encode_prompts, tokenize_prompt
 from tests.conftest import BACKENDS
 
 # float32 text encoder on identical ids; only the emphasis arithmetic differs from the reference

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from sdrt import Pipeline
-from sdrt.runtime.embeddings import EmbeddingLibrary
-from sdrt.runtime.prompts import tokenize_prompt
+from sdrt.conditioning.embeddings import EmbeddingLibrary
+from sdrt.conditioning.prompts import tokenize_prompt
 from tests.conftest import BACKENDS, RANGES
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
 

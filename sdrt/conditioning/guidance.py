@@ -23,21 +23,60 @@ def is_guided(scale: float) -> bool:
     return scale > 1.0
 
 
+# The kinds of conditioning inputs (tinygrad's SDXL Conditioner routes embedders' outputs the same way):
+CROSSATTN = "crossattn"  # states the UNet's cross-attention reads (encoder_hidden_states)
+VECTOR = "vector"  # vectors added to the time embedding: pooled text, SDXL's time ids, unCLIP's image embedding
+CONCAT = "concat"  # channels concatenated to the latents: inpainting's mask and masked image, a low-res image
+CONTROL = "control"  # images a ControlNet reads (its hint), which the UNet never sees
+KINDS = (CROSSATTN, VECTOR, CONCAT, CONTROL)
+
+
 @dataclass(frozen=True)
 class Conditioning:
-    """The UNet's conditioning inputs by name: one row per image (cond), one row per guided image (uncond)."""
+    """The UNet's conditioning inputs by name: one row per image (cond), one row per guided image (uncond).
+
+    `kinds` says what each input is (a KINDS value; a name not listed is a CROSSATTN or VECTOR input fed to the
+    UNet by name): the denoiser routes CONCAT inputs onto the latents' channels and CONTROL inputs to ControlNets.
+    """
 
     cond: Mapping[str, torch.Tensor]  # name -> (N, ...) for the N images of a batch
     uncond: Mapping[str, torch.Tensor] = field(default_factory=dict)  # name -> (K, ...) for its K guided images
     # prompt editing: (first step, the conditioning from that step on), ascending; this one conditions before
     later: tuple[tuple[int, Conditioning], ...] = ()
+    kinds: Mapping[str, str] = field(default_factory=dict)  # input name -> its kind, for inputs not fed by name
 
     def __post_init__(self) -> None:
-        if self.uncond and set(self.uncond) != set(self.cond):
+        if self.uncond and set(self.uncond) - set(self.cond):
             raise ValueError(f"conditioning names {sorted(self.cond)} but unconditional {sorted(self.uncond)}")
         starts = [start for start, _ in self.later]
         if starts != sorted(set(starts)) or (starts and starts[0] < 1):
             raise ValueError(f"conditioning switches at steps {starts}: they must ascend from 1")
+        unknown = {k for k in self.kinds.values() if k not in KINDS}
+        if unknown:
+            raise ValueError(f"conditioning kinds {sorted(unknown)} are not among {', '.join(KINDS)}")
+
+    def named(self, kind: str) -> list[str]:
+        """The inputs of one kind, in the order they were added (CROSSATTN/VECTOR: those without a listed kind)."""
+        if kind in (CROSSATTN, VECTOR):
+            return [n for n in self.cond if self.kinds.get(n, kind) in (CROSSATTN, VECTOR)]
+        return [n for n in self.cond if self.kinds.get(n) == kind]
+
+    def merged(self, other: Conditioning) -> Conditioning:
+        """This conditioning and `other`'s inputs together, at every step either schedule switches at."""
+        starts = sorted({0, *(s for s, _ in self.later), *(s for s, _ in other.later)})
+        parts = []
+        for start in starts:
+            a, b = self.at(start), other.at(start)
+            clash = set(a.cond) & set(b.cond)
+            if clash:
+                raise ValueError(f"two conditioning parts both give {sorted(clash)}")
+            parts.append(
+                (
+                    start,
+                    Conditioning({**a.cond, **b.cond}, {**a.uncond, **b.uncond}, kinds={**self.kinds, **other.kinds}),
+                )
+            )
+        return Conditioning.scheduled(parts)
 
     def at(self, step: int) -> Conditioning:
         """The conditioning of denoising step `step` (UNet calls counted from 0)."""
@@ -48,13 +87,21 @@ class Conditioning:
             current = part
         return current
 
-    def with_inputs(self, cond: Mapping[str, torch.Tensor], uncond: Mapping[str, torch.Tensor]) -> Conditioning:
-        """This conditioning with more named inputs, the same at every step (every part of a schedule gets them)."""
+    def with_inputs(
+        self, cond: Mapping[str, torch.Tensor], uncond: Mapping[str, torch.Tensor], kind: str | None = None
+    ) -> Conditioning:
+        """This conditioning with more named inputs (of `kind`), the same at every step of its schedule.
+
+        An input with no unconditional rows given takes the conditional rows of the guided images in the UNet's
+        batch (what diffusers does for the inpainting mask: the same for both passes).
+        """
+        kinds = dict(self.kinds) if kind is None else {**self.kinds, **{name: kind for name in cond}}
         return replace(
             self,
             cond={**self.cond, **cond},
             uncond={**self.uncond, **uncond},
-            later=tuple((start, part.with_inputs(cond, uncond)) for start, part in self.later),
+            later=tuple((start, part.with_inputs(cond, uncond, kind)) for start, part in self.later),
+            kinds=kinds,
         )
 
     @classmethod
@@ -74,6 +121,7 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, scales: Sequence[float], device: torch.device) -> None:
+        self.device = device  # where the UNet's feeds live
         self.scales = torch.tensor([float(s) for s in scales], dtype=torch.float32)
         self._guided_list = [i for i, s in enumerate(scales) if is_guided(float(s))]
         self.guided = torch.tensor(self._guided_list, dtype=torch.int64, device=device)

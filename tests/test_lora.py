@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdrt.export.lora import LoraFuser, lora_layer_count
+from sdrt.lora import LoraFuser, lora_layer_count
 from sdrt.model_dir import ModelDir
 
 RANK = 4

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sdrt.runtime.prompt_syntax import Fragment, parse_prompt
+from sdrt.conditioning.prompt_syntax import Fragment, parse_prompt
 
 BREAK = Fragment("", 1.0, chunk_break=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdrt.runtime.guidance import ClassifierFreeGuidance
+from sdrt.conditioning.guidance import ClassifierFreeGuidance
 
 
 def test_mixed_scales_share_one_batch():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdrt.runtime.lora_prompts import parse_loras, request_loras, strip_loras
+from sdrt.conditioning.lora_prompts import parse_loras, request_loras, strip_loras
 
 
 def test_tags_are_read_summed_and_removed():

@@ -6,7 +6,7 @@ import diffusers
 import numpy as np
 import pytest
 
-from sdrt.runtime.schedulers import (
+from sdrt.schedulers import (
     SAMPLERS,
     canonical_sampler,
     check_sampler,

@@ -1,0 +1,118 @@
+"""A request's result: its images, the seeds that reproduce them, each image's infotext, and where the time went."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from sdrt.runtime.images import Parameters
+from sdrt.runtime.model import Model
+from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.timing import StageClock, Timings
+from sdrt.schedulers import sampler_label
+
+# what adds up when a request's timings span several passes (the total is the passes' totals added, too)
+_ADDED = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls", "controlnet")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Images of one request, with the seeds that reproduce them and where the time went."""
+
+    images: list[Image.Image]  # one per image, prompt-major
+    seeds: list[int]  # seed of each image
+    parameters: list[str]  # web UI infotext of each image (the PNG `parameters` chunk)
+    timings: Timings  # seconds per stage, of every batch the request ran in (all its passes)
+    request: GenerationRequest  # the validated request
+
+
+def batch_timings(clock: StageClock, started: float, steps: int) -> Timings:
+    """The timings of one batch's pass from its clock (`started`: perf_counter when it began)."""
+    s = clock.seconds
+    return Timings(
+        text_encoder=s.get("text_encoder", 0.0),
+        unet=s.get("unet", 0.0),
+        scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0) - s.get("controlnet", 0.0),
+        vae_decode=s.get("vae_decode", 0.0),
+        total=time.perf_counter() - started,
+        steps=steps,
+        unet_calls=clock.calls.get("unet", 0),
+        vae_encode=s.get("vae_encode", 0.0),
+        controlnet=s.get("controlnet", 0.0),
+    )
+
+
+def added(timings: Sequence[Timings]) -> Timings:
+    """Timings of several passes, stage by stage."""
+    first, *rest = timings
+    for more in rest:
+        first = replace(first, **{k: getattr(first, k) + getattr(more, k) for k in _ADDED})
+    return first
+
+
+def results(
+    requests: Sequence[GenerationRequest],
+    images: Sequence[Image.Image],
+    timings: Timings,
+    base: Model,
+    last: Model,
+    extra: tuple[tuple[str, str], ...] = (),
+    strength: float | None = None,
+) -> list[GenerationResult]:
+    """Each request's images (`images` in order, request by request) with its seeds and infotexts.
+
+    `base` is the model the request names (its hash and name in the infotext), `last` the one whose VAE decoded
+    (the refiner's, after a hand-off); `extra` more infotext entries (the hires fix's).
+    """
+    out, at = [], 0
+    for r in requests:
+        rows = list(images[at : at + r.num_images])
+        at += r.num_images
+        texts = infotexts(r, base, last, extra, strength)
+        out.append(GenerationResult(images=rows, seeds=r.seeds, parameters=texts, timings=timings, request=r))
+    return out
+
+
+def infotexts(
+    request: GenerationRequest,
+    base: Model,
+    last: Model,
+    extra: tuple[tuple[str, str], ...] = (),
+    strength: float | None = None,
+) -> list[str]:
+    """The web UI's infotext of each image of a request."""
+    vae = last.manifest.vae or {}  # the VAE that decoded, as the web UI names it: "VAE: file, VAE hash: ..."
+    refiner = None
+    if request.refiner_switch_at is not None:  # the web UI's "Refiner: name [hash]"
+        refiner = f"{last.name} [{last.manifest.source_sha256[:10]}]"
+    label = sampler_label(request.scheduler, base.scheduler_config)
+    # the web UI ControlNet extension's entries: "ControlNet 0: "Module: canny, Model: name [hash], ...""
+    extra = (*extra, *((f"ControlNet {i}", unit.infotext()) for i, unit in enumerate(request.control)))
+    prompts = request.per_image(request.prompts)
+    negatives = request.per_image(request.negative_prompts)
+    scales = request.per_image(request.guidance_scales)
+    return [
+        Parameters(
+            prompt=prompts[i],
+            negative_prompt=negatives[i],
+            steps=request.steps,
+            sampler=label,
+            guidance_scale=scales[i],
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model_hash=base.manifest.source_sha256[:10],
+            model=base.name,
+            clip_skip=request.clip_skip,
+            denoising_strength=request.strength if strength is None else strength,
+            refiner=refiner,
+            refiner_switch_at=request.refiner_switch_at,
+            vae=vae.get("name"),
+            vae_hash=vae["sha256"][:10] if "sha256" in vae else None,
+            extra=extra,
+        ).infotext()
+        for i, seed in enumerate(request.seeds)
+    ]
