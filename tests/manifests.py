@@ -13,7 +13,8 @@ from sdrt.spec import ShapeRanges
 
 SCHEMA_PATH = Path(sdrt.__file__).parent / "manifest.schema.json"  # shipped with the package (setup.py)
 FAKE_SHA = "0" * 64
-VARIANTS = ["sd1", "sd2", "inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint", "unclip"]  # every family, every kind
+# every family, every kind (the ControlNets for SD 1.x and SDXL: family controlnet)
+VARIANTS = ["sd1", "sd2", "inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint", "unclip", "controlnet", "controlnet-sdxl"]
 
 
 def family_manifest(model: Path) -> dict[str, Any]:

@@ -22,6 +22,23 @@ def test_every_family_validates(validator, family_manifests, variant):
     assert not errors
 
 
+def test_residual_inputs_use_divided_dims(family_manifests):
+    """Format 5: the base UNets list their ControlNet residual inputs, at the latents' size over 2 per downsampling,
+    and a ControlNet's outputs are the same specs (the manifests the schema accepts above hold them)."""
+    from sdrt.spec import TensorSpec
+
+    unet = family_manifests["sd1"]["components"]["unet"]
+    residuals = unet["attributes"]["residuals"]
+    inputs = {t["name"]: t for t in unet["inputs"]}
+    assert residuals[-1] == "mid_block_residual" and set(residuals) <= set(inputs)
+    assert {d for name in residuals for d in inputs[name]["shape"][2:]} >= {"latent_height/2", "latent_width/8"}
+    controlnet = family_manifests["controlnet"]["components"]["controlnet"]
+    assert [t for t in controlnet["outputs"]] == [inputs[name] for name in residuals]
+    # ceil, as a stride-2 convolution with padding 1 rounds: 9 -> 5 -> 3 -> 2
+    spec = TensorSpec.from_json(inputs["mid_block_residual"])
+    assert spec.concrete({"cfg_batch": 2, "latent_height": 9, "latent_width": 13}) == (2, 64, 2, 2)
+
+
 def test_exported_artifacts_validate(validator, artifact, sdxl_artifact):
     """Real exports (hashes, versions, the token tables beside the graphs), not only manifests built in memory."""
     for directory in (artifact, sdxl_artifact):
@@ -46,6 +63,20 @@ def test_exported_artifacts_validate(validator, artifact, sdxl_artifact):
         ("sd2", ("extras",), {"force_zeros_for_empty_prompt": True}),
         ("unclip", ("support",), ["tokenizer", "scheduler"]),
         ("sd1", ("source_sha256",), "not a hash"),
+        # format 5: residual inputs at "symbol/N" (N >= 1), the controlnet family
+        ("sd1", ("components", "unet", "inputs", 3, "shape", 2), "latent_height/0"),
+        ("sd1", ("components", "unet", "inputs", 3, "shape", 2), "latent_height/-2"),
+        ("sd1", ("components", "unet", "inputs", 3, "shape", 2), "latent_height/"),
+        ("sd1", ("components", "unet", "inputs", 3, "shape", 2), "latent_height//2"),
+        ("sd1", ("vae_scaling_factor",), None),
+        ("sd1", ("text_encoders",), []),
+        ("controlnet", ("vae_scaling_factor",), 0.18215),
+        ("controlnet", ("extras", "fits"), ["sd3"]),
+        ("controlnet", ("extras", "fits"), []),
+        ("controlnet", ("extras", "cross_attention_dim"), 0),
+        ("controlnet", ("extras",), {"fits": ["sd1"], "cross_attention_dim": 32}),
+        ("controlnet", ("support",), ["tokenizer", "scheduler"]),
+        ("controlnet", ("components", "controlnet", "role"), "denoiser"),
     ],
 )
 def test_bad_manifests_are_refused(validator, family_manifests, variant, path, value):

@@ -1,4 +1,4 @@
-// manifest.json read and validated: the artifact contract (sdrt.manifest, format version 4). Every check names the
+// manifest.json read and validated: the artifact contract (sdrt.manifest, format version 5). Every check names the
 // field by its path in the file ("components.unet.inputs[0].dtype") and what is allowed.
 
 #include <algorithm>
@@ -17,13 +17,18 @@ namespace sdrt {
 
 namespace {
 
+// The kind of a manifest extra (sdrt.families.base.Family.extras_defaults gives each one's type).
+enum class Extra { Bool, PositiveInt, BaseFamilies };
+
 // What each family's artifact holds (sdrt.families): its networks, support directories and manifest extras.
 struct FamilyShape {
   const char* name;
   std::vector<std::string> networks;
   std::vector<std::string> support;
-  std::vector<std::string> extras;  // boolean extras
+  std::vector<std::pair<std::string, Extra>> extras;
 };
+
+const std::vector<std::string> kBaseFamilies = {"sd1", "sd2", "sdxl"};  // what a ControlNet may fit
 
 const std::vector<FamilyShape>& families() {
   static const std::vector<FamilyShape> table = {
@@ -32,20 +37,25 @@ const std::vector<FamilyShape>& families() {
       {"sdxl",
        {"text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"},
        {"tokenizer", "tokenizer_2", "scheduler"},
-       {"force_zeros_for_empty_prompt", "requires_aesthetics_score"}},
+       {{"force_zeros_for_empty_prompt", Extra::Bool}, {"requires_aesthetics_score", Extra::Bool}}},
       {"sdxl_refiner",
        {"text_encoder_2", "unet", "vae_decoder", "vae_encoder"},
        {"tokenizer_2", "scheduler"},
-       {"force_zeros_for_empty_prompt", "requires_aesthetics_score"}},
+       {{"force_zeros_for_empty_prompt", Extra::Bool}, {"requires_aesthetics_score", Extra::Bool}}},
       {"unclip",
        {"text_encoder", "image_encoder", "unet", "vae_decoder"},
        {"tokenizer", "feature_extractor", "image_normalizer", "image_noising_scheduler", "scheduler"},
        {}},
+      // a ControlNet: one network, no tokenizer, scheduler or VAE of its own (it steers a base model's UNet)
+      {"controlnet",
+       {"controlnet"},
+       {},
+       {{"fits", Extra::BaseFamilies}, {"cross_attention_dim", Extra::PositiveInt}, {"global_pool_conditions", Extra::Bool}}},
   };
   return table;
 }
 
-const std::set<std::string> kRoles = {"text_encoder", "image_encoder", "denoiser", "vae_decoder", "vae_encoder"};
+const std::set<std::string> kRoles = {"text_encoder", "image_encoder", "denoiser", "controlnet", "vae_decoder", "vae_encoder"};
 const std::vector<std::string> kDtypes = {"float32", "float16", "int32", "int64"};
 const std::vector<std::string> kPredictionTypes = {"epsilon", "v_prediction", "sample"};
 const std::vector<std::string> kRangeFields = {"max_batch", "min_size",        "max_size",     "opt_size",
@@ -112,9 +122,6 @@ class Reader {
   std::string what_;
 };
 
-// a shape entry: an integer, a symbol, or N*symbol
-const std::regex kDimExpr(R"(^(?:(\d+)\*)?([a-z_][a-z0-9_]*)$)");
-
 TensorSpec read_tensor(const Reader& r, const json::Value& v, const std::string& path,
                        const std::map<std::string, DimRange>& dims) {
   r.object(v, path);
@@ -132,9 +139,14 @@ TensorSpec read_tensor(const Reader& r, const json::Value& v, const std::string&
       continue;
     }
     const std::string& dim = r.string(shape[i], at);
-    std::smatch m;
-    if (!std::regex_match(dim, m, kDimExpr)) r.fail(at, quote(dim) + " is not an integer, a symbol or 'N*symbol'");
-    if (!dims.count(m[2].str())) r.fail(at, "names dimension " + quote(m[2].str()) + ", which dims does not define");
+    Dim parsed;
+    try {
+      parsed = parse_dim(dim);
+    } catch (const Error& e) {
+      r.fail(at, e.what());
+    }
+    if (parsed.symbol.empty()) r.fail(at, quote(dim) + " is a size written as a string; write it as the integer " + dim);
+    if (!dims.count(parsed.symbol)) r.fail(at, "names dimension " + quote(parsed.symbol) + ", which dims does not define");
     t.shape.push_back(dim);
   }
   return t;
@@ -147,6 +159,12 @@ const TensorSpec* ComponentSpec::input(const std::string& input_name) const {
     if (t.name == input_name) return &t;
   }
   return nullptr;
+}
+
+const std::vector<std::string>& ComponentSpec::names(const std::string& key) const {
+  static const std::vector<std::string> none;
+  auto it = name_lists.find(key);
+  return it == name_lists.end() ? none : it->second;
 }
 
 int64_t ComponentSpec::attribute(const std::string& key) const {
@@ -227,13 +245,20 @@ Manifest parse_manifest(const std::string& json_text, const std::string& what) {
   }
 
   const json::Value& scaling = r.member(doc, "", "vae_scaling_factor");
-  if (!scaling.is_number() || !(scaling.as_number() > 0)) r.fail("vae_scaling_factor", "must be a positive number");
-  m.vae_scaling_factor = scaling.as_number();
+  const bool has_vae = std::find(family.networks.begin(), family.networks.end(), "vae_decoder") != family.networks.end();
+  if (has_vae) {
+    if (!scaling.is_number() || !(scaling.as_number() > 0)) r.fail("vae_scaling_factor", "must be a positive number");
+    m.vae_scaling_factor = scaling.as_number();
+  } else if (!scaling.is_null()) {
+    r.fail("vae_scaling_factor", "must be null: a " + m.family + " artifact has no VAE, not " + scaling.dump());
+  }
   m.source_sha256 = r.string(r.member(doc, "", "source_sha256"), "source_sha256");
   m.inpainting = r.boolean(r.member(doc, "", "inpainting"), "inpainting");
   m.prediction_type = r.one_of(r.member(doc, "", "prediction_type"), "prediction_type", kPredictionTypes);
 
+  if (!has_vae && m.inpainting) r.fail("inpainting", "must be false: a " + m.family + " artifact has no UNet to inpaint with");
   const json::Value& vae = doc["vae"];
+  if (!has_vae && !vae.is_null()) r.fail("vae", "must be null: a " + m.family + " artifact has no VAE, not " + vae.dump());
   if (!vae.is_null()) {
     r.object(vae, "vae");
     m.vae = std::make_pair(r.string(r.member(vae, "vae", "name"), "vae.name"),
@@ -247,12 +272,31 @@ Manifest parse_manifest(const std::string& json_text, const std::string& what) {
     r.fail("support", list_text(m.support) + " is not a " + m.family + " artifact's " + list_text(family.support));
   }
   const auto& extras = r.object(r.member(doc, "", "extras"), "extras");
-  std::vector<std::string> extra_keys;
+  std::vector<std::string> extra_keys, family_keys;
   for (const auto& [key, value] : extras) extra_keys.push_back(key);
-  if (extra_keys != sorted(family.extras)) {
-    r.fail("extras", "names " + list_text(extra_keys) + "; a " + m.family + " artifact has " + list_text(family.extras));
+  for (const auto& [key, kind] : family.extras) family_keys.push_back(key);
+  if (extra_keys != sorted(family_keys)) {
+    r.fail("extras", "names " + list_text(extra_keys) + "; a " + m.family + " artifact has " + list_text(family_keys));
   }
-  for (const auto& key : family.extras) r.boolean(extras.at(key), "extras." + key);
+  for (const auto& [key, kind] : family.extras) {
+    const std::string path = "extras." + key;
+    const json::Value& value = extras.at(key);
+    if (kind == Extra::Bool) {
+      r.boolean(value, path);
+    } else if (kind == Extra::PositiveInt) {
+      if (r.integer(value, path) < 1) r.fail(path, "must be a positive integer, not " + value.dump());
+    } else {
+      const auto& items = r.array(value, path);
+      if (items.empty()) r.fail(path, "is empty; it names the base families a ControlNet fits: " + join(kBaseFamilies, ", "));
+      for (size_t i = 0; i < items.size(); ++i) {
+        m.controlnet_fits.push_back(r.one_of(items[i], path + "[" + std::to_string(i) + "]", kBaseFamilies));
+      }
+    }
+  }
+  if (m.family == "controlnet") {
+    m.cross_attention_dim = extras.at("cross_attention_dim").as_int();
+    m.global_pool_conditions = extras.at("global_pool_conditions").as_bool();
+  }
   if (m.family == "sdxl" || m.family == "sdxl_refiner") {
     m.force_zeros_for_empty_prompt = extras.at("force_zeros_for_empty_prompt").as_bool();
     m.requires_aesthetics_score = extras.at("requires_aesthetics_score").as_bool();
@@ -292,8 +336,29 @@ Manifest parse_manifest(const std::string& json_text, const std::string& what) {
       }
     }
     for (const auto& [key, attr] : r.object(r.member(value, path, "attributes"), path + ".attributes")) {
-      if (attr.is_integer()) c.attributes[key] = attr.as_int();
-      else if (attr.is_bool()) c.attributes[key] = attr.as_bool() ? 1 : 0;
+      if (attr.is_integer()) {
+        c.attributes[key] = attr.as_int();
+      } else if (attr.is_bool()) {
+        c.attributes[key] = attr.as_bool() ? 1 : 0;
+      } else if (attr.kind() == json::Value::Kind::Array) {
+        std::vector<std::string> names;
+        for (size_t i = 0; i < attr.items().size(); ++i) {
+          names.push_back(r.string(attr.items()[i], path + ".attributes." + key + "[" + std::to_string(i) + "]"));
+        }
+        c.name_lists[key] = names;
+      }
+    }
+    // the ControlNet residuals: a UNet takes them as inputs, a ControlNet returns them, float32 with 4 axes
+    for (size_t i = 0; i < c.names("residuals").size(); ++i) {
+      const std::string& residual = c.names("residuals")[i];
+      const bool out = c.role == "controlnet";
+      const auto& list = out ? c.outputs : c.inputs;
+      auto it = std::find_if(list.begin(), list.end(), [&](const TensorSpec& t) { return t.name == residual; });
+      const std::string at = path + ".attributes.residuals[" + std::to_string(i) + "]";
+      if (it == list.end()) r.fail(at, quote(residual) + " is not an " + (out ? "output" : "input") + " of " + name);
+      if (it->type != "float32" || it->shape.size() != 4) {
+        r.fail(at, quote(residual) + " must be a float32 tensor of 4 axes (batch, channels, height, width)");
+      }
     }
     const json::Value& onnx = r.member(value, path, "onnx");
     if (onnx.is_null()) r.fail(path + ".onnx", "is null: the manifest describes a model directory, not an exported artifact");
@@ -323,6 +388,15 @@ Manifest parse_manifest(const std::string& json_text, const std::string& what) {
       r.fail(at + ".network", quote(p.network) + " is not a text-encoder component");
     }
     m.text_encoders.push_back(p);
+  }
+  std::vector<std::string> paired, encoder_components;
+  for (const auto& p : m.text_encoders) paired.push_back(p.network);
+  for (const auto& [name, c] : m.components) {
+    if (c.role == "text_encoder") encoder_components.push_back(name);
+  }
+  if (sorted(paired) != encoder_components) {
+    r.fail("text_encoders", "pair tokenizers with " + list_text(paired) + "; the text-encoder components are " +
+                                list_text(encoder_components));
   }
   return m;
 }
@@ -355,12 +429,27 @@ Manifest read_manifest(const fs::path& artifact) {
 }
 
 void check_supported(const Manifest& m) {
+  if (m.family == "controlnet") {
+    throw Error("this artifact is a ControlNet (made for " + join(m.controlnet_fits, ", ") + " models), which steers a " +
+                "base model's UNet; sdrt-cpp runs no ControlNets (it feeds the UNet's residual inputs zeros: no " +
+                "control). Run it with 'sdrt generate BASE --controlnet-dir DIR --control ...'");
+  }
   if (m.family != "sd1" && m.family != "sd2" && m.family != "sdxl") {
     throw Error("family " + quote(m.family) + " is not supported by sdrt-cpp; it runs sd1, sd2 and sdxl artifacts " +
                 "(run this one with 'sdrt generate')");
   }
   if (m.inpainting) {
     throw Error("this artifact's UNet is an inpainting UNet, which sdrt-cpp does not run (run it with 'sdrt generate')");
+  }
+  // the UNet's inputs: those the generation loop feeds, and the ControlNet residuals (fed zeros)
+  const ComponentSpec& unet = m.by_role("denoiser");
+  const std::set<std::string> fed = {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"};
+  const auto& residuals = unet.names("residuals");
+  for (const auto& t : unet.inputs) {
+    if (!fed.count(t.name) && std::find(residuals.begin(), residuals.end(), t.name) == residuals.end()) {
+      throw Error("the " + unet.name + " takes input " + t.name + ", which sdrt-cpp does not feed; it feeds " +
+                  join({fed.begin(), fed.end()}, ", ") + " and the ControlNet residuals its attributes list");
+    }
   }
   for (const auto& [name, c] : m.components) {
     for (const auto* list : {&c.inputs, &c.outputs}) {

@@ -299,6 +299,12 @@ class ArtifactPipeline : public Pipeline {
     TensorMap feeds = std::move(conditioning);
     Tensor& sample = feeds["sample"] = Tensor::zeros({rows, c, h, w});
     Tensor& timestep = feeds["timestep"] = Tensor::zeros({rows});
+    // the residuals a ControlNet would add inside the UNet: zeros are exactly "no ControlNet", as the Python runtime
+    // feeds them to a request without control (each at the latents' size over 2 per downsampling, rounded up)
+    const std::map<std::string, int64_t> sizes{{unet_spec.batch_dim, rows}, {"latent_height", h}, {"latent_width", w}};
+    for (const auto& name : unet_spec.names("residuals")) {
+      feeds[name] = Tensor::zeros(concrete_shape(*unet_spec.input(name), sizes));
+    }
     for (int index = begin; index < static_cast<int>(timesteps.size()); ++index) {
       const std::vector<float> scaled = sampler->scale_model_input(latents, index);
       std::copy(scaled.begin(), scaled.end(), sample.data.begin());
@@ -325,7 +331,7 @@ class ArtifactPipeline : public Pipeline {
     // decode
     clock = Clock::now();
     const ComponentSpec& decoder_spec = manifest_.by_role("vae_decoder");
-    const auto scaling = static_cast<float>(manifest_.vae_scaling_factor);
+    const auto scaling = static_cast<float>(manifest_.vae_scaling_factor.value());
     for (auto& v : latents) v = v / scaling;
     const Tensor decoded = call_in_chunks(engine(decoder_spec.name), decoder_spec,
                                           {{"latent", Tensor::from({n, c, h, w}, latents)}}).at("images");
@@ -529,7 +535,7 @@ class ArtifactPipeline : public Pipeline {
     const Tensor params = call_in_chunks(engine(spec.name), spec,
                                          {{"images", Tensor::from({1, 3, image.height, image.width}, pixels)}}).at("latent_parameters");
     const size_t half = static_cast<size_t>(params.numel() / 2);  // mean, then log-variance
-    const auto scaling = static_cast<float>(manifest_.vae_scaling_factor);
+    const auto scaling = static_cast<float>(manifest_.vae_scaling_factor.value());
     std::vector<float> out;
     for (int i = 0; i < n; ++i) {
       const std::vector<float> noise = gens[static_cast<size_t>(i)].randn(half);

@@ -89,6 +89,30 @@ void tensor_tests() {
               "gives latent_width=9, but another input gives 8", "resolve_shapes symbol agreement");
   check_error([&] { sdrt::resolve_shapes(spec, dims, {{"sample", sdrt::Tensor::zeros({1, 3, 8, 8})}, {"images", sdrt::Tensor::zeros({1, 3, 64, 64})}}); },
               "axis 1 must be 4, got 3", "resolve_shapes fixed axis");
+  // "symbol/N": the latents' size over N, rounded up (a UNet's ControlNet residual inputs, format 5)
+  const sdrt::Dim half = sdrt::parse_dim("latent_height/2"), scaled = sdrt::parse_dim("8*latent_width/4");
+  check(half.factor == 1 && half.symbol == "latent_height" && half.divisor == 2, "parse_dim symbol/N");
+  check(scaled.factor == 8 && scaled.symbol == "latent_width" && scaled.divisor == 4, "parse_dim N*symbol/N");
+  check(sdrt::parse_dim("3").symbol.empty() && sdrt::parse_dim("3").factor == 3, "parse_dim a fixed size");
+  const std::map<std::string, int64_t> odd = {{"latent_height", 9}, {"latent_width", 13}};
+  check(half.size(odd) == 5 && scaled.size(odd) == 32 && sdrt::parse_dim("latent_height/8").size(odd) == 2,
+        "symbol/N rounds up: 9/2 -> 5, 8*ceil(13/4) -> 32, 9/8 -> 2");
+  check_error([] { sdrt::parse_dim("latent_height/0"); }, "dimension 'latent_height/0' has divisor 0", "parse_dim divisor 0");
+  check_error([] { sdrt::parse_dim("latent_height/"); }, "is not an integer, a symbol, 'N*symbol', 'symbol/N'", "parse_dim no divisor");
+  check_error([] { sdrt::parse_dim("latent_height/-2"); }, "'latent_height/-2' is not an integer", "parse_dim negative divisor");
+  check_error([] { sdrt::parse_dim("0*latent_height"); }, "has factor 0", "parse_dim factor 0");
+  sdrt::ComponentSpec residual = spec;
+  residual.inputs.push_back({"down_block_residual_2", "float32", sdrt::DType::Float32, {"cfg_batch", "32", "latent_height/2", "latent_width/2"}});
+  auto residual_feeds = [](int64_t h, int64_t w) {
+    return sdrt::TensorMap{{"sample", sdrt::Tensor::zeros({2, 4, 9, 13})}, {"images", sdrt::Tensor::zeros({2, 3, 72, 104})},
+                           {"down_block_residual_2", sdrt::Tensor::zeros({2, 32, h, w})}};
+  };
+  check(sdrt::resolve_shapes(residual, dims, residual_feeds(5, 7)).at("latent_height") == 9, "resolve_shapes checks a symbol/N axis");
+  check_error([&] { sdrt::resolve_shapes(residual, dims, residual_feeds(4, 7)); },
+              "down_block_residual_2 axis 2 must be 5 (1*ceil(latent_height/2)), got 4", "resolve_shapes a wrong symbol/N axis");
+  check(sdrt::concrete_shape(residual.inputs.back(), {{"cfg_batch", 2}, {"latent_height", 9}, {"latent_width", 13}}) ==
+            std::vector<int64_t>{2, 32, 5, 7},
+        "concrete_shape of a symbol/N axis");
   check_error([] { sdrt::make_engine("tensorrt", {}); }, "unknown backend 'tensorrt'; known: openvino", "backend registry");
 }
 
@@ -116,6 +140,8 @@ void file_tests(const fs::path& dir) {
   check(u.shape == t.shape && u.data == t.data, "npy round trip");
 }
 
+int nonzero_residuals = 0, residual_feeds = 0;  // what the recording backend saw in the UNet's residual inputs
+
 // A backend is one class and one registration: this one records each call and answers zeros of the right shapes.
 class RecordingEngine : public sdrt::Engine {
  public:
@@ -124,6 +150,10 @@ class RecordingEngine : public sdrt::Engine {
 
   sdrt::TensorMap run(const sdrt::TensorMap& feeds) override {
     const auto values = sdrt::resolve_shapes(spec_, dims_, feeds);  // what the pipeline sends fits the spec
+    for (const auto& name : spec_.names("residuals")) {  // no ControlNet: every residual the UNet adds is zero
+      for (float v : feeds.at(name).data) nonzero_residuals += v != 0.0f;
+      ++residual_feeds;
+    }
     calls_->push_back(spec_.name + " " + feeds.at(spec_.inputs.at(0).name).shape_text());
     sdrt::TensorMap out;
     for (const auto& output : spec_.outputs) out[output.name] = sdrt::Tensor::zeros(sdrt::concrete_shape(output, values));
@@ -172,6 +202,9 @@ void backend_tests(const fs::path& artifact) {
     for (uint8_t v : image.rgb) grey = grey && v == 128;  // zeros decode to 0.5: round(127.5) is 128, half to even
   }
   check(grey, "zero decoder output gives grey images of the requested size");
+  const size_t residuals = pipe->manifest().component("unet").names("residuals").size();
+  check(residuals > 0 && residual_feeds == static_cast<int>(6 * residuals) && nonzero_residuals == 0,
+        "every UNet call is fed its ControlNet residual inputs, all zeros");
   check(result.seeds == std::vector<uint64_t>{1, 2, 3}, "seeds of a batch");
   check_error([&] { sdrt::Pipeline::load(artifact, "nonesuch"); }, "unknown backend 'nonesuch'; known: openvino, recording",
               "an unknown backend is named with the known ones");

@@ -111,7 +111,9 @@ int schedule(const std::vector<std::string>&) {
   return 0;
 }
 
-// manifest FILE_OR_ARTIFACT: validate a manifest.json (a directory: with its files); prints the family
+// manifest FILE_OR_ARTIFACT [SYMBOL=VALUE...]: validate a manifest.json (a directory: with its files); prints the
+// family, the component count, each component's residual names and, given symbol values, the shape of every tensor
+// whose symbols all have one
 int manifest(const std::vector<std::string>& args) {
   const std::filesystem::path path = args.at(0);
   sdrt::Manifest m;
@@ -123,7 +125,41 @@ int manifest(const std::vector<std::string>& args) {
     text << in.rdbuf();
     m = sdrt::parse_manifest(text.str(), path.string());
   }
-  std::cout << "{\"family\": " << json_string(m.family) << ", \"components\": " << m.components.size() << "}\n";
+  std::map<std::string, int64_t> values;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const size_t eq = args[i].find('=');
+    values[args[i].substr(0, eq)] = std::stoll(args[i].substr(eq + 1));
+  }
+  std::vector<std::string> residuals, shapes;
+  for (const auto& [name, c] : m.components) {
+    residuals.push_back(json_string(name) + ": " + json_list(c.names("residuals"), json_string));
+    std::vector<std::string> tensors;
+    for (const auto* list : {&c.inputs, &c.outputs}) {
+      for (const auto& t : *list) {
+        bool known = true;
+        for (const auto& dim : t.shape) {
+          const sdrt::Dim d = sdrt::parse_dim(dim);
+          known = known && (d.symbol.empty() || values.count(d.symbol));
+        }
+        if (!known) continue;
+        tensors.push_back(json_string(t.name) + ": " +
+                          json_list(sdrt::concrete_shape(t, values), [](int64_t v) { return std::to_string(v); }));
+      }
+    }
+    shapes.push_back(json_string(name) + ": {" + [&] {
+      std::string s;
+      for (size_t i = 0; i < tensors.size(); ++i) s += (i ? ", " : "") + tensors[i];
+      return s;
+    }() + "}");
+  }
+  auto object = [](const std::vector<std::string>& members) {
+    std::string s = "{";
+    for (size_t i = 0; i < members.size(); ++i) s += (i ? ", " : "") + members[i];
+    return s + "}";
+  };
+  std::cout << "{\"family\": " << json_string(m.family) << ", \"components\": " << m.components.size()
+            << ", \"fits\": " << json_list(m.controlnet_fits, json_string) << ", \"residuals\": " << object(residuals)
+            << ", \"shapes\": " << object(shapes) << "}\n";
   return 0;
 }
 

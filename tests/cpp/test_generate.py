@@ -8,6 +8,7 @@ compiled models and the float32 sums of emphasis and sampler arithmetic round di
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -232,7 +233,9 @@ def _damaged_artifact(artifact: Path, tmp_path: Path, damage) -> Path:
 
 def _set_format_version(root: Path) -> None:
     path = root / "manifest.json"
-    path.write_text(path.read_text().replace('"format_version": 4', '"format_version": 3'))
+    text = path.read_text()
+    assert '"format_version": 5' in text
+    path.write_text(text.replace('"format_version": 5', '"format_version": 4'))  # before ControlNet residual inputs
 
 
 def _truncate_unet(root: Path) -> None:
@@ -243,7 +246,7 @@ def _truncate_unet(root: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "args", "message"),
     [
-        (_set_format_version, [], "artifact format version 3 is not supported by sdrt-cpp"),
+        (_set_format_version, [], "artifact format version 4 is not supported by sdrt-cpp"),
         (
             lambda root: (root / "unet" / "model.onnx").unlink(),
             [],
@@ -290,4 +293,15 @@ def test_what_it_does_not_run_is_refused(cpp_tools, artifact, sdxl_refiner_artif
 
     result = sdrt_cpp(cpp_tools, _damaged_artifact(artifact, tmp_path, inpainting), tmp_path / "b.png", "--prompt", "x")
     assert result.returncode == 2 and "an inpainting UNet, which sdrt-cpp does not run" in result.stderr
+
+    def unlisted_residual(root: Path) -> None:  # a UNet input neither fed by the loop nor listed as a residual
+        path = root / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["components"]["unet"]["attributes"]["residuals"].remove("down_block_residual_0")
+        path.write_text(json.dumps(manifest))
+
+    result = sdrt_cpp(cpp_tools, _damaged_artifact(artifact, tmp_path / "c", unlisted_residual), tmp_path / "c.png",
+                      "--prompt", "x")  # fmt: skip
+    assert result.returncode == 2
+    assert "the unet takes input down_block_residual_0, which sdrt-cpp does not feed" in result.stderr
     assert not list(tmp_path.glob("*.png"))

@@ -63,13 +63,29 @@ using TensorMap = std::map<std::string, Tensor>;
 // ------------------------------------------------------------------------------------------------ manifest
 
 // manifest.json format version this library reads (sdrt.manifest.FORMAT_VERSION).
-constexpr int kFormatVersion = 4;
+constexpr int kFormatVersion = 5;
+
+// One axis of a tensor spec (sdrt.spec.Dim): `factor`, or factor * ceil(symbol / divisor) for a symbolic one.
+// "8*latent_height" is an image 8 times the latents' height; "latent_height/4" a feature map after two stride-2
+// downsamplings of the latents, rounded up (65 -> 33 -> 17), as a UNet's ControlNet residual inputs are.
+struct Dim {
+  int64_t factor = 1;   // the whole size of a fixed axis, or what the symbol's (divided) value is multiplied by
+  std::string symbol;   // e.g. "latent_height"; empty for a fixed axis
+  int64_t divisor = 1;  // the symbol's value is divided by this, rounding up
+
+  // The axis' size for the symbols' values; throws Error when the symbol has no value.
+  int64_t size(const std::map<std::string, int64_t>& values) const;
+};
+
+// A manifest's dimension: an integer, "symbol", "N*symbol", "symbol/N" or "N*symbol/N" (N >= 1). Throws Error naming
+// the dimension and the allowed forms otherwise.
+Dim parse_dim(const std::string& dim);
 
 struct TensorSpec {
   std::string name;
   std::string type;  // the manifest's dtype: float32, float16, int32 or int64
   DType dtype = DType::Float32;
-  std::vector<std::string> shape;  // each an integer, a symbol ("batch") or "N*symbol" ("8*latent_height")
+  std::vector<std::string> shape;  // each as the manifest writes it: "3", "batch", "8*latent_height", "latent_height/2"
 };
 
 struct DimRange {
@@ -79,17 +95,22 @@ struct DimRange {
 // One network of the artifact: its IO spec, its role and its files.
 struct ComponentSpec {
   std::string name;
-  std::string role;       // text_encoder, image_encoder, denoiser, vae_decoder, vae_encoder
+  std::string role;       // text_encoder, image_encoder, denoiser, controlnet, vae_decoder, vae_encoder
   std::string batch_dim;  // symbol of axis 0 of every input and output
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
   std::map<std::string, int64_t> attributes;  // the integer and boolean attributes (hidden_size, clip_skip_max, ...)
+  // the attributes that list tensor names: "residuals" (a UNet's ControlNet residual inputs, down blocks' then the
+  // mid block's; zeros are "no ControlNet"), "added_cond", "fp32_inputs"
+  std::map<std::string, std::vector<std::string>> name_lists;
   std::string onnx;                           // graph path relative to the artifact
   std::string token_table;                    // text encoders: the token table (safetensors) relative to the artifact
 
   const TensorSpec* input(const std::string& name) const;
   bool has_input(const std::string& name) const { return input(name) != nullptr; }
   int64_t attribute(const std::string& key) const;  // throws Error naming the component when absent
+  // A name-list attribute; empty when absent (a format-4-era UNet has no "residuals").
+  const std::vector<std::string>& names(const std::string& key) const;
 };
 
 struct ShapeRanges {
@@ -104,10 +125,10 @@ struct TextEncoderPair {
 
 struct Manifest {
   int format_version = kFormatVersion;
-  std::string family;  // sd1, sd2, sdxl, sdxl_refiner, unclip (this library runs sd1, sd2 and sdxl)
+  std::string family;  // sd1, sd2, sdxl, sdxl_refiner, unclip, controlnet (this library runs sd1, sd2 and sdxl)
   bool inpainting = false;
   std::string prediction_type;  // epsilon, v_prediction, sample
-  double vae_scaling_factor = 0.18215;
+  std::optional<double> vae_scaling_factor;  // every family but controlnet (which has no VAE)
   std::string source_sha256;
   std::optional<std::pair<std::string, std::string>> vae;  // the swapped-in VAE: (name, sha256)
   ShapeRanges ranges;
@@ -116,6 +137,11 @@ struct Manifest {
   std::vector<TextEncoderPair> text_encoders;
   bool force_zeros_for_empty_prompt = false;  // SDXL: an empty negative prompt is zero embeddings
   bool requires_aesthetics_score = false;     // SDXL refiner
+  // a ControlNet (family controlnet): the base families whose UNets it fits, its text width, whether its residuals
+  // are pooled (shuffle-type ControlNets)
+  std::vector<std::string> controlnet_fits;
+  int64_t cross_attention_dim = 0;
+  bool global_pool_conditions = false;
   std::map<std::string, ComponentSpec> components;
 
   const ComponentSpec& component(const std::string& name) const;
@@ -128,7 +154,8 @@ struct Manifest {
 Manifest read_manifest(const std::filesystem::path& artifact);
 // The same checks on a manifest's JSON text (`what` names it in messages); files are not checked.
 Manifest parse_manifest(const std::string& json_text, const std::string& what);
-// Refuse (Error) a manifest this library cannot generate with: another family, an inpainting UNet, ...
+// Refuse (Error) a manifest this library cannot generate with: another family (a ControlNet, a refiner, unCLIP), an
+// inpainting UNet, ...
 void check_supported(const Manifest& manifest);
 
 // ------------------------------------------------------------------------------------------------ tokenizer
@@ -302,7 +329,7 @@ std::unique_ptr<Engine> make_engine(const std::string& backend, const EngineCont
 // axis, the value and what is allowed.
 std::map<std::string, int64_t> resolve_shapes(const ComponentSpec& spec, const std::map<std::string, DimRange>& dims,
                                               const TensorMap& feeds);
-// The output shapes of `spec` for resolved symbol values.
+// The shape of an input or output of `spec` for resolved symbol values (a "symbol/N" axis rounds up).
 std::vector<int64_t> concrete_shape(const TensorSpec& spec, const std::map<std::string, int64_t>& values);
 
 // ------------------------------------------------------------------------------------------------ images
