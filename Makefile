@@ -12,7 +12,9 @@ DEMO_ARTIFACT := artifacts/demo
 DEMO_IMAGE := outputs/demo.png
 DEMO_IMG2IMG := outputs/demo-img2img.png
 
-.PHONY: install demo test lint bench clean
+CPP_BUILD := build/cpp
+
+.PHONY: install demo test lint bench clean cpp
 
 install: $(STAMP)
 
@@ -43,7 +45,20 @@ demo: $(STAMP) $(DEMO_MODEL)/model_index.json
 	@echo "  $(SDRT) build artifacts/sd15 --backend onnxruntime"
 	@echo "  $(SDRT) generate artifacts/sd15 \"a photo of an astronaut riding a horse\" -o astronaut.png"
 
+# The C++ runtime (cpp/, see cpp/README.md): its library, sdrt-cpp and its test tools in build/cpp/, built against
+# the OpenVINO C++ runtime inside the venv's openvino wheel. cpp/tools/toolchain.sh installs a missing compiler,
+# CMake or zlib from Debian's packages where it can (as root: CI).
+cpp: $(STAMP)
+	bash cpp/tools/toolchain.sh
+	cmake -S cpp -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release -DSDRT_WERROR=ON \
+		-DOpenVINO_DIR="$$($(PY) -c 'import openvino, pathlib; print(pathlib.Path(openvino.__file__).parent / "cmake")')"
+	cmake --build $(CPP_BUILD) --parallel 2
+
+# The C++ unit tests, then the Python suite (tests/cpp compare the C++ runtime with the Python one). Without a C++
+# toolchain that can be installed, the C++ parts are skipped with the reason.
 test: $(STAMP)
+	@if bash cpp/tools/toolchain.sh; then $(MAKE) --no-print-directory cpp && $(CPP_BUILD)/sdrt-cpp-tests $(CPP_BUILD)/unit-tests; \
+	else echo "make test: no C++ toolchain; the C++ runtime's tests are skipped"; fi
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
@@ -55,4 +70,4 @@ bench: $(STAMP)
 	PY=$(PY) bash benchmarks/cpu.sh
 
 clean:
-	rm -rf $(VENV) models artifacts outputs .pytest_cache
+	rm -rf $(VENV) models artifacts outputs .pytest_cache $(CPP_BUILD)

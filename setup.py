@@ -5,7 +5,10 @@ setup(
     version="0.1.0",
     description="An optimized Stable Diffusion inference runtime: ONNX export, engines, and a lightweight runtime",
     packages=find_packages(include=["sdrt", "sdrt.*"]),
-    package_data={"sdrt.single_file": ["configs/*.json"]},  # the published configs of each model family
+    package_data={
+        "sdrt": ["manifest.schema.json"],  # the JSON Schema of an artifact's manifest.json
+        "sdrt.single_file": ["configs/*.json"],  # the published configs of each model family
+    },
     python_requires=">=3.10",
     install_requires=[
         # torch is not listed here on purpose: a bare 'torch' requirement pulls several GB of CUDA

@@ -172,6 +172,29 @@ def unclip_pipelines(unclip_model, unclip_artifact) -> dict:
 
 
 @pytest.fixture(scope="session")
+def family_manifests(tmp_path_factory, request) -> dict[str, dict]:
+    """The manifest an export writes for each demo variant (tests/manifests.py), from the session's models."""
+    from tests.manifests import VARIANTS, family_manifest
+
+    fixtures = {
+        "sd1": "demo_model",
+        "sd2": "sd2_model",
+        "inpaint": "inpaint_model",
+        "sdxl": "sdxl_model",
+        "sdxl-refiner": "sdxl_refiner_model",
+        "unclip": "unclip_model",
+    }
+    out = {}
+    for variant in VARIANTS:
+        if variant in fixtures:
+            model = request.getfixturevalue(fixtures[variant])
+        else:
+            model = write_model(tmp_path_factory, variant, variant=variant)
+        out[variant] = family_manifest(model)
+    return out
+
+
+@pytest.fixture(scope="session")
 def controlnet_models(tmp_path_factory) -> dict[str, Path]:
     """Two tiny ControlNets for the demo SD 1.x model (diffusers layout, zero convolutions re-drawn), by name."""
     root = tmp_path_factory.mktemp("controlnets")
