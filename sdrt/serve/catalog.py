@@ -49,7 +49,7 @@ class CatalogEntry:
 def describe(path: str | os.PathLike, name: str | None = None) -> CatalogEntry:
     """A catalog entry for an artifact or a diffusers model directory; an entry with `error` if it is unreadable."""
     root = Path(path)
-    name = name or root.resolve().name
+    name = name or Path(os.path.abspath(root)).name  # a link's own name, not its target's
     try:
         if (root / MANIFEST_NAME).is_file():
             manifest = read_manifest(root)

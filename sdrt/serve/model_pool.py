@@ -94,6 +94,7 @@ class ModelPool(Generic[T]):
         self.metrics = metrics or Metrics()
         self._slots: dict[str, _Slot[T]] = {}  # least recently used first
         self._failed: dict[str, tuple[CatalogEntry, str]] = {}
+        self._line: list[object] = []  # calls waiting for room to load a model, first come first served
         self._changed: asyncio.Future | None = None
 
     # --- what the server asks
@@ -111,42 +112,56 @@ class ModelPool(Generic[T]):
         return sum(slot.cost for slot in self._slots.values())
 
     async def acquire(self, entry: CatalogEntry) -> T:
-        """The loaded model for `entry`, held until `release`; loads it (making room first) if needed."""
-        while True:
-            slot = self._slots.get(entry.name)
-            if slot is not None and slot.entry == entry and slot.leaving == "retired" and slot.value is not None:
-                slot.leaving = None  # let go by Ray's LRU, asked for again here before it went: keep it
-            if slot is not None and slot.entry == entry and slot.leaving is None:
-                if slot.value is None:
-                    assert slot.task is not None  # a slot without a value is loading
-                    await asyncio.shield(slot.task)  # its failure is every waiter's
+        """The loaded model for `entry`, held until `release`; loads it (making room first) if needed.
+
+        Requests that need room are served in the order they asked: one that arrives later cannot take the room
+        an earlier one waits for."""
+        turn = None  # this call's place in the line for room, while it waits for one
+        try:
+            while True:
+                slot = self._slots.get(entry.name)
+                if slot is not None and slot.entry == entry and slot.leaving == "retired" and slot.value is not None:
+                    slot.leaving = None  # let go by Ray's LRU, asked for again here before it went: keep it
+                if slot is not None and slot.entry == entry and slot.leaving is None:
+                    if slot.value is None:
+                        assert slot.task is not None  # a slot without a value is loading
+                        await asyncio.shield(slot.task)  # its failure is every waiter's
+                        continue
+                    slot.users += 1
+                    slot.last_used = time.monotonic()
+                    self._slots[entry.name] = self._slots.pop(entry.name)  # most recently used last
+                    return slot.value
+                if slot is not None:  # leaving, or an older version of it: wait for it to go, then load again
+                    if slot.entry != entry and slot.leaving is None:
+                        slot.leaving = "stale"
+                    self._unload_idle()
+                    if entry.name in self._slots:
+                        await self._wait()
                     continue
-                slot.users += 1
-                slot.last_used = time.monotonic()
-                self._slots[entry.name] = self._slots.pop(entry.name)  # most recently used last
-                return slot.value
-            if slot is not None:  # leaving, or an older version of it: wait for it to go, then load again
-                if slot.entry != entry and slot.leaving is None:
-                    slot.leaving = "stale"
-                self._unload_idle()
-                if entry.name in self._slots:
+                failure = self._failed.get(entry.name)
+                if failure is not None and failure[0] == entry:
+                    raise ModelUnavailable(entry.name, failure[1])
+                if entry.error is not None:
+                    raise ModelUnavailable(entry.name, entry.error)
+                cost = self._cost(entry)
+                if self.max_bytes is not None and cost > self.max_bytes:
+                    raise ModelTooLarge(entry.name, cost, self.max_bytes)
+                if turn is None:
+                    turn = object()
+                    self._line.append(turn)
+                if self._line[0] is not turn or not self._make_room(entry.name, cost):
                     await self._wait()
-                continue
-            failure = self._failed.get(entry.name)
-            if failure is not None and failure[0] == entry:
-                raise ModelUnavailable(entry.name, failure[1])
-            if entry.error is not None:
-                raise ModelUnavailable(entry.name, entry.error)
-            cost = self._cost(entry)
-            if self.max_bytes is not None and cost > self.max_bytes:
-                raise ModelTooLarge(entry.name, cost, self.max_bytes)
-            if not self._make_room(entry.name, cost):
-                await self._wait()
-                continue
-            slot = _Slot(entry, cost)
-            slot.task = asyncio.create_task(self._load(slot), name=f"sdrt-load-{entry.name}")
-            self._slots[entry.name] = slot
-            self._notify()
+                    continue
+                self._line.remove(turn)
+                turn = None
+                slot = _Slot(entry, cost)
+                slot.task = asyncio.create_task(self._load(slot), name=f"sdrt-load-{entry.name}")
+                self._slots[entry.name] = slot
+                self._notify()
+        finally:
+            if turn is not None:  # it gave up (its client left) or failed: the next in line goes
+                self._line.remove(turn)
+                self._notify()
 
     def release(self, name: str) -> None:
         """A request is done with its model."""
