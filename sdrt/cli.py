@@ -658,8 +658,8 @@ def _serve(args: argparse.Namespace) -> int:
         target_ongoing_requests=args.target_ongoing_requests,
     )
     app = ray_app.deployment(
-        args.path, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
-        **_load_options(args),
+        args.paths, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
+        models_dir=args.models_dir, max_loaded=args.max_loaded_models, max_bytes=memory, **_load_options(args),
     )  # fmt: skip
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 

@@ -292,6 +292,8 @@ def create_app(
         loading = None
         if isinstance(models, Pipeline):
             await state.attach(ModelSet.single(models))
+        elif isinstance(models, ModelSet) and not models.preload:
+            await load(models)  # nothing to load before serving: serve once started
         else:
             loading = asyncio.create_task(load(models))
         yield
