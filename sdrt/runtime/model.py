@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from sdrt.components import latent_factor
 from sdrt.conditioning.embedders import Conditioner, ConditioningContext
 from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
@@ -56,6 +55,7 @@ class Model:
         self.backend = backend
         self.token_tables = dict(token_tables)  # text-encoder network -> (vocab, D) token table
         self.embeddings = embeddings or EmbeddingLibrary()
+        self.options: dict[str, Any] = {}  # backend options it was loaded with
         widths = {
             p.network: int(self.engines[p.network].spec.attributes["hidden_size"]) for p in self.family.text_encoders
         }
@@ -90,7 +90,7 @@ class Model:
             manifest = read_manifest(root)
         elif (root / "model_index.json").is_file():
             model = ModelDir.open(root)
-            factor = latent_factor(model.configs["vae"])
+            factor = model.latent_factor
             manifest = Manifest.for_model(
                 model, ranges or ShapeRanges(max_batch=8, min_size=64, max_size=4096, latent_factor=factor)
             )
@@ -101,6 +101,11 @@ class Model:
                 "(no model_index.json)"
             )
         family = manifest.model_family
+        if not family.network_names or family.modes == ():
+            raise ValueError(
+                f"{root} is a {family.description}, which steers a base model: load the base model and name it in "
+                "control=[...]"
+            )
         tokenizers = {
             pair.tokenizer: (load_tokenizer(root / pair.tokenizer), tokenizer_key(root / pair.tokenizer))
             for pair in family.text_encoders
@@ -108,10 +113,12 @@ class Model:
         scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
         engines = load_engines(root, manifest, backend, device, modules=modules, **options)
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
-        return cls(
+        model = cls(
             manifest, engines, tokenizers, scheduler_config, tables, name=Path(os.path.abspath(root)).name, path=root,
             backend=backend, embeddings=embeddings,
         )  # fmt: skip
+        model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)
+        return model
 
     @property
     def denoiser(self) -> Engine:

@@ -451,6 +451,8 @@ class AppArgs(BaseModel):
     refiner: str | None = None
     embeddings_dir: str | None = None
     lora_dir: str | None = None
+    controlnet_dir: str | None = None  # ControlNet artifacts (each model's requests load the ones they name)
+    annotator_dir: str | None = None  # annotator models' weights for ControlNet modules (depth, openpose, ...)
     backend: str = "onnxruntime"
     device: str = "cpu"
     max_loaded_models: int = DEFAULT_MAX_LOADED  # per replica
@@ -497,7 +499,7 @@ def app_builder(args: AppArgs) -> Application:
     return deployment(
         paths, args.backend, args.device, config, options, refiner=args.refiner, models_dir=args.model_dir,
         max_loaded=args.max_loaded_models, max_bytes=memory, embeddings_dir=args.embeddings_dir,
-        lora_dir=args.lora_dir,
+        lora_dir=args.lora_dir, controlnet_dir=args.controlnet_dir, annotator_dir=args.annotator_dir,
     )  # fmt: skip
 
 

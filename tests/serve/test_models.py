@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sdrt import Control, Pipeline
 from sdrt.serve import ServeConfig, create_app
 from sdrt.serve.catalog import ModelCatalog
 from sdrt.serve.errors import InputError
@@ -30,8 +31,8 @@ def model_dir(tmp_path_factory, artifact, sdxl_artifact, unclip_artifact) -> Pat
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    models = ModelSet.from_paths(model_dir=model_dir, max_loaded=2)
+def server(model_dir, controlnet_artifacts):
+    models = ModelSet.from_paths(model_dir=model_dir, max_loaded=2, controlnet_dir=controlnet_artifacts)
     with running(create_app(models, ServeConfig(max_wait_ms=200, max_batch=4))) as url:
         wait_ready(url)
         yield url
@@ -166,6 +167,37 @@ def test_concurrent_requests_for_three_models_never_mix(server, serve_pipeline, 
         assert served - metric(metrics_before, "sdrt_model_requests_total", model=name, api="native") == 4
         assert metric(text, "sdrt_model_batch_images_count", model=name) >= 1
         assert metric(text, "sdrt_model_loads_total", model=name) >= 1
+
+
+def test_controlnets_run_with_the_model_a_request_names_and_refuse_one_they_do_not_fit(
+    server, artifact, controlnet_artifacts
+):
+    from tests.runtime.test_controlnet import hint
+
+    listed = httpx.get(f"{server}/controlnet/model_list", timeout=60).json()["model_list"]
+    assert [label.split(" [")[0] for label in listed] == ["tiny_canny", "tiny_depth"]  # one directory for all models
+    unit = {"module": "none", "model": "tiny_canny", "weight": 0.8, "image": png_b64(hint(0))}
+    body = {"prompt": "a lighthouse", "seed": 3, "sampler_name": "Euler", **SMALL}
+    body["alwayson_scripts"] = {"controlnet": {"args": [unit]}}
+
+    def txt2img(model: str) -> httpx.Response:
+        overrides = {"sd_model_checkpoint": model}
+        return httpx.post(f"{server}/sdapi/v1/txt2img", json={**body, "override_settings": overrides}, timeout=120)
+
+    sd15 = txt2img("sd15")
+    assert sd15.status_code == 200, sd15.text
+    alone = Pipeline.load(artifact, controlnet_dir=controlnet_artifacts).generate(
+        "a lighthouse", seed=3, scheduler="euler", guidance_scale=7.0, height=64, width=64, num_inference_steps=2,
+        control=[Control("tiny_canny", image=hint(0), scale=0.8)],
+    )  # fmt: skip
+    assert max_diff(decode_png(sd15.json()["images"][0]), alone.images[0]) <= MAX_PIXEL_DIFF
+    # the SD 1.x ControlNet on the SDXL model: a 4xx naming the unit, before any engine runs; sd15 keeps serving
+    xl = txt2img("xl")
+    assert xl.status_code == 422, xl.text
+    (error,) = xl.json()["detail"]
+    assert error["loc"] == ["body", "alwayson_scripts", "controlnet", "args", "0"]
+    assert "the ControlNet (made for sd1 models" in error["msg"] and "does not fit" in error["msg"]
+    assert txt2img("sd15").status_code == 200
 
 
 def test_refresh_picks_up_new_models_and_a_broken_one_fails_alone(tmp_path, artifact):
