@@ -242,12 +242,44 @@ def _parser() -> argparse.ArgumentParser:
         "GET /sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics; the ControlNet "
         "extension's /controlnet/* (with --controlnet-dir)",
     )
-    p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="ARTIFACT",
+        help="artifact directories (or, with --backend torch, diffusers model directories), each a model clients "
+        "choose by its directory's name; the first is the default",
+    )
+    p.add_argument(
+        "--model-dir",
+        dest="models_dir",
+        type=Path,
+        default=None,
+        help="a directory whose subdirectories are artifacts, each served under its name (rescanned by POST "
+        "/sdapi/v1/refresh-checkpoints); without ARTIFACTs its first by name is the default",
+    )
+    p.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=1,
+        help="most models loaded at once (least recently used leave first; default 1, as the web UI)",
+    )
+    p.add_argument(
+        "--max-model-memory",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="most GiB of model weights loaded at once (default 80%% of the GPU's memory, or of the host's available "
+        "memory on the CPU)",
+    )
     _backend_args(p, default="onnxruntime")
     p.add_argument(
-        "--refiner", type=Path, default=None, help="an SDXL refiner artifact: requests with refiner_switch_at use it"
+        "--refiner",
+        type=Path,
+        default=None,
+        help="an SDXL refiner artifact: loaded with each model it refines; requests with refiner_switch_at use it",
     )
-    _extra_network_args(p)
+    _extra_network_args(p, refit_flag="--refit-model-dir")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860, the web UI's)")
     p.add_argument(
@@ -365,16 +397,17 @@ def _sampler(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _extra_network_args(p: argparse.ArgumentParser) -> None:
+def _extra_network_args(p: argparse.ArgumentParser, refit_flag: str = "--model-dir") -> None:
     p.add_argument(
         "--lora-dir",
         type=Path,
         default=None,
         help="LoRA files (.safetensors) prompts name as <lora:name:weight>, fused per request (torch backend, or "
-        "tensorrt engines built with --refit and --model-dir)",
+        f"tensorrt engines built with --refit and {refit_flag})",
     )
     p.add_argument(
-        "--model-dir",
+        refit_flag,
+        dest="model_dir",
         type=Path,
         default=None,
         help="tensorrt with --lora-dir: the model the artifact was exported from (LoRAs are fused into its weights)",
@@ -652,6 +685,16 @@ def _serve(args: argparse.Namespace) -> int:
     from sdrt.serve.config import parse_warm_shapes
     from sdrt.serve.styles import read_styles
 
+    if not args.paths and args.models_dir is None:
+        raise ValueError("give the artifacts to serve, or a directory of them with --model-dir")
+    if args.model_dir is not None and len(args.paths) + (args.models_dir is not None) > 1:
+        raise ValueError("--refit-model-dir is the source of one artifact: serve that artifact alone with it")
+    if args.max_loaded_models < 1:
+        raise ValueError(f"--max-loaded-models {args.max_loaded_models} must be at least 1")
+    if args.max_model_memory is not None and args.max_model_memory <= 0:
+        raise ValueError(f"--max-model-memory {args.max_model_memory} GiB must be positive")
+    memory = None if args.max_model_memory is None else int(args.max_model_memory * 1024**3)
+
     quiet_third_party()
     options = _backend_options(args)
     warm = parse_warm_shapes(args.warm_shapes)
@@ -678,7 +721,8 @@ def _serve(args: argparse.Namespace) -> int:
         from sdrt.serve.server import serve
 
         return serve(
-            args.path, args.backend, args.device, args.host, args.port, config, refiner=args.refiner,
+            args.paths, args.backend, args.device, args.host, args.port, config, refiner=args.refiner,
+            models_dir=args.models_dir, max_loaded=args.max_loaded_models, max_bytes=memory,
             **options, **_load_options(args),
         )  # fmt: skip
     try:
@@ -692,8 +736,8 @@ def _serve(args: argparse.Namespace) -> int:
         target_ongoing_requests=args.target_ongoing_requests,
     )
     app = ray_app.deployment(
-        args.path, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
-        **_load_options(args),
+        args.paths, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
+        models_dir=args.models_dir, max_loaded=args.max_loaded_models, max_bytes=memory, **_load_options(args),
     )  # fmt: skip
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 

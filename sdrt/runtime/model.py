@@ -114,7 +114,7 @@ class Model:
         engines = load_engines(root, manifest, backend, device, modules=modules, **options)
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
         model = cls(
-            manifest, engines, tokenizers, scheduler_config, tables, name=root.resolve().name, path=root,
+            manifest, engines, tokenizers, scheduler_config, tables, name=Path(os.path.abspath(root)).name, path=root,
             backend=backend, embeddings=embeddings,
         )  # fmt: skip
         model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)

@@ -396,7 +396,6 @@ def _check_counts(body: _Common, config: ServeConfig) -> None:
 
 async def _generate(body: _Common, http: Request, api: str) -> Response:
     state = http.app.state.sdrt
-    pipe = state.require_pipeline()
     _check_supported(body)
     _check_counts(body, state.config)
     img2img = isinstance(body, Img2ImgBody)
@@ -405,6 +404,9 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         label, "sampler_name" if body.sampler_name else "sampler_index", body.scheduler, "scheduler", body.eta
     )
     eta = _eta(body, sampler)
+    model = body.override_settings.get("sd_model_checkpoint")
+    served = await state.use(http, model, "override_settings.sd_model_checkpoint")  # loads it if needed
+    pipe = served.pipeline
     clip_skip = a1111_settings.clip_skip(body.override_settings, pipe, state.options)
     refiner_switch_at = _refiner_switch(body, pipe)
     prompt, negative_prompt = _styled(body, {s.name: s for s in state.config.styles})
@@ -481,7 +483,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         opened[:] = [built[0][0]]
         return built
 
-    completed = await state.generate_all(http, api, build)
+    completed = await state.generate_all(http, api, build, served)
     results = [c.result for c in completed]
     images = []
     if body.send_images:

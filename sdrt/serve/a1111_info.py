@@ -1,6 +1,6 @@
 """The web UI API's listings, options and PNG info: what this server really serves, in the web UI's shapes.
 
-Listings name only what runs here: the samplers, the one model (and its refiner), the upscalers that need no
+Listings name only what runs here: the samplers, the models (and a refiner), the upscalers that need no
 weights, the prompt styles of `--styles`. Face restorers, hypernetworks, Real-ESRGAN models and scripts are
 empty lists: sdrt has none, and a request that asks for one is refused with a 422 saying so.
 """
@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
+from sdrt.runtime.image_inputs import open_image
 from sdrt.runtime.images import parse_infotext
 from sdrt.schedulers import sampler_choices
 from sdrt.serve import a1111_settings
-from sdrt.serve.a1111_settings import title
+from sdrt.serve.catalog import CatalogEntry
 from sdrt.serve.codec import DATA_URL
 from sdrt.serve.errors import InputError
 
@@ -41,33 +41,55 @@ async def schedulers() -> list[dict]:
     ]
 
 
+def _listed(entry: CatalogEntry) -> dict:
+    return {
+        "title": entry.title,
+        "model_name": entry.name,
+        "hash": entry.sha256[:10],
+        "sha256": entry.sha256,
+        "filename": entry.name,  # the artifact directory's name; the server's paths stay private
+        "config": None,
+    }
+
+
 @router.get("/sd-models")
 async def sd_models(http: Request) -> list[dict]:
-    pipe = http.app.state.sdrt.require_pipeline()
-    return [
-        {
-            "title": title(pipe, model),
-            "model_name": model.name,
-            "hash": model.manifest.source_sha256[:10],
-            "sha256": model.manifest.source_sha256,
-            "filename": model.name,  # the artifact directory's name; the server's paths stay private
-            "config": None,
-        }
-        for model in pipe.models  # the base, then its refiner (a refiner_checkpoint)
-    ]
+    """Every model served (loaded or not; not one whose files are unreadable), then a loaded refiner."""
+    state = http.app.state.sdrt
+    listed = [_listed(entry) for entry in state.catalog.servable()]
+    pipe = state.pipeline
+    if pipe is not None and pipe.refiner is not None:  # a refiner_checkpoint
+        refiner = pipe.refiner
+        listed.append(
+            _listed(CatalogEntry(refiner.name, refiner.path or Path(refiner.name), refiner.manifest.source_sha256))
+        )
+    return listed
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints(http: Request) -> dict:
+    """Scan the artifacts again: new ones are listed and served, changed ones reload when next asked for, removed
+    ones are unloaded once idle; models that failed to load may be tried again."""
+    return await http.app.state.sdrt.refresh()
 
 
 @router.get("/options")
 async def get_options(http: Request) -> dict:
     state = http.app.state.sdrt
-    return a1111_settings.read_options(state.require_pipeline(), state.options)
+    return a1111_settings.read_options(state.entry(http), state.options)
 
 
 @router.post("/options")
 async def set_options(options: dict[str, Any], http: Request) -> None:
-    """Settings are shared by every client, as in the web UI; only those that exist here can be written."""
+    """Settings are shared by every client, as in the web UI; only those that exist here can be written.
+
+    `sd_model_checkpoint` makes a model the default, loaded before the answer, as the web UI loads it."""
     state = http.app.state.sdrt
-    a1111_settings.write_options(state.require_pipeline(), state.options, options)
+    name = options.get("sd_model_checkpoint")
+    served = await state.use(http, name, "sd_model_checkpoint") if name is not None else await state.use(http)
+    a1111_settings.write_options(served.pipeline, state.options, options)
+    if name is not None:
+        state.default = served.name
 
 
 @router.get("/cmd-flags")
@@ -137,11 +159,12 @@ async def png_info(body: PngInfoBody) -> dict:
     """The PNG's text chunks: `info` is its `parameters` infotext, `parameters` that infotext read back."""
     try:
         data = base64.b64decode(DATA_URL.sub("", body.image.strip(), count=1), validate=True)
-        image = Image.open(io.BytesIO(data))
     except (binascii.Error, ValueError) as exc:
         raise InputError("image", f"image is not valid base64: {exc}") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError("image", f"image cannot be read as an image: {exc}") from exc
+    try:  # its text chunks are read by decoding it: a decompression bomb is refused before, as every input image
+        image = open_image(data, "image")
+    except ValueError as exc:
+        raise InputError("image", str(exc)) from exc
     items = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
     info = items.pop("parameters", "")
     return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
@@ -150,9 +173,8 @@ async def png_info(body: PngInfoBody) -> dict:
 @router.get("/progress")
 async def progress(http: Request, skip_current_image: bool = False) -> dict:
     """The running batch: share of its steps done, seconds left, job counts, and a cheap latent preview."""
-    state = http.app.state.sdrt
-    state.require_pipeline()
-    return state.batcher.progress.snapshot(state.batcher.queued, with_image=not skip_current_image)
+    batcher = http.app.state.sdrt.require_batcher()
+    return batcher.progress.snapshot(batcher.queued, with_image=not skip_current_image)
 
 
 @router.post("/interrupt")
@@ -168,7 +190,6 @@ async def skip(http: Request) -> dict:
 
 
 def _stop(http: Request, skip: bool) -> dict:
-    state = http.app.state.sdrt
-    state.require_pipeline()
+    batcher = http.app.state.sdrt.require_batcher()
     caller = http.client.host if http.client is not None else None
-    return {"stopping": state.batcher.progress.stop(caller, skip=skip)}
+    return {"stopping": batcher.progress.stop(caller, skip=skip)}

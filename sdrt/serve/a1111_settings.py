@@ -2,8 +2,9 @@
 
 Options are shared by every client of a server, as in the web UI: `POST /sdapi/v1/options` changes them for
 all later requests. Only settings that exist here can be written (`send_seed`, `sd_model_checkpoint` naming
-the model served, `CLIP_stop_at_last_layers`, and the others at the only value sdrt honours); anything
-else is refused with a 422 naming it, never stored and ignored.
+one of the models served, which becomes the default, `CLIP_stop_at_last_layers`, and the others at the only
+value sdrt honours); anything else is refused with a 422 naming it, never stored and ignored. Model names are
+resolved by the server's catalog (`sdrt.serve.catalog`), before this module sees the settings.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 from sdrt.excerpt import excerpt
 from sdrt.runtime.model import Model
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.serve.errors import InputError
+from sdrt.serve.catalog import CatalogEntry
+from sdrt.serve.errors import InputError, shown_key
 
 # settings whose only value here is the one listed (what sdrt does); a request may state it, never change it
 FIXED = {
@@ -50,16 +52,11 @@ def clip_stop(value: object, pipe: Pipeline, field: str) -> int:
     return value
 
 
-def check_model(value: object, pipe: Pipeline, field: str) -> None:
-    if not isinstance(value, str) or value not in model_names(pipe):
-        raise InputError(field, f"{field} {excerpt(value)} is not the model this server runs ({title(pipe)!r})")
-
-
-def read_options(pipe: Pipeline, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """GET /sdapi/v1/options: the settings this server has, with their current values."""
+def read_options(default: CatalogEntry, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """GET /sdapi/v1/options: the settings this server has, with their current values (`default`: the model)."""
     return {
-        "sd_model_checkpoint": title(pipe),
-        "sd_checkpoint_hash": pipe.manifest.source_sha256,
+        "sd_model_checkpoint": default.title,
+        "sd_checkpoint_hash": default.sha256,
         **{key: stored.get(key, default) for key, default in WRITABLE.items()},
         **{key: values[0] for key, values in FIXED.items()},
         "eta_ddim": 0.0,
@@ -68,11 +65,12 @@ def read_options(pipe: Pipeline, stored: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_options(pipe: Pipeline, stored: dict[str, Any], options: Mapping[str, Any]) -> None:
-    """POST /sdapi/v1/options: every setting checked first, then all stored (none when one is refused)."""
+    """POST /sdapi/v1/options: every setting checked first (against `pipe`, the model they will apply to), then
+    all stored (none when one is refused). The caller has resolved and loaded `sd_model_checkpoint`."""
     changes: dict[str, Any] = {}
     for key, value in options.items():
         if key == "sd_model_checkpoint":
-            check_model(value, pipe, key)
+            continue
         elif key == "send_seed":
             if not isinstance(value, bool):
                 raise InputError(key, f"send_seed {excerpt(value)} is not true or false")
@@ -82,29 +80,31 @@ def write_options(pipe: Pipeline, stored: dict[str, Any], options: Mapping[str, 
         elif key in FIXED and value in FIXED[key]:
             continue
         else:
-            raise InputError(key, f"{key} {excerpt(value)} cannot be set on this server; {_known()}")
+            shown = shown_key(key)
+            raise InputError(shown, f"{shown} {excerpt(value)} cannot be set on this server; {_known()}")
     stored.update(changes)
 
 
 def clip_skip(overrides: Mapping[str, Any], pipe: Pipeline, stored: Mapping[str, Any]) -> int:
-    """diffusers' clip_skip for a request: CLIP_stop_at_last_layers N (override, else the option) is N - 1."""
+    """diffusers' clip_skip for a request: CLIP_stop_at_last_layers N (override, else the option) is N - 1.
+
+    The caller has resolved `sd_model_checkpoint` (the request's model, `pipe`)."""
     settings = dict(overrides)
-    model = settings.pop("sd_model_checkpoint", None)
-    if model is not None:
-        check_model(model, pipe, "override_settings.sd_model_checkpoint")
+    settings.pop("sd_model_checkpoint", None)
     settings.pop("sd_checkpoint_hash", None)
     settings.pop("send_seed", None)  # a UI setting: no effect on the image
     field = "override_settings.CLIP_stop_at_last_layers"
     stop_at = settings.pop("CLIP_stop_at_last_layers", stored.get("CLIP_stop_at_last_layers", 1))
     for key, value in settings.items():
         if value not in FIXED.get(key, ()):
-            raise InputError(
-                f"override_settings.{key}",
-                f"override_settings.{key} {excerpt(value)} is not supported by sdrt; {_known()}",
-            )
+            field = f"override_settings.{shown_key(key)}"
+            raise InputError(field, f"{field} {excerpt(value)} is not supported by sdrt; {_known()}")
     return clip_stop(stop_at, pipe, field) - 1
 
 
 def _known() -> str:
     fixed = ", ".join(f"{key} ({values[0]!r} only)" for key, values in FIXED.items())
-    return f"the settings here are sd_model_checkpoint (the model served), send_seed, CLIP_stop_at_last_layers, {fixed}"
+    return (
+        "the settings here are sd_model_checkpoint (one of GET /sdapi/v1/sd-models), send_seed, "
+        f"CLIP_stop_at_last_layers, {fixed}"
+    )

@@ -1,4 +1,8 @@
-"""The FastAPI application: health, readiness, metrics, error answers, and the generation APIs on one batcher."""
+"""The FastAPI application: health, readiness, metrics, error answers, and the generation APIs on one batcher.
+
+A server serves one model or several (`ModelSet`): each request names its model (or takes the default), holds it
+while it is served, and its requests batch only with requests for the same model.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +21,25 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdrt import __version__
+from sdrt.excerpt import excerpt
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.request import GenerationRequest
-from sdrt.serve.batcher import Batcher, BatchFailed, Completed, Draining, QueueFull
+from sdrt.serve.batcher import Batcher, BatchFailed, Completed, Draining, Lane, QueueFull
+from sdrt.serve.catalog import CatalogEntry, ModelCatalog
 from sdrt.serve.config import ServeConfig
-from sdrt.serve.errors import InputError, error_body
+from sdrt.serve.errors import AsciiJSONResponse, InputError, error_body, printable_loc
 from sdrt.serve.metrics import Metrics
+from sdrt.serve.model_pool import ModelPool, ModelTooLarge, ModelUnavailable
+from sdrt.serve.models import ModelSet, Served
 from sdrt.serve.progress import Progress
 
 log = logging.getLogger(__name__)
 
-PipelineSource = Pipeline | Callable[[], Pipeline]
+PipelineSource = Pipeline | Callable[[], Pipeline] | ModelSet
+
+# the request header naming the model, as Ray Serve's multiplexing routes by it; a body's own field comes first
+MODEL_HEADER = "serve_multiplexed_model_id"
+PINS = "sdrt.pins"  # the scope key of the models a request holds (released when its answer is sent)
 
 
 class NotReady(Exception):
@@ -40,79 +52,172 @@ class ClientGone(Exception):
 
 @dataclass
 class ServeState:
-    """What the routes share: settings, metrics, and once loaded the pipeline and its batcher."""
+    """What the routes share: settings, metrics, the models (catalog, loaded pool, default) and the batcher."""
 
     config: ServeConfig
     metrics: Metrics = field(default_factory=Metrics)
-    pipeline: Pipeline | None = None
+    models: ModelSet | None = None  # set once attached (after the loader of a single pipeline has run)
+    pool: ModelPool[Served] | None = None
     batcher: Batcher | None = None
+    progress: Progress = field(default_factory=Progress)
+    default: str | None = None  # the web UI's current checkpoint: POST /sdapi/v1/options changes it
+    started: bool = False  # attached, and the default model loaded when the model set preloads it
     load_error: str | None = None
     draining: bool = False  # SIGTERM: every new request gets a 503 while the admitted ones finish
     options: dict[str, Any] = field(default_factory=dict)  # the web UI API's shared settings (POST /sdapi/v1/options)
 
     @property
+    def catalog(self) -> ModelCatalog:
+        if self.models is None:
+            raise NotReady(self.load_error or "the engines are still loading")
+        return self.models.catalog
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The default model's pipeline, when it is loaded."""
+        served = None if self.pool is None or self.default is None else self.pool.get(self.default)
+        return None if served is None else served.pipeline
+
+    @property
     def ready(self) -> bool:
-        return self.pipeline is not None and self.batcher is not None and self.batcher.accepting
+        return self.started and self.batcher is not None and self.batcher.accepting
 
     def require_pipeline(self) -> Pipeline:
-        if self.pipeline is None or self.batcher is None:
+        """The default model's pipeline, else the most recently used loaded one (listings that need a model)."""
+        if self.started and self.pool is not None:
+            loaded = [self.default, *reversed(self.pool.loaded())]
+            for name in loaded:
+                served = None if name is None else self.pool.get(name)
+                if served is not None:
+                    return served.pipeline
+        self.metrics.rejections.labels("not_ready").inc()
+        raise NotReady(self.load_error or "the engines are still loading")
+
+    def require_batcher(self) -> Batcher:
+        if not self.started or self.batcher is None:
             self.metrics.rejections.labels("not_ready").inc()
             raise NotReady(self.load_error or "the engines are still loading")
-        return self.pipeline
+        return self.batcher
 
-    async def attach(self, pipeline: Pipeline) -> None:
-        """Warm the configured shapes, then start batching for a loaded pipeline."""
+    def entry(self, http: Request, value: object = None, field: str = "model") -> CatalogEntry:
+        """The model a request names (its field, else the model header, else the default); InputError if unknown."""
+        catalog = self.catalog
+        header = http.headers.get(MODEL_HEADER) or None
+        named = None if value is None else catalog.resolve(value, field)
+        by_header = None if header is None else catalog.resolve(header, f"header {MODEL_HEADER}")
+        if named is not None and by_header is not None and named.name != by_header.name:
+            raise InputError(
+                field, f"{field} {excerpt(value)} is not the model the {MODEL_HEADER} header names ({header!r})"
+            )
+        if named is not None or by_header is not None:
+            return named or by_header  # type: ignore[return-value]
+        if self.default is None:
+            raise NotReady(self.load_error or "the engines are still loading")
+        return catalog.entries[self.default]
+
+    async def use(self, http: Request, value: object = None, field: str = "model") -> Served:
+        """The loaded model a request names (see `entry`), held until its answer is sent; loads it if needed."""
+        if not self.started or self.pool is None:
+            self.metrics.rejections.labels("not_ready").inc()
+            raise NotReady(self.load_error or "the engines are still loading")
+        entry = self.entry(http, value, field)
+        served = await self.pool.acquire(entry)
+        http.scope.setdefault(PINS, []).append(entry.name)
+        return served
+
+    def release(self, scope: Scope) -> None:
+        """Let go of the models a request held (its answer is sent, or it failed)."""
+        for name in scope.pop(PINS, ()):
+            if self.pool is not None:
+                self.pool.release(name)
+
+    async def attach(self, models: ModelSet) -> None:
+        """Start batching for a model set and load its default model (unless it loads on demand)."""
+        self.models = models
+        self.default = models.catalog.default
+        batcher = Batcher(
+            None,
+            max_images=self.config.max_batch or 1,
+            max_wait=self.config.max_wait_ms / 1000.0,
+            max_queue=self.config.max_queue,
+            metrics=self.metrics,
+            progress=self.progress,
+        )
+        self.pool = ModelPool(
+            self._load, models.max_loaded, models.max_bytes, busy=batcher.busy, cost=models.cost, metrics=self.metrics
+        )
+        await batcher.start()
+        self.batcher = batcher
+        if models.preload:
+            entry = models.catalog.entries[self.default]
+            served = await self.pool.acquire(entry)
+            self.pool.release(entry.name)
+            batcher.max_images = served.lane.max_images
+        self.started = True
+
+    def _load(self, entry: CatalogEntry) -> Served:
+        """Load a model and warm its configured shapes (in a worker thread)."""
+        assert self.models is not None  # attach sets it before anything loads
+        pipeline = self.models.load(entry)
         if self.config.warm_shapes:
             from sdrt.serve.warmup import warm_up
 
-            seconds = await run_in_threadpool(warm_up, pipeline, self.config.warm_shapes)
-            log.info("warmed %d shapes in %.1f s", len(self.config.warm_shapes), seconds)
-        max_batch = self.config.max_batch or pipeline.manifest.ranges.max_batch
-        progress = Progress(pipeline.family.latent_rgb or None)
+            seconds = warm_up(pipeline, self.config.warm_shapes)
+            log.info("warmed %d shapes of %s in %.1f s", len(self.config.warm_shapes), entry.name, seconds)
+        progress = self.progress
 
         def run_batch(requests: Sequence[GenerationRequest]) -> list:
             return pipeline.run_pass(requests, callback=progress.on_step, stop=progress.should_stop)
 
-        batcher = Batcher(
-            run_batch,
-            max_images=max_batch,
-            max_wait=self.config.max_wait_ms / 1000.0,
-            max_queue=self.config.max_queue,
-            metrics=self.metrics,
-            progress=progress,
-        )
-        await batcher.start()
-        self.pipeline, self.batcher = pipeline, batcher
+        max_images = self.config.max_batch or pipeline.manifest.ranges.max_batch
+        lane = Lane(entry.name, run_batch, max_images, pipeline.family.latent_rgb or None)
+        return Served(entry, pipeline, lane)
+
+    async def refresh(self) -> dict[str, list[str]]:
+        """Scan the catalog again: new models become servable, changed or removed ones leave once idle."""
+        catalog = self.catalog
+        added, removed, changed = await run_in_threadpool(catalog.scan)
+        assert self.pool is not None  # catalog checked the state is attached
+        self.pool.forget_failures()
+        for name in removed + changed:
+            self.pool.changed(name)
+        if self.default not in catalog.entries:
+            self.default = catalog.default
+        return {"added": added, "removed": removed, "changed": changed}
 
     async def generate(
-        self, http: Request, api: str, build: Callable[[Pipeline], tuple[GenerationRequest, Hashable]]
+        self, http: Request, api: str, build: Callable[[Pipeline], tuple[GenerationRequest, Hashable]], served: Served
     ) -> Completed:
         """Validate (in a worker thread: images decode there), queue, and wait for the result or the client to leave.
 
         A client that disconnects while queued is dropped from the queue; one that disconnects while its
         batch runs leaves the batch to finish (the others in it need their images) and its result is discarded.
         """
-        (completed,) = await self.generate_all(http, api, lambda pipe: [build(pipe)])
+        (completed,) = await self.generate_all(http, api, lambda pipe: [build(pipe)], served)
         return completed
 
     async def generate_all(
-        self, http: Request, api: str, build: Callable[[Pipeline], list[tuple[GenerationRequest, Hashable]]]
+        self,
+        http: Request,
+        api: str,
+        build: Callable[[Pipeline], list[tuple[GenerationRequest, Hashable]]],
+        served: Served,
     ) -> list[Completed]:
         """`generate` for the several requests one call makes (the web UI's several init images), in their order."""
-        pipe = self.require_pipeline()
-        built = await run_in_threadpool(build, pipe)
-        if self.batcher is None:  # require_pipeline checked it; a type checker cannot know
+        built = await run_in_threadpool(build, served.pipeline)
+        if self.batcher is None:  # use() checked it; a type checker cannot know
             raise NotReady("the engines are still loading")
         start = time.monotonic()
         jobs = []
         try:
             caller = http.client.host if http.client is not None else None
             for request, key in built:
-                jobs.append(self.batcher.submit(request, key, caller))
+                jobs.append(self.batcher.submit(request, key, caller, served.lane))
         except Exception:  # the queue filled part way: none of this call's requests run
             for job in jobs:
                 self.batcher.cancel(job)
             raise
+        self.metrics.model_requests.labels(served.name, api).inc()
         gone = asyncio.create_task(_disconnected(http.receive))
         futures = [job.future for job in jobs]
         try:
@@ -156,11 +261,12 @@ async def _disconnected(receive: Receive) -> None:
 
 
 def create_app(
-    pipeline: PipelineSource,
+    models: PipelineSource,
     config: ServeConfig | None = None,
     on_load_failure: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
-    """An sdrt server app for a loaded pipeline, or for a loader run in a thread at startup (/ready says when done).
+    """An sdrt server app for a loaded pipeline, a loader of one run in a thread at startup, or a model set (whose
+    default model loads at startup); /ready says when it is loaded.
 
     Shutting the app down (lifespan end) stops admitting and finishes every admitted request first.
     """
@@ -168,9 +274,12 @@ def create_app(
 
     state = ServeState(config or ServeConfig())
 
-    async def load(loader: Callable[[], Pipeline]) -> None:
+    async def load(source: Callable[[], Pipeline] | ModelSet) -> None:
         try:
-            await state.attach(await run_in_threadpool(loader))
+            if isinstance(source, ModelSet):
+                await state.attach(source)
+            else:
+                await state.attach(ModelSet.single(await run_in_threadpool(source)))
             log.info("engines loaded; ready")
         except Exception as exc:
             state.load_error = f"loading the engines failed: {type(exc).__name__}: {exc}"
@@ -181,18 +290,24 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loading = None
-        if isinstance(pipeline, Pipeline):
-            await state.attach(pipeline)
+        if isinstance(models, Pipeline):
+            await state.attach(ModelSet.single(models))
+        elif isinstance(models, ModelSet) and not models.preload:
+            await load(models)  # nothing to load before serving: serve once started
         else:
-            loading = asyncio.create_task(load(pipeline))
+            loading = asyncio.create_task(load(models))
         yield
         if loading is not None:
             loading.cancel()
         if state.batcher is not None:
             await state.batcher.drain()
+        if state.pool is not None:
+            state.pool.unload_all()
 
-    app = FastAPI(title="sdrt", version=__version__, lifespan=lifespan)
+    # every JSON answer escapes non-ASCII: a client's lone surrogate echoed in one cannot fail to encode
+    app = FastAPI(title="sdrt", version=__version__, lifespan=lifespan, default_response_class=AsciiJSONResponse)
     app.state.sdrt = state
+    app.add_middleware(ModelPins, state=state)
     app.add_middleware(BodyLimit, limit=state.config.max_body_bytes, metrics=state.metrics)
     app.add_middleware(Drain, state=state)
     _add_error_handlers(app, state)
@@ -206,8 +321,9 @@ def create_app(
     async def ready() -> JSONResponse:
         """Readiness: engines loaded and admitting requests (503 while loading or shutting down)."""
         if state.ready:
-            return JSONResponse({"status": "ready", "queued": state.batcher.queued})
-        status = "failed" if state.load_error else "draining" if state.pipeline is not None else "loading"
+            loaded = state.pool.loaded() if state.pool is not None else []
+            return JSONResponse({"status": "ready", "queued": state.batcher.queued, "models": loaded})
+        status = "failed" if state.load_error else "draining" if state.started else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
     @app.get("/metrics", response_class=Response)
@@ -231,7 +347,7 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
             param = ".".join(str(p) for p in first["loc"][1:]) or None
             kind = "invalid_request_error" if status < 500 else "server_error"
             body = {**body, "error": {"message": first["msg"], "type": kind, "param": param, "code": None}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return AsciiJSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
@@ -241,9 +357,10 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         state.metrics.rejections.labels("invalid").inc()
-        # no "input" echo: it may be megabytes of base64
+        # no "input" echo: it may be megabytes of base64; a key in "loc" is the client's (an excerpt of it)
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+            {"loc": printable_loc(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
         ]
         return answer(request, 422, {"detail": errors})
 
@@ -258,6 +375,11 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
         return answer(request, 503, error_body(str(exc)), {"Retry-After": "5"})
+
+    @app.exception_handler(ModelUnavailable)
+    @app.exception_handler(ModelTooLarge)
+    async def model_unavailable(request: Request, exc: ModelUnavailable | ModelTooLarge) -> JSONResponse:
+        return answer(request, exc.status, error_body(str(exc)))
 
     @app.exception_handler(BatchFailed)
     async def batch_failed(request: Request, exc: BatchFailed) -> JSONResponse:
@@ -308,6 +430,21 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class ModelPins:
+    """ASGI middleware: the models a request held are let go once its answer is sent (or it failed)."""
+
+    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                self.state.release(scope)
 
 
 class Drain:

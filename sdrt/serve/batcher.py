@@ -1,14 +1,15 @@
 """Cross-request batching: queued requests whose work can share engine calls run as one engine batch.
 
-Requests are grouped by `Pipeline.batch_key` (same mode, size, steps, sampler, eta, strength, CLIP skip
-and prompt chunk count). A group becomes ready when it holds `max_images` images or its oldest request
-has waited `max_wait` seconds; when the engine is free, the ready group whose oldest request is the
+Requests are grouped by their model (a `Lane`: requests for different models never share a batch) and
+`Pipeline.batch_key` (same mode, size, steps, sampler, eta, strength, CLIP skip and prompt chunk count). A
+group becomes ready when it holds its model's `max_images` images or its oldest request has waited `max_wait`
+seconds; when the engine is free, the ready group whose oldest request is the
 oldest of all runs next, with as many of its requests (in arrival order) as fit in `max_images`. So a
 request waits at most `max_wait` for company, and a group that cannot share with the busy ones is never
 starved: once ready it is served in the order its oldest request arrived.
 
-One batch runs at a time, in a worker thread (engines are not thread-safe); the event loop keeps
-admitting, refusing and answering meanwhile.
+One batch runs at a time, of whichever model, in a worker thread (engines are not thread-safe, and models on
+one device would only slow each other down); the event loop keeps admitting, refusing and answering meanwhile.
 
 A batch runs one pass of its requests. A request whose pass is followed by another (a refiner hand-off, the
 hires fix's second passes) gets a `Continuation` back: its later requests join the queue as jobs of their own,
@@ -67,6 +68,16 @@ class BatchFailed(Exception):
         return 422 if isinstance(self.cause, NonFiniteOutputError) else 500
 
 
+@dataclass(frozen=True, eq=False)
+class Lane:
+    """One served model as the batcher sees it: its name, how it runs a batch, its most images per batch."""
+
+    name: str  # the model's name (metrics, logs)
+    run_batch: RunBatch  # one pass of a batch of its requests (in the engine thread)
+    max_images: int  # images per engine batch
+    latent_rgb: Sequence[Sequence[float]] | None = None  # its family's latent preview factors (/progress)
+
+
 @dataclass(frozen=True)
 class Completed:
     """A request's result and how it was served."""
@@ -83,6 +94,7 @@ class Job:
 
     request: GenerationRequest
     key: Hashable  # Pipeline.batch_key(request)
+    lane: Lane  # the model it runs on
     future: asyncio.Future
     admitted: float  # monotonic seconds
     state: str = "queued"  # queued, running, continued (its later passes run), done
@@ -98,29 +110,37 @@ class Job:
     def images(self) -> int:
         return self.request.num_images
 
+    @property
+    def group(self) -> tuple[Lane, Hashable]:
+        """What it batches by: its model and its batch key."""
+        return self.lane, self.key
+
 
 class Batcher:
     """Admits requests into a bounded queue and runs them in engine batches, one batch at a time."""
 
     def __init__(
         self,
-        run_batch: RunBatch,
+        run_batch: RunBatch | None,
         max_images: int,
         max_wait: float,
         max_queue: int,
         metrics: Metrics | None = None,
         progress: Progress | None = None,
     ) -> None:
-        self._run_batch = run_batch
+        # the lane of requests submitted without one (a server of one model); None: every submit names its lane
+        self.default_lane = None if run_batch is None else Lane("default", run_batch, max_images)
         self.progress = progress  # told which batch runs (its run_batch reports the steps)
-        self.max_images = max_images  # images per engine batch
+        self.max_images = max_images  # images per engine batch, for Retry-After
         self.max_wait = max_wait  # seconds
         self.max_queue = max_queue  # requests
         self.metrics = metrics or Metrics()
-        self._groups: dict[Hashable, deque[Job]] = {}
+        self._groups: dict[tuple[Lane, Hashable], deque[Job]] = {}
         self._queued = 0
         self._queued_images = 0
+        self._lane_queued: dict[str, int] = {}  # queued requests per model
         self._running = 0  # requests in the batch the engine runs now
+        self._running_lane: str | None = None
         self._accepting = True
         self._batch_seconds: float | None = None  # moving average, for Retry-After
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,8 +168,17 @@ class Batcher:
         """Admitted requests without their result yet: queued or in the running batch."""
         return self._queued + self._running
 
-    def submit(self, request: GenerationRequest, key: Hashable, caller: str | None = None) -> Job:
+    def busy(self, model: str) -> bool:
+        """Whether work of that model is queued or running."""
+        return self._running_lane == model or self._lane_queued.get(model, 0) > 0
+
+    def submit(
+        self, request: GenerationRequest, key: Hashable, caller: str | None = None, lane: Lane | None = None
+    ) -> Job:
         """Admit a validated request (on the event loop); QueueFull or Draining if it cannot be."""
+        lane = lane or self.default_lane
+        if lane is None:
+            raise ValueError("this batcher serves several models: submit needs the request's lane")
         if not self.accepting:
             self.metrics.rejections.labels("draining").inc()
             raise Draining(self.retry_after())
@@ -157,9 +186,12 @@ class Batcher:
             self.metrics.rejections.labels("queue_full").inc()
             raise QueueFull(self._queued, self.retry_after())
         assert self._loop is not None and self._wake is not None  # set by start(), which accepting checks
-        job = Job(request=request, key=key, future=self._loop.create_future(), admitted=time.monotonic(), caller=caller)
-        self._groups.setdefault(key, deque()).append(job)
-        self._count(+1, job.images)
+        job = Job(
+            request=request, key=key, lane=lane, future=self._loop.create_future(), admitted=time.monotonic(),
+            caller=caller,
+        )  # fmt: skip
+        self._groups.setdefault(job.group, deque()).append(job)
+        self._count(+1, job.images, lane)
         self._wake.set()
         return job
 
@@ -174,11 +206,11 @@ class Batcher:
                 job.future.cancel()
             return
         if job.state == "queued":
-            group = self._groups[job.key]
+            group = self._groups[job.group]
             group.remove(job)
             if not group:
-                del self._groups[job.key]
-            self._count(-1, -job.images)
+                del self._groups[job.group]
+            self._count(-1, -job.images, job.lane)
             job.state = "done"
             job.future.cancel()
             self.metrics.dropped.labels("queued").inc()
@@ -227,7 +259,7 @@ class Batcher:
         for group in self._groups.values():
             head = group[0]
             due = head.admitted + self.max_wait
-            full = sum(j.images for j in group) >= self.max_images
+            full = sum(j.images for j in group) >= head.lane.max_images
             if full or now >= due or not self._accepting:  # draining: nothing more will come to wait for
                 ready.append(group)
             else:
@@ -235,25 +267,28 @@ class Batcher:
         if not ready:
             return [], wait
         group = min(ready, key=lambda g: g[0].admitted)
+        limit = group[0].lane.max_images
         batch, images = [], 0
-        while group and (not batch or images + group[0].images <= self.max_images):
+        while group and (not batch or images + group[0].images <= limit):
             job = group.popleft()
             batch.append(job)
             images += job.images
         if not group:
-            del self._groups[batch[0].key]
+            del self._groups[batch[0].group]
         return batch, None
 
     async def _run(self, batch: list[Job]) -> None:
         assert self._loop is not None
         start = time.monotonic()
         images = sum(j.images for j in batch)
+        lane = batch[0].lane
         for job in batch:
             job.state = "running"
             self.metrics.queue_seconds.observe(start - job.admitted)
-        self._count(-len(batch), -images)
+        self._count(-len(batch), -images, lane)
         self.metrics.running_images.set(images)
         self._running = len(batch)
+        self._running_lane = lane.name
         try:
             try:
                 results = await self._engine(batch)
@@ -272,11 +307,13 @@ class Batcher:
                         continue
                     await self._run_alone(job, start)
                 return
-            self.metrics.observe_batch(images, len(batch), results[0].timings)  # a pass's timings, either way
+            # a pass's timings, either way
+            self.metrics.observe_batch(images, len(batch), results[0].timings, lane.name)
             for job, result in zip(batch, results, strict=True):
                 self._finish(job, result, start, images, len(batch))
         finally:
             self._running = 0
+            self._running_lane = None
             self.metrics.running_images.set(0)
 
     async def _run_alone(self, job: Job, start: float) -> None:
@@ -286,17 +323,18 @@ class Batcher:
             log.warning("request of %d images failed alone too: %s: %s", job.images, type(exc).__name__, exc)
             self._fail(job, exc)
             return
-        self.metrics.observe_batch(job.images, 1, result.timings)
+        self.metrics.observe_batch(job.images, 1, result.timings, job.lane.name)
         self._finish(job, result, start, job.images, 1)
 
     async def _engine(self, jobs: list[Job]) -> list[GenerationResult]:
         assert self._loop is not None
         start = time.monotonic()
         requests = [j.request for j in jobs]
+        lane = jobs[0].lane
         if self.progress is not None:
-            self.progress.begin([j.caller for j in jobs], _steps(requests[0]))
+            self.progress.begin([j.caller for j in jobs], _steps(requests[0]), lane.latent_rgb)
         try:
-            results = await self._loop.run_in_executor(self._executor, self._run_batch, requests)
+            results = await self._loop.run_in_executor(self._executor, lane.run_batch, requests)
         finally:
             if self.progress is not None:
                 self.progress.end()
@@ -323,12 +361,12 @@ class Batcher:
         job.state = "continued"
         for i, request in enumerate(continuation.requests):
             child = Job(
-                request=request, key=request.plan.key, future=self._loop.create_future(), admitted=job.admitted,
-                caller=job.caller, parent=(job, continuation, i),
+                request=request, key=request.plan.key, lane=job.lane, future=self._loop.create_future(),
+                admitted=job.admitted, caller=job.caller, parent=(job, continuation, i),
             )  # fmt: skip
             job.children.append(child)
-            self._groups.setdefault(child.key, deque()).append(child)
-            self._count(+1, child.images)
+            self._groups.setdefault(child.group, deque()).append(child)
+            self._count(+1, child.images, child.lane)
         self._wake.set()
 
     def _child_done(self, child: Job, result: GenerationResult, images: int, requests: int) -> None:
@@ -361,9 +399,13 @@ class Batcher:
         if not job.future.done():
             job.future.set_exception(BatchFailed(exc))
 
-    def _count(self, jobs: int, images: int) -> None:
+    def _count(self, jobs: int, images: int, lane: Lane) -> None:
         self._queued += jobs
         self._queued_images += images
+        self._lane_queued[lane.name] = self._lane_queued.get(lane.name, 0) + jobs
+        self.metrics.model_queue_depth.labels(lane.name).set(self._lane_queued[lane.name])
+        if not self._lane_queued[lane.name]:
+            del self._lane_queued[lane.name]
         self.metrics.queue_depth.set(self._queued)
         self.metrics.queue_images.set(self._queued_images)
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+from fastapi.responses import JSONResponse
+
+from sdrt.excerpt import excerpt
 from sdrt.runtime.params import all_params
 
 MAX_MESSAGE_CHARS = 2000  # longest error message an answer carries
+MAX_KEY_CHARS = 60  # longest client-given key an error shows whole
 
 
 class InputError(ValueError):
@@ -54,3 +60,31 @@ def from_runtime(exc: ValueError, names: Mapping[str, str] | None = None) -> Inp
 def error_body(message: str, field: str | None = None) -> dict:
     """The JSON body of an error that is not about one input field (429, 500, 503)."""
     return InputError(field, message).body()
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: text a client sent (a lone surrogate, say) echoed in an answer cannot fail to
+    encode, where UTF-8 cannot hold it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def shown_key(key: object) -> str:
+    """A key a client sent, as an error names it: itself when short printable text, else an excerpt of its repr."""
+    if isinstance(key, str) and len(key) <= MAX_KEY_CHARS and key.isprintable() and _encodable(key):
+        return key
+    return excerpt(key, MAX_KEY_CHARS)
+
+
+def printable_loc(loc: Iterable[object]) -> list[object]:
+    """A validation error's location with every key a client chose shown as `shown_key` shows it."""
+    return [part if isinstance(part, int) else shown_key(part) for part in loc]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -14,7 +14,8 @@ _COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class Metrics:
-    """Queue depth, batch sizes, per-stage and request latency, images generated, rejections and drops."""
+    """Queue depth, batch sizes, per-stage and request latency, images generated, rejections and drops; per model
+    requests, queue depth, batch sizes, loads and evictions."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -47,12 +48,36 @@ class Metrics:
             "sdrt_dropped", "Requests whose client disconnected, by where they were", ["where"], registry=r
         )  # queued (dropped from the queue) or running (the batch finished, the result was discarded)
         self.batch_errors = Counter("sdrt_batch_errors", "Engine batches that failed", registry=r)
+        # per model (the catalog name): what each served, and the loaded-model pool's loads and evictions
+        self.model_requests = Counter(
+            "sdrt_model_requests", "Requests admitted for a model, per API", ["model", "api"], registry=r
+        )
+        self.model_queue_depth = Gauge(
+            "sdrt_model_queue_depth", "Requests waiting for the engine, per model", ["model"], registry=r
+        )
+        self.model_batch_images = Histogram(
+            "sdrt_model_batch_images", "Images per engine batch, per model", ["model"], buckets=_COUNTS, registry=r
+        )
+        self.model_loads = Counter("sdrt_model_loads", "Models loaded", ["model"], registry=r)
+        self.model_load_failures = Counter("sdrt_model_load_failures", "Model loads that failed", ["model"], registry=r)
+        self.model_load_seconds = Histogram(
+            "sdrt_model_load_seconds", "Seconds a model load took", ["model"], buckets=_SECONDS, registry=r
+        )
+        self.model_evictions = Counter(
+            "sdrt_model_evictions", "Models unloaded, by why", ["model", "reason"], registry=r
+        )  # evicted (made room), stale (its files changed), retired (Ray Serve's multiplexing let it go)
+        self.model_loaded = Gauge("sdrt_model_loaded", "1 while a model is loaded", ["model"], registry=r)
+        self.model_bytes = Gauge(
+            "sdrt_model_bytes", "Bytes of weights a loaded model is counted for", ["model"], registry=r
+        )
         for reason in ("queue_full", "draining", "invalid", "too_large", "not_ready"):
             self.rejections.labels(reason)
         for where in ("queued", "running"):
             self.dropped.labels(where)
 
-    def observe_batch(self, images: int, requests: int, timings: Timings) -> None:
+    def observe_batch(self, images: int, requests: int, timings: Timings, model: str | None = None) -> None:
+        if model is not None:
+            self.model_batch_images.labels(model).observe(images)
         self.batch_images.observe(images)
         self.batch_requests.observe(requests)
         for stage in STAGES:

@@ -34,6 +34,14 @@ GenerateBody = body_model(
         Literal["b64_json", "png"],
         Field("b64_json", description="b64_json: JSON with base64 PNGs; png: the PNG itself (one image only)"),
     ),
+    model=(
+        str | None,
+        Field(
+            None,
+            description="the model to run (a name, title or hash of GET /sdapi/v1/sd-models); default: the "
+            "server's default model",
+        ),
+    ),
 )
 
 
@@ -73,11 +81,16 @@ async def generate(body: GenerateBody, http: Request) -> Response:  # type: igno
             )
         return request, key
 
-    completed = await state.generate(http, "native", build)
+    served = await state.use(http, body.model)
+    completed = await state.generate(http, "native", build, served)
     result = completed.result
     timings = timings_json(completed)
     if body.response_format == "png":
-        headers = {"X-Sdrt-Seed": str(result.seeds[0]), "X-Sdrt-Timings": json.dumps(timings)}
+        headers = {
+            "X-Sdrt-Seed": str(result.seeds[0]),
+            "X-Sdrt-Timings": json.dumps(timings),
+            "X-Sdrt-Model": served.name,
+        }
         png = await run_in_threadpool(png_bytes, result.images[0], result.parameters[0])
         return Response(png, media_type="image/png", headers=headers)
     encoded = await run_in_threadpool(encode_all, result)
@@ -88,6 +101,7 @@ async def generate(body: GenerateBody, http: Request) -> Response:  # type: igno
     return JSONResponse(
         {
             "images": images,
+            "model": served.name,
             "seeds": result.seeds,
             "timings": timings,
             "batch": {"requests": completed.batch_requests, "images": completed.batch_images},

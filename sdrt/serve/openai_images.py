@@ -20,6 +20,7 @@ from sdrt.serve.generation import build_request
 router = APIRouter()
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+OPENAI_MODELS = ("dall-e-", "gpt-image-")  # prefixes of OpenAI's own image models
 _NAMES = {"prompt": "prompt", "num_images_per_prompt": "n", "height": "size", "width": "size"}
 
 # field -> values sdrt honours (None: absent); anything else would change the image in a way sdrt cannot
@@ -35,12 +36,16 @@ _HONOURED = {
 
 
 class ImagesBody(BaseModel):
-    """OpenAI's image-generation request; `model` and `user` are accepted and ignored (one model per server)."""
+    """OpenAI's image-generation request; `model` picks one of the server's models, `user` is ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str
-    model: str | None = None
+    model: str | None = Field(
+        None,
+        description="a model of GET /sdapi/v1/sd-models (name, title or hash); OpenAI's own names (dall-e-*, "
+        "gpt-image-*) and none mean the server's default model",
+    )
     n: Int | None = Field(1, ge=1, le=10)
     size: str | None = Field(None, description="WxH in pixels or auto; default the artifact's tuned size")
     response_format: str | None = Field(None, description="b64_json (the default here); url is not offered")
@@ -73,6 +78,13 @@ def _check_response_format(value: str | None) -> None:
         )
 
 
+def _model(value: str | None) -> str | None:
+    """The model an OpenAI request names; OpenAI's own model names (clients send them by habit) are the default."""
+    if value is not None and value.startswith(OPENAI_MODELS):
+        return None
+    return value
+
+
 def _check_serves(pipe: Pipeline, variations: bool) -> None:
     """400 for the endpoint the loaded model cannot serve: variations need unCLIP, generations a text-to-image model."""
     if variations and not pipe.family.image_conditioned:
@@ -94,13 +106,14 @@ def _check_serves(pipe: Pipeline, variations: bool) -> None:
 @router.post("/v1/images/generations")
 async def generations(body: ImagesBody, http: Request) -> dict:
     state = http.app.state.sdrt
-    _check_serves(state.require_pipeline(), variations=False)
     _check_response_format(body.response_format)
     for field, allowed in _HONOURED.items():
         value = getattr(body, field)
         if value not in allowed:
             shown = ", ".join(repr(v) for v in allowed if v is not None) or "nothing"
             raise InputError(field, f"{field} {excerpt(value)} is not supported by this server; it accepts {shown}")
+    served = await state.use(http, _model(body.model))
+    _check_serves(served.pipeline, variations=False)
 
     def build(pipe: Pipeline):
         height, width = _size(body.size, pipe.manifest.ranges.opt_size)
@@ -109,7 +122,7 @@ async def generations(body: ImagesBody, http: Request) -> dict:
             params["num_inference_steps"] = state.config.default_steps
         return build_request(pipe, state.config, params, names=_NAMES)
 
-    completed = await state.generate(http, "openai", build)
+    completed = await state.generate(http, "openai", build, served)
     encoded = await run_in_threadpool(encode_all, completed.result)
     return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded]}
 
@@ -121,13 +134,16 @@ async def variations(
     n: Annotated[int, Form(ge=1, le=10, description="images to make")] = 1,
     size: Annotated[str | None, Form(description="WxH in pixels; default the artifact's tuned size")] = None,
     response_format: Annotated[str | None, Form(description="b64_json (the default here); url is not offered")] = None,
-    model: Annotated[str | None, Form(description="accepted and ignored: one model per server")] = None,
+    model: Annotated[
+        str | None, Form(description="a model of GET /sdapi/v1/sd-models; OpenAI's names and none: the default")
+    ] = None,
     user: Annotated[str | None, Form(description="accepted and ignored")] = None,
 ) -> dict:
     """OpenAI's image variations, from an unCLIP model: the image's CLIP embedding conditions every image."""
     state = http.app.state.sdrt
-    _check_serves(state.require_pipeline(), variations=True)
     _check_response_format(response_format)
+    served = await state.use(http, _model(model))
+    _check_serves(served.pipeline, variations=True)
     data = await image.read()
 
     def build(pipe: Pipeline):
@@ -137,6 +153,6 @@ async def variations(
             params["num_inference_steps"] = state.config.default_steps
         return build_request(pipe, state.config, params, names=_NAMES)
 
-    completed = await state.generate(http, "openai_variations", build)
+    completed = await state.generate(http, "openai_variations", build, served)
     encoded = await run_in_threadpool(encode_all, completed.result)
     return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded]}

@@ -34,9 +34,14 @@ class Progress:
         self.skipped = False
         self.job_timestamp = "0"
 
-    def begin(self, callers: Sequence[str | None], steps: int) -> None:
-        """The engine starts a batch of these callers' requests, `steps` steps in all."""
+    def begin(
+        self, callers: Sequence[str | None], steps: int, latent_rgb: Sequence[Sequence[float]] | None = None
+    ) -> None:
+        """The engine starts a batch of these callers' requests, `steps` steps in all (`latent_rgb`: the preview
+        factors of the batch's model, when the server runs several)."""
         with self._lock:
+            if latent_rgb is not None:
+                self._latent_rgb = latent_rgb
             self._callers, self._steps, self._step = list(callers), max(1, steps), 0
             self._started, self._latents = time.monotonic(), None
             self._stop_for = set()

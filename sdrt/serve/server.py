@@ -1,20 +1,20 @@
-"""`sdrt serve`: the app on uvicorn, engines loaded once at start, drained on SIGTERM."""
+"""`sdrt serve`: the app on uvicorn, the default model loaded at start (others when asked for), drained on SIGTERM."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-from pathlib import Path
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
-from sdrt.manifest import MANIFEST_NAME, read_manifest
-from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import create_app
 from sdrt.serve.config import ServeConfig
+from sdrt.serve.model_pool import memory_budget
+from sdrt.serve.models import DEFAULT_MAX_LOADED, ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -51,39 +51,42 @@ class _DrainingServer(uvicorn.Server):
 
 
 def serve(
-    path: str | os.PathLike,
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
     backend: str = "onnxruntime",
     device: str = "cpu",
     host: str = "127.0.0.1",
     port: int = 7860,
     config: ServeConfig | None = None,
     refiner: str | os.PathLike | None = None,
+    models_dir: str | os.PathLike | None = None,
+    max_loaded: int = DEFAULT_MAX_LOADED,
+    max_bytes: int | None = None,
     **load_options: Any,
 ) -> int:
-    """Serve an artifact (and an SDXL refiner) over HTTP until SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the
-    engines fail to load. `load_options` go to Pipeline.load: directories (embeddings_dir, lora_dir, ...) and
-    backend options (cuda_graphs=True, cache_dir=...)."""
-    root = Path(path)
-    for where in (root, None if refiner is None else Path(refiner)):
-        if where is None:
-            continue
-        if (where / MANIFEST_NAME).is_file():
-            read_manifest(where)  # a bad artifact fails here, before a port is opened
-        elif not (where / "model_index.json").is_file():
-            raise ValueError(
-                f"{where} is neither an sdrt artifact (no {MANIFEST_NAME}) nor a diffusers model directory"
-            )
+    """Serve artifacts (the first is the default; or those of `models_dir`) and an SDXL refiner over HTTP until
+    SIGTERM or Ctrl-C; 0 after a clean drain, 1 if the default model fails to load. At most `max_loaded` models,
+    and `max_bytes` bytes of weights (default: 80% of the device's memory), are loaded at once. `load_options` go
+    to Pipeline.load: directories (embeddings_dir, lora_dir, ...) and backend options (cuda_graphs=True, ...)."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    models = ModelSet.from_paths(
+        paths, models_dir, backend, device, refiner, max_loaded,
+        memory_budget(device) if max_bytes is None else max_bytes, **load_options,
+    )  # fmt: skip
+    default = models.catalog.entries[models.catalog.default]
+    if default.error is not None:  # a bad default fails here, before a port is opened
+        raise ValueError(f"{default.path}: {default.error}")
+    log.info(
+        "serving %d models (default %s), at most %d loaded and %s of weights",
+        len(models.catalog.entries), default.name, models.max_loaded,
+        "no bound" if models.max_bytes is None else f"{models.max_bytes / 1024**3:.1f} GiB",
+    )  # fmt: skip
     failures: list[BaseException] = []
 
     def failed(exc: BaseException) -> None:
         failures.append(exc)
         server.should_exit = True
 
-    app = create_app(
-        lambda: Pipeline.load(root, backend=backend, device=device, refiner=refiner, **load_options),
-        config,
-        on_load_failure=failed,
-    )
+    app = create_app(models, config, on_load_failure=failed)
     server = _DrainingServer(
         uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info", timeout_keep_alive=5),
         app.state.sdrt,

@@ -83,3 +83,14 @@ def metric(text: str, name: str, **labels: str) -> float:
     pattern = rf"^{re.escape(name)}{re.escape('{' + selector + '}') if labels else ''} (\S+)$"
     match = re.search(pattern, text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def wait_ready(url: str, seconds: float = 120) -> None:
+    """Wait for /ready to say 200 (a model set loads its default model after the server starts)."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while httpx.get(f"{url}/ready").status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test server was not ready in {seconds} s: {httpx.get(f'{url}/ready').text}")
+        time.sleep(0.05)

@@ -101,3 +101,17 @@ def test_malformed_bodies_and_oversized_bodies(server):
     assert httpx.post(url, json=GOOD, timeout=60).status_code == 200
     metrics = httpx.get(f"{server}/metrics").text
     assert 'sdrt_rejections_total{reason="too_large"} 2.0' in metrics
+
+
+def test_png_info_refuses_a_decompression_bomb(server):
+    # 5000 x 5000 is over sdrt's input limit; 20000 x 20000 is over PIL's own (which raised past the handler: a 500)
+    for size in (5000, 20000):
+        out = io.BytesIO()
+        Image.new("1", (size, size)).save(out, format="PNG")
+        bomb = base64.b64encode(out.getvalue()).decode()
+        response = httpx.post(f"{server}/sdapi/v1/png-info", json={"image": bomb}, timeout=60)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"][0]
+        assert detail["loc"] == ["body", "image"] and "pixels" in detail["msg"]
+    readable = httpx.post(f"{server}/sdapi/v1/png-info", json={"image": _image()})
+    assert readable.status_code == 200 and readable.json()["info"] == ""

@@ -11,7 +11,7 @@ import pytest
 from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.timing import Timings
-from sdrt.serve.batcher import Batcher, BatchFailed, Draining, QueueFull
+from sdrt.serve.batcher import Batcher, BatchFailed, Draining, Lane, QueueFull
 
 
 def _request(seed: int, images: int = 1) -> GenerationRequest:
@@ -69,6 +69,28 @@ def test_requests_group_by_key_up_to_max_images_and_wait_for_company():
     assert engine.batches == [[1, 3, 4], [2, 6], [5]]
     assert [r.batch_requests for r in results] == [3, 2, 3, 3, 1, 2]
     assert [r.result.seeds for r in results][4] == [5, 6]
+
+
+def test_requests_for_different_models_never_share_a_batch():
+    first, second = Engine(), Engine()
+    lanes = [Lane("first", first, max_images=4), Lane("second", second, max_images=2)]
+
+    async def main():
+        batcher = Batcher(None, max_images=4, max_wait=0.1, max_queue=16)
+        await batcher.start()
+        # the same batch key on both models: each model's requests batch among themselves, up to its own max
+        jobs = [batcher.submit(_request(seed), "same", lane=lanes[seed % 2]) for seed in range(1, 8)]
+        busy = [batcher.busy("first"), batcher.busy("second"), batcher.busy("third")]
+        await asyncio.gather(*(j.future for j in jobs))
+        idle = [batcher.busy("first"), batcher.busy("second")]
+        with pytest.raises(ValueError, match="submit needs the request's lane"):
+            batcher.submit(_request(9), "same")
+        await batcher.drain()
+        return busy, idle
+
+    busy, idle = _run(main())
+    assert first.batches == [[2, 4, 6]] and second.batches == [[1, 3], [5, 7]]
+    assert busy == [True, True, False] and idle == [False, False]
 
 
 def test_a_full_group_runs_at_once_and_a_lone_request_waits_at_most_max_wait():
