@@ -7,21 +7,16 @@ empty lists: sdrt has none, and a request that asks for one is refused with a 42
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from typing import Any
 
 from fastapi import APIRouter, Request
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from sdrt.runtime.images import parse_infotext
 from sdrt.schedulers import sampler_choices
 from sdrt.serve import a1111_settings
 from sdrt.serve.a1111_settings import title
-from sdrt.serve.codec import DATA_URL
-from sdrt.serve.errors import InputError
+from sdrt.serve.codec import decode_image
 
 router = APIRouter(prefix="/sdapi/v1")
 
@@ -135,13 +130,7 @@ class PngInfoBody(BaseModel):
 @router.post("/png-info")
 async def png_info(body: PngInfoBody) -> dict:
     """The PNG's text chunks: `info` is its `parameters` infotext, `parameters` that infotext read back."""
-    try:
-        data = base64.b64decode(DATA_URL.sub("", body.image.strip(), count=1), validate=True)
-        image = Image.open(io.BytesIO(data))
-    except (binascii.Error, ValueError) as exc:
-        raise InputError("image", f"image is not valid base64: {exc}") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError("image", f"image cannot be read as an image: {exc}") from exc
+    image = decode_image(body.image, "image", mode=None)
     items = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
     info = items.pop("parameters", "")
     return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
