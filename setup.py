@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="An optimized Stable Diffusion inference runtime: ONNX export, engines, and a lightweight runtime",
     packages=find_packages(include=["sdrt", "sdrt.*"]),
-    package_data={"sdrt.single_file": ["configs/*.json"]},  # the published configs of each model family
+    # the published configs of each model family, and the CLIP BPE vocabulary single-file tokenizers are built from
+    package_data={"sdrt.single_file": ["configs/*.json", "vocabulary/*"]},
     python_requires=">=3.10",
     install_requires=[
         # torch is not listed here on purpose: a bare 'torch' requirement pulls several GB of CUDA
@@ -28,6 +29,7 @@ setup(
         "uvicorn",  # sdrt serve: the HTTP server
         "prometheus-client",  # sdrt serve: /metrics
         "python-multipart",  # sdrt serve: multipart uploads (OpenAI's image variations)
+        "psutil",  # sdrt bench: machine facts and peak memory
     ],
     extras_require={
         "cpu": ["onnxruntime>=1.18"],  # the onnxruntime backend (and fp16 export's converter) on the CPU
@@ -37,6 +39,7 @@ setup(
         "tensorrt": ["tensorrt>=10.0,<12"],
         "openvino": ["openvino>=2025.0"],  # the openvino backend (CPU); tested with 2026.4.1
         "lora": ["peft>=0.17"],  # Pipeline.set_lora: diffusers reads LoRA files through peft's layers
+        "plot": ["matplotlib"],  # sdrt bench --plot: the chart
         "serve-ray": ["ray[serve]"],  # sdrt serve --ray: scale-out on Ray Serve (large: Ray and its dependencies)
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
