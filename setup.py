@@ -7,7 +7,8 @@ setup(
     packages=find_packages(include=["sdrt", "sdrt.*"]),
     package_data={
         "sdrt": ["manifest.schema.json"],  # the JSON Schema of an artifact's manifest.json
-        "sdrt.single_file": ["configs/*.json"],  # the published configs of each model family
+        # the published configs of each model family, and the CLIP BPE vocabulary single-file tokenizers are built from
+        "sdrt.single_file": ["configs/*.json", "vocabulary/*"],
     },
     python_requires=">=3.10",
     install_requires=[
@@ -31,6 +32,7 @@ setup(
         "uvicorn",  # sdrt serve: the HTTP server
         "prometheus-client",  # sdrt serve: /metrics
         "python-multipart",  # sdrt serve: multipart uploads (OpenAI's image variations)
+        "psutil",  # sdrt bench: machine facts and peak memory
     ],
     extras_require={
         "cpu": ["onnxruntime>=1.18"],  # the onnxruntime backend (and fp16 export's converter) on the CPU
@@ -40,6 +42,7 @@ setup(
         "tensorrt": ["tensorrt>=10.0,<12"],
         "openvino": ["openvino>=2025.0"],  # the openvino backend (CPU); tested with 2026.4.1
         "lora": ["peft>=0.17"],  # Pipeline.set_lora: diffusers reads LoRA files through peft's layers
+        "plot": ["matplotlib"],  # sdrt bench --plot: the chart
         "serve-ray": ["ray[serve]"],  # sdrt serve --ray: scale-out on Ray Serve (large: Ray and its dependencies)
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},

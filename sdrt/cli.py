@@ -6,44 +6,61 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdrt.demo import PRESETS, VARIANTS
 from sdrt.engines import BACKENDS, DEVICES
-from sdrt.engines.tensorrt_profiles import PROFILE_MODES as TENSORRT_PROFILES
-from sdrt.export.fp16 import PRECISIONS
 from sdrt.library_logging import quiet_third_party
 from sdrt.params import Param, ParamSet
-from sdrt.runtime.params import PROMPT, all_params
 from sdrt.schedulers import SAMPLERS, canonical_sampler
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; given `argv`, only its command gets its arguments (their imports cost seconds)."""
     parser = argparse.ArgumentParser(prog="sdrt", description="Optimized Stable Diffusion inference runtime.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="show warnings and errors only")
+    _output_args(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for name, (help_text, add_arguments) in _ARGUMENTS.items():
+        p = sub.add_parser(name, help=help_text)
+        if chosen in (None, name):
+            _output_args(p, default=argparse.SUPPRESS)  # -v/-q after the command, too
+            add_arguments(p)
+    return parser
 
-    p = sub.add_parser("demo-model", help="write a random-weight SD 1.x/2.x/SDXL model in diffusers layout")
+
+def _output_args(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="show debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only, no progress")
+
+
+def _demo_model_args(p: argparse.ArgumentParser) -> None:
+    from sdrt.demo import PRESETS, VARIANT_NAMES
+
     p.add_argument("out_dir", type=Path, help="directory to create")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
         default="tiny",
-        help="tiny (seconds on a CPU; the default), sd15, sd21 or sdxl (published sizes, for benchmarks)",
+        help="tiny (seconds on a CPU; the default), sd15, sd21 or sdxl (published sizes, for benchmarks), sdxl-small "
+        "(SDXL's topologies at half widths, for CPU benchmarks)",
     )
     p.add_argument(
         "--variant",
-        choices=list(VARIANTS),
+        choices=list(VARIANT_NAMES),
         default=None,
         help="sd1 (SD 1.x), sd2 (SD 2.x 768: v-prediction, GELU text encoder, linear-projection UNet), "
-        "inpaint (SD 1.x inpainting, 9-channel UNet), sdxl, sdxl-refiner, sdxl-inpaint; default: the preset's own "
-        "(sd2 for sd21, sdxl for sdxl, else sd1)",
+        "inpaint (SD 1.x inpainting, 9-channel UNet), sdxl, sdxl-refiner, sdxl-inpaint, unclip (SD 2.1 unCLIP), "
+        "controlnet and controlnet-sdxl (a ControlNet for the preset's SD 1.x / SDXL model); default: the preset's "
+        "own (sd2 for sd21, sdxl for sdxl and sdxl-small, else sd1)",
     )
 
-    p = sub.add_parser("export", help="export a diffusers model directory or a single-file checkpoint to ONNX")
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from sdrt.export.fp16 import PRECISIONS
+
     p.add_argument(
         "model_dir",
         type=Path,
@@ -112,7 +129,10 @@ def _parser() -> argparse.ArgumentParser:
         help="export this VAE instead of the model's: a diffusers VAE directory or a single .safetensors file",
     )
 
-    p = sub.add_parser("build", help="prepare engines for a backend under ARTIFACT_DIR/engines/<backend>/")
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    from sdrt.engines.tensorrt_profiles import PROFILE_MODES as TENSORRT_PROFILES
+
     p.add_argument("artifact_dir", type=Path)
     _backend_args(p, default="onnxruntime")
     p.add_argument(
@@ -130,14 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--refit", action="store_true", help="tensorrt: build refittable engines (LoRA switching)")
 
-    samplers = ", ".join(f"{name} ({s.label})" for name, s in SAMPLERS.items())
-    p = sub.add_parser(
-        "generate",
-        help="text-to-image, image-to-image (--image), inpainting (--image --mask), or unCLIP variations (--image)",
-        epilog=f"schedulers: {samplers}",
-    )
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    from sdrt.runtime.params import PROMPT, all_params
+
+    p.epilog = "schedulers: " + ", ".join(f"{name} ({s.label})" for name, s in SAMPLERS.items())
     p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
-    p.add_argument("prompt", nargs="?", default="", help=PROMPT.help + " (optional for unCLIP variations)")
+    p.add_argument("prompt", nargs="?", default=None, help=PROMPT.help + " (optional for unCLIP variations)")
     p.add_argument("--refiner", type=Path, default=None, help="an SDXL refiner artifact to run after the base")
     _param_args(p, all_params())
     _extra_network_args(p)
@@ -148,13 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _backend_args(p, default="onnxruntime")
 
-    from sdrt.runtime.preprocessors import MODULES  # numpy and PIL only: cheap for --help
 
-    p = sub.add_parser(
-        "detect",
-        help="run a ControlNet preprocessor (module) on an image: the map a ControlNet reads",
-        epilog=f"modules: {', '.join(MODULES)}",
-    )
+def _detect_args(p: argparse.ArgumentParser) -> None:
+    from sdrt.runtime.preprocessors import MODULES
+
+    p.epilog = f"modules: {', '.join(MODULES)}"
     p.add_argument("module", help="preprocessor, e.g. canny, invert, scribble_xdog, lineart_standard, depth")
     p.add_argument("image", type=Path, help="input image")
     p.add_argument("-o", "--output", type=Path, default=Path("map.png"), help="the map's PNG path (default map.png)")
@@ -165,16 +182,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of a module that draws (shuffle; default 0)")
     p.add_argument("--annotator-dir", type=Path, default=None, help="annotator models' weights (depth, openpose, ...)")
 
-    p = sub.add_parser("info", help="print an artifact's manifest summary")
+
+def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
 
-    from sdrt.bench.scenario import SDRT_BACKENDS  # stdlib-only module: cheap to import for --help
 
-    p = sub.add_parser(
-        "bench",
-        help="time sdrt's backends against diffusers on the same weights: stages, throughput, cold start, memory",
-        description="Times every sdrt backend and the diffusers baselines on the same weights, alternating run by "
-        "run in one process; contenders that cannot run here are listed as skipped, with the reason.",
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from sdrt.bench.scenario import SDRT_BACKENDS
+
+    p.description = (
+        "Times every sdrt backend and the diffusers baselines on the same weights, alternating run by run in one "
+        "process; contenders that cannot run here are listed as skipped, with the reason."
     )
     p.add_argument(
         "path",
@@ -232,15 +251,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG chart here")
 
-    p = sub.add_parser("doctor", help="print the GPU, CUDA, TensorRT and ONNX Runtime here, and which backends can run")
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    p = sub.add_parser(
-        "serve",
-        help="HTTP server: batches concurrent requests; sdrt, web UI (/sdapi/v1) and OpenAI image APIs",
-        epilog="endpoints: POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations; "
-        "GET /sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics; the ControlNet "
-        "extension's /controlnet/* (with --controlnet-dir)",
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "endpoints: POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations; GET "
+        "/sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics; the ControlNet "
+        "extension's /controlnet/* (with --controlnet-dir)"
     )
     p.add_argument(
         "paths",
@@ -322,7 +342,26 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --ray autoscaling: requests per replica to scale at (default twice the batch size)",
     )
-    return parser
+
+
+# command -> its one-line help and the function that adds its arguments
+_ARGUMENTS = {
+    "demo-model": ("write a random-weight SD 1.x/2.x/SDXL model in diffusers layout", _demo_model_args),
+    "export": ("export a diffusers model directory or a single-file checkpoint to ONNX", _export_args),
+    "build": ("prepare engines for a backend under ARTIFACT_DIR/engines/<backend>/", _build_args),
+    "generate": (
+        "text-to-image, image-to-image (--image), inpainting (--image --mask), or unCLIP variations (--image)",
+        _generate_args,
+    ),
+    "detect": ("run a ControlNet preprocessor (module) on an image: the map a ControlNet reads", _detect_args),
+    "info": ("print an artifact's summary: family, networks, sizes, engines built (--json: the manifest)", _info_args),
+    "bench": (
+        "time sdrt's backends against diffusers on the same weights: stages, throughput, cold start, memory",
+        _bench_args,
+    ),
+    "doctor": ("print the GPU, CUDA, TensorRT and ONNX Runtime here, and which backends can run", _doctor_args),
+    "serve": ("HTTP server: batches concurrent requests; sdrt, web UI (/sdapi/v1) and OpenAI image APIs", _serve_args),
+}
 
 
 def _param_args(p: argparse.ArgumentParser, params: ParamSet) -> None:
@@ -488,7 +527,10 @@ def _backend_options(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
+    args.started = started
     _configure_logging(args.verbose, args.quiet)
     try:
         return _COMMANDS[args.command](args)
@@ -503,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo_model(args: argparse.Namespace) -> int:
     from sdrt.demo import resolve_variant, write_demo_model
 
+    quiet_third_party()
     write_demo_model(args.out_dir, seed=args.seed, preset=args.preset, variant=args.variant)
     variant = resolve_variant(args.preset, args.variant)
     print(f"wrote a random-weight model (preset {args.preset}, variant {variant}) to {args.out_dir}")
@@ -528,7 +571,9 @@ def _export(args: argparse.Namespace) -> int:
         prediction_type=args.prediction_type, config_dir=args.config, allow_pickle=args.allow_pickle, vae=args.vae,
         loras=tuple(args.lora),
     )  # fmt: skip
-    manifest = export_model(args.model_dir, args.output, config, overwrite=args.overwrite, progress=True, source=source)
+    manifest = export_model(
+        args.model_dir, args.output, config, overwrite=args.overwrite, progress=not args.quiet, source=source
+    )
     r = manifest.ranges
     print(
         f"exported {args.model_dir} ({manifest.family}) to {args.output}: "
@@ -560,16 +605,24 @@ def _build(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from sdrt import Pipeline
     from sdrt.runtime.images import save_png
+    from sdrt.runtime.params import all_params
 
     quiet_third_party()
     if args.preview_every is not None and args.preview_every < 1:
         raise ValueError(f"--preview-every {args.preview_every} must be at least 1")
     if args.refiner_switch_at is not None and args.refiner is None:
         raise ValueError("--refiner-switch-at needs --refiner REFINER_ARTIFACT")
+    wall = {"start (imports)": time.perf_counter() - args.started}
     pipe = Pipeline.load(
         args.path, backend=args.backend, device=args.device, refiner=args.refiner, **_load_options(args),
         **_backend_options(args),
     )  # fmt: skip
+    wall["load"] = time.perf_counter() - args.started - sum(wall.values())
+    engines = sum(model.engines_seconds for model in pipe.models)
+    if args.prompt is None:
+        if "variation" not in pipe.family.modes:
+            raise ValueError(f'a {pipe.family.description} needs a PROMPT; give "" to generate from the empty prompt')
+        args.prompt = ""
     preview = None
     if args.preview_every is not None:
         from sdrt.runtime.previews import PreviewWriter
@@ -580,9 +633,10 @@ def _generate(args: argparse.Namespace) -> int:
         args.prompt,
         callback=preview,
         callback_steps=args.preview_every or 1,
-        progress=True,
+        progress=not args.quiet,
         **_param_values(args, all_params()),
     )
+    wall["generate"] = time.perf_counter() - args.started - sum(wall.values())
     if preview is not None:
         print(f"wrote previews every {args.preview_every} steps to {preview_dir}")
     for i, (image, parameters, seed) in enumerate(zip(result.images, result.parameters, result.seeds, strict=True)):
@@ -593,7 +647,12 @@ def _generate(args: argparse.Namespace) -> int:
         )
         save_png(image, out, parameters)
         print(f"wrote {out} (seed {seed})")
-    print(result.timings.table())
+    wall["save"] = time.perf_counter() - args.started - sum(wall.values())
+    if not args.quiet:
+        print(result.timings.table())
+        notes = {"load": f" (engines {engines:.2f} s: verified, built where missing, opened)"}
+        stages = ", ".join(f"{name} {seconds:.2f} s{notes.get(name, '')}" for name, seconds in wall.items())
+        print(f"wall time: {stages}; total {sum(wall.values()):.2f} s")
     return 0
 
 
@@ -614,10 +673,49 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from sdrt.manifest import read_manifest
+    if args.json:
+        from sdrt.manifest import read_manifest
 
-    print(json.dumps(read_manifest(args.artifact_dir).to_json(), indent=2))
+        print(json.dumps(read_manifest(args.artifact_dir).to_json(), indent=2))
+        return 0
+    print(_summary(args.artifact_dir))
     return 0
+
+
+def _summary(root: Path) -> str:
+    """An artifact at a glance, read from its manifest as data (no torch: the summary comes at once)."""
+    from sdrt.files import read_json_object
+
+    data = read_json_object(root / "manifest.json")  # sdrt.manifest.MANIFEST_NAME, the deployment contract
+    r, versions = data.get("ranges", {}), data.get("versions", {})
+    networks = data.get("components", {})
+    lines = [
+        f"artifact  {root} (manifest format {data.get('format_version')}, exported by sdrt {versions.get('sdrt')})",
+        f"family    {data.get('family')}, predicts {data.get('prediction_type')}"
+        + (", inpainting" if data.get("inpainting") else ""),
+        f"networks  {', '.join(f'{name} {_mb(root / name)}' for name in networks)}",
+        f"sizes     {r.get('min_size')}..{r.get('max_size')} px, tuned for {r.get('opt_size')}; batch 1.."
+        f"{r.get('max_batch')}; prompts up to {r.get('max_text_chunks')} x 75 tokens",
+    ]
+    vae = data.get("vae") or {}
+    if vae:
+        lines.append(f"vae       swapped at export: {vae.get('name', vae)}")
+    for lora in data.get("loras") or ():
+        lines.append(f"lora      fused at export: {lora.get('name')} weight {lora.get('weight')}")
+    engines = root / "engines"
+    built = sorted(p for p in engines.iterdir() if p.is_dir()) if engines.is_dir() else []
+    for backend in built:
+        names = sorted(p.name for p in backend.iterdir() if p.is_dir())
+        lines.append(f"engines   {backend.name}: {', '.join(names)} ({_mb(backend)})")
+    if not built:
+        lines.append("engines   none built yet: sdrt build ARTIFACT --backend onnxruntime (or tensorrt, openvino)")
+    lines.append(f"on disk   {_mb(root)} in all")
+    return "\n".join(lines)
+
+
+def _mb(path: Path) -> str:
+    files = [path] if path.is_file() else path.rglob("*")
+    return f"{sum(f.stat().st_size for f in files if f.is_file()) / 1e6:.1f} MB"
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -672,10 +770,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from sdrt.doctor import diagnose, format_report, to_json
+    from sdrt.doctor import diagnose, format_report, header, to_json
 
+    if not args.json:
+        print(header(), flush=True)  # at once; the rest waits for torch and the libraries to load
     report = diagnose()
-    print(json.dumps(to_json(report), indent=2) if args.json else format_report(report))
+    print(json.dumps(to_json(report), indent=2) if args.json else format_report(report, header_line=False))
     return 0
 
 

@@ -72,7 +72,7 @@ def diagnose() -> Report:
     trt = _tensorrt()
     report = Report(
         python=platform.python_version(),
-        platform=f"{platform.system()} {platform.release()} {platform.machine()}",
+        platform=_platform(),
         torch=torch.__version__,
         torch_cuda=torch.version.cuda,
         cudnn=_cudnn(torch),
@@ -93,11 +93,21 @@ def to_json(report: Report) -> dict[str, Any]:
     return asdict(report)
 
 
-def format_report(report: Report) -> str:
-    """The report as aligned text lines."""
+def header() -> str:
+    """The report's first line, which needs no import: `sdrt doctor` prints it before torch loads (seconds)."""
+    from sdrt import __version__
+
+    return f"{'sdrt':<14}{__version__}, python {platform.python_version()} on {_platform()}"
+
+
+def _platform() -> str:
+    return f"{platform.system()} {platform.release()} {platform.machine()}"
+
+
+def format_report(report: Report, header_line: bool = True) -> str:
+    """The report as aligned text lines (`header_line`: the first, `header()`, which the CLI prints early)."""
     gpus = [f"{g.index}: {g.name}, {g.memory_gib:.1f} GiB, sm {g.compute_capability}" for g in report.gpus]
     rows = [
-        ("python", f"{report.python} on {report.platform}"),
         ("torch", f"{report.torch} (CUDA {report.torch_cuda or 'none: a CPU build'})"),
         ("cuDNN", report.cudnn or "none"),
         ("GPU", "; ".join(gpus) if gpus else f"none ({report.gpu_reason})"),
@@ -108,7 +118,8 @@ def format_report(report: Report) -> str:
         ("  code path", report.tensorrt_path),
         ("openvino", _library_line(report.openvino)),
     ]
-    lines = [f"{name:<14}{value}" for name, value in rows]
+    lines = [header()] if header_line else []
+    lines += [f"{name:<14}{value}" for name, value in rows]
     lines += ["", "backend       device  can run"]
     for s in report.backends:
         lines.append(f"{s.backend:<14}{s.device:<8}{'yes' if s.ok else 'no '}  {s.reason}")

@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
-
 from sdrt.excerpt import excerpt
 
 # Sigma spacings a model's own scheduler config may switch on; a named sampler states its spacing in
@@ -97,6 +95,8 @@ def make_scheduler(name: str | None, config: Mapping[str, Any], *, seeds: Sequen
     `seeds` (one per image) seed schedulers that draw noise from their own sampler rather than from the
     pipeline's generators (DPM++ SDE's Brownian trees); without them that noise is random.
     """
+    import diffusers  # here, not at the top: the CLI reads the sampler table without loading torch
+
     canonical = canonical_sampler(name)
     if canonical is None:
         class_name = config.get("_class_name")
@@ -115,6 +115,8 @@ def make_scheduler(name: str | None, config: Mapping[str, Any], *, seeds: Sequen
 
 def sampler_label(name: str | None, config: Mapping[str, Any]) -> str:
     """The web UI's label for the sampler that `make_scheduler(name, config)` gives."""
+    import diffusers
+
     canonical = canonical_sampler(name)
     if canonical is not None:
         return SAMPLERS[canonical].label

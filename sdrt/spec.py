@@ -10,16 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI reads specs' neighbours without it
+    import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-}
+DTYPES = ("float32", "float16", "int32", "int64")  # the dtypes a tensor may have, by torch's names
 
 _DIM_EXPR = re.compile(r"^(?:(\d+)\*)?([a-z_][a-z0-9_]*)(?:/(\d+))?$")
 
@@ -157,7 +153,9 @@ class TensorSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, self.dtype)
 
     def symbols(self) -> dict[int, str]:
         """Axis index -> symbolic name, for ONNX dynamic axes."""
@@ -285,6 +283,8 @@ class ComponentSpec:
         self, values: Mapping[str, int], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Random inputs with the given symbol values (never zeros, which hide indexing bugs)."""
+        import torch
+
         feeds = {}
         for spec in self.inputs:
             shape = spec.concrete(values)

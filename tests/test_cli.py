@@ -70,6 +70,32 @@ def test_errors_exit_nonzero_with_the_reason(artifact, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["generate", str(artifact), "a cat", "--scheduler", "nope"])
     assert exc.value.code == 2
+    capsys.readouterr()
+    assert main(["generate", str(artifact), "-o", str(tmp_path / "x.png")]) == 2  # an SD model needs a prompt
+    assert 'needs a PROMPT; give "" to generate from the empty prompt' in capsys.readouterr().err
+
+
+def test_generate_says_where_its_wall_time_went_and_q_silences_it(artifact, tmp_path, capsys):
+    args = [
+        "generate",
+        str(artifact),
+        "",
+        "--steps",
+        "2",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "-o",
+        str(tmp_path / "e.png"),
+    ]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "wall time: start (imports) " in out and ", load " in out and ", generate " in out and ", save " in out
+    assert "denoise" in err  # the progress bar
+    assert main([*args, "-q"]) == 0  # -q after the command: results only, no bar, no tables
+    out, err = capsys.readouterr()
+    assert out.startswith("wrote ") and "wall time" not in out and "denoise" not in err
 
 
 def test_generate_help_lists_schedulers(capsys):
@@ -91,6 +117,9 @@ def test_info_prints_the_manifest(artifact, capsys):
     import json
 
     assert main(["info", str(artifact)]) == 0
+    summary = capsys.readouterr().out
+    assert "family    sd1" in summary and "unet" in summary and "on disk" in summary
+    assert main(["info", str(artifact), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["format_version"] == FORMAT_VERSION and set(printed["components"]) == {
         "text_encoder",

@@ -46,3 +46,13 @@ def test_pinned_development_versions_satisfy_the_extras():
     for extra in ("cpu", "openvino", "lora"):
         for requirement in map(Requirement, _setup_kwargs()["extras_require"][extra]):
             assert requirement.specifier.contains(pins[requirement.name]), (extra, requirement, pins[requirement.name])
+
+
+def test_the_package_data_ships_the_clip_vocabulary():
+    """`pip install` alone makes single-file export work: the wheel carries the vocabulary its tokenizers need."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setup"]
+    (data,) = [ast.literal_eval(k.value) for k in call.keywords if k.arg == "package_data"]
+    shipped = {p for pattern in data["sdrt.single_file"] for p in (ROOT / "sdrt" / "single_file").glob(pattern)}
+    assert ROOT / "sdrt" / "single_file" / "vocabulary" / "bpe_simple_vocab_16e6.txt.gz" in shipped
+    assert ROOT / "sdrt" / "single_file" / "vocabulary" / "LICENSE" in shipped

@@ -8,11 +8,12 @@ images; the tokenizer is a real CLIP byte-level BPE learned from a small corpus 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
+from types import ModuleType
 
-from sdrt.demo import controlnet, sd, sdxl, unclip
 from sdrt.files import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,16 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "sdxl": ("sdxl", "sdxl-refiner", "controlnet-sdxl"),
     "sdxl-small": ("sdxl", "sdxl-refiner", "controlnet-sdxl"),  # SDXL's topologies at half widths, for CPU benchmarks
 }
-# variant -> the module that writes it
-VARIANTS = {variant: module for module in (sd, sdxl, unclip, controlnet) for variant in module.VARIANTS}
+# every variant: those the presets list
+VARIANT_NAMES = tuple(dict.fromkeys(variant for variants in PRESETS.values() for variant in variants))
+# the modules that write them (each lists its VARIANTS); imported when a model is written, as they import torch
+_WRITERS = ("sd", "sdxl", "unclip", "controlnet")
+
+
+def writers() -> dict[str, ModuleType]:
+    """variant -> the module that writes it."""
+    modules = [importlib.import_module(f"sdrt.demo.{name}") for name in _WRITERS]
+    return {variant: module for module in modules for variant in module.VARIANTS}
 
 
 def resolve_variant(preset: str, variant: str | None) -> str:
@@ -45,8 +54,8 @@ def resolve_variant(preset: str, variant: str | None) -> str:
         raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
     if variant is None:
         return PRESETS[preset][0]
-    if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    if variant not in VARIANT_NAMES:
+        raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANT_NAMES)}")
     allowed = PRESETS[preset]
     if variant not in allowed:
         fits = [name for name, variants in PRESETS.items() if variant in variants]
@@ -79,7 +88,7 @@ def write_demo_model(
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output directory {out} exists and is not empty; choose another path or remove it")
     with atomic_directory(out) as tmp:
-        description = VARIANTS[variant].write(tmp, seed, preset, variant, device)
+        description = writers()[variant].write(tmp, seed, preset, variant, device)
         (tmp / "README.md").write_text(
             f"sdrt demo model (preset {preset}, variant {variant}): {description}.\n"
             "Its images are abstract patterns, not pictures. Point sdrt at a real model directory for real images.\n"
@@ -88,4 +97,4 @@ def write_demo_model(
     return out
 
 
-__all__ = ["PRESETS", "VARIANTS", "resolve_variant", "write_demo_model"]
+__all__ = ["PRESETS", "VARIANT_NAMES", "resolve_variant", "write_demo_model", "writers"]

@@ -6,9 +6,12 @@ import importlib
 import os
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sdrt.engines.base import BuildRecord, Engine, Networks, call_in_chunks, max_batch
+from sdrt.lazy import lazy_names
+
+if TYPE_CHECKING:
+    from sdrt.engines.base import BuildRecord, Engine, Networks, call_in_chunks, max_batch
 
 # backend name -> module; imported only when asked for, so a missing optional library never breaks the others
 BACKENDS = {
@@ -18,6 +21,11 @@ BACKENDS = {
     "openvino": "sdrt.engines.openvino_backend",
 }
 DEVICES = ("cpu", "cuda")
+
+
+# the protocol's names, imported from sdrt.engines.base on first use: it imports torch, which the CLI does without
+_BASE = ("BuildRecord", "Engine", "Networks", "call_in_chunks", "max_batch")
+__getattr__ = lazy_names(__name__, {name: "sdrt.engines.base" for name in _BASE})
 
 
 def backend_module(name: str) -> ModuleType:

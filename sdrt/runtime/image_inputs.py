@@ -37,7 +37,11 @@ def open_image(value: ImageInput, field: str) -> Image.Image:
                     f"{field} {name} is {image.width}x{image.height}, over the {MAX_INPUT_PIXELS} pixels allowed"
                 )
             image.load()
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        except UnidentifiedImageError as exc:  # its message shows the reader's repr, "<_io.BytesIO object at 0x..>"
+            raise ValueError(
+                f"{field} {name} cannot be read as an image: no format PIL reads (PNG, JPEG, ...)"
+            ) from exc
+        except (OSError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{field} {name} cannot be read as an image: {exc}") from exc
     if image.width < 1 or image.height < 1:
         raise ValueError(f"{field} is empty ({image.width}x{image.height})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Model:
         self.token_tables = dict(token_tables)  # text-encoder network -> (vocab, D) token table
         self.embeddings = embeddings or EmbeddingLibrary()
         self.options: dict[str, Any] = {}  # backend options it was loaded with
+        self.engines_seconds = 0.0  # wall time its engines took to load: verified, built where missing, opened
         widths = {
             p.network: int(self.engines[p.network].spec.attributes["hidden_size"]) for p in self.family.text_encoders
         }
@@ -111,13 +113,16 @@ class Model:
             for pair in family.text_encoders
         }
         scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
+        started = time.perf_counter()
         engines = load_engines(root, manifest, backend, device, modules=modules, **options)
+        engines_seconds = time.perf_counter() - started
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
         model = cls(
             manifest, engines, tokenizers, scheduler_config, tables, name=Path(os.path.abspath(root)).name, path=root,
             backend=backend, embeddings=embeddings,
         )  # fmt: skip
         model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)
+        model.engines_seconds = engines_seconds
         return model
 
     @property

@@ -249,6 +249,14 @@ class Pipeline:
         default_height = default_width = self.manifest.ranges.opt_size
         if image is not None and not family.image_conditioned:
             default_height, default_width = size_from_image(image, self.manifest.ranges.latent_factor)
+            r = self.manifest.ranges
+            if any(values[k] is None and not r.min_size <= v <= r.max_size for k, v in
+                   (("height", default_height), ("width", default_width))):  # fmt: skip
+                raise ValueError(
+                    f"the input image is {image.width}x{image.height}, outside the artifact's range {r.min_size}.."
+                    f"{r.max_size} px: give width and height (sdrt generate --width/--height) to resize it, or "
+                    "re-export with --min-size/--max-size to cover it"
+                )
             if strength is None:
                 strength = 1.0 if mask is not None else family.default_strength
         hires = self.params["hires"].build(values["hires"])

@@ -43,7 +43,12 @@ def denoise(
     """Denoise `latents` over `timesteps`: one denoiser call per timestep, then the scheduler's step."""
     order = scheduler.order
     total = len(timesteps)
-    bar = tqdm(total=total // order if order > 1 else total, desc="denoise", unit="step", disable=not progress.bar)
+    # a step ends as diffusers' pipelines count them: every `order` calls after the schedule's warm-up calls (PLMS
+    # runs its first timestep twice), and at the last; so the bar counts the steps asked for (PLMS: 10, not 11)
+    asked = getattr(scheduler, "num_inference_steps", None)
+    warmup = len(scheduler.timesteps) - asked * order if isinstance(asked, int) else 0
+    ends = [i == total - 1 or (i + 1 > warmup and (i + 1) % order == 0) for i in range(total)]
+    bar = tqdm(total=sum(ends), desc="denoise", unit="step", disable=not progress.bar)
     with bar:
         for i, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(latents, t)
@@ -51,7 +56,7 @@ def denoise(
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             for hook in after_step:
                 latents = hook(latents, i)
-            if (i + 1) % order == 0:
+            if ends[i]:
                 bar.update(1)
                 if progress.callback is not None and progress.steps % progress.callback_steps == 0:
                     progress.callback(progress.steps, t, latents)

@@ -112,8 +112,10 @@ class _Common(BaseModel):
     n_iter: Int = Field(1, description="batches; batch_size x n_iter is at most --max-images")
     steps: Int = Field(50, description="denoising steps, 1..--max-steps (150)")
     cfg_scale: Float = 7.0
-    width: Int = Field(512, description="pixels: a multiple of 8 inside the artifact's size range")
-    height: Int = Field(512, description="pixels: a multiple of 8 inside the artifact's size range")
+    # the web UI's default is 512x512; sdrt's is the size the artifact is tuned for (512 for SD 1.5, 1024 for SDXL,
+    # 128 for the demo), which every artifact runs, and img2img's the input image's
+    width: Int | None = Field(None, description="pixels, a multiple of 8 (default: the artifact's tuned size)")
+    height: Int | None = Field(None, description="pixels, a multiple of 8 (default: the artifact's tuned size)")
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool = False
@@ -498,6 +500,8 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
                 image = fitted(unit.hint, height, width, unit.resize_mode)
                 images.append(await run_in_threadpool(png_base64, image, f"ControlNet map: {unit.module}"))
     parameters = body.model_dump()
+    if body.width is None or body.height is None:  # the size the defaults gave, as the web UI's info says it
+        parameters.update(width=results[0].request.width, height=results[0].request.height)
     if img2img and not body.include_init_images:
         parameters.update(init_images=None, mask=None)
     return ascii_json(

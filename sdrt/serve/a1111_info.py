@@ -7,21 +7,17 @@ empty lists: sdrt has none, and a request that asks for one is refused with a 42
 
 from __future__ import annotations
 
-import base64
-import binascii
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from sdrt.runtime.image_inputs import open_image
 from sdrt.runtime.images import parse_infotext
 from sdrt.schedulers import sampler_choices
 from sdrt.serve import a1111_settings
 from sdrt.serve.catalog import CatalogEntry
-from sdrt.serve.codec import DATA_URL
-from sdrt.serve.errors import InputError
+from sdrt.serve.codec import decode_image
 
 router = APIRouter(prefix="/sdapi/v1")
 
@@ -157,14 +153,7 @@ class PngInfoBody(BaseModel):
 @router.post("/png-info")
 async def png_info(body: PngInfoBody) -> dict:
     """The PNG's text chunks: `info` is its `parameters` infotext, `parameters` that infotext read back."""
-    try:
-        data = base64.b64decode(DATA_URL.sub("", body.image.strip(), count=1), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError("image", f"image is not valid base64: {exc}") from exc
-    try:  # its text chunks are read by decoding it: a decompression bomb is refused before, as every input image
-        image = open_image(data, "image")
-    except ValueError as exc:
-        raise InputError("image", str(exc)) from exc
+    image = decode_image(body.image, "image", mode=None)  # a decompression bomb is refused as every input image
     items = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
     info = items.pop("parameters", "")
     return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}

@@ -1,7 +1,8 @@
-"""The CLIP BPE tokenizers of SD 1.x, SD 2.x and SDXL, built offline from the vocabulary a registry package bundles.
+"""The CLIP BPE tokenizers of SD 1.x, SD 2.x and SDXL, built offline from the vocabulary sdrt ships.
 
 Single-file checkpoints carry no tokenizer. Every SD family uses CLIP's byte-level BPE over one 49408-token
-vocabulary (the 48894 merges of OpenAI's `bpe_simple_vocab_16e6.txt.gz`, bundled by open-clip-torch);
+vocabulary (the 48894 merges of OpenAI's `bpe_simple_vocab_16e6.txt.gz`, shipped in `vocabulary/` as
+open-clip-torch distributes it, so `pip install` alone makes single files work);
 they differ only in the padding token (SD 1.x and SDXL's first tokenizer pad with the end token, the
 OpenCLIP models with "!"). The vocabulary is laid out as OpenAI's tokenizer lays it out: the 256 byte
 characters, the same with the end-of-word mark, one token per merge, then the begin and end tokens.
@@ -10,32 +11,25 @@ characters, the same with the end-of-word mark, one token per merge, then the be
 from __future__ import annotations
 
 import gzip
-import importlib.metadata
 from functools import lru_cache
 from pathlib import Path
 
 from sdrt.demo.tokenizer import bytes_to_unicode
 
-VOCAB_DISTRIBUTION = "open_clip_torch"
-VOCAB_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+VOCAB_FILE = Path(__file__).with_name("vocabulary") / "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408
 NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48894
 MODEL_MAX_LENGTH = 77
 
 
 def vocabulary_file() -> Path:
-    """Where open-clip-torch's bundled BPE vocabulary lies (found through its metadata: open_clip is not imported)."""
-    try:
-        path = Path(str(importlib.metadata.distribution(VOCAB_DISTRIBUTION).locate_file(VOCAB_FILE)))
-    except importlib.metadata.PackageNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+    """The CLIP BPE vocabulary sdrt ships (package data)."""
+    if not VOCAB_FILE.is_file():
         raise ValueError(
-            "the CLIP BPE vocabulary comes from open-clip-torch, which is not installed: "
-            "pip install --no-deps -r requirements-nodeps.txt (make install does), or give --config DIR "
-            "with the model's tokenizer directories"
+            f"the CLIP BPE vocabulary {VOCAB_FILE} is missing from this sdrt installation (reinstall sdrt), or give "
+            "--config DIR with the model's tokenizer directories"
         )
-    return path
+    return VOCAB_FILE
 
 
 @lru_cache(maxsize=1)

@@ -45,3 +45,15 @@ def test_cli_writes_previews_every_n_steps(artifact, tmp_path):
     assert code == 0 and out.is_file()
     previews = sorted(p.name for p in (tmp_path / "previews").iterdir())
     assert len(previews) == 2 and all(p.endswith(".png") for p in previews), previews
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "heun", "euler"])
+def test_the_step_count_is_the_steps_asked_for(pipelines, scheduler):
+    # PLMS runs its first timestep twice (11 UNet calls for 10 steps) and Heun two calls a step: the progress
+    # counts steps as diffusers' pipelines do, so the bar and the callbacks see the steps the user asked for
+    seen = []
+    pipelines["onnxruntime"].generate(
+        "a cat", height=64, width=64, num_inference_steps=4, seed=0, scheduler=scheduler,
+        callback=lambda step, t, latents: seen.append(step),
+    )  # fmt: skip
+    assert seen == [0, 1, 2, 3]

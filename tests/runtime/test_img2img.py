@@ -121,3 +121,14 @@ def test_a_strength_below_one_step_still_runs_one_step(pipelines):
     pipe = pipelines["onnxruntime"]
     result = pipe.generate("a cat", image=input_image(), num_inference_steps=1, strength=0.75, seed=1)
     assert result.timings.steps == 1 and result.request.steps_run == 1
+
+
+def test_an_input_image_outside_the_range_names_width_and_height(pipelines):
+    pipe = pipelines["onnxruntime"]
+    big = input_image(320, 96)  # the session artifact takes 64..256 px
+    with pytest.raises(ValueError, match=r"input image is 320x96, outside .*--width/--height\) to resize it"):
+        pipe.generate("a cat", image=big, num_inference_steps=2, seed=0)
+    assert pipe.generate("a cat", image=big, width=128, height=64, num_inference_steps=2, seed=0).images[0].size == (
+        128,
+        64,
+    )

@@ -27,10 +27,15 @@ def _mask() -> Image.Image:
 
 
 def test_web_ui_txt2img_defaults(server):
-    # the web UI wiki's first example, {"prompt": ..., "steps": 5}: its 512x512 default is outside this artifact
+    # the web UI wiki's first example, {"prompt": ..., "steps": 5}: the web UI's 512x512 is outside this artifact's
+    # 64..256, so a request without a size gets the artifact's tuned size, 128x128
     response = httpx.post(f"{server}/sdapi/v1/txt2img", json={"prompt": "maltese puppy", "steps": 5})
+    assert response.status_code == 200, response.text
+    assert decode_png(response.json()["images"][0]).size == (128, 128)
+    assert response.json()["parameters"]["width"] == 128 == json.loads(response.json()["info"])["height"]
+    response = httpx.post(f"{server}/sdapi/v1/txt2img", json={"prompt": "maltese puppy", "steps": 5, "width": 512})
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "height"]
+    assert response.json()["detail"][0]["loc"] == ["body", "width"]
     assert "outside the artifact's range 64..256" in response.json()["detail"][0]["msg"]
 
     response = httpx.post(

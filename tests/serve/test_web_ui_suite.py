@@ -261,3 +261,11 @@ def test_options_are_shared_settings(server):
     finally:
         httpx.post(url, json={"CLIP_stop_at_last_layers": 1})
     assert httpx.get(url).json()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_png_info_of_no_image_says_so_without_object_reprs(server):
+    garbage = base64.b64encode(b"not an image at all").decode()
+    response = httpx.post(f"{server}/sdapi/v1/png-info", json={"image": garbage})
+    assert response.status_code == 422
+    message = json.dumps(response.json())
+    assert "image 19 bytes cannot be read as an image" in message and "object at 0x" not in message
