@@ -3,7 +3,8 @@
 __version__ = "0.1.0"
 
 from sdrt.runtime.control import Control  # noqa: E402
+from sdrt.runtime.deep_cache import DeepCache  # noqa: E402
 from sdrt.runtime.hires import Hires  # noqa: E402
 from sdrt.runtime.pipeline import GenerationResult, Pipeline  # noqa: E402
 
-__all__ = ["Control", "GenerationResult", "Hires", "Pipeline", "__version__"]
+__all__ = ["Control", "DeepCache", "GenerationResult", "Hires", "Pipeline", "__version__"]
