@@ -149,6 +149,12 @@ def test_the_parameter_on_every_front_end():
         DeepCache(interval=True)
     param = all_params()["deep_cache"]
     assert param.cli_flag == "--deep-cache" and param.build({"interval": 2, "branch": 1}) == DeepCache(2, 1)
+    from sdrt.cli import _param_values, _parser
+    from sdrt.serve.fields import body_model
+
+    args = _parser().parse_args(["generate", "artifact", "a cat", "--deep-cache", "3:1"])
+    assert _param_values(args, all_params())["deep_cache"] == DeepCache(3, 1)
+    assert "deep_cache" in body_model("Body", all_params(), "a body").model_fields  # the native API's field
 
 
 @pytest.mark.parametrize("interval", [2, 3])
