@@ -244,9 +244,4 @@ class DeepCacheUNetModule(SpecModule):
         return sample, emb, states
 
 
-def shallow_feeds(spec: ComponentSpec, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The feeds of a shallow network out of the plain UNet's (it reads only some residuals)."""
-    return {name: feeds[name] for name in spec.input_names if name in feeds}
-
-
 __all__: Sequence[str] = ("FEATURE", "Branch", "DeepCacheUNetModule", "branch_of", "branches", "deep_cache_specs")
