@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from sdrt.runtime.control import Control
+    from sdrt.runtime.deep_cache import DeepCache
     from sdrt.runtime.hires import Hires
     from sdrt.runtime.pipeline import GenerationResult, Pipeline
 
@@ -18,10 +19,11 @@ __getattr__ = lazy_names(
     __name__,
     {
         "Control": "sdrt.runtime.control",
+        "DeepCache": "sdrt.runtime.deep_cache",
         "GenerationResult": "sdrt.runtime.pipeline",
         "Hires": "sdrt.runtime.hires",
         "Pipeline": "sdrt.runtime.pipeline",
     },
 )
 
-__all__ = ["Control", "GenerationResult", "Hires", "Pipeline", "__version__"]
+__all__ = ["Control", "DeepCache", "GenerationResult", "Hires", "Pipeline", "__version__"]

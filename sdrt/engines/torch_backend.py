@@ -151,6 +151,10 @@ class TorchEngine(CheckedEngine):
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
+    def sibling(self, module: nn.Module, spec: ComponentSpec) -> TorchEngine:
+        """Another network on this engine's device, dtype and layout (e.g. DeepCache's, on the UNet's own module)."""
+        return TorchEngine(module, spec, self.ranges, self.device, self.dtype, self.channels_last, tf32=self.tf32)
+
     def float32_copy(self) -> TorchEngine:
         """This engine's network computing in float32 on the same device: the fallback when a float16 run overflows.
 

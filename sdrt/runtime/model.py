@@ -13,6 +13,7 @@ import torch
 from sdrt.conditioning.embedders import Conditioner, ConditioningContext
 from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
+from sdrt.deep_cache_unet import DeepCacheUNetModule, deep_cache_specs
 from sdrt.engines import Engine, check_device, load_engines
 from sdrt.families import Family
 from sdrt.files import read_json_object
@@ -70,6 +71,7 @@ class Model:
         support = {} if path is None else {p.name: Path(path) / p.name for p in self.family.support_parts}
         context = ConditioningContext(self.encoders, self.engines, self.manifest.extras, support)
         self.conditioner = Conditioner(self.family.embedders(context))
+        self._deep_cache: dict[int, tuple[Engine, Engine]] = {}  # branch -> DeepCache's full and shallow engines
 
     @classmethod
     def load(
@@ -136,6 +138,29 @@ class Model:
     @property
     def latent_channels(self) -> int:
         return int(self.engines[self.family.vae_decoder].spec.attributes["latent_channels"])
+
+    def deep_cache_engines(self, branch: int) -> tuple[Engine, Engine]:
+        """DeepCache's full and shallow UNet networks for `branch` (`sdrt.deep_cache_unet`), made once.
+
+        The torch backend runs them on the UNet's own module (its weights and LoRAs shared); ValueError for a branch
+        the UNet has not, or a backend without them.
+        """
+        if branch not in self._deep_cache:
+            engine = self.denoiser
+            module = getattr(getattr(engine, "module", None), "unet", None)
+            sibling = getattr(engine, "sibling", None)
+            if module is None or sibling is None:
+                raise ValueError(
+                    f"the {self.backend} backend runs DeepCache from exported networks, which this artifact lacks; "
+                    "use the torch backend"
+                )
+            config = dict(module.config)
+            full, shallow = deep_cache_specs(engine.spec, config, branch)
+            self._deep_cache[branch] = (
+                sibling(DeepCacheUNetModule(module, full, config), full),
+                sibling(DeepCacheUNetModule(module, shallow, config), shallow),
+            )
+        return self._deep_cache[branch]
 
     def prompt_encoder(self, network: str) -> PromptEncoder:
         """The tokenizer and engine of text-encoder network `network`."""

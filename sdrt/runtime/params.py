@@ -105,12 +105,13 @@ CORE = (
 
 
 def feature_params() -> tuple[Param, ...]:
-    """The parameters of the runtime's features: the refiner hand-off, the hires fix, ControlNet units."""
+    """The parameters of the runtime's features: the refiner hand-off, the hires fix, ControlNet units, DeepCache."""
     from sdrt.runtime.control import PARAMS as CONTROL
+    from sdrt.runtime.deep_cache import PARAMS as DEEP_CACHE
     from sdrt.runtime.hires import PARAMS as HIRES
     from sdrt.runtime.workflow import PARAMS as REFINER
 
-    return (*REFINER, *HIRES, *CONTROL)
+    return (*REFINER, *HIRES, *CONTROL, *DEEP_CACHE)
 
 
 def pipeline_params(model_families: list[Family]) -> ParamSet:

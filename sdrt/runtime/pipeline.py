@@ -27,6 +27,7 @@ from sdrt.manifest import Manifest
 from sdrt.params import ParamSet
 from sdrt.runtime.control import Control
 from sdrt.runtime.controlnets import ControlNetLibrary
+from sdrt.runtime.deep_cache import DeepCache
 from sdrt.runtime.hires import Hires
 from sdrt.runtime.image_inputs import open_image, size_from_image
 from sdrt.runtime.latents import random_seed
@@ -262,6 +263,9 @@ class Pipeline:
         hires = self.params["hires"].build(values["hires"])
         if hires is not None and not isinstance(hires, Hires):
             raise ValueError(f"hires {excerpt(hires)} is not a Hires or a mapping of its fields")
+        deep_cache = self.params["deep_cache"].build(values["deep_cache"])
+        if deep_cache is not None and not isinstance(deep_cache, DeepCache):
+            raise ValueError(f"deep_cache {excerpt(deep_cache)} is not a DeepCache or a mapping of its fields")
         seed = values["seed"]
         seed = random_seed() if seed is None else seed
         control = self._control(values["control"], seed, values["height"], values["width"], image)
@@ -290,6 +294,7 @@ class Pipeline:
             hires=hires,
             control=control,
             guess_mode=values["guess_mode"],
+            deep_cache=deep_cache,
             options=options,
         )
         request = self.tokenized(request)
@@ -405,6 +410,11 @@ class Pipeline:
                 f"{request.num_images_per_prompt}) is over the pipeline's maximum of {self.max_images} per request"
             )
         model.family.check_request(request)
+        if request.deep_cache is not None:
+            try:
+                model.deep_cache_engines(request.deep_cache.branch)  # made once; ValueError for a branch it lacks
+            except ValueError as exc:
+                raise ValueError(f"deep_cache: {exc}") from None
         if request.loras and request.stage == "base":
             self.runner.request_loras(request.loras)  # every name resolves to a file
             self.runner.weights.check()  # the backend can switch LoRAs (ONNX Runtime cannot)

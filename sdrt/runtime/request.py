@@ -21,6 +21,7 @@ from sdrt.conditioning.lora_prompts import LoraTags, request_loras
 from sdrt.conditioning.prompts import PromptTokens
 from sdrt.excerpt import check_text, excerpt
 from sdrt.runtime.control import Control
+from sdrt.runtime.deep_cache import DeepCache
 from sdrt.runtime.hires import Hires
 from sdrt.runtime.image_inputs import check_mask_matches
 from sdrt.runtime.latents import MAX_SEED
@@ -56,6 +57,7 @@ class GenerationRequest:
     hires: Hires | None = None  # text-to-image: the web UI's hires fix, a second pass at a larger size
     control: tuple[Control, ...] = ()  # ControlNet units, their hints made (Pipeline.request opens them)
     guess_mode: bool = False  # diffusers' guess mode for every unit: conditional rows only, logspace scales
+    deep_cache: DeepCache | None = None  # DeepCache step caching (None: every step runs the whole UNet)
     # parameters model families declare (sdrt.params), by name: every one of the pipeline's, defaults filled in
     options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # a later pass (the workflow's): latents in instead of an image, (images, C, h, w), scaled
@@ -112,6 +114,8 @@ class GenerationRequest:
             raise ValueError("denoising_start continues latents: give init_latents")
         self._check_images()
         self._check_control()
+        if self.deep_cache is not None and not isinstance(self.deep_cache, DeepCache):
+            raise ValueError(f"deep_cache {excerpt(self.deep_cache)} is not a DeepCache")
 
     def _check_control(self) -> None:
         for i, unit in enumerate(self.control):

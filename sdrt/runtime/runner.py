@@ -22,6 +22,7 @@ from sdrt.engines import call_in_chunks
 from sdrt.runtime.control_images import hint_tensor
 from sdrt.runtime.control_residuals import ControlNetEngine, ControlNetResiduals, Use, residual_weights
 from sdrt.runtime.controlnets import ControlNetLibrary
+from sdrt.runtime.deep_cache import DeepCacheUNet
 from sdrt.runtime.denoiser import ConcatChannels, Guided, RowDenoiser, UNetCall
 from sdrt.runtime.image_inputs import preprocess_image, preprocess_mask
 from sdrt.runtime.images import to_pil
@@ -101,7 +102,11 @@ class Runner:
         latents, conditioning, after = self.start(
             model, plan, requests, gens, clock, scheduler, timesteps, conditioning
         )
-        unet: RowDenoiser = ConcatChannels(UNetCall(model.denoiser, clock))
+        call: RowDenoiser = UNetCall(model.denoiser, clock)
+        if first.deep_cache is not None:  # full steps as the DeepCache helper counts them, from the pass's first
+            full, shallow = model.deep_cache_engines(first.deep_cache.branch)
+            call = DeepCacheUNet(full, shallow, first.deep_cache.full_steps(scheduler.timesteps, timesteps), clock)
+        unet: RowDenoiser = ConcatChannels(call)
         nets = self.control(requests)
         if nets:  # ControlNets add their residuals inside the UNet, each run once per step for its rows
             unet = ControlNetResiduals(unet, nets, clock)

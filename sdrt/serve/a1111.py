@@ -410,6 +410,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
     served = await state.use(http, model, "override_settings.sd_model_checkpoint")  # loads it if needed
     pipe = served.pipeline
     clip_skip = a1111_settings.clip_skip(body.override_settings, pipe, state.options)
+    deep_cache = a1111_settings.deep_cache(body.override_settings)
     refiner_switch_at = _refiner_switch(body, pipe)
     prompt, negative_prompt = _styled(body, {s.name: s for s in state.config.styles})
     variations = pipe.family.image_conditioned  # unCLIP: img2img makes variations of init_images[0]
@@ -457,6 +458,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
             refiner_switch_at=refiner_switch_at,
             hires=hires,
             control=units,
+            deep_cache=deep_cache,
         )
         if len(images) == 1:  # one image (or none) for every batch item: one request, seeds seed + i
             image = images[0]

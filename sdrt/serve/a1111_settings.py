@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdrt.excerpt import excerpt
+from sdrt.runtime.deep_cache import DeepCache
 from sdrt.runtime.model import Model
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.catalog import CatalogEntry
@@ -27,6 +28,8 @@ FIXED = {
 }
 # settings a client may write, with their defaults (sd_model_checkpoint and CLIP skip are checked against the model)
 WRITABLE = {"send_seed": True, "CLIP_stop_at_last_layers": 1}
+# override_settings keys of DeepCache (a request's own setting, never a stored option): DeepCache field -> key
+DEEP_CACHE_KEYS = {"interval": "deep_cache_interval", "branch": "deep_cache_branch"}
 
 
 def title(pipe: Pipeline, model: Model | None = None) -> str:
@@ -93,6 +96,8 @@ def clip_skip(overrides: Mapping[str, Any], pipe: Pipeline, stored: Mapping[str,
     settings.pop("sd_model_checkpoint", None)
     settings.pop("sd_checkpoint_hash", None)
     settings.pop("send_seed", None)  # a UI setting: no effect on the image
+    for key in DEEP_CACHE_KEYS.values():  # read by deep_cache()
+        settings.pop(key, None)
     field = "override_settings.CLIP_stop_at_last_layers"
     stop_at = settings.pop("CLIP_stop_at_last_layers", stored.get("CLIP_stop_at_last_layers", 1))
     for key, value in settings.items():
@@ -102,9 +107,28 @@ def clip_skip(overrides: Mapping[str, Any], pipe: Pipeline, stored: Mapping[str,
     return clip_stop(stop_at, pipe, field) - 1
 
 
+def deep_cache(overrides: Mapping[str, Any]) -> DeepCache | None:
+    """DeepCache for a request from override_settings.deep_cache_interval (on when given) and deep_cache_branch."""
+    given = {field: overrides[key] for field, key in DEEP_CACHE_KEYS.items() if key in overrides}
+    if not given:
+        return None
+    if "interval" not in given:
+        key = DEEP_CACHE_KEYS["interval"]
+        raise InputError(f"override_settings.{key}", f"override_settings.{key} is needed to turn DeepCache on")
+    for field, value in given.items():  # the web UI's sliders send whole numbers as floats
+        if isinstance(value, float) and value.is_integer():
+            given[field] = int(value)
+    try:
+        return DeepCache(**given)
+    except ValueError as exc:
+        field = next((f for f in given if f"deep_cache {f}" in str(exc)), "interval")
+        raise InputError(f"override_settings.{DEEP_CACHE_KEYS[field]}", f"override_settings: {exc}") from None
+
+
 def _known() -> str:
     fixed = ", ".join(f"{key} ({values[0]!r} only)" for key, values in FIXED.items())
+    deep = ", ".join(DEEP_CACHE_KEYS.values())
     return (
         "the settings here are sd_model_checkpoint (one of GET /sdapi/v1/sd-models), send_seed, "
-        f"CLIP_stop_at_last_layers, {fixed}"
+        f"CLIP_stop_at_last_layers, {fixed}; per request also {deep}"
     )

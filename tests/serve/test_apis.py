@@ -192,6 +192,8 @@ def test_web_ui_lists(server):
         ),
         ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "override_settings.CLIP_stop_at_last_layers"),
         ({"override_settings": {"sd_vae": "kl-f8-anime.ckpt"}}, "override_settings.sd_vae"),
+        ({"override_settings": {"deep_cache_interval": 0}}, "override_settings.deep_cache_interval"),
+        ({"override_settings": {"deep_cache_branch": 1}}, "override_settings.deep_cache_interval"),
         ({"cfg_scale": "lots"}, "cfg_scale"),
         ({"batch_size": 0}, "batch_size"),
     ],
