@@ -101,9 +101,19 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         type=_lora_arg,
         default=[],
-        metavar="FILE[:WEIGHT]",
-        help="fuse this LoRA (.safetensors) into the exported weights (repeat for several; weight default 1); "
-        "the way to run LoRAs on ONNX Runtime, whose engines have their weights baked in",
+        metavar="FILE[:WEIGHT[:UNET_WEIGHT]]",
+        help="fuse this LoRA or LyCORIS file (.safetensors) into the exported weights (repeat for several; weight "
+        "default 1; a second weight is the UNet's, the first the text encoders'); the way to run LoRAs on ONNX "
+        "Runtime, whose engines have their weights baked in",
+    )
+    p.add_argument(
+        "--hypernetwork",
+        action="append",
+        type=_hypernetwork_arg,
+        default=[],
+        metavar="FILE[:MULTIPLIER]",
+        help="trace this web UI hypernetwork (.pt) into the exported UNet (repeat to chain several, in order; "
+        "multiplier default 1); the way to run hypernetworks on the engine backends",
     )
     p.add_argument(
         "--vae",
@@ -307,12 +317,30 @@ def _cli_type(param: Param):
     return {"int": int, "float": float, "floats": float, "image": Path}.get(param.type, str)
 
 
-def _lora_arg(value: str) -> tuple[Path, float]:
-    """argparse type: FILE or FILE:WEIGHT."""
-    path, _, weight = value.rpartition(":")
+def _lora_arg(value: str) -> tuple[Path, float, float]:
+    """argparse type: FILE, FILE:WEIGHT or FILE:TE_WEIGHT:UNET_WEIGHT."""
+    weights: list[float] = []
+    path = value
+    while len(weights) < 2:
+        head, _, tail = path.rpartition(":")
+        try:
+            number = float(tail)
+        except ValueError:
+            break
+        if not head:
+            break
+        weights.insert(0, number)
+        path = head
+    te = weights[0] if weights else 1.0
+    return Path(path), te, weights[1] if len(weights) > 1 else te
+
+
+def _hypernetwork_arg(value: str) -> tuple[Path, float]:
+    """argparse type: FILE or FILE:MULTIPLIER."""
+    path, _, multiplier = value.rpartition(":")
     if path:
         try:
-            return Path(path), float(weight)
+            return Path(path), float(multiplier)
         except ValueError:
             pass
     return Path(value), 1.0
@@ -331,8 +359,8 @@ def _extra_network_args(p: argparse.ArgumentParser) -> None:
         "--lora-dir",
         type=Path,
         default=None,
-        help="LoRA files (.safetensors) prompts name as <lora:name:weight>, fused per request (torch backend, or "
-        "tensorrt engines built with --refit and --model-dir)",
+        help="LoRA and LyCORIS files (.safetensors) prompts name as <lora:name:weight> or <lora:name:te:unet>, fused "
+        "per request (torch backend, or tensorrt engines built with --refit and --model-dir)",
     )
     p.add_argument(
         "--model-dir",
@@ -344,13 +372,20 @@ def _extra_network_args(p: argparse.ArgumentParser) -> None:
         "--embeddings-dir",
         type=Path,
         default=None,
-        help="textual-inversion embeddings (.pt, .safetensors, .bin), used where a prompt names a file's stem",
+        help="textual-inversion embeddings (.pt, .safetensors, .bin, the web UI's .png/.webp), used where a prompt "
+        "names one",
+    )
+    p.add_argument(
+        "--hypernetwork-dir",
+        type=Path,
+        default=None,
+        help="web UI hypernetworks (.pt) prompts name as <hypernet:name:multiplier>, run per request (torch backend)",
     )
 
 
 def _load_options(args: argparse.Namespace) -> dict:
     """Pipeline.load's extra-network directories, as given."""
-    names = ("embeddings_dir", "lora_dir", "model_dir")
+    names = ("embeddings_dir", "lora_dir", "model_dir", "hypernetwork_dir")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -441,7 +476,7 @@ def _export(args: argparse.Namespace) -> int:
     )
     source = SourceOptions(
         prediction_type=args.prediction_type, config_dir=args.config, allow_pickle=args.allow_pickle, vae=args.vae,
-        loras=tuple(args.lora),
+        loras=tuple(args.lora), hypernetworks=tuple(args.hypernetwork),
     )  # fmt: skip
     manifest = export_model(args.model_dir, args.output, config, overwrite=args.overwrite, progress=True, source=source)
     r = manifest.ranges

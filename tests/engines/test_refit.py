@@ -20,7 +20,7 @@ from sdrt.export.onnx_export import export_component
 from sdrt.lora import LoraFuser
 from sdrt.manifest import read_manifest
 from sdrt.model_dir import ModelDir
-from sdrt.runtime.weights import LoraWeights
+from sdrt.runtime.weights import NetworkWeights
 from tests.test_lora import lora_factors, write_kohya_lora
 
 TEXT_ENCODER, UNET = "text_encoder", "unet"
@@ -147,7 +147,7 @@ def recording_model(artifact, engines):
 def recording(demo_model, artifact):
     manifest = read_manifest(artifact)
     engines = {c: RecordingEngine(WeightSource(artifact, manifest, c)) for c in (TEXT_ENCODER, UNET)}
-    return engines, LoraWeights(recording_model(artifact, engines), model_dir=demo_model)
+    return engines, NetworkWeights(recording_model(artifact, engines), model_dir=demo_model)
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +181,12 @@ def test_refit_needs_refittable_engines_and_the_source_model(artifact, demo_mode
     engines = {c: RecordingEngine(WeightSource(artifact, manifest, c)) for c in (TEXT_ENCODER, UNET)}
     engines[UNET].refittable = False
     with pytest.raises(ValueError, match="the unet engine cannot be refit; build the engines with --refit"):
-        LoraWeights(recording_model(artifact, engines), model_dir=demo_model).check()
+        NetworkWeights(recording_model(artifact, engines), model_dir=demo_model).check()
     engines[UNET].refittable = True
     with pytest.raises(ValueError, match="was not exported from"):
-        LoraWeights(recording_model(artifact, engines), model_dir=sd2_model).check()
+        NetworkWeights(recording_model(artifact, engines), model_dir=sd2_model).check()
     with pytest.raises(ValueError, match=r"need model_dir \(--model-dir\)"):
-        LoraWeights(recording_model(artifact, engines)).switch([(loras[0], 1.0)])
+        NetworkWeights(recording_model(artifact, engines)).switch([(loras[0], 1.0)])
 
 
 def test_lora_reaching_an_unmapped_weight_is_refused_and_the_base_restored(recording, loras, artifact):
