@@ -19,8 +19,8 @@ from PIL.PngImagePlugin import PngInfo
 from sdrt import Pipeline
 from sdrt.conditioning.embedding_images import lcg_nibbles
 from sdrt.conditioning.embeddings import EmbeddingLibrary
-from tests.conftest import RANGES
 from tests.conditioning.test_embeddings import write_sd_embeddings
+from tests.conftest import RANGES
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH
 
 SIZE_STEPS = {"height": HEIGHT, "width": WIDTH, "num_inference_steps": STEPS}
