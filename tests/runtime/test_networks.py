@@ -247,3 +247,109 @@ def test_infotext_names_the_networks_with_the_web_uis_short_hashes(pipe, network
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest()[:10] for p in (a, b)]
     assert f'Hypernet: "a, b", Hypernet hash: "{hashes[0]}, {hashes[1]}", Hypernet strength: "0.7, 1"' in text
     assert "TI hashes" not in text and "Lora hashes" not in pipe.generate("a cat", **SIZE_STEPS, seed=5).parameters[0]
+
+
+# --- the SDXL refiner ------------------------------------------------------------------------------------------
+
+REFINER_STEPS = 10
+
+
+def _kohya(layers: dict[str, tuple[torch.nn.Module, str]], g: torch.Generator, rank: int = 4, scale: float = 0.6):
+    """A kohya LoRA's tensors for these (module, path) layers, and each layer's ΔW = up @ down * alpha / rank."""
+    tensors, reference = {}, {}
+    for name, (module, path) in layers.items():
+        out_f, in_f = module.get_submodule(path).weight.shape
+        down, up = torch.randn(rank, in_f, generator=g) * scale, torch.randn(out_f, rank, generator=g) * scale
+        tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(2.0)}
+        reference[name] = (path, up @ down * 2.0 / rank)
+    return tensors, reference
+
+
+def test_sdxl_refiner_takes_the_networks_that_fit_it(sdxl_model, sdxl_refiner_model, tmp_path):
+    """An SDXL LoRA's text_encoder_2 layers run in the refiner too (its UNet layers do not fit there); a LoRA made
+    for the refiner's UNet and a hypernetwork of the refiner's widths run in its pass alone; each part as diffusers'
+    base and refiner with those deltas (and the web UI's hypernetwork formula) in their weights."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    from sdrt.schedulers import make_scheduler
+
+    base_dir, refiner_dir = ModelDir.open(sdxl_model), ModelDir.open(refiner_model := sdxl_refiner_model)
+    te1, te2, unet = (base_dir.load_part(p) for p in ("text_encoder", "text_encoder_2", "unet"))
+    refiner_unet = refiner_dir.load_part("unet")
+    attention = [f"encoder.layers.0.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    g = torch.Generator().manual_seed(8)
+    xl_layers = {
+        **{f"lora_te1_text_model_{p.replace('.', '_')}": (te1, p) for p in attention},
+        **{f"lora_te2_text_model_{p.replace('.', '_')}": (te2, f"text_model.{p}") for p in attention},
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (
+            unet, "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+        ),
+    }  # fmt: skip
+    own_layers = {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_v": (
+            refiner_unet, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v",
+        ),
+    }  # fmt: skip
+    loras, hypers = tmp_path / "loras", tmp_path / "hypernetworks"
+    loras.mkdir()
+    hypers.mkdir()
+    xl_tensors, xl_ref = _kohya(xl_layers, g)
+    own_tensors, own_ref = _kohya(own_layers, g, scale=1.2)
+    save_file(xl_tensors, str(loras / "xl.safetensors"))
+    save_file(own_tensors, str(loras / "own.safetensors"))
+    h32 = write_hypernetwork(hypers / "h32.pt", [32], seed=9, scale=2.0)  # the refiner's widths, not the base's
+    pipe = Pipeline.load(
+        sdxl_model, backend="torch", ranges=RANGES, refiner=refiner_model, lora_dir=loras, hypernetwork_dir=hypers
+    )
+    prompt = "a lighthouse <lora:xl:0.8> <lora:own:0.9> <hypernet:h32:0.7>"
+    size = {"height": HEIGHT, "width": WIDTH}
+    plain = pipe.generate("a lighthouse", **size, num_inference_steps=REFINER_STEPS, seed=60, refiner_switch_at=0.3)
+
+    base = StableDiffusionXLPipeline.from_pretrained(sdxl_model, local_files_only=True)
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(refiner_model, local_files_only=True)
+    for p in (base, refiner):
+        p.set_progress_bar_config(disable=True)
+        p.scheduler = make_scheduler(None, p.scheduler.config)
+    with torch.no_grad():
+        for name, (path, delta) in xl_ref.items():
+            part = {"lora_te1": base.text_encoder, "lora_te2": base.text_encoder_2}.get(name[:8], base.unet)
+            part.get_submodule(path).weight += 0.8 * delta
+            if name.startswith("lora_te2"):  # the refiner's text encoder is the base's second
+                refiner.text_encoder_2.get_submodule(path).weight += 0.8 * delta
+        for path, delta in own_ref.values():
+            refiner.unet.get_submodule(path).weight += 0.9 * delta
+    decoded = []  # the latents the refiner's pass leaves: its networks' share is too small to show in the pixels
+    runner_decode = pipe.runner.decode
+    pipe.runner.decode = lambda model, latents, clock: decoded.append(latents) or runner_decode(model, latents, clock)
+    try:
+        ours = pipe.generate(prompt, **size, num_inference_steps=REFINER_STEPS, seed=60, refiner_switch_at=0.3)
+    finally:
+        pipe.runner.decode = runner_decode
+
+    generators = [torch.Generator("cpu").manual_seed(60)]
+    common = {"prompt": "a lighthouse   ", "num_inference_steps": REFINER_STEPS, "guidance_scale": 5.0}
+    latents = base(**common, **size, denoising_end=0.3, output_type="latent", generator=generators).images
+    state = [g.get_state() for g in generators]
+
+    def refine(output_type: str = "latent"):
+        for g, s in zip(generators, state, strict=True):
+            g.set_state(s)
+        out = refiner(**common, image=latents, denoising_start=0.3, generator=generators, output_type=output_type)
+        return out.images
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    refiner.unet.set_attn_processor(WebUIHypernetworkAttention([(load_data(h32), 0.7)]))
+    assert_images_close(ours.images, refine("pil"))
+    theirs = refine()
+    assert np.abs(_pixels(ours) - _pixels(plain)).max() > 10
+    assert (decoded[0] - theirs).abs().max() < 1e-4  # float rounding (3e-6 measured)
+    # each of the refiner's own networks has its share in the pass: without it, the refiner leaves other latents
+    refiner.unet.set_attn_processor(AttnProcessor2_0())
+    assert (refine() - theirs).abs().max() > 2e-2  # 0.22 measured
+    refiner.unet.set_attn_processor(WebUIHypernetworkAttention([(load_data(h32), 0.7)]))
+    with torch.no_grad():
+        for path, delta in own_ref.values():
+            refiner.unet.get_submodule(path).weight -= 0.9 * delta
+    assert (refine() - theirs).abs().max() > 2e-2  # 0.19 measured
