@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from sdrt.components import latent_factor
 from sdrt.conditioning.embedders import Conditioner, ConditioningContext
 from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
@@ -55,6 +54,7 @@ class Model:
         self.path = path  # where it was loaded from
         self.backend = backend
         self.token_tables = dict(token_tables)  # text-encoder network -> (vocab, D) token table
+        self.options: dict[str, Any] = {}  # backend options it was loaded with
         self.use_embeddings(embeddings or EmbeddingLibrary())
 
     def use_embeddings(self, embeddings: EmbeddingLibrary) -> None:
@@ -95,7 +95,7 @@ class Model:
             manifest = read_manifest(root)
         elif (root / "model_index.json").is_file():
             model = ModelDir.open(root)
-            factor = latent_factor(model.configs["vae"])
+            factor = model.latent_factor
             manifest = Manifest.for_model(
                 model, ranges or ShapeRanges(max_batch=8, min_size=64, max_size=4096, latent_factor=factor)
             )
@@ -106,6 +106,11 @@ class Model:
                 "(no model_index.json)"
             )
         family = manifest.model_family
+        if not family.network_names or family.modes == ():
+            raise ValueError(
+                f"{root} is a {family.description}, which steers a base model: load the base model and name it in "
+                "control=[...]"
+            )
         tokenizers = {
             pair.tokenizer: (load_tokenizer(root / pair.tokenizer), tokenizer_key(root / pair.tokenizer))
             for pair in family.text_encoders
@@ -113,10 +118,12 @@ class Model:
         scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
         engines = load_engines(root, manifest, backend, device, modules=modules, **options)
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
-        return cls(
+        model = cls(
             manifest, engines, tokenizers, scheduler_config, tables, name=root.resolve().name, path=root,
             backend=backend, embeddings=embeddings,
         )  # fmt: skip
+        model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)
+        return model
 
     @property
     def denoiser(self) -> Engine:

@@ -22,7 +22,7 @@ NetworkFields = Callable[[GenerationRequest], Fields]  # a request's extra netwo
 _UNSAFE = str.maketrans("", "", ":,")  # the web UI drops these from the names in its hash lists
 
 # what adds up when a request's timings span several passes (the total is the passes' totals added, too)
-_ADDED = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls")
+_ADDED = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls", "controlnet")
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,13 @@ def batch_timings(clock: StageClock, started: float, steps: int) -> Timings:
     return Timings(
         text_encoder=s.get("text_encoder", 0.0),
         unet=s.get("unet", 0.0),
-        scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0),
+        scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0) - s.get("controlnet", 0.0),
         vae_decode=s.get("vae_decode", 0.0),
         total=time.perf_counter() - started,
         steps=steps,
         unet_calls=clock.calls.get("unet", 0),
         vae_encode=s.get("vae_encode", 0.0),
+        controlnet=s.get("controlnet", 0.0),
     )
 
 
@@ -97,6 +98,8 @@ def infotexts(
     if request.refiner_switch_at is not None:  # the web UI's "Refiner: name [hash]"
         refiner = f"{last.name} [{last.manifest.source_sha256[:10]}]"
     label = sampler_label(request.scheduler, base.scheduler_config)
+    # the web UI ControlNet extension's entries: "ControlNet 0: "Module: canny, Model: name [hash], ...""
+    extra = (*extra, *((f"ControlNet {i}", unit.infotext()) for i, unit in enumerate(request.control)))
     prompts = request.per_image(request.prompts)
     negatives = request.per_image(request.negative_prompts)
     scales = request.per_image(request.guidance_scales)

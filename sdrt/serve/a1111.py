@@ -32,8 +32,9 @@ from sdrt.runtime.request import GenerationRequest
 from sdrt.schedulers import SAMPLERS, canonical_sampler
 from sdrt.serve import a1111_settings
 from sdrt.serve.a1111_settings import model_names, title
-from sdrt.serve.codec import decode_image, encode_all
+from sdrt.serve.codec import decode_image, encode_all, png_base64
 from sdrt.serve.config import ServeConfig
+from sdrt.serve.controlnet_api import script_units
 from sdrt.serve.errors import InputError, from_runtime
 from sdrt.serve.fields import Float, Int
 from sdrt.serve.generation import build_request
@@ -201,7 +202,6 @@ def _check_supported(body: _Common) -> None:
         ("s_tmax", body.s_tmax in (None, 0) or body.s_tmax == math.inf, "sampler churn is not implemented"),
         ("firstpass_image", body.firstpass_image is None, "a given first-pass image is not implemented"),
         ("script_name", not body.script_name, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
-        ("alwayson_scripts", not body.alwayson_scripts, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
         ("infotext", not body.infotext, "settings are not read from infotext; send them as fields"),
     ]
     if isinstance(body, Txt2ImgBody):
@@ -427,9 +427,12 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         )
     seed = _seed(body)
     hires = _hires(body, pipe, sampler) if isinstance(body, Txt2ImgBody) else None
+    detected_maps: list[bool] = []  # per ControlNet unit: its map goes back after the images
 
     def build(pipe: Pipeline) -> list[tuple[GenerationRequest, Hashable]]:
         images: list[Image.Image | None] = [decode_image(b64, "init_images") for b64 in init_images] or [None]
+        # the ControlNet extension's units: a unit without an image takes the input image, as the extension does
+        units, detected_maps[:] = script_units(body.alwayson_scripts, images[0], state.config.max_control_units)
         mask = None
         if img2img and body.mask is not None:
             raw = decode_image(body.mask, "mask", mode=None)
@@ -447,6 +450,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
             strength=strength,
             refiner_switch_at=refiner_switch_at,
             hires=hires,
+            control=units,
         )
         if len(images) == 1:  # one image (or none) for every batch item: one request, seeds seed + i
             image = images[0]
@@ -478,6 +482,10 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
     if body.send_images:
         for result in results:
             images += await run_in_threadpool(encode_all, result)
+        units = results[0].request.control
+        for unit, send in zip(units, detected_maps, strict=True):  # the extension returns each unit's map
+            if send:
+                images.append(await run_in_threadpool(png_base64, unit.hint, f"ControlNet map: {unit.module}"))
     parameters = body.model_dump()
     if img2img and not body.include_init_images:
         parameters.update(init_images=None, mask=None)
