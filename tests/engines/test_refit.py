@@ -204,3 +204,39 @@ def test_lora_reaching_an_unmapped_weight_is_refused_and_the_base_restored(recor
         assert all(np.array_equal(v, onnx_values[k]) for k, v in engines[UNET].weights.items())  # refit to the base
     finally:
         source._map = full
+
+
+def test_lycoris_files_refit_as_their_definitions(recording, setup, artifact, tmp_path):
+    """LoHa and LoKr through the TensorRT refit path: the arrays handed to the engines are the base weights plus
+    the deltas of LyCORIS' definitions (tests/test_lycoris.py's reference), placed by the weight map."""
+    import copy
+
+    from tests.test_lycoris import LAYERS, loha, lokr, reference_delta, write
+
+    engines, weights = recording
+    modules = setup["modules"]
+    g = torch.Generator().manual_seed(4)
+    files = {}
+    for key, make in {"q": loha, "conv": lokr, "te_q": loha, "te_fc1": lokr}.items():
+        _, part, path = LAYERS[key]
+        files[key] = make(tuple(modules[part].get_submodule(f"{part}.{path}").weight.shape), g)
+    lyco = write(tmp_path / "lyco.safetensors", {LAYERS[k][0]: w for k, w in files.items()})
+    weights.switch([(lyco, 0.7, 0.4)])  # <lora:lyco:0.7:0.4>: the text encoder's weight, then the UNet's
+    try:
+        for component, scale in ((TEXT_ENCODER, 0.7), (UNET, 0.4)):
+            module = copy.deepcopy(modules[component])
+            with torch.no_grad():
+                for key, w in files.items():
+                    _, part, path = LAYERS[key]
+                    if part == component:
+                        target = module.get_submodule(f"{part}.{path}").weight
+                        target += scale * reference_delta(w, tuple(target.shape))
+            expected = engines[component].source.weight_map(None).refit_weights(dict(module.named_parameters()))
+            refit = engines[component].weights
+            assert set(refit) == set(expected)
+            for name, array in expected.items():
+                np.testing.assert_allclose(refit[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
+            base = initializers(artifact / read_manifest(artifact).files[component].path)
+            assert sum(not np.array_equal(refit[k], base[k]) for k in refit) >= 2  # both adapted layers moved
+    finally:
+        weights.switch([])
