@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         "--prediction-type",
         choices=("epsilon", "v_prediction"),
         default=None,
-        help="single file: what its UNet predicts, which SD 2.x files do not record (768 models: v_prediction)",
+        help="single file: what its UNet predicts, which SD 2.x files do not record (768 models: v_prediction); "
+        "without it a test forward pass of the UNet decides, or asks for this flag",
     )
     p.add_argument(
         "--config",
