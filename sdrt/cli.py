@@ -98,7 +98,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         "--prediction-type",
         choices=("epsilon", "v_prediction"),
         default=None,
-        help="single file: what its UNet predicts, which SD 2.x files do not record (768 models: v_prediction)",
+        help="single file: what its UNet predicts, which SD 2.x files do not record (768 models: v_prediction); "
+        "without it a test forward pass of the UNet decides, or asks for this flag",
     )
     p.add_argument(
         "--config",
@@ -118,9 +119,19 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         action="append",
         type=_lora_arg,
         default=[],
-        metavar="FILE[:WEIGHT]",
-        help="fuse this LoRA (.safetensors) into the exported weights (repeat for several; weight default 1); "
-        "the way to run LoRAs on ONNX Runtime, whose engines have their weights baked in",
+        metavar="FILE[:WEIGHT[:UNET_WEIGHT]]",
+        help="fuse this LoRA or LyCORIS file (.safetensors) into the exported weights (repeat for several; weight "
+        "default 1; a second weight is the UNet's, the first the text encoders'); the way to run LoRAs on ONNX "
+        "Runtime, whose engines have their weights baked in",
+    )
+    p.add_argument(
+        "--hypernetwork",
+        action="append",
+        type=_hypernetwork_arg,
+        default=[],
+        metavar="FILE[:MULTIPLIER]",
+        help="trace this web UI hypernetwork (.pt) into the exported UNet (repeat to chain several, in order; "
+        "multiplier default 1); the way to run hypernetworks on the engine backends",
     )
     p.add_argument(
         "--vae",
@@ -417,12 +428,30 @@ def _cli_type(param: Param):
     return {"int": int, "float": float, "floats": float, "image": Path}.get(param.type, str)
 
 
-def _lora_arg(value: str) -> tuple[Path, float]:
-    """argparse type: FILE or FILE:WEIGHT."""
-    path, _, weight = value.rpartition(":")
+def _lora_arg(value: str) -> tuple[Path, float, float]:
+    """argparse type: FILE, FILE:WEIGHT or FILE:TE_WEIGHT:UNET_WEIGHT."""
+    weights: list[float] = []
+    path = value
+    while len(weights) < 2:
+        head, _, tail = path.rpartition(":")
+        try:
+            number = float(tail)
+        except ValueError:
+            break
+        if not head:
+            break
+        weights.insert(0, number)
+        path = head
+    te = weights[0] if weights else 1.0
+    return Path(path), te, weights[1] if len(weights) > 1 else te
+
+
+def _hypernetwork_arg(value: str) -> tuple[Path, float]:
+    """argparse type: FILE or FILE:MULTIPLIER."""
+    path, _, multiplier = value.rpartition(":")
     if path:
         try:
-            return Path(path), float(weight)
+            return Path(path), float(multiplier)
         except ValueError:
             pass
     return Path(value), 1.0
@@ -441,8 +470,8 @@ def _extra_network_args(p: argparse.ArgumentParser, refit_flag: str = "--model-d
         "--lora-dir",
         type=Path,
         default=None,
-        help="LoRA files (.safetensors) prompts name as <lora:name:weight>, fused per request (torch backend, or "
-        f"tensorrt engines built with --refit and {refit_flag})",
+        help="LoRA and LyCORIS files (.safetensors) prompts name as <lora:name:weight> or <lora:name:te:unet>, fused "
+        f"per request (torch backend, or tensorrt engines built with --refit and {refit_flag})",
     )
     p.add_argument(
         refit_flag,
@@ -455,7 +484,14 @@ def _extra_network_args(p: argparse.ArgumentParser, refit_flag: str = "--model-d
         "--embeddings-dir",
         type=Path,
         default=None,
-        help="textual-inversion embeddings (.pt, .safetensors, .bin), used where a prompt names a file's stem",
+        help="textual-inversion embeddings (.pt, .safetensors, .bin, the web UI's .png/.webp), used where a prompt "
+        "names one",
+    )
+    p.add_argument(
+        "--hypernetwork-dir",
+        type=Path,
+        default=None,
+        help="web UI hypernetworks (.pt) prompts name as <hypernet:name:multiplier>, run per request (torch backend)",
     )
     p.add_argument(
         "--controlnet-dir",
@@ -474,7 +510,7 @@ def _extra_network_args(p: argparse.ArgumentParser, refit_flag: str = "--model-d
 
 def _load_options(args: argparse.Namespace) -> dict:
     """Pipeline.load's extra-network directories, as given."""
-    names = ("embeddings_dir", "lora_dir", "model_dir", "controlnet_dir", "annotator_dir")
+    names = ("embeddings_dir", "lora_dir", "model_dir", "hypernetwork_dir", "controlnet_dir", "annotator_dir")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -569,7 +605,7 @@ def _export(args: argparse.Namespace) -> int:
     )
     source = SourceOptions(
         prediction_type=args.prediction_type, config_dir=args.config, allow_pickle=args.allow_pickle, vae=args.vae,
-        loras=tuple(args.lora),
+        loras=tuple(args.lora), hypernetworks=tuple(args.hypernetwork),
     )  # fmt: skip
     manifest = export_model(
         args.model_dir, args.output, config, overwrite=args.overwrite, progress=not args.quiet, source=source

@@ -49,10 +49,12 @@ class Manifest:
     extras: Mapping[str, Any] = field(default_factory=dict)  # the family's own facts, validated by the family
     files: Mapping[str, OnnxFile] = field(default_factory=dict)  # component name -> ONNX file (empty for a model dir)
     token_tables: Mapping[str, DataFile] = field(default_factory=dict)  # text encoder -> its token table file
-    # where the weights came from beyond the model itself: the swapped VAE ({"name", "sha256"}) and the
-    # LoRAs fused at export ([{"name", "sha256", "weight"}])
+    # where the weights came from beyond the model itself: the swapped VAE ({"name", "sha256"}), the LoRAs fused
+    # at export ([{"name", "sha256", "weight"}, plus "unet_weight" where it differs]) and the hypernetworks traced
+    # into the UNet ([{"name", "sha256", "multiplier"}], in order)
     vae: Mapping[str, str] | None = None
     loras: tuple[Mapping[str, Any], ...] = ()
+    hypernetworks: tuple[Mapping[str, Any], ...] = ()
     versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
     format_version: int = FORMAT_VERSION  # bumped on any incompatible change
 
@@ -104,7 +106,13 @@ class Manifest:
             extras=family.manifest_extras(model.index, model.configs),
             vae=model.vae,
             loras=tuple(
-                {"name": path.name, "sha256": file_sha256(path), "weight": weight} for path, weight in model.loras
+                {"name": use.path.name, "sha256": file_sha256(use.path), "weight": use.te}
+                | ({"unet_weight": use.unet} if use.unet != use.te else {})
+                for use in model.loras
+            ),
+            hypernetworks=tuple(
+                {"name": path.name, "sha256": file_sha256(path), "multiplier": multiplier}
+                for path, multiplier in model.hypernetworks
             ),
         )
 
@@ -125,6 +133,7 @@ class Manifest:
             "extras": dict(self.extras),
             "vae": dict(self.vae) if self.vae is not None else None,
             "loras": [dict(lora) for lora in self.loras],
+            **({"hypernetworks": [dict(h) for h in self.hypernetworks]} if self.hypernetworks else {}),
             "components": {
                 name: {
                     **spec.to_json(),
@@ -164,6 +173,7 @@ class Manifest:
                 token_tables=tables,
                 vae=dict(data["vae"]) if data.get("vae") is not None else None,
                 loras=tuple(dict(lora) for lora in data.get("loras", ())),
+                hypernetworks=tuple(dict(h) for h in data.get("hypernetworks", ())),
                 versions=dict(data.get("versions", {})),
                 format_version=version,
             )

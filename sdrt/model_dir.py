@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ class ModelDir:
     source_sha256: str | None = None
     swapped: Mapping[str, Path] = field(default_factory=dict)  # part -> the directory holding it instead (a VAE)
     vae: Mapping[str, str] | None = None  # the swapped VAE's name and sha256, for the manifest and infotexts
-    loras: tuple[tuple[Path, float], ...] = ()  # LoRAs fused into the parts they adapt as each part is loaded
+    loras: tuple[Any, ...] = ()  # LoRAs (sdrt.lora.LoraUse) fused into the parts they adapt as each part loads
+    # hypernetworks (file, multiplier) traced into the UNet's attention layers, in order, when it is exported
+    hypernetworks: tuple[tuple[Path, float], ...] = ()
     root_part: str | None = None  # a part that is the directory itself (a diffusers ControlNet directory's one part)
 
     def with_part(
@@ -46,18 +48,30 @@ class ModelDir:
             self, swapped={**self.swapped, name: directory}, configs={**self.configs, name: dict(config)}, vae=described
         )
 
-    def with_loras(self, loras: tuple[tuple[Path, float], ...]) -> ModelDir:
-        """This model with LoRAs fused into its text encoders and UNet when they load; each file is checked now."""
-        from sdrt.lora import prepare_lora
+    def with_loras(self, loras: Sequence[tuple]) -> ModelDir:
+        """This model with LoRAs ((file, weight) or (file, te weight, unet weight)) fused into its text encoders
+        and UNet when they load; each file is checked now."""
+        from sdrt.lora import as_lora_set, prepare_lora
 
         if not self.family.lora_loader:
             raise ValueError(f"LoRAs are not supported for {self.family.description}s")
-        for path, _ in loras:
-            lora = prepare_lora(path, self.family.lora_loader, self.configs.get("unet"))
+        uses = as_lora_set(loras)
+        for use in uses:
+            lora = prepare_lora(use.path, self.family.lora_loader, self.configs.get("unet"))
             unknown = sorted(set(lora.layers) - set(self.family.lora_parts))
             if unknown:
-                raise ValueError(f"LoRA file {path} adapts {', '.join(unknown)}, which this model does not have")
-        return replace(self, loras=tuple(loras))
+                raise ValueError(f"LoRA file {use.path} adapts {', '.join(unknown)}, which this model does not have")
+        return replace(self, loras=tuple(uses))
+
+    def with_hypernetworks(self, chain: Sequence[tuple[Path, float]]) -> ModelDir:
+        """This model with a hypernetwork chain traced into its UNet's attention layers; each file is checked now."""
+        from sdrt.hypernetworks import read_hypernetwork
+
+        if self.family.denoiser not in self.family.lora_parts:
+            raise ValueError(f"hypernetworks are not supported for {self.family.description}s")
+        for path, _ in chain:
+            log.info("hypernetwork %s: modules for context widths %s", path, read_hypernetwork(path).widths)
+        return replace(self, hypernetworks=tuple((Path(p), float(m)) for p, m in chain))
 
     def part_dir(self, name: str) -> Path:
         """The directory part `name` is read from."""
@@ -156,10 +170,19 @@ class ModelDir:
             from sdrt.lora import fuse_into_part, prepare_lora
 
             loader_name, unet = self.family.lora_loader, self.configs.get("unet")
-            files = [(prepare_lora(path, loader_name, unet), weight) for path, weight in self.loras]
+            files = [(prepare_lora(use.path, loader_name, unet), use.weight(name)) for use in self.loras]
+            files = [(lora, weight) for lora, weight in files if lora.layers.get(name)]
             with torch.no_grad():
                 fused = fuse_into_part(name, module, files, loader_name)
             log.info("fused %d LoRA layers into %s", fused, name)
+        if self.hypernetworks and name == self.family.denoiser:
+            from sdrt.hypernetworks import HypernetworkHooks, check_fits, context_widths, read_hypernetwork
+
+            chain = [(read_hypernetwork(path), multiplier) for path, multiplier in self.hypernetworks]
+            for hypernetwork, _ in chain:
+                check_fits(hypernetwork, context_widths(module))
+            HypernetworkHooks(module, chain)  # for good: the exported graph traces them in
+            log.info("hypernetworks %s in the %s", ", ".join(h.name for h, _ in chain), name)
         return module.eval()
 
     def load_modules(self) -> dict[str, nn.Module]:

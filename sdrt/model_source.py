@@ -34,7 +34,8 @@ class SourceOptions:
     config_dir: Path | None = None  # a diffusers directory whose configs (and tokenizers) a single file takes
     allow_pickle: bool = False  # read pickled .ckpt/.pt files, with torch's weights-only loader
     vae: Path | None = None  # a VAE to export instead of the model's: diffusers directory or single file
-    loras: tuple[tuple[Path, float], ...] = ()  # LoRA files fused into the exported weights, with their weights
+    loras: tuple[tuple, ...] = ()  # LoRA files fused into the exported weights: (file, weight[, unet weight])
+    hypernetworks: tuple[tuple[Path, float], ...] = ()  # hypernetworks traced into the exported UNet, in order
 
     def __post_init__(self) -> None:
         from sdrt.single_file.checkpoint import PREDICTION_TYPES
@@ -67,7 +68,9 @@ def open_model(
         if options.vae is not None:
             model = swap_vae(model, Path(options.vae), Path(scratch) / "vae", options.allow_pickle)
         if options.loras:
-            model = model.with_loras(tuple((Path(p), float(w)) for p, w in options.loras))
+            model = model.with_loras(options.loras)
+        if options.hypernetworks:
+            model = model.with_hypernetworks(tuple((Path(p), float(m)) for p, m in options.hypernetworks))
         yield model
 
 

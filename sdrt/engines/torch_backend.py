@@ -125,6 +125,8 @@ class TorchEngine(CheckedEngine):
         if compile_mode is not None:
             self._forward = torch.compile(self.module, mode=compile_mode, dynamic=False)
         self._compute: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] = self._run_module
+        # runs the module's forward as Python each call, so hooks added later (hypernetworks) take effect
+        self.eager = compile_mode is None and not cuda_graphs
         if cuda_graphs:
             self._compute = CudaGraphRunner(self._run_module, self.device, max_graphs=max_cuda_graphs, owner=spec.name)
 

@@ -217,6 +217,7 @@ SDXL_REFINER = register(
         default_guidance=5.0,
         default_strength=0.3,
         latent_rgb=SDXL_LATENT_RGB,
+        lora_loader="StableDiffusionXLLoraLoaderMixin",  # an SDXL LoRA's text_encoder_2 layers fit the refiner's
         extras_defaults={"force_zeros_for_empty_prompt": True, "requires_aesthetics_score": True},
         params=AESTHETIC_PARAMS,
         refiner=True,

@@ -56,22 +56,27 @@ class Model:
         self.path = path  # where it was loaded from
         self.backend = backend
         self.token_tables = dict(token_tables)  # text-encoder network -> (vocab, D) token table
-        self.embeddings = embeddings or EmbeddingLibrary()
         self.options: dict[str, Any] = {}  # backend options it was loaded with
         self.engines_seconds = 0.0  # wall time its engines took to load: verified, built where missing, opened
+        self._deep_cache: dict[int, tuple[Engine, Engine]] = {}  # branch -> DeepCache's full and shallow engines
+        self.use_embeddings(embeddings or EmbeddingLibrary())
+
+    def use_embeddings(self, embeddings: EmbeddingLibrary) -> None:
+        """Make prompts read these textual-inversion embeddings (new encoders and conditioner, swapped in at once:
+        a pass already running keeps the ones it started with)."""
         widths = {
             p.network: int(self.engines[p.network].spec.attributes["hidden_size"]) for p in self.family.text_encoders
         }
-        self.encoders = {}
+        encoders = {}
         for pair in self.family.text_encoders:
             tokenizer, key = self.tokenizers[pair.tokenizer]
             table = self.token_tables[pair.network]
-            vocabulary = self.embeddings.vocabulary(tokenizer, pair.network, widths, table.shape[0])
-            self.encoders[pair.network] = PromptEncoder(tokenizer, key, self.engines, pair.network, table, vocabulary)
-        support = {} if path is None else {p.name: Path(path) / p.name for p in self.family.support_parts}
-        context = ConditioningContext(self.encoders, self.engines, self.manifest.extras, support)
-        self.conditioner = Conditioner(self.family.embedders(context))
-        self._deep_cache: dict[int, tuple[Engine, Engine]] = {}  # branch -> DeepCache's full and shallow engines
+            vocabulary = embeddings.vocabulary(tokenizer, pair.network, widths, table.shape[0])
+            encoders[pair.network] = PromptEncoder(tokenizer, key, self.engines, pair.network, table, vocabulary)
+        support = {} if self.path is None else {p.name: Path(self.path) / p.name for p in self.family.support_parts}
+        context = ConditioningContext(encoders, self.engines, self.manifest.extras, support)
+        conditioner = Conditioner(self.family.embedders(context))
+        self.embeddings, self.encoders, self.conditioner = embeddings, encoders, conditioner
 
     @classmethod
     def load(

@@ -31,7 +31,7 @@ from sdrt.runtime.deep_cache import DeepCache
 from sdrt.runtime.hires import Hires
 from sdrt.runtime.image_inputs import open_image, size_from_image
 from sdrt.runtime.latents import random_seed
-from sdrt.runtime.loras import LoraLibrary
+from sdrt.runtime.loras import HypernetworkLibrary, LoraLibrary
 from sdrt.runtime.model import Model
 from sdrt.runtime.params import all_params, pipeline_params
 from sdrt.runtime.plan import REFINER, make_plan
@@ -63,6 +63,8 @@ class Pipeline:
         max_images: int = DEFAULT_MAX_IMAGES,
         loras: LoraLibrary | None = None,
         model_dir: str | os.PathLike | None = None,
+        hypernetworks: HypernetworkLibrary | None = None,
+        refiner_model_dir: str | os.PathLike | None = None,
         controlnet_dir: str | os.PathLike | None = None,
         annotator_dir: str | os.PathLike | None = None,
     ) -> None:
@@ -78,7 +80,7 @@ class Pipeline:
         models = {"base": model, **({REFINER: refiner} if refiner is not None else {})}
         self.annotator_dir = annotator_dir  # annotator models' weights (depth, openpose, ...) for ControlNet modules
         controlnets = ControlNetLibrary(model, controlnet_dir, model.options)
-        self.runner = Runner(models, loras, model_dir, controlnets)
+        self.runner = Runner(models, loras, model_dir, hypernetworks, refiner_model_dir, controlnets)
         self.workflow = Workflow(self.runner, self._prepared)
         self.params: ParamSet = pipeline_params([m.family for m in models.values()])
 
@@ -93,6 +95,8 @@ class Pipeline:
         embeddings_dir: str | os.PathLike | None = None,
         lora_dir: str | os.PathLike | None = None,
         model_dir: str | os.PathLike | None = None,
+        hypernetwork_dir: str | os.PathLike | None = None,
+        refiner_model_dir: str | os.PathLike | None = None,
         controlnet_dir: str | os.PathLike | None = None,
         annotator_dir: str | os.PathLike | None = None,
         **options: Any,
@@ -102,12 +106,14 @@ class Pipeline:
         `refiner` is a refiner artifact (or model directory) loaded the same way. `ranges` sets the shapes
         a model directory accepts (an artifact's come from its manifest). `embeddings_dir` holds
         textual-inversion embeddings, used where a prompt names one (nothing is re-exported or rebuilt);
-        `lora_dir` LoRA files a prompt names as `<lora:name:weight>`, fused for that request only (torch
-        backend, or tensorrt engines built with --refit, which also need `model_dir`: the model the artifact
-        was exported from). `controlnet_dir` holds ControlNet artifacts requests may name (`control=[Control(NAME,
-        ...)]`), loaded on first use with this backend and its options; `annotator_dir` the annotator models'
-        weights ControlNet modules such as depth need (never downloaded). Backend options (e.g.
-        `optimization="all"` for onnxruntime) pass through to the backend.
+        `lora_dir` LoRA and LyCORIS files a prompt names as `<lora:name:weight>` (or `<lora:name:te:unet>`),
+        fused for that request only (torch backend, or tensorrt engines built with --refit, which also need
+        `model_dir`: the model the artifact was exported from; `refiner_model_dir` the refiner's);
+        `hypernetwork_dir` hypernetwork files a prompt names as `<hypernet:name:multiplier>`, run for that
+        request only (torch backend). `controlnet_dir` holds ControlNet artifacts requests may name
+        (`control=[Control(NAME, ...)]`), loaded on first use with this backend and its options; `annotator_dir`
+        the annotator models' weights ControlNet modules such as depth need (never downloaded). Backend options
+        (e.g. `optimization="all"` for onnxruntime) pass through to the backend.
         """
         embeddings = None if embeddings_dir is None else EmbeddingLibrary.load(embeddings_dir)
         model = Model.load(path, backend, device, ranges, embeddings=embeddings, **options)
@@ -115,9 +121,10 @@ class Pipeline:
         if refiner is not None:
             refiner_model = Model.load(refiner, backend, device, ranges, embeddings=embeddings, **options)
         loras = None if lora_dir is None else LoraLibrary.load(lora_dir)
+        hypernetworks = None if hypernetwork_dir is None else HypernetworkLibrary.load(hypernetwork_dir)
         return cls(
-            model, refiner_model, loras=loras, model_dir=model_dir, controlnet_dir=controlnet_dir,
-            annotator_dir=annotator_dir,
+            model, refiner_model, loras=loras, model_dir=model_dir, hypernetworks=hypernetworks,
+            refiner_model_dir=refiner_model_dir, controlnet_dir=controlnet_dir, annotator_dir=annotator_dir,
         )  # fmt: skip
 
     # the base model's parts, under the names callers use
@@ -163,6 +170,26 @@ class Pipeline:
         return self.runner.loras
 
     @property
+    def hypernetworks(self) -> HypernetworkLibrary:
+        return self.runner.hypernetworks
+
+    def refresh_loras(self) -> LoraLibrary:
+        """Read the LoRA directory again: new files can be named from the next request on."""
+        self.runner.loras = self.runner.loras.reloaded()
+        return self.runner.loras
+
+    def refresh_hypernetworks(self) -> HypernetworkLibrary:
+        """Read the hypernetwork directory again: new files can be named from the next request on."""
+        self.runner.hypernetworks = self.runner.hypernetworks.reloaded()
+        return self.runner.hypernetworks
+
+    def refresh_embeddings(self) -> None:
+        """Read the embeddings directory again, for every model: new files are matched from the next request on."""
+        library = self.model.embeddings.reloaded()
+        for model in self.models:
+            model.use_embeddings(library)
+
+    @property
     def controlnets(self) -> ControlNetLibrary:
         return self.runner.controlnets
 
@@ -184,10 +211,11 @@ class Pipeline:
         """
         from sdrt.lora import as_lora_set
 
+        weights = self.runner.weights["base"]
         if model_dir is not None:
-            self.runner.weights.model_dir = model_dir
+            weights.model_dir = model_dir
         fixed = as_lora_set(lora, scale)
-        self.runner.weights.switch(fixed)
+        weights.switch(fixed)
         self.runner.fixed_loras = fixed
 
     def generate(
@@ -415,9 +443,12 @@ class Pipeline:
                 model.deep_cache_engines(request.deep_cache.branch)  # made once; ValueError for a branch it lacks
             except ValueError as exc:
                 raise ValueError(f"deep_cache: {exc}") from None
-        if request.loras and request.stage == "base":
+        if request.loras:
             self.runner.request_loras(request.loras)  # every name resolves to a file
-            self.runner.weights.check()  # the backend can switch LoRAs (ONNX Runtime cannot)
+            self.runner.weights[request.plan.stage].check()  # the backend can switch LoRAs (ONNX Runtime cannot)
+        if request.hypernetworks:
+            self.runner.request_hypernetworks(request.hypernetworks)
+            self.runner.weights[request.plan.stage].unet_module()  # the backend runs hypernetworks (torch only)
         if model.manifest.inpainting and request.mode != "inpaint":
             raise ValueError(
                 "this model's UNet is an inpainting UNet (latents + mask + masked image): give image and mask_image"

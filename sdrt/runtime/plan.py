@@ -47,8 +47,9 @@ def make_plan(request: Any, models: dict[str, Any]) -> Plan:
     """The plan of a request for a pipeline's models ("base", and "refiner" when loaded); ValueError if it cannot run.
 
     The key holds what a whole batch shares: model and start, size, steps, sampler, eta, strength, the pass's
-    share of the schedule, the LoRA set, and the conditioner's share (CLIP skip, prompt chunk count). A hires
-    fix is not in it: the first pass is a plain text-to-image pass, and each second pass is a request of its own.
+    share of the schedule, the LoRA set and hypernetwork chain, and the conditioner's share (CLIP skip, prompt
+    chunk count). A hires fix is not in it: the first pass is a plain text-to-image pass, and each second pass
+    is a request of its own.
     """
     model = models.get(request.stage)
     if model is None:
@@ -95,6 +96,7 @@ def make_plan(request: Any, models: dict[str, Any]) -> Plan:
         switch,
         request.loras,  # one LoRA set per batch: it changes the weights every image runs on
         request.deep_cache,  # one DeepCache setting per batch: full and shallow steps are the batch's
+        request.hypernetworks,  # one hypernetwork chain per batch: it changes every attention layer
         model.conditioner.batch_key(request),
     )
     return Plan(request.stage, start, request.denoising_start, switch, timesteps, then, key)

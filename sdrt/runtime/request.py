@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
-from sdrt.conditioning.lora_prompts import LoraTags, request_loras
+from sdrt.conditioning.lora_prompts import HypernetTags, LoraTags, request_hypernetworks, request_loras
 from sdrt.conditioning.prompts import PromptTokens
 from sdrt.excerpt import check_text, excerpt
 from sdrt.runtime.control import Control
@@ -73,6 +73,8 @@ class GenerationRequest:
     tokens: Mapping[str, PromptTokens] = field(default_factory=dict, compare=False, repr=False)
     # the LoRAs its prompts name (<lora:name:weight>), one set for the request: read from the prompts
     loras: LoraTags = field(init=False, default=())
+    # the hypernetwork chain its prompts name (<hypernet:name:multiplier>), in order: read from the prompts
+    hypernetworks: HypernetTags = field(init=False, default=())
     # the pass that follows (hires, refiner) as checked: its input is made when this pass ends
     next_pass: GenerationRequest | None = field(default=None, compare=False, repr=False)
     plan: Any = field(default=None, compare=False, repr=False)  # the runtime's Plan, computed once when checked
@@ -93,6 +95,7 @@ class GenerationRequest:
                     "give one, or one per prompt"
                 )
         object.__setattr__(self, "loras", request_loras(self.prompts, self.negative_prompts))
+        object.__setattr__(self, "hypernetworks", request_hypernetworks(self.prompts, self.negative_prompts))
         _CORE["num_inference_steps"].check(self.steps)
         _CORE["num_images_per_prompt"].check(self.num_images_per_prompt)
         for scale in self.guidance_scales:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from PIL import Image
@@ -13,6 +14,12 @@ from sdrt.runtime.model import Model
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.timing import StageClock, Timings
 from sdrt.schedulers import sampler_label
+
+log = logging.getLogger(__name__)
+
+Fields = tuple[tuple[str, str], ...]  # "Key: value" entries of an infotext, in order
+NetworkFields = Callable[[GenerationRequest], Fields]  # a request's extra networks as infotext entries
+_UNSAFE = str.maketrans("", "", ":,")  # the web UI drops these from the names in its hash lists
 
 # what adds up when a request's timings span several passes (the total is the passes' totals added, too)
 _ADDED = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls", "controlnet")
@@ -59,19 +66,21 @@ def results(
     timings: Timings,
     base: Model,
     last: Model,
-    extra: tuple[tuple[str, str], ...] = (),
+    extra: Fields = (),
     strength: float | None = None,
+    networks: NetworkFields | None = None,
 ) -> list[GenerationResult]:
     """Each request's images (`images` in order, request by request) with its seeds and infotexts.
 
     `base` is the model the request names (its hash and name in the infotext), `last` the one whose VAE decoded
-    (the refiner's, after a hand-off); `extra` more infotext entries (the hires fix's).
+    (the refiner's, after a hand-off); `extra` more infotext entries (the hires fix's); `networks` gives a
+    request's LoRA and hypernetwork entries (`Lora hashes`, `Hypernet`, ...).
     """
     out, at = [], 0
     for r in requests:
         rows = list(images[at : at + r.num_images])
         at += r.num_images
-        texts = infotexts(r, base, last, extra, strength)
+        texts = infotexts(r, base, last, (*extra, *(networks(r) if networks is not None else ())), strength)
         out.append(GenerationResult(images=rows, seeds=r.seeds, parameters=texts, timings=timings, request=r))
     return out
 
@@ -80,10 +89,10 @@ def infotexts(
     request: GenerationRequest,
     base: Model,
     last: Model,
-    extra: tuple[tuple[str, str], ...] = (),
+    extra: Fields = (),
     strength: float | None = None,
 ) -> list[str]:
-    """The web UI's infotext of each image of a request."""
+    """The web UI's infotext of each image of a request (with `TI hashes` of the embeddings its texts use)."""
     vae = last.manifest.vae or {}  # the VAE that decoded, as the web UI names it: "VAE: file, VAE hash: ..."
     refiner = None
     if request.refiner_switch_at is not None:  # the web UI's "Refiner: name [hash]"
@@ -112,7 +121,41 @@ def infotexts(
             refiner_switch_at=request.refiner_switch_at,
             vae=vae.get("name"),
             vae_hash=vae["sha256"][:10] if "sha256" in vae else None,
-            extra=extra,
+            extra=(*extra, *ti_hashes(request, base, i // request.num_images_per_prompt)),
         ).infotext()
         for i, seed in enumerate(request.seeds)
     ]
+
+
+def ti_hashes(request: GenerationRequest, model: Model, prompt: int) -> Fields:
+    """`TI hashes: "name: hash, ..."` for the embeddings a prompt and its negative prompt use, as the web UI writes."""
+    used: dict[str, str] = {}
+    for encoder in model.encoders.values():
+        tokens = request.tokens.get(encoder.key)
+        if encoder.vocabulary is None or tokens is None:
+            continue
+        for scheduled in (tokens.prompts[prompt], tokens.negatives[prompt]):
+            ids = (i for part in scheduled.parts for chunk in part.ids for i in chunk)
+            for name in encoder.vocabulary.used(ids):
+                embedding = model.embeddings.loaded.get(name)
+                if embedding is not None and name not in used:
+                    try:
+                        used[name] = embedding.short_hash
+                    except OSError as exc:  # removed since it was read: the infotext goes without its hash
+                        log.info("no hash for embedding %s: %s", name, exc)
+    if not used:
+        return ()
+    return (("TI hashes", ", ".join(f"{name.translate(_UNSAFE)}: {h}" for name, h in used.items())),)
+
+
+def network_fields(loras: Sequence[tuple[str, str]], hypernetworks: Sequence[tuple[str, str, float]]) -> Fields:
+    """The web UI's entries for a request's LoRAs ((name, short hash)) and hypernetworks ((name, hash, multiplier))."""
+    fields: list[tuple[str, str]] = []
+    if loras:
+        fields.append(("Lora hashes", ", ".join(f"{name.translate(_UNSAFE)}: {h}" for name, h in loras)))
+    if hypernetworks:
+        fields.append(("Hypernet", ", ".join(name for name, _, _ in hypernetworks)))
+        fields.append(("Hypernet hash", ", ".join(h for _, h, _ in hypernetworks)))
+        if any(m != 1.0 for _, _, m in hypernetworks):
+            fields.append(("Hypernet strength", ", ".join(f"{m:g}" for _, _, m in hypernetworks)))
+    return tuple(fields)

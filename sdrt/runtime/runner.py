@@ -7,6 +7,7 @@ an inpainting state, given latents), the denoiser built from wrappers around the
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from PIL import Image
 
 from sdrt.conditioning.guidance import CONCAT, ClassifierFreeGuidance, Conditioning
 from sdrt.engines import call_in_chunks
+from sdrt.lora import LoraUse
 from sdrt.runtime.control_images import hint_tensor
 from sdrt.runtime.control_residuals import ControlNetEngine, ControlNetResiduals, Use, residual_weights
 from sdrt.runtime.controlnets import ControlNetLibrary
@@ -28,14 +30,17 @@ from sdrt.runtime.image_inputs import preprocess_image, preprocess_mask
 from sdrt.runtime.images import to_pil
 from sdrt.runtime.init_latents import Inpainting, latent_mask
 from sdrt.runtime.latents import generators, initial_noise, sample_vae_latents
-from sdrt.runtime.loras import LoraLibrary
+from sdrt.runtime.loras import HypernetworkLibrary, LoraLibrary
 from sdrt.runtime.model import Model
-from sdrt.runtime.plan import CONTINUE, IMAGE, LATENTS, NOISE, Plan
+from sdrt.runtime.plan import CONTINUE, IMAGE, LATENTS, NOISE, REFINER, Plan
 from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.results import network_fields
 from sdrt.runtime.sampling import AfterStep, Progress, denoise, step_kwargs
 from sdrt.runtime.timing import StageClock
-from sdrt.runtime.weights import LoraWeights
+from sdrt.runtime.weights import NetworkWeights, can_skip
 from sdrt.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,34 +62,79 @@ class PassOutput:
 
 
 class Runner:
-    """Loaded models ("base", and "refiner" when one is loaded) with the LoRAs the base holds; runs passes."""
+    """Loaded models ("base", and "refiner" when one is loaded) with the networks each holds; runs passes."""
 
     def __init__(
         self,
         models: dict[str, Model],
         loras: LoraLibrary | None = None,
         model_dir: str | os.PathLike | None = None,
+        hypernetworks: HypernetworkLibrary | None = None,
+        refiner_model_dir: str | os.PathLike | None = None,
         controlnets: ControlNetLibrary | None = None,
     ) -> None:
         self.models = models
         self.base = models["base"]
         self.device = self.base.device
         self.loras = loras or LoraLibrary()  # the LoRA files prompts may name
+        self.hypernetworks = hypernetworks or HypernetworkLibrary()  # the hypernetwork files prompts may name
         self.controlnets = controlnets or ControlNetLibrary(self.base, options=self.base.options)
-        self.weights = LoraWeights(self.base, model_dir)  # the LoRAs the base model's engines hold
-        self.fixed_loras: list[tuple[Path, float]] = []  # set_lora's, fused under every request's own
+        dirs = {"base": model_dir, REFINER: refiner_model_dir}
+        # the networks each model's engines hold
+        self.weights = {stage: NetworkWeights(model, dirs.get(stage)) for stage, model in models.items()}
+        self.fixed_loras: list[LoraUse] = []  # set_lora's, fused into the base under every request's own
 
-    def request_loras(self, tags: Sequence[tuple[str, float]]) -> list[tuple[Path, float]]:
-        """The files of a request's <lora:name:weight> tags; ValueError naming one that is not there."""
-        return [(self.loras.resolve(name), weight) for name, weight in tags]
+    def request_loras(self, tags: Sequence[tuple[str, float, float]]) -> list[LoraUse]:
+        """The files of a request's <lora:name:te:unet> tags; ValueError naming one that is not there."""
+        return [LoraUse(self.loras.resolve(name), te, unet) for name, te, unet in tags]
+
+    def request_hypernetworks(self, tags: Sequence[tuple[str, float]]) -> list[tuple[Path, float]]:
+        """The files of a request's <hypernet:name:multiplier> tags, in order; ValueError naming a missing one."""
+        return [(self.hypernetworks.resolve(name), multiplier) for name, multiplier in tags]
+
+    def network_fields(self, request: GenerationRequest) -> tuple[tuple[str, str], ...]:
+        """A request's LoRAs and hypernetworks as the web UI's infotext entries, with their files' short hashes."""
+        loras, chain = [], []
+        try:
+            for name, *_ in request.loras:
+                loras.append((name, self.loras.short_hash(self.loras.resolve(name))))
+            for name, multiplier in request.hypernetworks:
+                chain.append((name, self.hypernetworks.short_hash(self.hypernetworks.resolve(name)), multiplier))
+        except (OSError, ValueError) as exc:  # a file gone since its pass ran: the infotext goes without hashes
+            log.info("no network hashes for the infotext: %s", exc)
+            return ()
+        return network_fields(loras, chain)
+
+    def switch_networks(self, request: GenerationRequest) -> None:
+        """The networks a batch (of requests like `request`) names, in the engines of the model its pass runs on.
+
+        On the base, a network that fits nothing there is let pass when the request goes on to the refiner and the
+        refiner takes it; on the refiner, the request's networks apply where they fit and are skipped elsewhere.
+        """
+        stage = request.plan.stage
+        weights = self.weights[stage]
+        loras = [*(self.fixed_loras if stage == "base" else ()), *self.request_loras(request.loras)]
+        chain = self.request_hypernetworks(request.hypernetworks)
+        if stage == "base":
+            others = [self.weights[REFINER]] if request.plan.then == REFINER and REFINER in self.weights else []
+            lora_ok, chain_ok = can_skip(others, "lora"), can_skip(others, "hypernetwork")
+        else:
+            lora_ok = chain_ok = lambda path: True  # noqa: E731 (the base took what the refiner does not)
+        try:
+            if loras or weights.held:
+                weights.switch(loras, lora_ok)
+            if chain or weights.held_hypernetworks:
+                weights.switch_hypernetworks(chain, chain_ok)
+        except Exception:
+            weights.reset()  # a failed switch leaves the base model: no LoRA fused, no hypernetwork running
+            raise
 
     def run(self, requests: Sequence[GenerationRequest], progress: Progress) -> PassOutput:
         """One pass of `requests` (equal plan keys): one text-encoder call, one UNet call per step for all."""
         requests = list(requests)
         first, plan = requests[0], requests[0].plan
         model = self.models[plan.stage]
-        if plan.stage == "base" and (first.loras or self.weights.held):  # this batch's LoRAs in, the last one's out
-            self.weights.switch([*self.fixed_loras, *self.request_loras(first.loras)])
+        self.switch_networks(first)  # this batch's networks in, the last one's out
         started = time.perf_counter()
         seeds = [s for r in requests for s in r.seeds]
         gens = generators(seeds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from PIL import Image
@@ -54,6 +55,7 @@ class Workflow:
     def __init__(self, runner: Runner, prepare: Callable[[GenerationRequest], GenerationRequest]) -> None:
         self.runner = runner
         self.prepare = prepare  # a pass request made here -> tokenized and planned (the pipeline's)
+        self.results = partial(results, networks=runner.network_fields)  # infotexts name the networks that ran
 
     def run_all(
         self, requests: Sequence[GenerationRequest], progress: Callable[[], Progress]
@@ -112,10 +114,10 @@ class Workflow:
         base = self.runner.base
         for i, r in enumerate(out.requests):
             if then[i] is None:
-                outcomes.append(results([r], images[i], timings, base, out.model)[0])
+                outcomes.append(self.results([r], images[i], timings, base, out.model)[0])
             elif then[i] == UPSCALE:
                 extra = infotext_fields(r.hires, r.steps)
-                outcomes.append(results([r], images[i], timings, base, out.model, extra=extra, strength=0.0)[0])
+                outcomes.append(self.results([r], images[i], timings, base, out.model, extra=extra, strength=0.0)[0])
             elif then[i] == REFINER:
                 outcomes.append(self._refiner(r, out, rows[i], timings))
             else:
@@ -146,7 +148,7 @@ class Workflow:
 
         def finish(done: Sequence[GenerationResult]) -> GenerationResult:
             (result,) = done
-            return results([request], result.images, added([timings, result.timings]), base, refiner)[0]
+            return self.results([request], result.images, added([timings, result.timings]), base, refiner)[0]
 
         return Continuation([refiner_pass], finish, timings)
 
@@ -177,7 +179,7 @@ class Workflow:
             images = [r.images[0] for r in done]
             extra = infotext_fields(hires, request.steps)
             total = added([timings, *unique.values()])
-            return results([request], images, total, base, base, extra=extra, strength=hires.strength)[0]
+            return self.results([request], images, total, base, base, extra=extra, strength=hires.strength)[0]
 
         return Continuation(passes, finish, timings)
 

@@ -1,8 +1,8 @@
 """The web UI API's listings, options and PNG info: what this server really serves, in the web UI's shapes.
 
 Listings name only what runs here: the samplers, the models (and a refiner), the upscalers that need no
-weights, the prompt styles of `--styles`. Face restorers, hypernetworks, Real-ESRGAN models and scripts are
-empty lists: sdrt has none, and a request that asks for one is refused with a 422 saying so.
+weights, the prompt styles of `--styles` (extra networks: `sdrt.serve.extra_networks`). Face restorers, Real-ESRGAN
+models and scripts are empty lists: sdrt has none, and a request that asks for one is refused with a 422 saying so.
 """
 
 from __future__ import annotations
@@ -132,7 +132,6 @@ async def prompt_styles(http: Request) -> list[dict]:
     ]
 
 
-@router.get("/hypernetworks")
 @router.get("/face-restorers")
 @router.get("/realesrgan-models")
 @router.get("/script-info")

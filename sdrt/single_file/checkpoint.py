@@ -138,6 +138,28 @@ def choose_config(found: str, prediction_type: str | None) -> str:
     return choice[prediction_type]
 
 
+def found_prediction_type(checkpoint: Mapping[str, torch.Tensor], found: str) -> str:
+    """What an SD 2.x file's UNet predicts, from a test forward pass (sdrt.single_file.prediction); ValueError
+    asking for --prediction-type when the pass cannot decide."""
+    from sdrt.single_file.prediction import probe_checkpoint
+
+    choice = MODEL_TYPES[found]
+    unet_config = published_config(next(iter(choice.values())))["unet"]  # the 2.x configs' UNets are one
+    try:
+        probe = probe_checkpoint(checkpoint, unet_config)
+    except ValueError as exc:
+        reason = f"its UNet could not be probed ({exc})"
+    else:
+        if probe.prediction_type is not None:
+            log.info("SD 2.x UNet probed: %s -> %s", probe.describe(), probe.prediction_type)
+            return probe.prediction_type
+        reason = f"a test forward pass of its UNet could not tell ({probe.describe()})"
+    try:
+        return choose_config(found, None)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {reason}") from None
+
+
 @dataclass(frozen=True)
 class Conversion:
     """What to write for a checkpoint: model_index, every part's config and the tokenizers' pad tokens."""
@@ -160,6 +182,8 @@ def plan(
         conversion = _from_config_dir(Path(config_dir))
     else:
         found = model_type(checkpoint)
+        if prediction_type is None and not isinstance(MODEL_TYPES[found], str):
+            prediction_type = found_prediction_type(checkpoint, found)
         name = choose_config(found, prediction_type)
         data = published_config(name)
         configs = {

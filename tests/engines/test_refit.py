@@ -20,7 +20,7 @@ from sdrt.export.onnx_export import export_component
 from sdrt.lora import LoraFuser
 from sdrt.manifest import read_manifest
 from sdrt.model_dir import ModelDir
-from sdrt.runtime.weights import LoraWeights
+from sdrt.runtime.weights import NetworkWeights
 from tests.test_lora import lora_factors, write_kohya_lora
 
 TEXT_ENCODER, UNET = "text_encoder", "unet"
@@ -147,7 +147,7 @@ def recording_model(artifact, engines):
 def recording(demo_model, artifact):
     manifest = read_manifest(artifact)
     engines = {c: RecordingEngine(WeightSource(artifact, manifest, c)) for c in (TEXT_ENCODER, UNET)}
-    return engines, LoraWeights(recording_model(artifact, engines), model_dir=demo_model)
+    return engines, NetworkWeights(recording_model(artifact, engines), model_dir=demo_model)
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +181,12 @@ def test_refit_needs_refittable_engines_and_the_source_model(artifact, demo_mode
     engines = {c: RecordingEngine(WeightSource(artifact, manifest, c)) for c in (TEXT_ENCODER, UNET)}
     engines[UNET].refittable = False
     with pytest.raises(ValueError, match="the unet engine cannot be refit; build the engines with --refit"):
-        LoraWeights(recording_model(artifact, engines), model_dir=demo_model).check()
+        NetworkWeights(recording_model(artifact, engines), model_dir=demo_model).check()
     engines[UNET].refittable = True
     with pytest.raises(ValueError, match="was not exported from"):
-        LoraWeights(recording_model(artifact, engines), model_dir=sd2_model).check()
+        NetworkWeights(recording_model(artifact, engines), model_dir=sd2_model).check()
     with pytest.raises(ValueError, match=r"need model_dir \(--model-dir\)"):
-        LoraWeights(recording_model(artifact, engines)).switch([(loras[0], 1.0)])
+        NetworkWeights(recording_model(artifact, engines)).switch([(loras[0], 1.0)])
 
 
 def test_lora_reaching_an_unmapped_weight_is_refused_and_the_base_restored(recording, loras, artifact):
@@ -204,3 +204,39 @@ def test_lora_reaching_an_unmapped_weight_is_refused_and_the_base_restored(recor
         assert all(np.array_equal(v, onnx_values[k]) for k, v in engines[UNET].weights.items())  # refit to the base
     finally:
         source._map = full
+
+
+def test_lycoris_files_refit_as_their_definitions(recording, setup, artifact, tmp_path):
+    """LoHa and LoKr through the TensorRT refit path: the arrays handed to the engines are the base weights plus
+    the deltas of LyCORIS' definitions (tests/test_lycoris.py's reference), placed by the weight map."""
+    import copy
+
+    from tests.test_lycoris import LAYERS, loha, lokr, reference_delta, write
+
+    engines, weights = recording
+    modules = setup["modules"]
+    g = torch.Generator().manual_seed(4)
+    files = {}
+    for key, make in {"q": loha, "conv": lokr, "te_q": loha, "te_fc1": lokr}.items():
+        _, part, path = LAYERS[key]
+        files[key] = make(tuple(modules[part].get_submodule(f"{part}.{path}").weight.shape), g)
+    lyco = write(tmp_path / "lyco.safetensors", {LAYERS[k][0]: w for k, w in files.items()})
+    weights.switch([(lyco, 0.7, 0.4)])  # <lora:lyco:0.7:0.4>: the text encoder's weight, then the UNet's
+    try:
+        for component, scale in ((TEXT_ENCODER, 0.7), (UNET, 0.4)):
+            module = copy.deepcopy(modules[component])
+            with torch.no_grad():
+                for key, w in files.items():
+                    _, part, path = LAYERS[key]
+                    if part == component:
+                        target = module.get_submodule(f"{part}.{path}").weight
+                        target += scale * reference_delta(w, tuple(target.shape))
+            expected = engines[component].source.weight_map(None).refit_weights(dict(module.named_parameters()))
+            refit = engines[component].weights
+            assert set(refit) == set(expected)
+            for name, array in expected.items():
+                np.testing.assert_allclose(refit[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
+            base = initializers(artifact / read_manifest(artifact).files[component].path)
+            assert sum(not np.array_equal(refit[k], base[k]) for k in refit) >= 2  # both adapted layers moved
+    finally:
+        weights.switch([])

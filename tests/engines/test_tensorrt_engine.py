@@ -267,7 +267,7 @@ def test_lora_switching_through_the_engines_refit(demo_model, artifact, tmp_path
     from types import SimpleNamespace
 
     from sdrt.model_dir import ModelDir
-    from sdrt.runtime.weights import LoraWeights
+    from sdrt.runtime.weights import NetworkWeights
     from tests.test_lora import lora_factors, write_kohya_lora
 
     _, engines = _load("10.16.1", artifact, tmp_path, refit=True, cuda_graphs=False)
@@ -275,7 +275,7 @@ def test_lora_switching_through_the_engines_refit(demo_model, artifact, tmp_path
     model = SimpleNamespace(
         family=manifest.model_family, engines=engines, manifest=manifest, backend="tensorrt", path=artifact
     )
-    weights = LoraWeights(model, model_dir=demo_model)
+    weights = NetworkWeights(model, model_dir=demo_model)
     modules = ModelDir.open(demo_model).load_modules()
     raw = {"unet": modules["unet"].unet, "text_encoder": modules["text_encoder"].text_encoder}
     lora = write_kohya_lora(tmp_path / "a.safetensors", lora_factors(raw, 1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from sdrt import Pipeline
 from sdrt.cli import main
@@ -118,23 +117,6 @@ def test_lora_fused_at_export_runs_on_onnxruntime_as_per_request_on_torch(demo_m
     fused = Pipeline.load(out, backend="onnxruntime").generate("a cat on a table", **SIZE_STEPS, seed=3)
     per_request = lora_pipe.generate("a cat on a table <lora:style:0.7>", **SIZE_STEPS, seed=3)
     assert_images_close(fused.images, per_request.images)
-
-
-def test_lycoris_loha_is_refused_naming_the_format(lora_pipe, lora_dir, tmp_path):
-    loha = lora_dir / "loha.safetensors"
-    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    save_file(
-        {
-            f"{key}.hada_w1_a": torch.zeros(4, 2),
-            f"{key}.hada_w1_b": torch.zeros(2, 4),
-            f"{key}.alpha": torch.tensor(2.0),
-        },
-        str(loha),
-    )
-    pipe = Pipeline.load(lora_pipe.path, backend="torch", ranges=RANGES, lora_dir=lora_dir)
-    with pytest.raises(ValueError, match="is a LyCORIS LoHa network; sdrt fuses what diffusers and peft load exactly"):
-        pipe.generate("a cat <lora:loha>", height=64, width=64, num_inference_steps=1, seed=1)
-    loha.unlink()
 
 
 def test_sdxl_kohya_lora_with_sgm_block_names_matches_diffusers(sdxl_model, tmp_path):
