@@ -258,8 +258,8 @@ def load(
     modules: Callable[[], Mapping[str, nn.Module]] | None = None,
 ) -> dict[str, TorchEngine]:
     """An engine per network around its torch module; `modules` loads them (the model directory's, with spec IO)."""
-    _check_model_dir(path)
     if modules is None:
+        _check_model_dir(path)
         raise ValueError(f"the torch backend needs the torch modules of {path}'s networks to run; none were given")
     loaded = modules()
     use_sdpa(loaded.values())
@@ -276,6 +276,12 @@ def _settings(spec: ComponentSpec, opts: TorchOptions) -> dict:
     """A network's engine settings by its role: the VAE's dtype for the VAE, compile and graphs for the denoiser."""
     if spec.role in ("vae_decoder", "vae_encoder"):
         return {"dtype": opts.vae_compute_dtype, "channels_last": opts.use_channels_last, "tf32": opts.tf32}
+    if spec.role == "upscaler":  # float32 unless asked: SwinIR's attention overflows fp16
+        return {
+            "dtype": COMPUTE_DTYPES[opts.dtype or "float32"],
+            "channels_last": opts.use_channels_last,
+            "tf32": opts.tf32,
+        }
     if spec.role == "denoiser":
         return {
             "dtype": opts.compute_dtype,
