@@ -1,4 +1,4 @@
-"""The `sdrt` command: demo-model, export, build, generate, info, bench, serve, doctor."""
+"""The `sdrt` command: demo-model, export, build, generate, upscale, info, bench, serve, doctor."""
 
 from __future__ import annotations
 
@@ -146,6 +146,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", type=Path, default=Path("sdrt.png"), help="PNG path; with --batch N, -i is appended"
     )
+    _backend_args(p, default="onnxruntime")
+
+    p = sub.add_parser(
+        "upscale",
+        help="upscale an image with a GAN upscaler file (ESRGAN, Real-ESRGAN, SwinIR) on any backend",
+        description="Upscales an image with an ESRGAN, Real-ESRGAN (compact) or SwinIR file, in tiles. On a backend "
+        "other than torch the file is exported to ONNX once, into the cache (--cache-dir, $SDRT_CACHE_DIR, else "
+        "~/.cache/sdrt).",
+    )
+    p.add_argument(
+        "model", type=Path, help="the upscaler: .safetensors, or .pth/.pt (read with the weights-only loader)"
+    )
+    p.add_argument("image", type=Path, help="the image to upscale")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG path")
+    p.add_argument(
+        "--scale", type=float, default=None, help="upscale by this, as the web UI (default: one pass of the model)"
+    )
+    p.add_argument("--width", type=int, default=0, help="with --height: upscale to this size (centred, cropped)")
+    p.add_argument("--height", type=int, default=0, help="with --width: upscale to this size (centred, cropped)")
+    _tile_args(p, prefix="")
     _backend_args(p, default="onnxruntime")
 
     p = sub.add_parser("info", help="print an artifact's manifest summary")
@@ -346,12 +366,39 @@ def _extra_network_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="textual-inversion embeddings (.pt, .safetensors, .bin), used where a prompt names a file's stem",
     )
+    p.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        default=None,
+        help="GAN upscaler files (ESRGAN, Real-ESRGAN, SwinIR: .safetensors, .pth) a hires fix or the web UI's extras "
+        "name by file stem",
+    )
+    _tile_args(p, prefix="upscaler-")
 
 
-def _load_options(args: argparse.Namespace) -> dict:
-    """Pipeline.load's extra-network directories, as given."""
+def _tile_args(p: argparse.ArgumentParser, prefix: str) -> None:
+    p.add_argument(
+        f"--{prefix}tile", type=int, default=192, help="GAN upscaler tile side in input pixels; 0: whole images (192)"
+    )
+    p.add_argument(f"--{prefix}tile-overlap", type=int, default=8, help="pixels neighbouring tiles share (default 8)")
+
+
+def _load_options(args: argparse.Namespace, upscalers: bool = True) -> dict:
+    """Pipeline.load's extra-network directories, as given, and the upscalers of --upscaler-dir (as a directory,
+    `upscaler_dir`, when not `upscalers`: Ray replicas open it themselves)."""
     names = ("embeddings_dir", "lora_dir", "model_dir")
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "upscaler_dir", None) is not None and not upscalers:
+        options["upscaler_dir"] = args.upscaler_dir
+    elif getattr(args, "upscaler_dir", None) is not None:
+        from sdrt.export.upscalers import open_library
+        from sdrt.upscalers import Tiling
+
+        tiling = Tiling(args.upscaler_tile, args.upscaler_tile_overlap)
+        options["upscalers"] = open_library(
+            args.upscaler_dir, args.backend, args.device, tiling, **_backend_options(args)
+        )
+    return options
 
 
 def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -512,6 +559,38 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upscale(args: argparse.Namespace) -> int:
+    from sdrt.export.upscalers import open_library
+    from sdrt.files import atomic_file
+    from sdrt.runtime import extras
+    from sdrt.runtime.image_inputs import open_image
+    from sdrt.upscalers import Tiling
+    from sdrt.upscalers.models import SUFFIXES
+
+    quiet_third_party()
+    if args.model.suffix.lower() not in SUFFIXES or not args.model.is_file():
+        raise ValueError(f"upscaler {args.model} is not a {', '.join(SUFFIXES)} file")
+    image = open_image(args.image, "image")
+    library = open_library(args.model.parent, args.backend, args.device, Tiling(args.tile, args.tile_overlap),
+                           **_backend_options(args))  # fmt: skip
+    upscaler = library.get(args.model.stem)
+    upscaler.progress = True
+    if args.scale is None and not args.width:
+        result, info = upscaler.run(image), {"Postprocess upscale by": str(upscaler.scale)}
+        info["Postprocess upscaler"] = upscaler.name
+    else:
+        request = extras.ExtrasUpscale(upscaler.name, args.scale or 1.0, args.width, args.height)
+        result, info = extras.upscale(image, request, library)
+    with atomic_file(args.output) as tmp:
+        from PIL.PngImagePlugin import PngInfo
+
+        chunk = PngInfo()
+        chunk.add_text("postprocessing", extras.infotext(info))
+        result.save(tmp, format="PNG", pnginfo=chunk)
+    print(f"wrote {args.output} ({result.width}x{result.height}, {extras.infotext(info)})")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from sdrt.manifest import read_manifest
 
@@ -615,7 +694,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     app = ray_app.deployment(
         args.path, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
-        **_load_options(args),
+        **_load_options(args, upscalers=False),
     )  # fmt: skip
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 
@@ -631,6 +710,7 @@ _COMMANDS = {
     "export": _export,
     "build": _build,
     "generate": _generate,
+    "upscale": _upscale,
     "info": _info,
     "bench": _bench,
     "doctor": _doctor,

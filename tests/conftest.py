@@ -9,6 +9,16 @@ import pytest
 
 from sdrt.spec import ShapeRanges
 
+# Tiny GAN upscaler files, one per layout and format: (architecture, layout, scale, suffix) by file stem
+UPSCALER_FILES = {
+    "esrgan-original": ("ESRGAN", "original", 4, ".pth"),
+    "esrgan-bsrgan": ("ESRGAN", "bsrgan", 4, ".safetensors"),
+    "realesrgan-x4plus": ("ESRGAN", "realesrgan", 4, ".pth"),
+    "realesrgan-x2plus": ("ESRGAN", "realesrgan", 2, ".safetensors"),
+    "compact-x4": ("Compact", "realesrgan", 4, ".pth"),
+    "swinir-x4": ("SwinIR", "swinir", 4, ".pth"),
+    "swinir-x2": ("SwinIR", "swinir", 2, ".safetensors"),
+}
 # The shapes the test artifact supports; the torch backend is given the same so both chunk alike.
 RANGES = ShapeRanges(max_batch=2, min_size=64, max_size=256, opt_size=128)
 BACKENDS = ("torch", "onnxruntime")
@@ -55,6 +65,17 @@ def private_caches(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def upscaler_dir(tmp_path_factory) -> Path:
+    """A directory of one tiny random upscaler file per entry of UPSCALER_FILES (milliseconds to write)."""
+    from sdrt.demo.upscalers import write_upscaler
+
+    directory = tmp_path_factory.mktemp("upscalers")
+    for i, (name, (architecture, layout, scale, suffix)) in enumerate(UPSCALER_FILES.items()):
+        write_upscaler(directory / f"{name}{suffix}", architecture, layout, scale=scale, seed=i)
+    return directory
 
 
 @pytest.fixture(scope="session")

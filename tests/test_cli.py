@@ -162,3 +162,25 @@ def test_generate_variations_of_an_image(unclip_artifact, unclip_pipelines, tmp_
     capsys.readouterr()
     assert main(["generate", str(unclip_artifact), "--image", str(photo), "--noise-level", "1000"]) == 2
     assert "noise_level 1000 is outside 0..999" in capsys.readouterr().err
+
+
+def test_upscale_a_file_on_a_backend(upscaler_dir, tmp_path, capsys, monkeypatch):
+    from sdrt.upscalers import Tiling, Upscaler, load_upscaler, to_image, to_tensor
+    from sdrt.upscalers.library import torch_engines
+
+    monkeypatch.setenv("SDRT_CACHE_DIR", str(tmp_path / "cache"))  # the ONNX export goes here, not to ~/.cache
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(source)
+    model = upscaler_dir / "realesrgan-x2plus.safetensors"
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(model), str(source), "-o", str(out), "--tile", "16", "--tile-overlap", "4"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    written = Image.open(out)
+    assert written.size == (82, 60) and written.text["postprocessing"].endswith("upscaler: realesrgan-x2plus")
+    reference = Upscaler("x2", torch_engines()(load_upscaler(model)), Tiling(16, 4))  # the module, same tiles
+    expected = to_image(reference(to_tensor(Image.open(source)))[0])
+    assert np.abs(np.asarray(written.convert("RGB"), np.int16) - np.asarray(expected, np.int16)).max() <= 1
+    assert main(["upscale", str(model), str(source), "-o", str(out), "--width", "100", "--height", "50"]) == 0
+    assert Image.open(out).size == (100, 50)
+    assert main(["upscale", str(tmp_path / "missing.pth"), str(source), "-o", str(out)]) == 2
+    assert "missing.pth is not a .safetensors, .pth, .pt file" in capsys.readouterr().err

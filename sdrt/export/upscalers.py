@@ -20,9 +20,10 @@ from sdrt.export.onnx_export import export_component
 from sdrt.files import atomic_directory, file_lock
 from sdrt.hashing import file_sha256, json_sha256
 from sdrt.spec import ShapeRanges
-from sdrt.upscalers.library import EngineFactory, torch_engines
+from sdrt.upscalers.library import DEFAULT_TILING, EngineFactory, UpscalerLibrary, torch_engines
 from sdrt.upscalers.models import UpscalerModel, load_upscaler
 from sdrt.upscalers.network import ARTIFACT_FILE, DEFAULT_RANGES, UPSCALER, UpscalerArtifact, upscaler_spec
+from sdrt.upscalers.upscaler import Tiling
 from sdrt.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -134,3 +135,21 @@ def engine_factory(
         return load_engines(directory, artifact, backend, device, **options)[UPSCALER]
 
     return make
+
+
+def open_library(
+    directory: str | os.PathLike,
+    backend: str = "torch",
+    device: str = "cpu",
+    tiling: Tiling = DEFAULT_TILING,
+    cache_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> UpscalerLibrary:
+    """The upscalers of `directory` on `backend`. `cache_dir` (the backends' `--cache-dir`) holds their exports under
+    `upscalers/` and their engines; default `default_cache_dir()` and, for the engines, each export itself."""
+    exports = None if cache_dir is None else Path(cache_dir) / "upscalers"
+    engine_options = (
+        dict(options) if cache_dir is None or runs_modules(backend) else {**options, "cache_dir": cache_dir}
+    )
+    factory = engine_factory(backend, device, exports, **engine_options)
+    return UpscalerLibrary(directory, factory, tiling)

@@ -38,6 +38,7 @@ from sdrt.runtime.runner import Runner
 from sdrt.runtime.sampling import Progress, StepCallback
 from sdrt.runtime.workflow import Continuation, Outcome, Workflow, second_pass
 from sdrt.spec import ShapeRanges
+from sdrt.upscalers.library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Pipeline:
         max_images: int = DEFAULT_MAX_IMAGES,
         loras: LoraLibrary | None = None,
         model_dir: str | os.PathLike | None = None,
+        upscalers: UpscalerLibrary | None = None,
     ) -> None:
         if refiner is not None and refiner.family.name not in model.family.refiners:
             raise ValueError(
@@ -71,7 +73,7 @@ class Pipeline:
         self.max_images = max_images
         self.device = model.device
         models = {"base": model, **({REFINER: refiner} if refiner is not None else {})}
-        self.runner = Runner(models, loras, model_dir)
+        self.runner = Runner(models, loras, model_dir, upscalers)
         self.workflow = Workflow(self.runner, self._prepared)
         self.params: ParamSet = pipeline_params([m.family for m in models.values()])
 
@@ -86,6 +88,7 @@ class Pipeline:
         embeddings_dir: str | os.PathLike | None = None,
         lora_dir: str | os.PathLike | None = None,
         model_dir: str | os.PathLike | None = None,
+        upscalers: UpscalerLibrary | None = None,
         **options: Any,
     ) -> Pipeline:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
@@ -95,7 +98,9 @@ class Pipeline:
         textual-inversion embeddings, used where a prompt names one (nothing is re-exported or rebuilt);
         `lora_dir` LoRA files a prompt names as `<lora:name:weight>`, fused for that request only (torch
         backend, or tensorrt engines built with --refit, which also need `model_dir`: the model the artifact
-        was exported from). Backend options (e.g. `optimization="all"` for onnxruntime) pass through to the backend.
+        was exported from). `upscalers` are the GAN upscalers a hires fix may name (`sdrt.upscalers.library`; on a
+        backend other than torch, made by `sdrt.export.upscalers.open_library`). Backend options (e.g.
+        `optimization="all"` for onnxruntime) pass through to the backend.
         """
         embeddings = None if embeddings_dir is None else EmbeddingLibrary.load(embeddings_dir)
         model = Model.load(path, backend, device, ranges, embeddings=embeddings, **options)
@@ -103,7 +108,7 @@ class Pipeline:
         if refiner is not None:
             refiner_model = Model.load(refiner, backend, device, ranges, embeddings=embeddings, **options)
         loras = None if lora_dir is None else LoraLibrary.load(lora_dir)
-        return cls(model, refiner_model, loras=loras, model_dir=model_dir)
+        return cls(model, refiner_model, loras=loras, model_dir=model_dir, upscalers=upscalers)
 
     # the base model's parts, under the names callers use
     @property
@@ -146,6 +151,11 @@ class Pipeline:
     @property
     def loras(self) -> LoraLibrary:
         return self.runner.loras
+
+    @property
+    def upscalers(self) -> UpscalerLibrary | None:
+        """The GAN upscalers of the pipeline's upscaler directory (None without one)."""
+        return self.runner.upscalers
 
     @property
     def clip_skip_max(self) -> int:
@@ -334,6 +344,7 @@ class Pipeline:
                 self.manifest.ranges.check_size(height, width)
             except ValueError as exc:
                 raise ValueError(f"hires: the second pass's {exc}") from None
+            request.hires.check_upscaler(self.upscalers)
         if request.init_latents is not None:
             factor = model.manifest.ranges.latent_factor
             shape = (request.num_images, model.latent_channels, request.height // factor, request.width // factor)

@@ -32,6 +32,7 @@ from sdrt.runtime.sampling import AfterStep, Progress, denoise, step_kwargs
 from sdrt.runtime.timing import StageClock
 from sdrt.runtime.weights import LoraWeights
 from sdrt.schedulers import make_scheduler
+from sdrt.upscalers.library import UpscalerLibrary
 
 
 @dataclass
@@ -60,8 +61,10 @@ class Runner:
         models: dict[str, Model],
         loras: LoraLibrary | None = None,
         model_dir: str | os.PathLike | None = None,
+        upscalers: UpscalerLibrary | None = None,
     ) -> None:
         self.models = models
+        self.upscalers = upscalers  # the GAN upscalers a hires fix may name
         self.base = models["base"]
         self.device = self.base.device
         self.loras = loras or LoraLibrary()  # the LoRA files prompts may name

@@ -156,7 +156,7 @@ class Workflow:
         geometry = hires.geometry(request.height, request.width, factor)
         if hires.latent:
             return self.runner.decode(out.model, upscale_latents(out.latents[rows], hires, geometry, factor), out.clock)
-        return [upscale_image(image, hires, geometry, factor) for image in images]
+        return [upscale_image(image, hires, geometry, factor, self.runner.upscalers) for image in images]
 
     def _hires(self, request, out: PassOutput, rows: slice, images, timings) -> Continuation:
         """The hires fix's second passes: each image upscaled, then image-to-image as a request of its own (its
@@ -167,7 +167,7 @@ class Workflow:
         if hires.latent:
             sources: list = list(upscale_latents(out.latents[rows], hires, geometry, factor).split(1))
         else:
-            sources = [upscale_image(image, hires, geometry, factor) for image in images]
+            sources = [upscale_image(image, hires, geometry, factor, self.runner.upscalers) for image in images]
         passes = [self.prepare(second_pass(request, factor, i, source)) for i, source in enumerate(sources)]
         base = self.runner.base
 

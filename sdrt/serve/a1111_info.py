@@ -1,8 +1,9 @@
 """The web UI API's listings, options and PNG info: what this server really serves, in the web UI's shapes.
 
-Listings name only what runs here: the samplers, the one model (and its refiner), the upscalers that need no
-weights, the prompt styles of `--styles`. Face restorers, hypernetworks, Real-ESRGAN models and scripts are
-empty lists: sdrt has none, and a request that asks for one is refused with a 422 saying so.
+Listings name only what runs here: the samplers, the one model (and its refiner), the upscalers (those that need
+no weights and the files of `--upscaler-dir`), the prompt styles of `--styles`, the img2img script it runs ("SD
+upscale"). Face restorers, hypernetworks and Real-ESRGAN's built-in models are empty lists: sdrt has none, and a
+request that asks for one is refused with a 422 saying so.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from sdrt.runtime.images import parse_infotext
 from sdrt.schedulers import sampler_choices
@@ -89,14 +91,24 @@ async def cmd_flags(http: Request) -> dict:
 
 
 @router.get("/upscalers")
-async def upscalers() -> list[dict]:
-    """The image upscalers of hires fix that need no weights (ESRGAN and friends need model files sdrt has not)."""
+async def upscalers(http: Request) -> list[dict]:
+    """The image upscalers: those that need no weights, then the files of --upscaler-dir by stem, each with its
+    true scale (read from its weights) and its file's name (never the server's path)."""
     from sdrt.runtime.hires import IMAGE_UPSCALERS
 
-    return [
+    listed = [
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
         for name in ("None", *IMAGE_UPSCALERS)
     ]
+    library = http.app.state.sdrt.require_pipeline().upscalers
+    if library is not None:
+        entries = await run_in_threadpool(library.entries)  # the first listing reads each file's weights
+        listed += [
+            {"name": e.name, "model_name": e.architecture, "model_path": e.path.name, "model_url": None,
+             "scale": e.scale}
+            for e in entries
+        ]  # fmt: skip
+    return listed
 
 
 @router.get("/latent-upscale-modes")

@@ -64,7 +64,13 @@ class SdrtReplica:
         refiner: str | None = None,
         load_options: dict | None = None,
     ) -> None:
-        self._pipeline = Pipeline.load(path, backend=backend, device=device, refiner=refiner, **(load_options or {}))
+        options = dict(load_options or {})
+        upscaler_dir = options.pop("upscaler_dir", None)
+        if upscaler_dir is not None:  # the replica's own upscaler engines, on its backend and device
+            from sdrt.export.upscalers import open_library
+
+            options["upscalers"] = open_library(upscaler_dir, backend, device, cache_dir=options.get("cache_dir"))
+        self._pipeline = Pipeline.load(path, backend=backend, device=device, refiner=refiner, **options)
         self._config = config
         self._state = None
 
@@ -92,7 +98,8 @@ def deployment(
     """The sdrt app as a Ray Serve application (pass it to serve.run); `refiner` is an SDXL refiner artifact.
 
     `engine_options` go to the backend (e.g. cuda_graphs=True); `load_options` are directories Pipeline.load
-    takes (embeddings_dir, lora_dir, model_dir), resolved for the replicas.
+    takes (embeddings_dir, lora_dir, model_dir) and upscaler_dir (each replica opens its upscalers), resolved for
+    the replicas.
     """
     config = config or ServeConfig()
     options = options or RayOptions()

@@ -1,31 +1,10 @@
-"""Tiny random upscaler files of every architecture, and their torch references."""
+"""Images for the upscaler tests (the upscaler files are the session's: tests/conftest.py `upscaler_dir`)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from sdrt.demo.upscalers import write_upscaler
-
-# (architecture, layout, scale, suffix): every layout and format the tests read
-FILES = {
-    "esrgan-original": ("ESRGAN", "original", 4, ".pth"),
-    "esrgan-bsrgan": ("ESRGAN", "bsrgan", 4, ".safetensors"),
-    "realesrgan-x4plus": ("ESRGAN", "realesrgan", 4, ".pth"),
-    "realesrgan-x2plus": ("ESRGAN", "realesrgan", 2, ".safetensors"),
-    "compact-x4": ("Compact", "realesrgan", 4, ".pth"),
-    "swinir-x4": ("SwinIR", "swinir", 4, ".pth"),
-    "swinir-x2": ("SwinIR", "swinir", 2, ".safetensors"),
-}
-
-
-@pytest.fixture(scope="session")
-def upscaler_dir(tmp_path_factory):
-    """A directory of one tiny file per entry of FILES, named by its key."""
-    directory = tmp_path_factory.mktemp("upscalers")
-    for i, (name, (architecture, layout, scale, suffix)) in enumerate(FILES.items()):
-        write_upscaler(directory / f"{name}{suffix}", architecture, layout, scale=scale, seed=i)
-    return directory
+from tests.conftest import UPSCALER_FILES as FILES  # noqa: F401  (the tests name files by these keys)
 
 
 def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
