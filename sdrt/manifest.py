@@ -97,7 +97,7 @@ class Manifest:
             components=specs,
             vae_scaling_factor=float(model.configs["vae"].get("scaling_factor", 0.18215)),
             source_sha256=model.weights_sha256(),
-            inpainting=is_inpainting_unet(model.configs),
+            inpainting=is_inpainting_unet(model.configs, family.image_channels),
             prediction_type=family.prediction_type(model.configs),
             support=tuple(p.name for p in family.support_parts),
             extras=family.manifest_extras(model.index, model.configs),
@@ -175,10 +175,13 @@ class Manifest:
         return replace(self, files=dict(files), versions=dict(versions), token_tables=dict(token_tables))
 
 
-def is_inpainting_unet(configs: Mapping[str, Any]) -> bool:
-    """True for an inpainting UNet: its input is latents, a 1-channel mask and masked-image latents."""
+def is_inpainting_unet(configs: Mapping[str, Any], image_channels: int = 0) -> bool:
+    """True for an inpainting UNet: its input is latents, a 1-channel mask and masked-image latents (a family whose
+    input image adds `image_channels` to the latents', as the x4 upscaler's low-res image, has no inpainting UNet)."""
     latent = int(configs["vae"]["latent_channels"])
     channels = int(configs["unet"]["in_channels"])
+    if image_channels:
+        return False  # the family checks its own UNet's channels
     if channels not in (latent, 2 * latent + 1):
         raise ValueError(
             f"UNet in_channels {channels} is neither {latent} (text-to-image) nor {2 * latent + 1} (inpainting)"

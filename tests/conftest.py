@@ -190,3 +190,29 @@ def unclip_artifact(unclip_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def unclip_pipelines(unclip_model, unclip_artifact) -> dict:
     return load_pipelines(unclip_model, unclip_artifact)
+
+
+@pytest.fixture(scope="session")
+def x4_model(tmp_path_factory) -> Path:
+    """A tiny random-weight SD x4 upscaler: a 7-channel UNet with a noise-level class embedding, a 4x VAE."""
+    return write_model(tmp_path_factory, "x4", variant="upscaler_x4")
+
+
+@pytest.fixture(scope="session")
+def x4_artifact(x4_model, tmp_path_factory) -> Path:
+    """Exported for outputs of 64..256 pixels (low-res images of 16..64)."""
+    return export(x4_model, tmp_path_factory, "x4")
+
+
+@pytest.fixture(scope="session")
+def x4_pipelines(x4_model, x4_artifact) -> dict:
+    """The x4 upscaler on torch (its directory, RANGES at its VAE's factor 4), onnxruntime and openvino."""
+    from dataclasses import replace
+
+    from sdrt import Pipeline
+
+    return {
+        "torch": Pipeline.load(x4_model, backend="torch", ranges=replace(RANGES, latent_factor=4)),
+        "onnxruntime": Pipeline.load(x4_artifact, backend="onnxruntime"),
+        "openvino": Pipeline.load(x4_artifact, backend="openvino"),
+    }

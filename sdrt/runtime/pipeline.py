@@ -243,6 +243,9 @@ class Pipeline:
             default_height, default_width = size_from_image(image, self.manifest.ranges.latent_factor)
             if strength is None:
                 strength = 1.0 if mask is not None else family.default_strength
+        elif image is not None and family.image_scale:  # the x4 upscaler: four times the image's size
+            size = size_from_image(image, self.manifest.ranges.latent_factor)
+            default_height, default_width = (family.image_scale * side for side in size)
         hires = self.params["hires"].build(values["hires"])
         if hires is not None and not isinstance(hires, Hires):
             raise ValueError(f"hires {excerpt(hires)} is not a Hires or a mapping of its fields")
