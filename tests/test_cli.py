@@ -184,3 +184,16 @@ def test_upscale_a_file_on_a_backend(upscaler_dir, tmp_path, capsys, monkeypatch
     assert Image.open(out).size == (100, 50)
     assert main(["upscale", str(tmp_path / "missing.pth"), str(source), "-o", str(out)]) == 2
     assert "missing.pth is not a .safetensors, .pth, .pt file" in capsys.readouterr().err
+
+
+def test_generate_with_the_x4_upscaler(x4_artifact, x4_pipelines, tmp_path):
+    from tests.runtime.test_upscaler_x4 import low_res
+
+    small = tmp_path / "small.png"
+    low_res(seed=3).save(small)
+    out = tmp_path / "big.png"
+    args = ["generate", str(x4_artifact), "a castle", "--image", str(small), "--noise-level", "30", "--seed", "2"]
+    assert main([*args, "--steps", "3", "-o", str(out)]) == 0
+    same = x4_pipelines["onnxruntime"].generate("a castle", image=small, noise_level=30, seed=2, num_inference_steps=3)
+    assert Image.open(out).size == (96, 64)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(same.images[0]))

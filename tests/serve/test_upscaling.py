@@ -119,3 +119,37 @@ def test_hires_fix_with_a_gan_upscaler_over_http(server, pipe):
                           guidance_scale=7.0, hires=hires)  # fmt: skip
     assert got.size == (96, 96) and max_diff(got, alone.images[0]) <= MAX_PIXEL_DIFF
     assert "Hires upscaler: realesrgan-x2plus" in json.loads(response.json()["info"])["infotexts"][0]
+
+
+@pytest.fixture(scope="module")
+def x4_server(x4_pipelines):
+    with running(create_app(x4_pipelines["onnxruntime"], ServeConfig(max_wait_ms=10))) as url:
+        yield url
+
+
+def test_the_x4_upscaler_over_the_native_api_and_the_web_uis_img2img(x4_server, x4_pipelines):
+    from tests.runtime.test_upscaler_x4 import low_res
+
+    image = low_res(seed=4)
+    alone = x4_pipelines["onnxruntime"].generate(
+        "a house", image=image, noise_level=60, num_inference_steps=3, seed=8, scheduler="euler"
+    )
+    native = httpx.post(f"{x4_server}/v1/generate", json={
+        "prompt": "a house", "image": png_b64(image), "noise_level": 60, "steps": 3, "seed": 8, "scheduler": "euler",
+    }, timeout=120)  # fmt: skip
+    assert native.status_code == 200, native.text
+    got = decode_png(native.json()["images"][0]["b64_json"])
+    assert got.size == (96, 64) and max_diff(got.convert("RGB"), alone.images[0]) <= MAX_PIXEL_DIFF
+    # the web UI's img2img: init_images[0] is the low-res image, width and height the output's
+    body = {"prompt": "a house", "init_images": [png_b64(image)], "steps": 3, "seed": 8, "sampler_name": "Euler",
+            "cfg_scale": 9, "width": 96, "height": 64, "denoising_strength": 0.75}  # fmt: skip
+    webui = httpx.post(f"{x4_server}/sdapi/v1/img2img", json=body, timeout=120)
+    assert webui.status_code == 200, webui.text
+    default_level = x4_pipelines["onnxruntime"].generate(
+        "a house", image=image, num_inference_steps=3, seed=8, scheduler="euler"
+    )  # noise level 20, the model's default
+    assert max_diff(decode_png(webui.json()["images"][0]).convert("RGB"), default_level.images[0]) <= MAX_PIXEL_DIFF
+    too_noisy = httpx.post(
+        f"{x4_server}/v1/generate", json={"prompt": "x", "image": png_b64(image), "noise_level": 400}
+    )
+    assert too_noisy.status_code == 422 and "over this model's max_noise_level 350" in too_noisy.text
