@@ -374,6 +374,13 @@ def _extra_network_args(p: argparse.ArgumentParser) -> None:
         "name by file stem",
     )
     _tile_args(p, prefix="upscaler-")
+    p.add_argument(
+        "--vae-tiling",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="decode and encode in tiles, as diffusers' vae.enable_tiling(): auto (default: images over a megapixel "
+        "or beyond the VAE's profile), on (anything over one tile) or off",
+    )
 
 
 def _tile_args(p: argparse.ArgumentParser, prefix: str) -> None:
@@ -388,6 +395,8 @@ def _load_options(args: argparse.Namespace, upscalers: bool = True) -> dict:
     `upscaler_dir`, when not `upscalers`: Ray replicas open it themselves)."""
     names = ("embeddings_dir", "lora_dir", "model_dir")
     options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "vae_tiling", None) is not None and upscalers:  # (Ray: an engine option, not a directory)
+        options["vae_tiling"] = args.vae_tiling
     if getattr(args, "upscaler_dir", None) is not None and not upscalers:
         options["upscaler_dir"] = args.upscaler_dir
     elif getattr(args, "upscaler_dir", None) is not None:
@@ -692,6 +701,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
     )
+    if args.vae_tiling is not None:
+        options["vae_tiling"] = args.vae_tiling
     app = ray_app.deployment(
         args.path, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
         **_load_options(args, upscalers=False),

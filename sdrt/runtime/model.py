@@ -19,6 +19,7 @@ from sdrt.files import read_json_object
 from sdrt.manifest import MANIFEST_NAME, Manifest, read_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.runtime.vae_guard import VaeDecoderGuard
+from sdrt.runtime.vae_tiles import TiledVae
 from sdrt.schedulers import make_scheduler
 from sdrt.spec import ShapeRanges
 
@@ -39,15 +40,20 @@ class Model:
         path: Path | None = None,
         backend: str | None = None,
         embeddings: EmbeddingLibrary | None = None,
+        vae_tiling: str = "auto",
     ) -> None:
         self.manifest = manifest
         self.family: Family = manifest.model_family
         self.engines = dict(engines)
         decoder = self.engines[self.family.vae_decoder]
-        if not isinstance(decoder, VaeDecoderGuard):  # NaN/Inf from an fp16 decoder: decode again in float32
-            self.engines[self.family.vae_decoder] = VaeDecoderGuard(
-                decoder, fallback=getattr(decoder, "float32_copy", None)
-            )
+        if not isinstance(decoder, (VaeDecoderGuard, TiledVae)):  # NaN/Inf from fp16: decode again in float32
+            decoder = VaeDecoderGuard(decoder, fallback=getattr(decoder, "float32_copy", None))
+        self.vae_tiling = vae_tiling  # large images decode and encode in tiles (runtime.vae_tiles)
+        for name in (self.family.vae_decoder, self.family.vae_encoder):
+            engine = decoder if name == self.family.vae_decoder else self.engines.get(name)
+            if engine is not None:
+                inner = engine.inner if isinstance(engine, TiledVae) else engine
+                self.engines[name] = TiledVae(inner, vae_tiling)
         self.tokenizers = dict(tokenizers)  # support part -> (tokenizer, key)
         self.scheduler_config = dict(scheduler_config)
         make_scheduler(None, self.scheduler_config)  # a bad config fails here, not at the first generation
@@ -77,11 +83,13 @@ class Model:
         device: str = "cpu",
         ranges: ShapeRanges | None = None,
         embeddings: EmbeddingLibrary | None = None,
+        vae_tiling: str = "auto",
         **options: Any,
     ) -> Model:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
 
-        `embeddings` are the textual-inversion embeddings its prompts may name.
+        `embeddings` are the textual-inversion embeddings its prompts may name; `vae_tiling` says when the VAE runs
+        in tiles ("auto": large images, "on": as diffusers' enable_tiling, "off").
         """
         root = Path(path)
         check_device(device)
@@ -110,7 +118,7 @@ class Model:
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
         return cls(
             manifest, engines, tokenizers, scheduler_config, tables, name=root.resolve().name, path=root,
-            backend=backend, embeddings=embeddings,
+            backend=backend, embeddings=embeddings, vae_tiling=vae_tiling,
         )  # fmt: skip
 
     @property

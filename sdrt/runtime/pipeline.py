@@ -89,6 +89,7 @@ class Pipeline:
         lora_dir: str | os.PathLike | None = None,
         model_dir: str | os.PathLike | None = None,
         upscalers: UpscalerLibrary | None = None,
+        vae_tiling: str = "auto",
         **options: Any,
     ) -> Pipeline:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
@@ -100,13 +101,17 @@ class Pipeline:
         backend, or tensorrt engines built with --refit, which also need `model_dir`: the model the artifact
         was exported from). `upscalers` are the GAN upscalers a hires fix may name (`sdrt.upscalers.library`; on a
         backend other than torch, made by `sdrt.export.upscalers.open_library`). Backend options (e.g.
-        `optimization="all"` for onnxruntime) pass through to the backend.
+        `optimization="all"` for onnxruntime) pass through to the backend. `vae_tiling` says when the VAE decodes and
+        encodes in tiles (`sdrt.runtime.vae_tiles`): "auto" (images over a megapixel, or beyond the VAE's profile),
+        "on" (anything over one tile, as diffusers' `vae.enable_tiling()`) or "off".
         """
         embeddings = None if embeddings_dir is None else EmbeddingLibrary.load(embeddings_dir)
-        model = Model.load(path, backend, device, ranges, embeddings=embeddings, **options)
+        model = Model.load(path, backend, device, ranges, embeddings=embeddings, vae_tiling=vae_tiling, **options)
         refiner_model = None
         if refiner is not None:
-            refiner_model = Model.load(refiner, backend, device, ranges, embeddings=embeddings, **options)
+            refiner_model = Model.load(
+                refiner, backend, device, ranges, embeddings=embeddings, vae_tiling=vae_tiling, **options
+            )
         loras = None if lora_dir is None else LoraLibrary.load(lora_dir)
         return cls(model, refiner_model, loras=loras, model_dir=model_dir, upscalers=upscalers)
 
