@@ -30,7 +30,7 @@ from sdrt.runtime.params import all_params
 from sdrt.runtime.pipeline import GenerationResult, Pipeline
 from sdrt.runtime.request import GenerationRequest
 from sdrt.schedulers import SAMPLERS, canonical_sampler
-from sdrt.serve import a1111_settings
+from sdrt.serve import a1111_sd_upscale, a1111_settings
 from sdrt.serve.a1111_settings import model_names, title
 from sdrt.serve.codec import decode_image, encode_all
 from sdrt.serve.config import ServeConfig
@@ -200,7 +200,11 @@ def _check_supported(body: _Common) -> None:
         ("s_tmin", body.s_tmin in (None, 0), "sampler churn is not implemented"),
         ("s_tmax", body.s_tmax in (None, 0) or body.s_tmax == math.inf, "sampler churn is not implemented"),
         ("firstpass_image", body.firstpass_image is None, "a given first-pass image is not implemented"),
-        ("script_name", not body.script_name, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
+        (
+            "script_name",
+            not body.script_name or (isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body)),
+            "the one web UI script sdrt runs is img2img's 'SD upscale' (GET /sdapi/v1/scripts)",
+        ),
         ("alwayson_scripts", not body.alwayson_scripts, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
         ("infotext", not body.infotext, "settings are not read from infotext; send them as fields"),
     ]
@@ -427,6 +431,29 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         )
     seed = _seed(body)
     hires = _hires(body, pipe, sampler) if isinstance(body, Txt2ImgBody) else None
+    common = dict(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        height=body.height,
+        width=body.width,
+        num_inference_steps=body.steps,
+        guidance_scale=body.cfg_scale,
+        scheduler=sampler,
+        eta=eta,
+        clip_skip=clip_skip,
+        strength=strength,
+        refiner_switch_at=refiner_switch_at,
+        hires=hires,
+    )
+    if isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body):  # upscale, then img2img every tile
+        images, tile_results, infotexts = await a1111_sd_upscale.run(body, http, api, pipe, common, seed, _NAMES)
+        info = json.loads(_info(body, prompt, negative_prompt, pipe, tile_results, sampler, clip_skip, strength))
+        parameters = body.model_dump()
+        if not body.include_init_images:
+            parameters.update(init_images=None, mask=None)
+        return ascii_json(
+            {"images": images, "parameters": parameters, "info": json.dumps({**info, "infotexts": infotexts})}
+        )
 
     def build(pipe: Pipeline) -> list[tuple[GenerationRequest, Hashable]]:
         images: list[Image.Image | None] = [decode_image(b64, "init_images") for b64 in init_images] or [None]
@@ -434,20 +461,6 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         if img2img and body.mask is not None:
             raw = decode_image(body.mask, "mask", mode=None)
             mask = _binary_mask(raw, bool(body.inpainting_mask_invert))
-        common = dict(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            height=body.height,
-            width=body.width,
-            num_inference_steps=body.steps,
-            guidance_scale=body.cfg_scale,
-            scheduler=sampler,
-            eta=eta,
-            clip_skip=clip_skip,
-            strength=strength,
-            refiner_switch_at=refiner_switch_at,
-            hires=hires,
-        )
         if len(images) == 1:  # one image (or none) for every batch item: one request, seeds seed + i
             image = images[0]
             item_mask = None if image is None or mask is None else _fit(mask, image.size)

@@ -129,7 +129,6 @@ async def prompt_styles(http: Request) -> list[dict]:
 @router.get("/hypernetworks")
 @router.get("/face-restorers")
 @router.get("/realesrgan-models")
-@router.get("/script-info")
 async def none_here() -> list:
     """sdrt has none of these; requests that ask for one are refused with a 422."""
     return []
@@ -137,7 +136,25 @@ async def none_here() -> list:
 
 @router.get("/scripts")
 async def scripts() -> dict:
-    return {"txt2img": [], "img2img": []}
+    """The web UI scripts sdrt runs: img2img's "SD upscale"."""
+    return {"txt2img": [], "img2img": ["sd upscale"]}
+
+
+@router.get("/script-info")
+async def script_info(http: Request) -> list[dict]:
+    """The SD upscale script's arguments, as the web UI describes them (script_args in this order)."""
+    from sdrt.runtime.extras import NONE
+    from sdrt.runtime.hires import IMAGE_UPSCALERS
+
+    library = http.app.state.sdrt.require_pipeline().upscalers
+    upscalers = [NONE, *IMAGE_UPSCALERS, *([] if library is None else await run_in_threadpool(library.names))]
+    args = [
+        {"label": "", "value": None},
+        {"label": "Tile overlap", "value": 64, "minimum": 0, "maximum": 256, "step": 16},
+        {"label": "Upscaler", "value": NONE, "choices": upscalers},
+        {"label": "Scale Factor", "value": 2.0, "minimum": 1.0, "maximum": 4.0, "step": 0.05},
+    ]
+    return [{"name": "sd upscale", "is_alwayson": False, "is_img2img": True, "args": args}]
 
 
 class PngInfoBody(BaseModel):

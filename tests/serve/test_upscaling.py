@@ -153,3 +153,35 @@ def test_the_x4_upscaler_over_the_native_api_and_the_web_uis_img2img(x4_server, 
         f"{x4_server}/v1/generate", json={"prompt": "x", "image": png_b64(image), "noise_level": 400}
     )
     assert too_noisy.status_code == 422 and "over this model's max_noise_level 350" in too_noisy.text
+
+
+def test_sd_upscale_script_redraws_every_tile_with_the_web_uis_seeds(server, pipe, library):
+    """A GAN upscaler by index, two tiles per web UI batch: tile k's seed is seed + k // 2 + k % 2; the result
+    equals the tiles run one by one and joined."""
+    from sdrt.runtime import sd_upscale
+
+    image = to_image(smooth_image(40, 48, seed=3)[0])
+    names = [u["name"] for u in httpx.get(f"{server}/sdapi/v1/upscalers").json()]
+    body = {
+        "prompt": "a village", "init_images": [png_b64(image)], "denoising_strength": 0.4, "steps": 3, "seed": 30,
+        "width": 64, "height": 64, "batch_size": 2, "sampler_name": "Euler", "cfg_scale": 7,
+        "script_name": "SD upscale", "script_args": ["", 16, names.index("compact-x4"), 2.5],
+    }  # fmt: skip
+    response = httpx.post(f"{server}/sdapi/v1/img2img", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    got = decode_png(response.json()["images"][0]).convert("RGB")
+    script = sd_upscale.SdUpscale(overlap=16, upscaler="compact-x4", scale=2.5)
+    plan = sd_upscale.prepare(image, script, 64, 64, library)
+    assert plan.size == (120, 96) and plan.grid.count == 6  # 3 x 2 tiles of 64 over the 120x96 upscale
+    seeds = sd_upscale.seeds(30, plan.grid.count, 2)
+    assert seeds == [30, 31, 31, 32, 32, 33]
+    redrawn = [
+        pipe.generate("a village", image=tile, strength=0.4, num_inference_steps=3, seed=s, scheduler="euler",
+                      guidance_scale=7.0, height=64, width=64).images[0]
+        for tile, s in zip(plan.tiles, seeds, strict=True)
+    ]  # fmt: skip
+    assert got.size == (120, 96) and max_diff(got, sd_upscale.join(plan, redrawn)) <= MAX_PIXEL_DIFF
+    info = json.loads(response.json()["info"])
+    assert "SD upscale upscaler: compact-x4" in info["infotexts"][0] and "Seed: 30," in info["infotexts"][0]
+    bad = httpx.post(f"{server}/sdapi/v1/img2img", json={**body, "script_args": ["", 16, "nope", 2.0]})
+    assert bad.status_code == 422 and "script_args upscaler 'nope' is not served here" in bad.text
