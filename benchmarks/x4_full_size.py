@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the record here")
     args = parser.parse_args(argv)
 
-
     from sdrt import Pipeline
     from sdrt.demo import write_demo_model
     from sdrt.spec import ShapeRanges

@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
     p.add_argument(
+        "--tiling",
+        action="store_true",
+        help="also export the UNet and VAE with circular padding, for seamless tiling (tiling=True); costs their "
+        "export time and disk space once more",
+    )
+    p.add_argument(
         "--prediction-type",
         choices=("epsilon", "v_prediction"),
         default=None,
@@ -494,6 +500,7 @@ def _export(args: argparse.Namespace) -> int:
         opset=args.opset,
         precision=args.precision,
         vae_precision=args.vae_precision,
+        tiling=args.tiling,
     )
     source = SourceOptions(
         prediction_type=args.prediction_type, config_dir=args.config, allow_pickle=args.allow_pickle, vae=args.vae,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdrt.engines.base import circular_padding  # noqa: F401  (what the exporter uses to export TILING twins)
 from sdrt.spec import ComponentSpec, TensorSpec
 
 # the network names every family uses for the parts the generic runtime drives
@@ -176,6 +177,11 @@ def vae_specs(vae_config: Mapping[str, Any], encoder: bool = True) -> dict[str, 
 def latent_factor(vae_config: Mapping[str, Any]) -> int:
     """Pixels per latent cell: the VAE downsamples once per block after the first."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+# the networks whose convolutions pad circularly for seamless tiling (the web UI's `tiling`), by role
+TILING_ROLES = ("denoiser", "vae_decoder", "vae_encoder")
+TILING = "tiling"  # the name of their circular-padding variant (manifest `variants`, `sdrt export --tiling`)
 
 
 class SpecModule(nn.Module):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdrt.engines.base import NetworkSet
 from sdrt.families import Family, family_named
 from sdrt.files import read_json_object
 from sdrt.hashing import file_sha256
@@ -52,6 +53,9 @@ class Manifest:
     # LoRAs fused at export ([{"name", "sha256", "weight"}])
     vae: Mapping[str, str] | None = None
     loras: tuple[Mapping[str, Any], ...] = ()
+    # graphs some networks also have, exported another way, by variant: "tiling" (every convolution of the UNet and
+    # VAE padding circularly: seamless textures, `sdrt export --tiling`) -> network -> its ONNX file
+    variants: Mapping[str, Mapping[str, OnnxFile]] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
     format_version: int = FORMAT_VERSION  # bumped on any incompatible change
 
@@ -124,6 +128,7 @@ class Manifest:
             "extras": dict(self.extras),
             "vae": dict(self.vae) if self.vae is not None else None,
             "loras": [dict(lora) for lora in self.loras],
+            "variants": {v: {n: vars(f) for n, f in files.items()} for v, files in self.variants.items()},
             "components": {
                 name: {
                     **spec.to_json(),
@@ -163,11 +168,21 @@ class Manifest:
                 token_tables=tables,
                 vae=dict(data["vae"]) if data.get("vae") is not None else None,
                 loras=tuple(dict(lora) for lora in data.get("loras", ())),
+                variants={
+                    v: {n: OnnxFile(**f) for n, f in files.items()} for v, files in data.get("variants", {}).items()
+                },
                 versions=dict(data.get("versions", {})),
                 format_version=version,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"manifest is malformed: {exc!r}") from exc
+
+    def variant(self, name: str) -> NetworkSet:
+        """The networks of variant `name` ("tiling"), their graphs as exported for it; ValueError if it has none."""
+        files = self.variants.get(name)
+        if not files:
+            raise ValueError(f"this artifact has no {name} graphs; export it again with --{name}")
+        return NetworkSet({n: self.components[n] for n in files}, self.ranges, dict(files), self.source_sha256)
 
     def with_files(
         self, files: Mapping[str, OnnxFile], versions: Mapping[str, str], token_tables: Mapping[str, DataFile]
@@ -204,6 +219,8 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     manifest = Manifest.from_json(read_json_object(path))
     paths = [(n, f.path) for n, f in manifest.token_tables.items()]
     paths += [(n, rel) for n, f in manifest.files.items() for rel in (f.path, f.external_data)]
+    paths += [(f"{n} ({v})", rel) for v, fs in manifest.variants.items() for n, f in fs.items()
+              for rel in (f.path, f.external_data)]  # fmt: skip
     for name, rel in paths:
         if rel is None:
             continue

@@ -31,12 +31,12 @@ def write_model(tmp_path_factory, name: str, variant: str = "sd1") -> Path:
     return write_demo_model(tmp_path_factory.mktemp("models") / name, variant=variant)
 
 
-def export(model: Path, tmp_path_factory, name: str, opt_size: int | None = 128) -> Path:
-    """`model` exported for RANGES' batch and sizes."""
+def export(model: Path, tmp_path_factory, name: str, opt_size: int | None = 128, tiling: bool = False) -> Path:
+    """`model` exported for RANGES' batch and sizes (and with `tiling`, the UNet's and VAE's circular twins)."""
     from sdrt.export import ExportConfig, export_model
 
     out = tmp_path_factory.mktemp("artifacts") / name
-    config = ExportConfig(max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size)
+    config = ExportConfig(max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size, tiling=tiling)
     export_model(model, out, config if opt_size is None else replace(config, opt_size=opt_size))
     return out
 
@@ -85,7 +85,8 @@ def demo_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def artifact(demo_model, tmp_path_factory) -> Path:
-    return export(demo_model, tmp_path_factory, "demo")
+    """The demo model's artifact, with the circular-padding graphs of seamless tiling (`sdrt export --tiling`)."""
+    return export(demo_model, tmp_path_factory, "demo", tiling=True)
 
 
 @pytest.fixture()

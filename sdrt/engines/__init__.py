@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from sdrt.engines.base import BuildRecord, Engine, Networks, call_in_chunks, max_batch
+from sdrt.engines.base import BuildRecord, Engine, Networks, NetworkSet, call_in_chunks, max_batch
 
 # backend name -> module; imported only when asked for, so a missing optional library never breaks the others
 BACKENDS = {
@@ -75,6 +75,7 @@ __all__ = [
     "BACKENDS",
     "BuildRecord",
     "Engine",
+    "NetworkSet",
     "Networks",
     "backend_module",
     "build_engines",

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdrt.engines.base import BuildRecord, CheckedEngine, Networks, indexed
+from sdrt.engines.base import BuildRecord, CheckedEngine, Networks, circular_padding, indexed
 from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache, GraphCaptureError, capture, shape_key
 from sdrt.engines.options import make_options
 from sdrt.spec import ComponentSpec, ShapeRanges
@@ -151,6 +151,14 @@ class TorchEngine(CheckedEngine):
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
+    def circular(self) -> TorchEngine:
+        """This network with every Conv2d padding circularly (seamless tiling), sharing this engine's module: each
+        call switches the padding for its duration and back (eagerly: no torch.compile, no CUDA graphs). Calls of the
+        two engines must not overlap (the runtime runs one batch at a time)."""
+        return _CircularTorchEngine(
+            self.module, self.spec, self.ranges, self.device, self.dtype, self.channels_last, tf32=self.tf32
+        )
+
     def float32_copy(self) -> TorchEngine:
         """This engine's network computing in float32 on the same device: the fallback when a float16 run overflows.
 
@@ -163,6 +171,20 @@ class TorchEngine(CheckedEngine):
         return TorchEngine(
             module, self.spec, self.ranges, self.device, torch.float32, self.channels_last, tf32=self.tf32
         )
+
+
+class _CircularTorchEngine(TorchEngine):
+    """A TorchEngine whose calls run its (shared) module with circular padding."""
+
+    def _run_module(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with circular_padding(self.module):
+            return super()._run_module(feeds)
+
+    def circular(self) -> TorchEngine:
+        return self
+
+    def float32_copy(self) -> TorchEngine:
+        return super().float32_copy().circular()
 
 
 @contextmanager

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdrt.components import latent_factor
+from sdrt.components import TILING, TILING_ROLES, latent_factor
 from sdrt.conditioning.embedders import Conditioner, ConditioningContext
 from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
 from sdrt.engines import Engine, check_device, load_engines
+from sdrt.engines.base import Circular
 from sdrt.families import Family
 from sdrt.files import read_json_object
 from sdrt.manifest import MANIFEST_NAME, Manifest, read_manifest
@@ -44,16 +45,10 @@ class Model:
     ) -> None:
         self.manifest = manifest
         self.family: Family = manifest.model_family
-        self.engines = dict(engines)
-        decoder = self.engines[self.family.vae_decoder]
-        if not isinstance(decoder, (VaeDecoderGuard, TiledVae)):  # NaN/Inf from fp16: decode again in float32
-            decoder = VaeDecoderGuard(decoder, fallback=getattr(decoder, "float32_copy", None))
         self.vae_tiling = vae_tiling  # large images decode and encode in tiles (runtime.vae_tiles)
-        for name in (self.family.vae_decoder, self.family.vae_encoder):
-            engine = decoder if name == self.family.vae_decoder else self.engines.get(name)
-            if engine is not None:
-                inner = engine.inner if isinstance(engine, TiledVae) else engine
-                self.engines[name] = TiledVae(inner, vae_tiling)
+        self.engines = self._wrapped_vae(dict(engines))
+        self._tiling: dict[str, Engine] | None = None  # seamless tiling's engines, made on first use
+        self.load_tiling: Callable[[], Mapping[str, Engine]] | None = None  # loads an artifact's tiling graphs
         self.tokenizers = dict(tokenizers)  # support part -> (tokenizer, key)
         self.scheduler_config = dict(scheduler_config)
         make_scheduler(None, self.scheduler_config)  # a bad config fails here, not at the first generation
@@ -116,10 +111,59 @@ class Model:
         scheduler_config = read_json_object(root / SCHEDULER_DIR / "scheduler_config.json")
         engines = load_engines(root, manifest, backend, device, modules=modules, **options)
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
-        return cls(
+        model = cls(
             manifest, engines, tokenizers, scheduler_config, tables, name=root.resolve().name, path=root,
             backend=backend, embeddings=embeddings, vae_tiling=vae_tiling,
         )  # fmt: skip
+        if TILING in manifest.variants:  # seamless tiling's graphs, loaded on the first request that asks
+            model.load_tiling = lambda: load_engines(root, manifest.variant(TILING), backend, device, **options)
+        return model
+
+    def _wrapped_vae(self, engines: dict[str, Engine]) -> dict[str, Engine]:
+        """`engines` with the VAE decoder guarded against fp16 overflow and both VAE halves tiled when large."""
+        decoder = engines[self.family.vae_decoder]
+        if not isinstance(decoder, (VaeDecoderGuard, TiledVae)):  # NaN/Inf from fp16: decode again in float32
+            decoder = VaeDecoderGuard(decoder, fallback=getattr(decoder, "float32_copy", None))
+        for name in (self.family.vae_decoder, self.family.vae_encoder):
+            engine = decoder if name == self.family.vae_decoder else engines.get(name)
+            if engine is not None:
+                inner = engine.inner if isinstance(engine, TiledVae) else engine
+                engines[name] = TiledVae(inner, self.vae_tiling)
+        return engines
+
+    def check_tiling(self) -> None:
+        """ValueError unless this model can run seamless tiling (an artifact needs `sdrt export --tiling`)."""
+        if self._tiling is not None or all(isinstance(self._raw(n), Circular) for n in self._tiling_networks()):
+            return
+        if self.load_tiling is None or TILING not in self.manifest.variants:
+            raise ValueError(
+                f"tiling needs circular-padding graphs, which this artifact ({self.name}) does not have: export it "
+                "again with --tiling (sdrt export --tiling), or run the model directory on the torch backend"
+            )
+
+    def engines_for(self, tiling: bool) -> dict[str, Engine]:
+        """The engines a request runs: these, or with `tiling` the UNet's and VAE's circular-padding twins."""
+        if not tiling:
+            return self.engines
+        if self._tiling is None:
+            self.check_tiling()
+            names = self._tiling_networks()
+            if all(isinstance(self._raw(n), Circular) for n in names):
+                twins: Mapping[str, Engine] = {n: self._raw(n).circular() for n in names}  # type: ignore[union-attr]
+            else:
+                twins = self.load_tiling()  # type: ignore[misc]  # check_tiling made sure there is a loader
+            self._tiling = self._wrapped_vae({**self.engines, **twins})
+        return self._tiling
+
+    def _tiling_networks(self) -> list[str]:
+        return [n for n, e in self.engines.items() if e.spec.role in TILING_ROLES]
+
+    def _raw(self, name: str) -> Engine:
+        """The backend's engine of network `name`, without the runtime's VAE wrappers."""
+        engine = self.engines[name]
+        while isinstance(engine, (TiledVae, VaeDecoderGuard)):
+            engine = engine.inner if isinstance(engine, TiledVae) else engine.decoder
+        return engine
 
     @property
     def denoiser(self) -> Engine:

@@ -105,11 +105,12 @@ CORE = (
 
 
 def feature_params() -> tuple[Param, ...]:
-    """The parameters of the runtime's features: the refiner hand-off and the hires fix."""
+    """The parameters of the runtime's features: the refiner hand-off, the hires fix and seamless tiling."""
     from sdrt.runtime.hires import PARAMS as HIRES
+    from sdrt.runtime.seamless import PARAMS as TILING
     from sdrt.runtime.workflow import PARAMS as REFINER
 
-    return (*REFINER, *HIRES)
+    return (*REFINER, *HIRES, *TILING)
 
 
 def pipeline_params(model_families: list[Family]) -> ParamSet:

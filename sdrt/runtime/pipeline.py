@@ -279,6 +279,7 @@ class Pipeline:
             image_conditions=family.image_conditioned,
             refiner_switch_at=values["refiner_switch_at"],
             hires=hires,
+            tiling=bool(self.params["tiling"].check(values["tiling"])),
             options=options,
         )
         request = self.tokenized(request)
@@ -365,6 +366,8 @@ class Pipeline:
                 f"{request.num_images_per_prompt}) is over the pipeline's maximum of {self.max_images} per request"
             )
         model.family.check_request(request)
+        if request.tiling:
+            model.check_tiling()
         if request.loras and request.stage == "base":
             self.runner.request_loras(request.loras)  # every name resolves to a file
             self.runner.weights.check()  # the backend can switch LoRAs (ONNX Runtime cannot)

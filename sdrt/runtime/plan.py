@@ -94,6 +94,7 @@ def make_plan(request: Any, models: dict[str, Any]) -> Plan:
         request.denoising_start,
         switch,
         request.loras,  # one LoRA set per batch: it changes the weights every image runs on
+        request.tiling,  # seamless tiling runs other engines
         model.conditioner.batch_key(request),
     )
     return Plan(request.stage, start, request.denoising_start, switch, timesteps, then, key)

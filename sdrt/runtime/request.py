@@ -53,6 +53,7 @@ class GenerationRequest:
     image_conditions: bool = False
     refiner_switch_at: float | None = None  # base + refiner: share of the schedule the base runs, 0 < F < 1
     hires: Hires | None = None  # text-to-image: the web UI's hires fix, a second pass at a larger size
+    tiling: bool = False  # seamless tiling: the UNet's and VAE's convolutions pad circularly (runtime.seamless)
     # parameters model families declare (sdrt.params), by name: every one of the pipeline's, defaults filled in
     options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # a later pass (the workflow's): latents in instead of an image, (images, C, h, w), scaled
@@ -103,6 +104,8 @@ class GenerationRequest:
             isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0.0 < switch < 1.0
         ):
             raise ValueError(f"refiner_switch_at {excerpt(switch)} is outside 0 < F < 1 (the share the base runs)")
+        if not isinstance(self.tiling, bool):
+            raise ValueError(f"tiling {excerpt(self.tiling)} is not true or false")
         if self.stage not in STAGES:
             raise ValueError(f"stage {excerpt(self.stage)} is not one of {', '.join(STAGES)}")
         if self.denoising_start is not None and self.init_latents is None:

@@ -88,6 +88,8 @@ def infotexts(
     if request.refiner_switch_at is not None:  # the web UI's "Refiner: name [hash]"
         refiner = f"{last.name} [{last.manifest.source_sha256[:10]}]"
     label = sampler_label(request.scheduler, base.scheduler_config)
+    if request.tiling:  # the web UI writes "Tiling: True" for a seamless image
+        extra = (*extra, ("Tiling", "True"))
     prompts = request.per_image(request.prompts)
     negatives = request.per_image(request.negative_prompts)
     scales = request.per_image(request.guidance_scales)

@@ -99,7 +99,8 @@ class Runner:
         latents, conditioning, after = self.start(
             model, plan, requests, gens, clock, scheduler, timesteps, conditioning
         )
-        denoiser = Guided(ConcatChannels(UNetCall(model.denoiser, clock)), cfg, conditioning, first.calls_before)
+        unet = model.engines_for(first.tiling)[model.family.denoiser]
+        denoiser = Guided(ConcatChannels(UNetCall(unet, clock)), cfg, conditioning, first.calls_before)
         progress.steps = first.steps_before
         with clock.stage("denoise"):
             latents = denoise(
@@ -186,18 +187,19 @@ class Runner:
         self, model: Model, requests: Sequence[GenerationRequest], images: list[torch.Tensor]
     ) -> torch.Tensor:
         """Latent Gaussian parameters (N, 2C, h, w): each request's image encoded once, one row per image."""
-        encoder = model.engines[model.family.vae_encoder]
+        encoder = model.engines_for(requests[0].tiling)[model.family.vae_encoder]
         rows = [
             call_in_chunks(encoder, {"images": image})["latent_parameters"].expand(r.num_images, -1, -1, -1)
             for r, image in zip(requests, images, strict=True)
         ]
         return torch.cat(rows)
 
-    def decode(self, model: Model, latents: torch.Tensor, clock: StageClock) -> list[Image.Image]:
-        """Latents -> 8-bit images with a model's VAE decoder."""
+    def decode(self, model: Model, latents: torch.Tensor, clock: StageClock, tiling: bool = False) -> list[Image.Image]:
+        """Latents -> 8-bit images with a model's VAE decoder (its circular-padding twin for seamless tiling)."""
         with clock.stage("vae_decode"):
             latents = latents / model.manifest.vae_scaling_factor
-            images = call_in_chunks(model.engines[model.family.vae_decoder], {"latent": latents})["images"]
+            decoder = model.engines_for(tiling)[model.family.vae_decoder]
+            images = call_in_chunks(decoder, {"latent": latents})["images"]
         return to_pil(images)
 
     def _sync(self) -> None:

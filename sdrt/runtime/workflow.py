@@ -101,7 +101,7 @@ class Workflow:
         if any(decoded):
             wanted = [i for i, d in enumerate(decoded) if d]
             latents = torch.cat([out.latents[rows[i]] for i in wanted])
-            pil = self.runner.decode(out.model, latents, out.clock)
+            pil = self.runner.decode(out.model, latents, out.clock, out.requests[0].tiling)
             for i in wanted:
                 images[i], pil = pil[: out.requests[i].num_images], pil[out.requests[i].num_images :]
         for i, r in enumerate(out.requests):
@@ -155,7 +155,8 @@ class Workflow:
         factor = out.model.manifest.ranges.latent_factor
         geometry = hires.geometry(request.height, request.width, factor)
         if hires.latent:
-            return self.runner.decode(out.model, upscale_latents(out.latents[rows], hires, geometry, factor), out.clock)
+            upscaled = upscale_latents(out.latents[rows], hires, geometry, factor)
+            return self.runner.decode(out.model, upscaled, out.clock, request.tiling)
         return [upscale_image(image, hires, geometry, factor, self.runner.upscalers) for image in images]
 
     def _hires(self, request, out: PassOutput, rows: slice, images, timings) -> Continuation:

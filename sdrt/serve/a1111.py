@@ -3,8 +3,9 @@
 Fields are those of the web UI's `StableDiffusionProcessingTxt2Img` / `...Img2Img` and its API models, with
 their defaults (steps 50, cfg_scale 7, 512x512, sampler Euler, seed -1 = random). A field the web UI
 has and sdrt does not implement is accepted at its default; a value that would change the image in a
-way sdrt cannot honour (face restoration, tiling, variation seeds, scripts, ...) is refused with a
-422 naming the field, never silently ignored. Hires fix (`enable_hr`) runs the runtime's `Hires`.
+way sdrt cannot honour (face restoration, variation seeds, scripts other than "SD upscale", ...) is refused
+with a 422 naming the field, never silently ignored. Hires fix (`enable_hr`) runs the runtime's `Hires`,
+`tiling` seamless tiling (an artifact exported with --tiling).
 Unknown fields are ignored, as the web UI ignores them.
 """
 
@@ -194,7 +195,6 @@ def _check_supported(body: _Common) -> None:
         ("seed_resize_from_h", body.seed_resize_from_h <= 0, "seed resizing is not implemented"),
         ("seed_resize_from_w", body.seed_resize_from_w <= 0, "seed resizing is not implemented"),
         ("restore_faces", not body.restore_faces, "face restoration is not available (GET /sdapi/v1/face-restorers)"),
-        ("tiling", not body.tiling, "tiling is not implemented"),
         ("s_min_uncond", body.s_min_uncond in (None, 0), "negative guidance minimum sigma is not implemented"),
         ("s_churn", body.s_churn in (None, 0), "sampler churn is not implemented"),
         ("s_tmin", body.s_tmin in (None, 0), "sampler churn is not implemented"),
@@ -444,6 +444,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         strength=strength,
         refiner_switch_at=refiner_switch_at,
         hires=hires,
+        tiling=bool(body.tiling),
     )
     if isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body):  # upscale, then img2img every tile
         images, tile_results, infotexts = await a1111_sd_upscale.run(body, http, api, pipe, common, seed, _NAMES)
