@@ -23,6 +23,7 @@ setup(
         "tqdm",
         "scipy",
         "torchsde",  # the DPM++ SDE sampler's Brownian noise
+        "opencv-python-headless",  # ControlNet's built-in preprocessors
         "fastapi",  # sdrt serve: the HTTP APIs
         "uvicorn",  # sdrt serve: the HTTP server
         "prometheus-client",  # sdrt serve: /metrics

@@ -31,6 +31,11 @@ PRESETS = {
     "unclip": ("sd21", "unclip"),  # SD 2.1 768 with OpenCLIP ViT-H/14's vision encoder
     "unclip-tiny": ("tiny", "unclip"),
     "sdxl-refiner-tiny": ("tiny", "sdxl-refiner"),
+    # ControlNets that fit the models above (the published ControlNet architecture: the UNet's encoder copied)
+    "sd15-controlnet": ("sd15", "controlnet"),
+    "sdxl-controlnet": ("sdxl", "controlnet-sdxl"),
+    "sdxl-small-controlnet": ("sdxl-small", "controlnet-sdxl"),
+    "controlnet-tiny": ("tiny", "controlnet"),
 }
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrt.bench import BASELINES, BenchConfig, BenchResult, format_table, plot, run_bench
+from sdrt.bench import BASELINES, SDRT_BACKENDS, BenchConfig, BenchResult, format_table, plot, run_bench
 from sdrt.bench.machine import machine_info, machine_slug, versions
 from sdrt.export import ExportConfig
 from sdrt.files import atomic_file
@@ -48,24 +48,42 @@ class SuiteModel:
     refiner_switch_at: float | None = None  # with a refiner: share of the steps the base runs
     mode: str = "txt2img"  # "variation" for unCLIP models
     baselines: tuple[str, ...] = BASELINES  # diffusers baselines to time beside sdrt
+    backends: tuple[str, ...] = SDRT_BACKENDS  # sdrt backends to time
+    # benchmarks.models presets of ControlNets (the i-th drawn with seed i, at models/<preset>-<i>), and how many
+    # of them each image uses, one scenario per count (0: the model without ControlNet, in the same run)
+    controlnets: tuple[str, ...] = ()
+    control_counts: tuple[int, ...] = (0,)
+
+    @property
+    def label(self) -> str:
+        label = self.name + (f" + {self.refiner} from {self.refiner_switch_at:g}" if self.refiner else "")
+        return label + (" + ControlNet" if self.controlnets else "")
 
 
 def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
     """The suites; the GPU one exports SD 1.5 only when a backend can run the export there (else nothing would)."""
     gpu_sd15 = ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512) if artifact_on_gpu else None
+    cpu_sd15 = ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256)
+    demo = ExportConfig(max_batch=4, min_size=64, max_size=256, opt_size=128)
     return {
         # the 2-core machine: the tiny demo model (batch 1 to 4), full-size SD 1.5 at 256x256 with 4 steps, and
         # SDXL's full topology at half widths (benchmarks.models "sdxl-small": a 0.64 B UNet) at 256x256, 4 steps
         "cpu": (
-            SuiteModel("demo", "tiny", ExportConfig(max_batch=4, min_size=64, max_size=256, opt_size=128),
-                       ((128, 128),), (1, 2, 4), steps=20, runs=5, warmup=1),
-            SuiteModel("sd15-random", "sd15", ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256),
-                       ((256, 256),), (1,), steps=4, runs=3, warmup=1),
+            SuiteModel("demo", "tiny", demo, ((128, 128),), (1, 2, 4), steps=20, runs=5, warmup=1),
+            SuiteModel("sd15-random", "sd15", cpu_sd15, ((256, 256),), (1,), steps=4, runs=3, warmup=1),
             SuiteModel("sdxl-small-random", "sdxl-small",
                        ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256),
                        ((256, 256),), (1,), steps=4, runs=3, warmup=1),
             SuiteModel("unclip-demo", "unclip-tiny", ExportConfig(max_batch=1, min_size=64, max_size=256, opt_size=128),
                        ((128, 128),), (1,), steps=20, runs=5, warmup=1, mode="variation"),
+            # ControlNet: none, one and two nets per image, every backend on the demo model; one and two on the
+            # full-size SD 1.5 with onnxruntime against diffusers' ControlNet pipeline (every contender with
+            # two 1.4 GB ControlNets would not fit in 24 GB)
+            SuiteModel("demo", "tiny", demo, ((128, 128),), (1,), steps=20, runs=5, warmup=1,
+                       controlnets=("controlnet-tiny", "controlnet-tiny"), control_counts=(0, 1, 2)),
+            SuiteModel("sd15-random", "sd15", cpu_sd15, ((256, 256),), (1,), steps=4, runs=3, warmup=1,
+                       controlnets=("sd15-controlnet", "sd15-controlnet"), control_counts=(1, 2),
+                       backends=("onnxruntime",), baselines=("diffusers",)),
         ),
         # one H100/H200: SD 1.5 at 512x512, 50 steps, batch 1 and 8; SDXL base at 1024x1024, 30 steps, batch 1,
         # alone and with its refiner from 0.8
@@ -76,6 +94,8 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
                        refiner="sdxl-refiner", refiner_switch_at=0.8),
             SuiteModel("unclip-random", "unclip", None, ((768, 768),), (1,), steps=20, runs=3, warmup=1,
                        mode="variation"),
+            SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1,), steps=50, runs=3, warmup=1,
+                       controlnets=("sd15-controlnet",), control_counts=(1,)),
         ),
         # benchmarks/gpu_check.sh, minutes on a lent GPU: SD 1.5 only, two runs, no torch.compile baseline
         "gpu-check": (
@@ -91,17 +111,21 @@ def quick_suites() -> dict[str, tuple[SuiteModel, ...]]:
     sdxl = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=2, runs=1, warmup=1)
     refined = SuiteModel("sdxl-tiny", "sdxl-tiny", None, ((64, 64),), (1,), steps=4, runs=1, warmup=1,
                          refiner="sdxl-refiner-tiny", refiner_switch_at=0.5)  # fmt: skip
-    return {"cpu": (demo, sdxl), "gpu": (demo, sdxl, refined), "gpu-check": (demo,)}
+    control = SuiteModel("demo", "tiny", tiny, ((64, 64),), (1,), steps=2, runs=1, warmup=1,
+                         controlnets=("controlnet-tiny", "controlnet-tiny"), control_counts=(0, 2))  # fmt: skip
+    return {"cpu": (demo, sdxl, control), "gpu": (demo, sdxl, refined, control), "gpu-check": (demo,)}
 
 
-def prepare(name: str, preset: str, export: ExportConfig | None, suite: str, root: Path) -> tuple[Path, Path | None]:
+def prepare(
+    name: str, preset: str, export: ExportConfig | None, suite: str, root: Path, seed: int = 0
+) -> tuple[Path, Path | None]:
     """The model directory and artifact of a suite's model, made (or re-exported) when missing or stale."""
     from benchmarks.models import write_model
 
     model_dir = root / "models" / name
-    if not (model_dir / "model_index.json").is_file():
+    if not any((model_dir / f).is_file() for f in ("model_index.json", "config.json")):  # a ControlNet: config.json
         log.info("writing the %s model to %s", preset, model_dir)
-        write_model(model_dir, preset)
+        write_model(model_dir, preset, seed=seed)
     if export is None:
         return model_dir, None
     artifact = root / "artifacts" / f"{name}-{suite}"
@@ -147,11 +171,14 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
         if model.refiner is not None:
             refiner_dir, refiner_artifact = prepare(model.refiner, model.refiner, model.export, tag, root)
             refiner_dir, refiner_artifact = _relative(refiner_dir), refiner_artifact and _relative(refiner_artifact)
+        nets = [prepare(f"{p}-{i}", p, model.export, tag, root, seed=i) for i, p in enumerate(model.controlnets)]
+        nets = [(_relative(d), a and _relative(a)) for d, a in nets]
         log.info("%s ready in %.0f s", model.name, time.perf_counter() - t0)
         config = BenchConfig(
             path=artifact or model_dir,
             model=model_dir if artifact else None,
-            label=model.name + (f" + {model.refiner} from {model.refiner_switch_at:g}" if model.refiner else ""),
+            label=model.label,
+            backends=model.backends,
             sizes=model.sizes,
             batches=model.batches,
             steps=model.steps,
@@ -165,6 +192,9 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
             device=device,
             cold_start=cold_start,
             baselines=model.baselines,
+            controlnets=tuple(a or d for d, a in nets),
+            controlnet_models=tuple(d for d, a in nets if a),
+            control_counts=model.control_counts,
         )
         commands.append(config.command())
         t0 = time.perf_counter()
@@ -173,17 +203,30 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
         merged.records += result.records
         merged.notes += [f"{model.name}: {n}" for n in result.notes]
     merged.command = f"benchmarks/{suite.replace('-', '_')}.sh" + (" --quick" if quick else "")
+    overhead = None
+    if suite == "cpu" and not quick:  # what ControlNet's residual inputs cost a UNet call without ControlNet
+        from benchmarks import residual_overhead
+
+        sd15 = next(m for m in models if m.preset == "sd15")
+        model_dir, artifact = prepare(sd15.name, sd15.preset, sd15.export, suite, root)
+        overhead = residual_overhead.measure(model_dir, artifact, size=sd15.sizes[0][0], calls=10)
+        command = f"python -m benchmarks.residual_overhead {_relative(model_dir)} {_relative(artifact)} --calls 10"
+        overhead |= {"command": command}
     minutes = (time.perf_counter() - started) / 60
 
     machine = machine_slug(device) + ("-check" if suite == "gpu-check" else "")
     results.mkdir(parents=True, exist_ok=True)
     table = format_table(merged)
     print(table)
-    data = merged.to_json() | {"commands": commands, "suite_minutes": minutes}
+    data = merged.to_json() | {"commands": commands, "suite_minutes": minutes, "residual_overhead": overhead}
     with atomic_file(results / f"{machine}.json") as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
     plot(merged.records, results / f"{machine}.png")
     markdown = _markdown(merged, suite, machine, commands, minutes)
+    if overhead is not None:
+        from benchmarks.residual_overhead import markdown as overhead_markdown
+
+        markdown += "\n" + overhead_markdown(overhead, overhead["command"])
     (results / f"{machine}.md").write_text(markdown)
     if update_readme:
         _update_readme(README, machine, markdown)
@@ -258,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("sdrt", "benchmarks"):
         logging.getLogger(name).setLevel(logging.INFO)
-    from sdrt.cli import _quiet_third_party
+    from sdrt.library_logging import quiet_third_party
 
-    _quiet_third_party()
+    quiet_third_party()
     results = args.results or (ROOT / "outputs" / "bench-quick" if args.quick else RESULTS)
     try:
         update = not args.quick and args.results is None

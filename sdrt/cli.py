@@ -174,6 +174,23 @@ def _parser() -> argparse.ArgumentParser:
     _tile_args(p, prefix="")
     _backend_args(p, default="onnxruntime")
 
+    from sdrt.runtime.preprocessors import MODULES  # numpy and PIL only: cheap for --help
+
+    p = sub.add_parser(
+        "detect",
+        help="run a ControlNet preprocessor (module) on an image: the map a ControlNet reads",
+        epilog=f"modules: {', '.join(MODULES)}",
+    )
+    p.add_argument("module", help="preprocessor, e.g. canny, invert, scribble_xdog, lineart_standard, depth")
+    p.add_argument("image", type=Path, help="input image")
+    p.add_argument("-o", "--output", type=Path, default=Path("map.png"), help="the map's PNG path (default map.png)")
+    p.add_argument("--processor-res", type=int, default=512, help="the preprocessor's working resolution (512)")
+    p.add_argument("--threshold-a", type=float, default=None, help="the module's first setting (canny: low)")
+    p.add_argument("--threshold-b", type=float, default=None, help="the module's second setting (canny: high)")
+    p.add_argument("--mask", type=Path, default=None, help="the inpaint module's mask: white is masked")
+    p.add_argument("--seed", type=int, default=0, help="seed of a module that draws (shuffle; default 0)")
+    p.add_argument("--annotator-dir", type=Path, default=None, help="annotator models' weights (depth, openpose, ...)")
+
     p = sub.add_parser("info", help="print an artifact's manifest summary")
     p.add_argument("artifact_dir", type=Path)
 
@@ -224,6 +241,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--refiner-model", type=Path, default=None, help="with a refiner artifact: its model directory")
     p.add_argument("--refiner-switch-at", type=float, default=None, help="with --refiner: share of steps the base runs")
+    p.add_argument(
+        "--controlnet",
+        default="",
+        help="comma-separated ControlNet artifacts (from 'sdrt export'), or model directories alone (torch backend "
+        "and baselines only)",
+    )
+    p.add_argument("--controlnet-model", default="", help="with ControlNet artifacts: their model directories")
+    p.add_argument(
+        "--controlnets",
+        default=None,
+        help="ControlNets per image, one scenario each, e.g. 0,1,2 (default: all given; 0 without --controlnet)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu or cuda[:N]")
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
@@ -236,7 +265,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="HTTP server: batches concurrent requests; sdrt, web UI (/sdapi/v1) and OpenAI image APIs",
         epilog="endpoints: POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations; "
-        "GET /sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics",
+        "GET /sdapi/v1/samplers, /sdapi/v1/sd-models, /sdapi/v1/options, /health, /ready, /metrics; the ControlNet "
+        "extension's /controlnet/* (with --controlnet-dir)",
     )
     p.add_argument("path", type=Path, help="artifact directory (or, with --backend torch, a diffusers model directory)")
     _backend_args(p, default="onnxruntime")
@@ -265,6 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps per request (default 150)")
     p.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
+    p.add_argument("--max-control-units", type=int, default=3, help="most ControlNet units per request (default 3)")
     p.add_argument(
         "--warm-shapes",
         nargs="+",
@@ -327,7 +358,15 @@ def _param_values(args: argparse.Namespace, params: ParamSet) -> dict:
 def _cli_type(param: Param):
     """argparse type of a parameter: numbers, text, image paths; a sampler name becomes sdrt's."""
     if param.parse is not None:
-        return param.parse
+        parse = param.parse
+
+        def parsed(text: str):
+            try:
+                return parse(text)
+            except ValueError as exc:  # argparse would say only "invalid value"
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return parsed
     if param.name in ("scheduler", "sampler"):
         return _sampler
     return {"int": int, "float": float, "floats": float, "image": Path}.get(param.type, str)
@@ -373,6 +412,20 @@ def _extra_network_args(p: argparse.ArgumentParser) -> None:
         help="textual-inversion embeddings (.pt, .safetensors, .bin), used where a prompt names a file's stem",
     )
     p.add_argument(
+        "--controlnet-dir",
+        type=Path,
+        default=None,
+        help="ControlNet artifacts (each subdirectory one, from 'sdrt export CONTROLNET'), which --control and "
+        "requests name by directory name",
+    )
+    p.add_argument(
+        "--annotator-dir",
+        type=Path,
+        default=None,
+        help="annotator models' weights for ControlNet modules such as depth and openpose (never downloaded)",
+    )
+
+    p.add_argument(
         "--upscaler-dir",
         type=Path,
         default=None,
@@ -399,7 +452,7 @@ def _tile_args(p: argparse.ArgumentParser, prefix: str) -> None:
 def _load_options(args: argparse.Namespace, upscalers: bool = True) -> dict:
     """Pipeline.load's extra-network directories, as given, and the upscalers of --upscaler-dir (as a directory,
     `upscaler_dir`, when not `upscalers`: Ray replicas open it themselves)."""
-    names = ("embeddings_dir", "lora_dir", "model_dir")
+    names = ("embeddings_dir", "lora_dir", "model_dir", "controlnet_dir", "annotator_dir")
     options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if getattr(args, "vae_tiling", None) is not None and upscalers:  # (Ray: an engine option, not a directory)
         options["vae_tiling"] = args.vae_tiling
@@ -607,6 +660,22 @@ def _upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect(args: argparse.Namespace) -> int:
+    from sdrt.runtime.image_inputs import open_image
+    from sdrt.runtime.images import save_png
+    from sdrt.runtime.preprocessors import detect
+
+    image = open_image(args.image, "image")
+    mask = None if args.mask is None else open_image(args.mask, "mask")
+    found = detect(
+        args.module, image, args.processor_res, args.threshold_a, args.threshold_b, mask=mask, seed=args.seed,
+        annotator_dir=args.annotator_dir,
+    )  # fmt: skip
+    save_png(found, args.output, f"ControlNet module: {args.module}")
+    print(f"wrote {args.output} ({found.width}x{found.height}, {args.module})")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from sdrt.manifest import read_manifest
 
@@ -621,6 +690,12 @@ def _bench(args: argparse.Namespace) -> int:
     quiet_third_party()
     backends = () if args.backend == "none" else tuple(b.strip() for b in args.backend.split(",") if b.strip())
     baselines = () if args.baseline == "none" else ("diffusers",) if args.no_compile else BASELINES
+    controlnets = tuple(Path(p.strip()) for p in args.controlnet.split(",") if p.strip())
+    controlnet_models = tuple(Path(p.strip()) for p in args.controlnet_model.split(",") if p.strip())
+    if args.controlnets is not None:
+        counts = parse_ints("--controlnets", args.controlnets)
+    else:
+        counts = (max(len(controlnets), len(controlnet_models)),)
     config = BenchConfig(
         path=args.path,
         model=args.model,
@@ -639,6 +714,9 @@ def _bench(args: argparse.Namespace) -> int:
         refiner=args.refiner,
         refiner_model=args.refiner_model,
         refiner_switch_at=args.refiner_switch_at,
+        controlnets=controlnets,
+        controlnet_models=controlnet_models,
+        control_counts=counts,
         device=args.device,
         cold_start=not args.no_cold_start,
     )
@@ -688,6 +766,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_steps=args.default_steps,
         max_steps=args.max_steps,
         max_images=args.max_images,
+        max_control_units=args.max_control_units,
         warm_shapes=warm,
         styles=() if args.styles is None else read_styles(args.styles),
     )
@@ -729,6 +808,7 @@ _COMMANDS = {
     "build": _build,
     "generate": _generate,
     "upscale": _upscale,
+    "detect": _detect,
     "info": _info,
     "bench": _bench,
     "doctor": _doctor,

@@ -18,6 +18,7 @@ from sdrt.spec import ComponentSpec, TensorSpec
 
 # the network names every family uses for the parts the generic runtime drives
 UNET = "unet"
+CONTROLNET = "controlnet"
 IMAGE_ENCODER = "image_encoder"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
@@ -73,6 +74,33 @@ def text_encoder_spec(
     )
 
 
+def residual_specs(config: Mapping[str, Any]) -> tuple[TensorSpec, ...]:
+    """The residuals a ControlNet adds inside a UNet of this config, in diffusers' order.
+
+    `down_block_residual_i`: one after conv_in and one after every resnet and every downsampler of the down blocks
+    (diffusers' down_block_additional_residuals); `mid_block_residual` after the mid block. Each is at the latents'
+    size over 2 per downsampling before it, rounded up ("latent_height/4"). A ControlNet's outputs and the UNet's
+    residual inputs are these same specs, so a ControlNet fits a UNet exactly when their specs agree.
+    """
+    channels = tuple(int(c) for c in config["block_out_channels"])
+    layers = config.get("layers_per_block", 2)
+    per_block = [int(layers)] * len(channels) if isinstance(layers, int) else [int(n) for n in layers]
+    levels: list[tuple[int, int]] = [(channels[0], 0)]  # (channels, downsamplings so far)
+    level = 0
+    for i, width in enumerate(channels):
+        levels += [(width, level)] * per_block[i]
+        if i < len(channels) - 1:
+            level += 1
+            levels.append((width, level))
+
+    def spec(name: str, width: int, downsamplings: int) -> TensorSpec:
+        suffix = f"/{2**downsamplings}" if downsamplings else ""
+        return TensorSpec(name, "float32", ("cfg_batch", width, f"latent_height{suffix}", f"latent_width{suffix}"))
+
+    down = tuple(spec(f"down_block_residual_{i}", width, d) for i, (width, d) in enumerate(levels))
+    return (*down, spec("mid_block_residual", channels[-1], level))
+
+
 def unet_spec(
     in_channels: int,
     out_channels: int,
@@ -83,12 +111,14 @@ def unet_spec(
     class_labels: TensorSpec | None = None,
     fp32_inputs: Sequence[str] = ("timestep",),
     input_bounds: Mapping[str, float] | None = None,
+    residuals: Sequence[TensorSpec] = (),
 ) -> ComponentSpec:
     """Denoising UNet: latents (2B, C, h, w), per-sample timesteps (2B,), text states (2B, 77k, D) -> noise prediction.
 
     An inpainting UNet takes C = 2 * latent channels + 1 (latents, mask, masked-image latents). The text axis
     holds k consecutive 77-token chunks of a long prompt. `added_cond` are the UNet's `added_cond_kwargs`
-    (SDXL: `text_embeds`, `time_ids`), `class_labels` its class-embedding input (unCLIP's image embedding).
+    (SDXL: `text_embeds`, `time_ids`), `class_labels` its class-embedding input (unCLIP's image embedding),
+    `residuals` what ControlNets add inside it (`residual_specs`; zeros when a request has no ControlNet).
     """
     latent = ("cfg_batch", in_channels, "latent_height", "latent_width")
     inputs = [
@@ -99,6 +129,7 @@ def unet_spec(
     ]
     if class_labels is not None:
         inputs.append(class_labels)
+    inputs += residuals
     bounds = {f"{name}_max": value for name, value in (input_bounds or {}).items()}
     return ComponentSpec(
         name=UNET,
@@ -113,8 +144,61 @@ def unet_spec(
             **bounds,
             "fp32_inputs": list(fp32_inputs),
             "added_cond": [t.name for t in added_cond],
+            "residuals": [t.name for t in residuals],  # down blocks', then the mid block's
             # attention computed in fp32 (SD 2.x): an fp16 build must keep attention in fp32 to stay finite
             "upcast_attention": upcast_attention,
+        },
+    )
+
+
+def controlnet_spec(config: Mapping[str, Any], num_train_timesteps: int = 1000) -> ComponentSpec:
+    """ControlNet: latents, timesteps, text states (and SDXL's added vectors), its conditioning image (B, 3, 8h, 8w)
+    in [0, 1] -> the residuals (`residual_specs`) a UNet of its architecture adds, unscaled and unpooled."""
+    embedding = tuple(config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256))
+    factor = 2 ** (len(embedding) - 1)
+    latent = ("cfg_batch", int(config.get("in_channels", 4)), "latent_height", "latent_width")
+    inputs = [
+        TensorSpec("sample", "float32", latent),
+        TensorSpec("timestep", "float32", ("cfg_batch",)),
+        TensorSpec(
+            "encoder_hidden_states", "float32", ("cfg_batch", "text_sequence", int(config["cross_attention_dim"]))
+        ),
+    ]
+    added: list[TensorSpec] = []
+    if config.get("addition_embed_type") == "text_time":  # SDXL: the pooled text and 6 size-and-crop ids
+        ids = 6
+        pooled = int(config["projection_class_embeddings_input_dim"]) - ids * int(config["addition_time_embed_dim"])
+        added = [
+            TensorSpec("text_embeds", "float32", ("cfg_batch", pooled)),
+            TensorSpec("time_ids", "float32", ("cfg_batch", ids)),
+        ]
+    elif config.get("addition_embed_type") or config.get("class_embed_type"):
+        raise ValueError(
+            f"ControlNets with {config.get('addition_embed_type') or config.get('class_embed_type')} embeddings "
+            "are not supported (sdrt runs SD 1.x, 2.x and SDXL ControlNets)"
+        )
+    cond = (
+        "cfg_batch",
+        int(config.get("conditioning_channels", 3)),
+        f"{factor}*latent_height",
+        f"{factor}*latent_width",
+    )
+    residuals = residual_specs(config)
+    return ComponentSpec(
+        name=CONTROLNET,
+        inputs=(*inputs, *added, TensorSpec("controlnet_cond", "float32", cond)),
+        outputs=residuals,
+        batch_dim="cfg_batch",
+        role="controlnet",
+        attributes={
+            "timestep_max": num_train_timesteps,
+            **({"time_ids_max": 4096} if added else {}),
+            "fp32_inputs": ["timestep", *(["time_ids"] if added else [])],
+            "added_cond": [t.name for t in added],
+            "residuals": [t.name for t in residuals],
+            "cross_attention_dim": int(config["cross_attention_dim"]),
+            "global_pool_conditions": bool(config.get("global_pool_conditions", False)),
+            "upcast_attention": bool(config.get("upcast_attention") or False),
         },
     )
 
@@ -257,6 +341,7 @@ class UNetModule(SpecModule):
         super().__init__(spec)
         self.unet = unet
         self.added_cond = tuple(spec.attributes.get("added_cond", ()))
+        self.residuals = tuple(spec.attributes.get("residuals", ()))
 
     @property
     def adapted(self) -> nn.Module:
@@ -267,14 +352,48 @@ class UNetModule(SpecModule):
         feeds = self.bind(args, kwargs)
         sample, timestep, states = feeds.pop("sample"), feeds.pop("timestep"), feeds.pop("encoder_hidden_states")
         added = {name: feeds.pop(name) for name in self.added_cond}
+        if self.residuals:  # what ControlNets add after each down block and the mid block (zeros without any)
+            *down, mid = (feeds.pop(name) for name in self.residuals)
+            feeds.update(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
         return self.unet(
             sample,
             timestep,
             encoder_hidden_states=states,
             added_cond_kwargs=added or None,
             return_dict=False,
-            **feeds,  # class_labels, for UNets with a class embedding
+            **feeds,  # class_labels, for UNets with a class embedding; the residuals
         )[0]
+
+
+class ControlNetModule(SpecModule):
+    """ControlNetModel with the spec's IO: its residuals at scale 1 and never pooled (the runtime scales and pools)."""
+
+    def __init__(self, controlnet: nn.Module, spec: ComponentSpec) -> None:
+        super().__init__(spec)
+        self.controlnet = controlnet
+        if getattr(controlnet.config, "global_pool_conditions", False):
+            # pooled residuals are (B, C, 1, 1), not the spec's shapes: the runtime pools after scaling, as diffusers
+            controlnet.register_to_config(global_pool_conditions=False)
+        self.added_cond = tuple(spec.attributes.get("added_cond", ()))
+
+    @property
+    def adapted(self) -> nn.Module:
+        return self.controlnet
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor):
+        feeds = self.bind(args, kwargs)
+        added = {name: feeds.pop(name) for name in self.added_cond}
+        down, mid = self.controlnet(
+            feeds["sample"],
+            feeds["timestep"],
+            encoder_hidden_states=feeds["encoder_hidden_states"],
+            controlnet_cond=feeds["controlnet_cond"],
+            conditioning_scale=1.0,
+            added_cond_kwargs=added or None,
+            guess_mode=False,
+            return_dict=False,
+        )
+        return (*down, mid)
 
 
 class ImageEncoderModule(nn.Module):

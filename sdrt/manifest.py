@@ -17,10 +17,11 @@ from sdrt.model_dir import ModelDir
 from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 
-# 4: text encoders take token embeddings (the artifact keeps each token table), the swapped VAE and the LoRAs
-# fused at export are recorded; 3: one model family description (networks, support directories and extras by
-# family); 2: CLIP-skip input, dynamic text axis, inpainting flag
-FORMAT_VERSION = 4
+# 5: UNets take the residuals ControlNets add (dimensions at fractions of the latent size), ControlNet artifacts
+# (family controlnet, no VAE: vae_scaling_factor null); 4: text encoders take token embeddings (the artifact keeps
+# each token table), the swapped VAE and the LoRAs fused at export are recorded; 3: one model family description
+# (networks, support directories and extras by family); 2: CLIP-skip input, dynamic text axis, inpainting flag
+FORMAT_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 TOKEN_TABLE_FILE = "token_embeddings.safetensors"  # a text encoder's token table: tensor "weight" (vocab, D) float32
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -41,7 +42,7 @@ class Manifest:
     family: str  # model family name, e.g. "sd1", "sdxl" (sdrt.families)
     ranges: ShapeRanges  # batch and image sizes the artifact supports
     components: Mapping[str, ComponentSpec]  # network name -> IO spec
-    vae_scaling_factor: float  # latents are divided by this before the VAE decoder
+    vae_scaling_factor: float | None  # latents are divided by this before the VAE decoder (None: no VAE)
     source_sha256: str  # sha256 over the source model's weight files
     inpainting: bool = False  # the UNet takes latents + mask + masked-image latents (9 channels for SD)
     prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon", "v_prediction" (SD 2.x 768) or "sample"
@@ -99,7 +100,7 @@ class Manifest:
             family=family.name,
             ranges=ranges,
             components=specs,
-            vae_scaling_factor=float(model.configs["vae"].get("scaling_factor", 0.18215)),
+            vae_scaling_factor=family.vae_scaling_factor(model.configs),
             source_sha256=model.weights_sha256(),
             inpainting=is_inpainting_unet(model.configs, family.image_channels),
             prediction_type=family.prediction_type(model.configs),
@@ -158,7 +159,7 @@ class Manifest:
                 family=data["family"],
                 ranges=ShapeRanges.from_json(data["ranges"]),
                 components=components,
-                vae_scaling_factor=float(data["vae_scaling_factor"]),
+                vae_scaling_factor=None if data["vae_scaling_factor"] is None else float(data["vae_scaling_factor"]),
                 source_sha256=data["source_sha256"],
                 inpainting=bool(data["inpainting"]),
                 prediction_type=str(data["prediction_type"]),
@@ -193,6 +194,8 @@ class Manifest:
 def is_inpainting_unet(configs: Mapping[str, Any], image_channels: int = 0) -> bool:
     """True for an inpainting UNet: its input is latents, a 1-channel mask and masked-image latents (a family whose
     input image adds `image_channels` to the latents', as the x4 upscaler's low-res image, has no inpainting UNet)."""
+    if "unet" not in configs or "vae" not in configs:
+        return False  # no UNet to inpaint with (a ControlNet)
     latent = int(configs["vae"]["latent_channels"])
     channels = int(configs["unet"]["in_channels"])
     if image_channels:

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdrt.components import latent_factor
 from sdrt.families import Family, family_for
 from sdrt.families.base import WEIGHTS
 from sdrt.files import read_json_object
@@ -37,6 +36,7 @@ class ModelDir:
     swapped: Mapping[str, Path] = field(default_factory=dict)  # part -> the directory holding it instead (a VAE)
     vae: Mapping[str, str] | None = None  # the swapped VAE's name and sha256, for the manifest and infotexts
     loras: tuple[tuple[Path, float], ...] = ()  # LoRAs fused into the parts they adapt as each part is loaded
+    root_part: str | None = None  # a part that is the directory itself (a diffusers ControlNet directory's one part)
 
     def with_part(
         self, name: str, directory: Path, config: Mapping[str, Any], described: Mapping[str, str]
@@ -61,7 +61,9 @@ class ModelDir:
 
     def part_dir(self, name: str) -> Path:
         """The directory part `name` is read from."""
-        return self.swapped.get(name, self.path / name)
+        if name in self.swapped:
+            return self.swapped[name]
+        return self.path if name == self.root_part else self.path / name
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> ModelDir:
@@ -70,23 +72,31 @@ class ModelDir:
         if not root.is_dir():
             raise ValueError(f"model directory {root} does not exist or is not a directory")
         index_file = root / "model_index.json"
-        index = read_model_index(root)
-        configs = read_config_files(root, index)
-        family = family_for(index, configs, where=str(index_file))
-        missing = [p.name for p in family.parts if not (root / p.name).is_dir()]
+        root_part = None
+        if not index_file.is_file() and _single_model_class(root) is not None:
+            # one model in diffusers' layout (a ControlNet): its directory is the model's one part
+            cls_name = _single_model_class(root)
+            index = {"_class_name": cls_name, "controlnet": ["diffusers", cls_name]}
+            configs = {"controlnet": read_json_object(root / "config.json")}
+            root_part = "controlnet"
+        else:
+            index = read_model_index(root)
+            configs = read_config_files(root, index)
+        family = family_for(index, configs, where=str(index_file if root_part is None else root / "config.json"))
+        model = cls(path=root, family=family, index=index, configs=configs, root_part=root_part)
+        missing = [p.name for p in family.parts if not model.part_dir(p.name).is_dir()]
         if missing:
             raise ValueError(f"{family.description} directory {root} lacks {', '.join(m + '/' for m in missing)}")
         for part in family.parts:
             if part.config is not None and part.name not in configs:
-                raise ValueError(f"{root / part.name} has no {part.config}")
-        model = cls(path=root, family=family, index=index, configs=configs)
+                raise ValueError(f"{model.part_dir(part.name)} has no {part.config}")
         for part in family.model_parts:
             model.weight_file(part.name)  # fails early, naming the missing file
         return model
 
     @property
     def latent_factor(self) -> int:
-        return latent_factor(self.configs["vae"])
+        return self.family.latent_factor(self.configs)
 
     @property
     def native_size(self) -> int:
@@ -110,14 +120,15 @@ class ModelDir:
     def weight_file(self, name: str) -> str:
         """Relative path of a model part's safetensors weights; ValueError naming what is there instead."""
         library, _ = self.part_class(name)
+        directory = self.path if name == self.root_part else self.path / name
         for file in WEIGHTS[library]:
-            if (self.path / name / file).is_file():
-                return f"{name}/{file}"
-        pickles = sorted(p.name for p in (self.path / name).glob("*.bin"))
+            if (directory / file).is_file():
+                return str((directory / file).relative_to(self.path))
+        pickles = sorted(p.name for p in directory.glob("*.bin"))
         hint = (
             f"; it has {pickles}, pickle files that sdrt does not load (convert them to safetensors)" if pickles else ""
         )
-        raise ValueError(f"{self.path / name} has no {' or '.join(WEIGHTS[library])}{hint}")
+        raise ValueError(f"{directory} has no {' or '.join(WEIGHTS[library])}{hint}")
 
     def weight_files(self) -> list[str]:
         """Relative paths of the weight files, for the source hash: the model parts', and any a support part holds
@@ -172,6 +183,18 @@ class ModelDir:
             yield name, self.family.module(specs[name], part[1]).eval()
             if all(self.family.part_of(n) != wanted for n in names[i + 1 :]):
                 part = None
+
+
+def _single_model_class(root: Path) -> str | None:
+    """The class of a one-model diffusers directory sdrt reads (a ControlNetModel), from its config.json; else None."""
+    config = root / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        cls = read_json_object(config).get("_class_name")
+    except ValueError:
+        return None
+    return cls if cls == "ControlNetModel" else None
 
 
 def read_model_index(root: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sdrt.files import read_json_object, scratch_directory
@@ -75,8 +75,20 @@ def convert_single_file(file: Path, out: Path, options: SourceOptions) -> ModelD
     """A single-file checkpoint written out as the diffusers directory it describes, opened."""
     from sdrt.files import atomic_directory
     from sdrt.single_file.checkpoint import plan, read_checkpoint, write_diffusers_dir
+    from sdrt.single_file.controlnet import is_controlnet, write_controlnet_dir
 
     checkpoint = read_checkpoint(file, options.allow_pickle)
+    if is_controlnet(checkpoint):  # a ControlNet (the web UI's control_*.safetensors, or diffusers' in one file)
+        if options.prediction_type is not None:
+            raise ValueError(f"{file} is a ControlNet: --prediction-type describes a full model's UNet")
+        log.info("converting the ControlNet %s to a diffusers directory", file)
+        with atomic_directory(out) as tmp:
+            try:
+                write_controlnet_dir(checkpoint, tmp, file.name, options.config_dir)
+            except ValueError as exc:
+                raise ValueError(f"{file}: {exc}") from exc
+        del checkpoint
+        return replace(ModelDir.open(out), source_sha256=file_sha256(file))
     try:
         conversion = plan(checkpoint, options.prediction_type, options.config_dir)
     except ValueError as exc:
@@ -85,8 +97,7 @@ def convert_single_file(file: Path, out: Path, options: SourceOptions) -> ModelD
     with atomic_directory(out) as tmp:
         write_diffusers_dir(checkpoint, conversion, tmp, str(file))
     del checkpoint
-    model = ModelDir.open(out)
-    return ModelDir(model.path, model.family, model.index, model.configs, source_sha256=file_sha256(file))
+    return replace(ModelDir.open(out), source_sha256=file_sha256(file))
 
 
 def swap_vae(model: ModelDir, vae: Path, scratch: Path, allow_pickle: bool = False) -> ModelDir:

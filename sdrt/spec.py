@@ -21,17 +21,44 @@ DTYPES: dict[str, torch.dtype] = {
     "int64": torch.int64,
 }
 
-_DIM_EXPR = re.compile(r"^(?:(\d+)\*)?([a-z_][a-z0-9_]*)$")
+_DIM_EXPR = re.compile(r"^(?:(\d+)\*)?([a-z_][a-z0-9_]*)(?:/(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One axis of a tensor spec: `factor`, or `factor * ceil(symbol / divisor)` for a symbolic one.
+
+    "8*latent_height" is an image 8 times the latents' height; "latent_height/4" a feature map after two stride-2
+    downsamplings of the latents (ceil: a stride-2 convolution with padding 1 rounds up, so 65 -> 33 -> 17).
+    """
+
+    factor: int  # the whole size of a fixed axis, or what the symbol's (divided) value is multiplied by
+    symbol: str | None = None  # e.g. "latent_height"; None for a fixed axis
+    divisor: int = 1  # the symbol's value is divided by this, rounding up
+
+    def size(self, values: Mapping[str, int]) -> int:
+        if self.symbol is None:
+            return self.factor
+        return self.factor * -(-values[self.symbol] // self.divisor)
+
+
+def dim_of(dim: int | str) -> Dim:
+    """A spec dimension as a Dim: 3, "latent_height", "8*latent_height", "latent_height/2"."""
+    if isinstance(dim, int):
+        return Dim(dim)
+    match = _DIM_EXPR.match(dim)
+    if match is None:
+        raise ValueError(f"dimension {dim!r} is not an int, a symbol, 'N*symbol' or 'symbol/N'")
+    divisor = int(match.group(3) or 1)
+    if divisor < 1:
+        raise ValueError(f"dimension {dim!r} divides by {divisor}")
+    return Dim(int(match.group(1) or 1), match.group(2), divisor)
 
 
 def parse_dim(dim: int | str) -> tuple[int, str | None]:
     """Split a dimension into (factor, symbol): 3 -> (3, None), "8*latent_height" -> (8, "latent_height")."""
-    if isinstance(dim, int):
-        return dim, None
-    match = _DIM_EXPR.match(dim)
-    if match is None:
-        raise ValueError(f"dimension {dim!r} is not an int, a symbol, or 'N*symbol'")
-    return int(match.group(1) or 1), match.group(2)
+    parsed = dim_of(dim)
+    return parsed.factor, parsed.symbol
 
 
 @dataclass(frozen=True)
@@ -126,7 +153,7 @@ class TensorSpec:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} of {self.name} is not one of {sorted(DTYPES)}")
         for dim in self.shape:
-            parse_dim(dim)
+            dim_of(dim)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -138,11 +165,7 @@ class TensorSpec:
 
     def concrete(self, values: Mapping[str, int]) -> tuple[int, ...]:
         """Shape with every symbol replaced from `values`."""
-        out = []
-        for dim in self.shape:
-            factor, symbol = parse_dim(dim)
-            out.append(factor if symbol is None else factor * values[symbol])
-        return tuple(out)
+        return tuple(dim_of(dim).size(values) for dim in self.shape)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
@@ -154,7 +177,7 @@ class TensorSpec:
 
 # What a network does in a generation; backends and the exporter decide by role, never by a network's name.
 # ("upscaler": a GAN upscaler, images in, larger images out; its "latent" axes are pixels, at latent factor 1)
-ROLES = ("text_encoder", "image_encoder", "denoiser", "vae_decoder", "vae_encoder", "upscaler")
+ROLES = ("text_encoder", "image_encoder", "denoiser", "controlnet", "vae_decoder", "vae_encoder", "upscaler")
 
 
 @dataclass(frozen=True)
@@ -209,6 +232,7 @@ class ComponentSpec:
             )
         dims = ranges.dims()
         values: dict[str, int] = {}
+        divided: list[tuple[TensorSpec, int, Dim, int]] = []  # checked once the full-size symbols are known
         for spec in self.inputs:
             tensor = feeds[spec.name]
             if tensor.dtype != spec.torch_dtype:
@@ -218,11 +242,17 @@ class ComponentSpec:
                     f"{self.name} input {spec.name} must have shape {list(spec.shape)}, got {list(tensor.shape)}"
                 )
             for axis, (dim, size) in enumerate(zip(spec.shape, tensor.shape, strict=True)):
-                factor, symbol = parse_dim(dim)
-                if symbol is None:
-                    if size != factor:
-                        raise ValueError(f"{self.name} input {spec.name} axis {axis} must be {factor}, got {size}")
+                parsed = dim_of(dim)
+                if parsed.symbol is None:
+                    if size != parsed.factor:
+                        raise ValueError(
+                            f"{self.name} input {spec.name} axis {axis} must be {parsed.factor}, got {size}"
+                        )
                     continue
+                if parsed.divisor != 1:
+                    divided.append((spec, axis, parsed, size))
+                    continue
+                factor, symbol = parsed.factor, parsed.symbol
                 if size % factor:
                     raise ValueError(f"{self.name} input {spec.name} axis {axis} is {size}, not a multiple of {factor}")
                 value = size // factor
@@ -238,6 +268,15 @@ class ComponentSpec:
                         f"{self.name} input {spec.name}: {symbol} {value} is outside the engine's profile "
                         f"{allowed.min}..{allowed.max}{hint}"
                     )
+        for spec, axis, parsed, size in divided:
+            if parsed.symbol not in values:
+                raise ValueError(f"{self.name}: no input gives {parsed.symbol} whole, which {spec.name} divides")
+            expected = parsed.size(values)
+            if size != expected:
+                raise ValueError(
+                    f"{self.name} input {spec.name} axis {axis} must be {expected} "
+                    f"({parsed.factor}*ceil({parsed.symbol}/{parsed.divisor})), got {size}"
+                )
         return values
 
     def output_shapes(self, values: Mapping[str, int]) -> dict[str, tuple[int, ...]]:

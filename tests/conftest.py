@@ -217,3 +217,40 @@ def x4_pipelines(x4_model, x4_artifact) -> dict:
         "onnxruntime": Pipeline.load(x4_artifact, backend="onnxruntime"),
         "openvino": Pipeline.load(x4_artifact, backend="openvino"),
     }
+
+
+@pytest.fixture(scope="session")
+def controlnet_models(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny ControlNets for the demo SD 1.x model (diffusers layout, zero convolutions re-drawn), by name."""
+    root = tmp_path_factory.mktemp("controlnets")
+    from sdrt.demo import write_demo_model
+
+    return {name: write_demo_model(root / name, seed=seed, variant="controlnet") for name, seed in
+            (("tiny_canny", 0), ("tiny_depth", 5))}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def controlnet_artifacts(controlnet_models, tmp_path_factory) -> Path:
+    """The two ControlNets exported, in one directory (a server's --controlnet-dir)."""
+    from sdrt.export import ExportConfig, export_model
+
+    root = tmp_path_factory.mktemp("controlnet-artifacts")
+    config = ExportConfig(max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size, opt_size=128)
+    for name, path in controlnet_models.items():
+        export_model(path, root / name, config)
+    return root
+
+
+@pytest.fixture(scope="session")
+def controlnet_pipelines(demo_model, artifact, controlnet_models, controlnet_artifacts) -> dict:
+    """The demo model with its ControlNets on torch (diffusers directories), onnxruntime and openvino (artifacts)."""
+    from sdrt import Pipeline
+
+    pipes = {
+        "torch": Pipeline.load(
+            demo_model, backend="torch", ranges=RANGES, controlnet_dir=next(iter(controlnet_models.values())).parent
+        ),
+        "onnxruntime": Pipeline.load(artifact, backend="onnxruntime", controlnet_dir=controlnet_artifacts),
+        "openvino": Pipeline.load(artifact, backend="openvino", controlnet_dir=controlnet_artifacts),
+    }
+    return pipes

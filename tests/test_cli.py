@@ -197,3 +197,56 @@ def test_generate_with_the_x4_upscaler(x4_artifact, x4_pipelines, tmp_path):
     same = x4_pipelines["onnxruntime"].generate("a castle", image=small, noise_level=30, seed=2, num_inference_steps=3)
     assert Image.open(out).size == (96, 64)
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(same.images[0]))
+
+
+def test_export_a_controlnet_generate_with_it_and_detect(
+    artifact, controlnet_models, controlnet_pipelines, tmp_path, capsys
+):
+    """sdrt export CONTROLNET_DIR, then sdrt generate --control NAME=MAP:SCALE:START:END with --controlnet-dir:
+    the Python API's image; sdrt detect writes a module's map."""
+    from sdrt import Control
+    from tests.runtime.test_controlnet import hint
+
+    cn_dir = tmp_path / "controlnets"
+    assert main(["export", str(controlnet_models["tiny_canny"]), "-o", str(cn_dir / "canny"), "--max-batch", "2",
+                 "--min-size", "64", "--max-size", "256", "--opt-size", "128"]) == 0  # fmt: skip
+    assert "(controlnet)" in capsys.readouterr().out
+    hint(0).save(tmp_path / "map.png")
+    out = tmp_path / "out.png"
+    code = main([
+        "generate", str(artifact), "a castle", "--steps", "3", "--height", "64", "--width", "72", "--seed", "5",
+        "--scheduler", "euler", "--controlnet-dir", str(cn_dir), "--control", f"canny={tmp_path / 'map.png'}:0.7:0:0.8",
+        "-o", str(out),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    expected = controlnet_pipelines["onnxruntime"].generate(
+        "a castle", num_inference_steps=3, height=64, width=72, seed=5, scheduler="euler",
+        control=[Control("tiny_canny", image=hint(0), scale=0.7, end=0.8)],
+    )  # fmt: skip
+    ours = Image.open(out)
+    assert np.abs(np.asarray(ours, np.int16) - np.asarray(expected.images[0], np.int16)).max() <= 1
+    assert 'ControlNet 0: "Module: none, Model: canny [' in ours.info["parameters"]
+    with pytest.raises(SystemExit) as exited:  # argparse's own error: usage and the reason
+        main(["generate", str(artifact), "x", "--control", "canny=map.png:lots", "-o", str(out)])
+    assert exited.value.code == 2 and "scale, start and end are numbers" in capsys.readouterr().err
+    edges = tmp_path / "edges.png"
+    assert main(["detect", "canny", str(tmp_path / "map.png"), "-o", str(edges), "--threshold-a", "50"]) == 0
+    assert Image.open(edges).size == (614, 512)  # at the processor resolution (short side 512), as the extension
+    assert main(["detect", "depth", str(tmp_path / "map.png")]) == 2
+    assert "never downloads" in capsys.readouterr().err
+
+
+def test_serve_flags_reach_the_server_config(artifact, controlnet_artifacts, monkeypatch):
+    import sdrt.serve.server
+
+    seen = {}
+
+    def serve(path, backend, device, host, port, config, **options):
+        seen.update(path=path, config=config, options=options)
+        return 0
+
+    monkeypatch.setattr(sdrt.serve.server, "serve", serve)
+    argv = ["serve", str(artifact), "--controlnet-dir", str(controlnet_artifacts), "--max-control-units", "5"]
+    assert main(argv) == 0
+    assert seen["config"].max_control_units == 5 and seen["options"]["controlnet_dir"] == controlnet_artifacts
+    assert main(["serve", str(artifact), "--max-control-units", "-1"]) == 2  # checked by ServeConfig

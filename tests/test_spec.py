@@ -57,3 +57,28 @@ def test_inconsistent_symbols_are_reported():
     feeds["timestep"] = torch.zeros(3)
     with pytest.raises(ValueError, match="timestep axis 0 gives cfg_batch=3, but another input gives 2"):
         spec.resolve(feeds, ShapeRanges(min_size=64))
+
+
+def test_fractions_of_the_latent_size_round_up_as_stride_2_convolutions_do():
+    from sdrt.spec import TensorSpec, dim_of
+
+    assert dim_of("latent_height/4").size({"latent_height": 65}) == 17  # 65 -> 33 -> 17
+    assert dim_of("8*latent_width").size({"latent_width": 9}) == 72
+    spec = ComponentSpec(
+        name="toy",
+        inputs=(
+            TensorSpec("sample", "float32", ("cfg_batch", 4, "latent_height", "latent_width")),
+            TensorSpec("residual", "float32", ("cfg_batch", 8, "latent_height/2", "latent_width/2")),
+        ),
+        outputs=(TensorSpec("out", "float32", ("cfg_batch", 8, "latent_height/2", "latent_width/2")),),
+        batch_dim="cfg_batch",
+    )
+    ranges = ShapeRanges(max_batch=2, min_size=64, max_size=256, opt_size=128)
+    feeds = spec.sample_inputs({"cfg_batch": 2, "latent_height": 9, "latent_width": 12})
+    assert feeds["residual"].shape == (2, 8, 5, 6)
+    assert spec.resolve(feeds, ranges) == {"cfg_batch": 2, "latent_height": 9, "latent_width": 12}
+    feeds["residual"] = torch.zeros(2, 8, 4, 6)
+    with pytest.raises(ValueError, match=r"toy input residual axis 2 must be 5 \(1\*ceil\(latent_height/2\)\), got 4"):
+        spec.resolve(feeds, ranges)
+    with pytest.raises(ValueError, match="not an int, a symbol, 'N\\*symbol' or 'symbol/N'"):
+        TensorSpec("bad", "float32", ("latent_height*2",))

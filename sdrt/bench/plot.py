@@ -13,6 +13,7 @@ from sdrt.files import atomic_file
 _STAGES = {
     "text_encoder": ("text encoder", "#4c72b0"),
     "vae_encode": ("VAE encode", "#8172b2"),
+    "controlnet": ("ControlNet", "#64b5cd"),
     "unet": ("UNet", "#dd8452"),
     "scheduler": ("scheduler + loop overhead", "#55a868"),
     "vae_decode": ("VAE decode", "#c44e52"),

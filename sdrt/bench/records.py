@@ -15,7 +15,9 @@ from sdrt.bench.stats import Summary
 SCHEMA = "sdrt-bench/1"
 STATUSES = ("ok", "skipped", "failed")
 # measures compared stage by stage against a baseline (medians over the timed runs)
-COMPARED = ("text_encoder", "vae_encode", "unet_per_call", "scheduler_per_step", "vae_decode", "other", "total")
+COMPARED = (
+    "text_encoder", "vae_encode", "controlnet", "unet_per_call", "scheduler_per_step", "vae_decode", "other", "total",
+)  # fmt: skip
 
 MEMORY_MEANING = (
     "peak_rss_bytes: this process's highest RSS sampled every 10 ms during the scenario's timed runs, with every "

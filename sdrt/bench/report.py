@@ -15,6 +15,7 @@ MIB = 1024 * 1024
 STAGE_NAMES = {
     "text_encoder": "text encoder",
     "vae_encode": "VAE encode",
+    "controlnet": "ControlNet",
     "unet": "UNet",
     "scheduler": "scheduler + loop overhead",
     "vae_decode": "VAE decode",
@@ -73,6 +74,7 @@ def _title(group: list[Record], markdown: bool) -> str:
         f"{s.model} ({s.family}) on {s.device}: {s.size}, batch {s.batch}, {s.steps} steps, {s.scheduler}, "
         f"guidance {s.guidance_scale:g}, {s.mode}"
         + (f" strength {s.strength:g}" if s.strength is not None else "")
+        + (f", {s.controlnets} ControlNet{'' if s.controlnets == 1 else 's'}" if s.controlnets else "")
         + f"; {runs or 'no'} timed run{'' if runs == 1 else 's'} after {warmup} warm-up"
     )
     return f"**{text}**" if markdown else text
@@ -80,9 +82,11 @@ def _title(group: list[Record], markdown: bool) -> str:
 
 def _latency_table(group: list[Record], markdown: bool) -> str:
     img2img = group[0].scenario.mode == "img2img"
+    control = group[0].scenario.controlnets > 0
     baselines = [r.scenario.contender for r in group if r.scenario.is_baseline and r.ok]
     headers = ["contender", "dtype", "text enc ms"]
     headers += ["VAE enc ms"] if img2img else []
+    headers += ["ControlNet ms"] if control else []
     headers += ["UNet/call ms", "sched/step ms", "VAE dec ms", "other ms", "total ms", "p90 ms", "p99 ms", "img/s"]
     headers += ["peak RSS MiB"] + [f"vs {b}" for b in baselines]
     rows = []
@@ -94,6 +98,7 @@ def _latency_table(group: list[Record], markdown: bool) -> str:
         m = r.summaries()
         cells = [s.contender, s.dtype, _ms(m["text_encoder"].median)]
         cells += [_ms(m["vae_encode"].median)] if img2img else []
+        cells += [_ms(m["controlnet"].median)] if control else []
         cells += [_ms(m[k].median) for k in ("unet_per_call", "scheduler_per_step", "vae_decode", "other", "total")]
         cells += [_ms(m["total"].p90), _ms(m["total"].p99), f"{r.throughput:.3g}"]
         cells += [_mib(r.memory().get("peak_rss_bytes"))]

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -106,16 +107,17 @@ def run_bench(config: BenchConfig) -> BenchResult:
         notes.append(f"sdrt does not run this model ({weights.unsupported}); its backends are skipped")
     environment = _environment(device)
 
+    controlnets, controlnet_models = _controlnets(config)
     specs: dict[str, ContenderSpec] = {}
     reasons: dict[str, str] = {}
     for backend in config.backends + config.baselines:
-        spec, reason = contender(backend, weights, device, refiner)
+        spec, reason = contender(backend, weights, device, refiner, controlnets, controlnet_models)
         if spec is not None:
             specs[backend] = spec
         else:
             reasons[backend] = reason or "unavailable"
 
-    def scenario(backend: str, width: int, height: int, batch: int) -> Scenario:
+    def scenario(backend: str, width: int, height: int, batch: int, controlnets: int) -> Scenario:
         spec = specs.get(backend)
         return Scenario(
             model=config.label or weights.label,
@@ -132,10 +134,11 @@ def run_bench(config: BenchConfig) -> BenchResult:
             mode=config.mode,
             strength=config.strength if config.mode == "img2img" else None,
             refiner_switch_at=config.refiner_switch_at,
+            controlnets=controlnets,
         )
 
-    groups = [(w, h, b) for (w, h) in sizes for b in batches]
-    records: dict[tuple[str, tuple[int, int, int]], Record] = {}
+    groups = [(w, h, b, n) for (w, h) in sizes for b in batches for n in config.control_counts]
+    records: dict[tuple[str, tuple[int, int, int, int]], Record] = {}
     for group in groups:
         for backend in config.backends + config.baselines:
             record = Record(scenario(backend, *group), "ok", warmup=config.warmup, environment=environment)
@@ -242,3 +245,24 @@ def _environment(device: str) -> dict[str, Any]:
             "total": "host clock, synchronized with the device before and after" if cuda else "host clock",
         },
     }
+
+
+def _controlnets(config: BenchConfig) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """(ControlNet artifacts, their model directories): --controlnet alone may name model directories; a pair
+    must hold the same weights, as the base model's pair does."""
+    from sdrt.manifest import MANIFEST_NAME, read_manifest
+    from sdrt.model_dir import ModelDir
+
+    nets, models = config.controlnets, config.controlnet_models
+    if nets and not models and not any((p / MANIFEST_NAME).is_file() for p in nets):
+        return (), nets  # model directories: the torch backend and the baselines run them
+    for artifact in nets:
+        if not (artifact / MANIFEST_NAME).is_file():
+            raise ValueError(f"--controlnet {artifact} is not an artifact (no manifest.json) while others are")
+    for artifact, model in zip(nets, models, strict=True):
+        if ModelDir.open(model).weights_sha256() != read_manifest(artifact).source_sha256:
+            raise ValueError(
+                f"--controlnet-model {model} is not the ControlNet artifact {artifact} was exported from (the "
+                "weights' sha256 differs from the manifest's source_sha256)"
+            )
+    return nets, models

@@ -20,6 +20,7 @@ from PIL import Image
 
 from sdrt.bench.scenario import NEGATIVE_PROMPT, PROMPT, Scenario
 from sdrt.bench.weights import ContenderSpec
+from sdrt.runtime.control import Control
 from sdrt.runtime.timing import StageClock
 
 LOOP = "denoise"
@@ -46,11 +47,12 @@ class Sample:
     steps: int  # denoising steps run
     vae_decode: float  # VAE decoder calls
     vae_encode: float = 0.0  # VAE encoder calls (img2img)
+    controlnet: float = 0.0  # ControlNet calls, every net of the run
 
     @property
     def loop_overhead(self) -> float:
-        """Scheduler steps, guidance and everything else in the loop that is not a UNet call."""
-        return max(0.0, self.denoise - self.unet)
+        """Scheduler steps, guidance and everything else in the loop that is not a UNet or ControlNet call."""
+        return max(0.0, self.denoise - self.unet - self.controlnet)
 
     @property
     def other(self) -> float:
@@ -62,6 +64,7 @@ class Sample:
         return {
             "text_encoder": self.text_encoder,
             "vae_encode": self.vae_encode,
+            "controlnet": self.controlnet,
             "unet": self.unet,
             "unet_per_call": self.unet / self.unet_calls if self.unet_calls else 0.0,
             "scheduler_per_step": self.loop_overhead / self.steps if self.steps else 0.0,
@@ -75,6 +78,7 @@ class Sample:
         return {
             "text_encoder": self.text_encoder,
             "vae_encode": self.vae_encode,
+            "controlnet": self.controlnet,
             "unet": self.unet,
             "scheduler": self.loop_overhead,
             "vae_decode": self.vae_decode,
@@ -142,6 +146,7 @@ class SdrtRunner:
         self.pipe = Pipeline.load(
             spec.path, backend=spec.backend, device=spec.device, ranges=ranges, refiner=spec.refiner
         )
+        self.controlnets = spec.controlnets
         self.device = torch.device(spec.device)
         self.clock = StageClock(device=self.device)
         self.loop = LoopBracket(self.clock)
@@ -151,6 +156,8 @@ class SdrtRunner:
             for name, engine in list(model.engines.items()):
                 role = engine.spec.role
                 model.engines[name] = TimedEngine(engine, self.clock, _SDRT_STAGES[role], before.get(role))
+        for path in self.controlnets:  # loaded now (not in the first timed run), their calls timed
+            self.pipe.controlnets.wrap(path, lambda e: TimedEngine(e, self.clock, "controlnet", self.loop.begin))
 
     def run(self, scenario: Scenario, seed: int) -> Sample:
         self.clock.reset()
@@ -172,6 +179,10 @@ class SdrtRunner:
                 image=image,
                 strength=scenario.strength,
                 refiner_switch_at=scenario.refiner_switch_at,
+                control=[
+                    Control(path, image=control_map(scenario.width, scenario.height, i))
+                    for i, path in enumerate(self.controlnets[: scenario.controlnets])
+                ],  # fmt: skip
             )
         total = _synced_time(self.device) - start
         return _sample(self.clock, total, result.timings.steps)
@@ -182,6 +193,7 @@ class DiffusersRunner:
 
     def __init__(self, spec: ContenderSpec) -> None:
         import diffusers
+        from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.device = torch.device(spec.device)
         self.dtype = torch.float16 if spec.dtype == "float16" else torch.float32
@@ -194,12 +206,19 @@ class DiffusersRunner:
         self.base_mode = next(iter(self.classes))  # the family's first pipeline loads the weights
         compile = spec.backend == "diffusers-compile"
         base = self._load(self.classes[self.base_mode], spec.path, options, compile)
-        self.pipes = {self.base_mode: base}
+        self.pipes = {self.base_mode: base, (self.base_mode, 0): base}
         self.scheduler_config = dict(base.scheduler.config)
         self.refiner = None  # diffusers' ensemble recipe: the refiner's img2img pipeline from denoising_start
         if spec.refiner is not None:
             refiner_class = getattr(diffusers, _PIPELINES["sdxl_refiner"]["img2img"])
             self.refiner = self._load(refiner_class, spec.refiner, options, compile)
+        self.controlnets = []  # diffusers' ControlNets, their calls timed (a MultiControlNet calls each)
+        for path in spec.controlnets:
+            net = diffusers.ControlNetModel.from_pretrained(path, **options).to(self.device)
+            net.set_attn_processor(AttnProcessor2_0())
+            _time_module(net, self.clock, "controlnet", before=self.loop.begin)
+            self.controlnets.append(net)
+        self.family = spec.family
 
     def _load(self, cls: Any, path: str, options: dict[str, Any], compile: bool) -> Any:
         """A pipeline with SDPA attention (optionally a compiled UNet), its networks timed on the clock."""
@@ -228,7 +247,7 @@ class DiffusersRunner:
 
         self.clock.reset()
         self.loop.reset()
-        pipe = self._pipe(scenario.mode)
+        pipe = self._pipe(scenario.mode, scenario.controlnets)
         pipe.scheduler = make_scheduler(scenario.scheduler, self.scheduler_config)  # fresh, as sdrt makes one
         kwargs: dict[str, Any] = {
             "prompt": PROMPT,
@@ -248,6 +267,12 @@ class DiffusersRunner:
             kwargs |= {"height": scenario.height, "width": scenario.width}
         if scenario.mode == "variation":  # unCLIP: the image conditions, the latents start from noise
             kwargs |= {"image": init_image(scenario.width, scenario.height)}
+        if scenario.controlnets:
+            maps = [control_map(scenario.width, scenario.height, i) for i in range(scenario.controlnets)]
+            key = "control_image" if scenario.mode == "img2img" else "image"
+            kwargs |= {key: maps[0] if len(maps) == 1 else maps}
+            # diffusers' img2img ControlNet pipeline defaults to 0.8: every contender runs at 1
+            kwargs |= {"controlnet_conditioning_scale": 1.0 if len(maps) == 1 else [1.0] * len(maps)}
         switch = scenario.refiner_switch_at
         if switch is not None:
             kwargs |= {"denoising_end": switch, "output_type": "latent"}
@@ -265,15 +290,25 @@ class DiffusersRunner:
         total = _synced_time(self.device) - start
         return _sample(self.clock, total, steps)
 
-    def _pipe(self, mode: str) -> Any:
-        """The pipeline for `mode`; img2img shares the text-to-image pipeline's (timed) modules."""
+    def _pipe(self, mode: str, controlnets: int = 0) -> Any:
+        """The pipeline for `mode` (with the first `controlnets` ControlNets); every one shares the base's (timed)
+        modules."""
+        import diffusers
+
         if mode not in self.classes:
             raise ValueError(f"diffusers has no {mode} pipeline for this model; it runs {', '.join(self.classes)}")
-        if mode not in self.pipes:
-            pipe = self.classes[mode].from_pipe(self.pipes[self.base_mode])
+        key = (mode, controlnets)
+        if key not in self.pipes:
+            base = self.pipes[self.base_mode]
+            if controlnets:
+                name = _CONTROLNET_PIPELINES[self.family][mode]
+                nets = self.controlnets[:controlnets]
+                pipe = getattr(diffusers, name).from_pipe(base, controlnet=nets[0] if len(nets) == 1 else nets)
+            else:
+                pipe = base if mode == self.base_mode else self.classes[mode].from_pipe(base)
             pipe.set_progress_bar_config(disable=True)
-            self.pipes[mode] = pipe
-        return self.pipes[mode]
+            self.pipes[key] = pipe
+        return self.pipes[key]
 
     def _on_step_end(self, pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
         if step == pipe.num_timesteps - 1:
@@ -292,6 +327,14 @@ _PIPELINES = {
 }
 
 
+_SD_CONTROLNET = {"txt2img": "StableDiffusionControlNetPipeline", "img2img": "StableDiffusionControlNetImg2ImgPipeline"}
+_CONTROLNET_PIPELINES = {
+    "sd1": _SD_CONTROLNET,
+    "sd2": _SD_CONTROLNET,
+    "sdxl": {"txt2img": "StableDiffusionXLControlNetPipeline", "img2img": "StableDiffusionXLControlNetImg2ImgPipeline"},
+}
+
+
 def load_runner(spec: ContenderSpec) -> Runner:
     return DiffusersRunner(spec) if spec.is_baseline else SdrtRunner(spec)
 
@@ -301,6 +344,13 @@ def init_image(width: int, height: int) -> Image.Image:
     y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def control_map(width: int, height: int, index: int = 0) -> Image.Image:
+    """A deterministic edge-like map, a ControlNet's conditioning image for every contender (one per index)."""
+    y, x = np.mgrid[0:height, 0:width]
+    lines = ((x + 3 * index) % 23 < 2) | ((y + 5 * index) % 31 < 2) | (np.abs(x - y - 7 * index) % 41 < 2)
+    return Image.fromarray((lines * 255).astype(np.uint8)).convert("RGB")
 
 
 def sync(device: torch.device) -> None:
@@ -324,6 +374,7 @@ def _sample(clock: StageClock, total: float, steps: int) -> Sample:
         steps=steps,
         vae_decode=seconds.get("vae_decode", 0.0),
         vae_encode=seconds.get("vae_encode", 0.0),
+        controlnet=seconds.get("controlnet", 0.0),
     )
 
 

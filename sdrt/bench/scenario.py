@@ -40,9 +40,11 @@ class Scenario:
     mode: str = "txt2img"  # "txt2img", "img2img" (adds the VAE encoder) or "variation" (unCLIP's image encoder)
     strength: float | None = None  # img2img only: share of the schedule run, in (0, 1]
     refiner_switch_at: float | None = None  # base + refiner: share of the steps the base runs, in (0, 1)
+    controlnets: int = 0  # ControlNet units per image, each a different ControlNet (0: none)
 
     def __post_init__(self) -> None:
         _check_choice("family", self.family, FAMILIES)
+        _check_int("controlnets", self.controlnets, minimum=0)
         _check_switch(self.refiner_switch_at)
         _check_choice("backend", self.backend, SDRT_BACKENDS + BASELINES)
         _check_choice("device", self.device, DEVICES)
@@ -81,7 +83,10 @@ class Scenario:
     @property
     def group(self) -> tuple:
         """What contenders share to be compared: everything but backend and dtype."""
-        return (self.model, self.width, self.height, self.batch, self.steps, self.mode, self.refiner_switch_at)
+        return (
+            self.model, self.width, self.height, self.batch, self.steps, self.mode, self.refiner_switch_at,
+            self.controlnets,
+        )  # fmt: skip
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"contender": self.contender}
@@ -109,6 +114,11 @@ class BenchConfig:
     refiner_model: Path | None = None  # with a refiner artifact: its model directory (torch backend, baselines)
     refiner_switch_at: float | None = None  # with a refiner: share of the steps the base runs
     device: str = "auto"  # "cpu", "cuda[:N]", or "auto" (cuda when there is one)
+    # ControlNets (their artifacts, for the engine backends; their diffusers directories, for torch and the
+    # baselines) and how many of them to use per image, one scenario each (0: without ControlNet)
+    controlnets: tuple[Path, ...] = ()
+    controlnet_models: tuple[Path, ...] = ()
+    control_counts: tuple[int, ...] = (0,)
     cold_start: bool = True  # measure load-to-first-image and engine builds in fresh processes
     # pause before every run: thread pools that spin-wait after a run (ONNX Runtime's, OpenMP's) would
     # otherwise take the CPU from the next contender (measured: 5 ms -> 100 ms on a 2-core machine)
@@ -116,6 +126,8 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "controlnets", tuple(Path(p) for p in self.controlnets))
+        object.__setattr__(self, "controlnet_models", tuple(Path(p) for p in self.controlnet_models))
         for name in ("model", "refiner", "refiner_model"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -151,6 +163,13 @@ class BenchConfig:
             raise ValueError(f"strength {self.strength!r} is outside (0, 1]")
         if not 0 <= self.settle_seconds <= 60:
             raise ValueError(f"settle_seconds {self.settle_seconds!r} is outside 0..60")
+        nets = max(len(self.controlnets), len(self.controlnet_models))
+        if self.controlnets and self.controlnet_models and len(self.controlnets) != len(self.controlnet_models):
+            raise ValueError("controlnets and controlnet_models go in pairs: give as many of each")
+        for count in self.control_counts:
+            _check_int("controlnets per image", count, minimum=0)
+            if count > nets:
+                raise ValueError(f"{count} ControlNets per image, but {nets} are given (--controlnet)")
         if self.device != "auto" and self.device.split(":")[0] not in DEVICES:
             raise ValueError(f"device {self.device!r} is not auto, cpu or cuda[:N]")
 
@@ -179,6 +198,12 @@ class BenchConfig:
             args += ["--refiner", str(self.refiner), "--refiner-switch-at", f"{self.refiner_switch_at:g}"]
             if self.refiner_model is not None:
                 args += ["--refiner-model", str(self.refiner_model)]
+        if self.controlnets:
+            args += ["--controlnet", ",".join(map(str, self.controlnets))]
+        if self.controlnet_models:
+            args += ["--controlnet-model", ",".join(map(str, self.controlnet_models))]
+        if self.control_counts != (0,):
+            args += ["--controlnets", ",".join(map(str, self.control_counts))]
         args += ["--device", self.device] + ([] if self.cold_start else ["--no-cold-start"])
         return " ".join(shlex.quote(a) for a in args)
 

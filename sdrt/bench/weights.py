@@ -88,6 +88,7 @@ class ContenderSpec:
     dtype: str  # "float32" or "float16"
     ranges: dict[str, Any] | None = None  # ShapeRanges for the torch backend on a model directory
     refiner: str | None = None  # the SDXL refiner (artifact or model directory, as `path`) it runs after the base
+    controlnets: tuple[str, ...] = ()  # ControlNets it can steer with (artifacts or model directories, as `path`)
 
     @property
     def is_baseline(self) -> bool:
@@ -98,14 +99,27 @@ class ContenderSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContenderSpec:
-        return cls(**data)
+        return cls(**{**data, "controlnets": tuple(data.get("controlnets", ()))})
 
 
 def contender(
-    backend: str, weights: Weights, device: str, refiner: Weights | None = None
+    backend: str,
+    weights: Weights,
+    device: str,
+    refiner: Weights | None = None,
+    controlnets: tuple[Path, ...] = (),
+    controlnet_models: tuple[Path, ...] = (),
 ) -> tuple[ContenderSpec | None, str | None]:
-    """(spec, None) for a contender that can run here (with `refiner` after the base), or (None, why it cannot)."""
+    """(spec, None) for a contender that can run here (with `refiner` after the base, steered by `controlnets`'
+    artifacts or `controlnet_models`' directories as its kind takes), or (None, why it cannot)."""
     spec, reason = _contender(backend, weights, device)
+    if spec is not None and (controlnets or controlnet_models):
+        needs_artifact = Path(spec.path) == weights.artifact
+        nets = controlnets if needs_artifact else controlnet_models
+        if not nets:
+            kind = "artifacts (--controlnet)" if needs_artifact else "diffusers directories (--controlnet-model)"
+            return None, f"this contender runs ControlNets from {kind}; give them"
+        spec = replace(spec, controlnets=tuple(str(p) for p in nets))
     if spec is None or refiner is None:
         return spec, reason
     needs_artifact = Path(spec.path) == weights.artifact

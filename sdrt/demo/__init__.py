@@ -12,22 +12,33 @@ import logging
 import os
 from pathlib import Path
 
-from sdrt.demo import sd, sdxl, unclip, upscaler_x4
+from sdrt.demo import controlnet, sd, sdxl, unclip, upscaler_x4
 from sdrt.files import atomic_directory
 
 log = logging.getLogger(__name__)
 
 # preset -> the variants that come in its sizes; the first is the preset's default
 PRESETS: dict[str, tuple[str, ...]] = {
-    "tiny": ("sd1", "sd2", "inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint", "unclip", "upscaler_x4"),
-    "sd15": ("sd1", "inpaint"),
+    "tiny": (
+        "sd1",
+        "sd2",
+        "inpaint",
+        "sdxl",
+        "sdxl-refiner",
+        "sdxl-inpaint",
+        "unclip",
+        "controlnet",
+        "controlnet-sdxl",
+        "upscaler_x4",
+    ),
+    "sd15": ("sd1", "inpaint", "controlnet"),
     "sd21": ("sd2", "unclip"),
-    "sdxl": ("sdxl", "sdxl-refiner"),
-    "sdxl-small": ("sdxl", "sdxl-refiner"),  # SDXL's topologies at half widths, for CPU benchmarks
+    "sdxl": ("sdxl", "sdxl-refiner", "controlnet-sdxl"),
+    "sdxl-small": ("sdxl", "sdxl-refiner", "controlnet-sdxl"),  # SDXL's topologies at half widths, for CPU benchmarks
     "x4": ("upscaler_x4",),  # the SD x4 upscaler's published sizes
 }
 # variant -> the module that writes it
-VARIANTS = {variant: module for module in (sd, sdxl, unclip, upscaler_x4) for variant in module.VARIANTS}
+VARIANTS = {variant: module for module in (sd, sdxl, unclip, controlnet, upscaler_x4) for variant in module.VARIANTS}
 
 
 def resolve_variant(preset: str, variant: str | None) -> str:
@@ -60,7 +71,8 @@ def write_demo_model(
     Variants: "sd1" (SD 1.x), "sd2" (SD 2.x 768: OpenCLIP-style gelu text encoder, linear-projection UNet with
     upcast attention, v-prediction), "inpaint" (SD 1.x inpainting: 9-channel UNet input), "sdxl" (SDXL base: two
     text encoders, size and crop conditioning), "sdxl-refiner" (the SDXL refiner: ViT-bigG alone, aesthetic
-    score), "sdxl-inpaint" (SDXL with a 9-channel UNet), "unclip" (SD 2.1 unCLIP image variations) and "upscaler_x4"
+    score), "sdxl-inpaint" (SDXL with a 9-channel UNet), "unclip" (SD 2.1 unCLIP image variations),
+    "controlnet" / "controlnet-sdxl" (a ControlNet for the SD 1.x / SDXL model of the same preset) and "upscaler_x4"
     (the SD x4 upscaler; preset "x4" has its published sizes). None picks
     the preset's own (see PRESETS). Weights are made on `device` (default: the CPU; cuda for full-size SDXL when
     there is one, which makes 3.5 B random numbers in seconds).

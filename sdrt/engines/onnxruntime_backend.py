@@ -136,8 +136,9 @@ def load(path: str | os.PathLike, manifest: Networks, opts: OnnxRuntimeOptions) 
     engines = {}
     for name, spec in manifest.components.items():
         engine = _engine(cache, artifact, name, manifest.files[name], opts)
-        # Only the UNet runs every step; the others run once per generation, where launch overhead is noise.
-        cuda_graphs = opts.cuda_graphs and spec.role == "denoiser" and _graphs_possible(engine, name)
+        # Only the UNet (and ControlNets) run every step; the others run once per generation, where launch
+        # overhead is noise.
+        cuda_graphs = opts.cuda_graphs and spec.role in ("denoiser", "controlnet") and _graphs_possible(engine, name)
         engines[name] = OnnxRuntimeEngine(
             _session(engine, opts, cuda_graphs, name), spec, manifest.ranges, opts, cuda_graphs
         )

@@ -304,7 +304,7 @@ def _settings(spec: ComponentSpec, opts: TorchOptions) -> dict:
             "channels_last": opts.use_channels_last,
             "tf32": opts.tf32,
         }
-    if spec.role == "denoiser":
+    if spec.role in ("denoiser", "controlnet"):  # the networks called every step
         return {
             "dtype": opts.compute_dtype,
             "channels_last": opts.use_channels_last,
@@ -339,7 +339,8 @@ def use_sdpa(modules) -> None:
 
 
 def _check_model_dir(path: str | os.PathLike) -> None:
-    if not (Path(path) / "model_index.json").is_file():
+    # a pipeline's directory (model_index.json), or one model's (config.json: a ControlNet)
+    if not (Path(path) / "model_index.json").is_file() and not (Path(path) / "config.json").is_file():
         raise ValueError(
             f"the torch backend runs a diffusers model directory (with model_index.json); {path} is not one. "
             "Pass the model directory the artifact was exported from, or use --backend onnxruntime"

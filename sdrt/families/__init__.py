@@ -60,7 +60,7 @@ def family_for(index: Mapping[str, Any], configs: Mapping[str, Any], where: str 
 
 def _load_builtin() -> None:
     # imported here, not at the top: each module registers its families, and some import sdrt.runtime
-    from sdrt.families import sd, sdxl, unclip, upscaler_x4  # noqa: F401
+    from sdrt.families import controlnet, sd, sdxl, unclip, upscaler_x4  # noqa: F401
 
 
 __all__ = ["Family", "UnknownFamily", "families", "family_for", "family_named", "register", "unregister"]

@@ -155,6 +155,7 @@ class Family:
         wrappers = {
             "text_encoder": lambda: components.TextEncoderModule(part, spec),
             "denoiser": lambda: components.UNetModule(part, spec),
+            "controlnet": lambda: components.ControlNetModule(part, spec),
             "image_encoder": lambda: components.ImageEncoderModule(part),
             "vae_decoder": lambda: components.VaeDecoderModule(part),
             "vae_encoder": lambda: components.VaeEncoderModule(part),
@@ -194,9 +195,17 @@ class Family:
             needs = "an input image (image=...)" if "txt2img" not in self.modes else f"one of {list(self.modes)}"
             raise ValueError(f"a {self.description} runs {', '.join(self.modes)}, not {request.mode}: give {needs}")
 
+    def latent_factor(self, configs: Mapping[str, Mapping[str, Any]]) -> int:
+        """Pixels per latent cell (the VAE's downsampling)."""
+        return latent_factor(configs["vae"])
+
+    def vae_scaling_factor(self, configs: Mapping[str, Mapping[str, Any]]) -> float | None:
+        """What latents are divided by before the VAE decoder (None: the family has no VAE)."""
+        return float(configs["vae"].get("scaling_factor", 0.18215))
+
     def native_size(self, configs: Mapping[str, Mapping[str, Any]]) -> int:
         """Image size in pixels the UNet was trained at (512 for SD 1.x, 768 for SD 2.x-768, 1024 for SDXL)."""
-        return int(configs["unet"].get("sample_size", 64)) * latent_factor(configs["vae"])
+        return int(configs["unet"].get("sample_size", 64)) * self.latent_factor(configs)
 
     def prediction_type(self, configs: Mapping[str, Mapping[str, Any]]) -> str:
         return str(configs["scheduler"].get("prediction_type", "epsilon"))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sdrt.components import text_encoder_spec, unet_spec, vae_specs
+from sdrt.components import residual_specs, text_encoder_spec, unet_spec, vae_specs
 from sdrt.conditioning.embedders import ConditioningContext, Embedder
 from sdrt.conditioning.text import TextEmbedder
 from sdrt.families import register
@@ -54,6 +54,7 @@ class SDFamily(Family):
                 unet["cross_attention_dim"],
                 configs["scheduler"].get("num_train_timesteps", 1000),
                 bool(unet.get("upcast_attention", False)),
+                residuals=residual_specs(unet),  # ControlNets steer it per request (zeros without one)
             ),
             **vae_specs(configs["vae"]),
         }

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sdrt.components import text_encoder_spec, unet_spec, vae_specs
+from sdrt.components import residual_specs, text_encoder_spec, unet_spec, vae_specs
 from sdrt.conditioning.embedders import ConditionedRequest, ConditioningContext, EmbedBatch, Embedder
 from sdrt.conditioning.guidance import VECTOR, Conditioning
 from sdrt.conditioning.text import TextEmbedder
@@ -149,6 +149,8 @@ class SDXLFamily(Family):
             added_cond=added,
             fp32_inputs=("timestep", "time_ids"),  # both go through sinusoidal embeddings of values up to ~1000
             input_bounds={"time_ids": TIME_IDS_MAX},
+            # ControlNets steer the base per request (zeros without one); none exist for the refiner
+            residuals=() if self.refiner else residual_specs(unet),
         )
         specs.update(vae_specs(configs["vae"]))
         return specs

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sdrt.components import TILING, TILING_ROLES, latent_factor
+from sdrt.components import TILING, TILING_ROLES
 from sdrt.conditioning.embedders import Conditioner, ConditioningContext
 from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
@@ -57,6 +57,7 @@ class Model:
         self.backend = backend
         self.token_tables = dict(token_tables)  # text-encoder network -> (vocab, D) token table
         self.embeddings = embeddings or EmbeddingLibrary()
+        self.options: dict[str, Any] = {}  # backend options it was loaded with
         widths = {
             p.network: int(self.engines[p.network].spec.attributes["hidden_size"]) for p in self.family.text_encoders
         }
@@ -93,7 +94,7 @@ class Model:
             manifest = read_manifest(root)
         elif (root / "model_index.json").is_file():
             model = ModelDir.open(root)
-            factor = latent_factor(model.configs["vae"])
+            factor = model.latent_factor
             manifest = Manifest.for_model(
                 model, ranges or ShapeRanges(max_batch=8, min_size=64, max_size=4096, latent_factor=factor)
             )
@@ -104,6 +105,11 @@ class Model:
                 "(no model_index.json)"
             )
         family = manifest.model_family
+        if not family.network_names or family.modes == ():
+            raise ValueError(
+                f"{root} is a {family.description}, which steers a base model: load the base model and name it in "
+                "control=[...]"
+            )
         tokenizers = {
             pair.tokenizer: (load_tokenizer(root / pair.tokenizer), tokenizer_key(root / pair.tokenizer))
             for pair in family.text_encoders
@@ -117,6 +123,7 @@ class Model:
         )  # fmt: skip
         if TILING in manifest.variants:  # seamless tiling's graphs, loaded on the first request that asks
             model.load_tiling = lambda: load_engines(root, manifest.variant(TILING), backend, device, **options)
+        model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)
         return model
 
     def _wrapped_vae(self, engines: dict[str, Engine]) -> dict[str, Engine]:

@@ -105,12 +105,14 @@ CORE = (
 
 
 def feature_params() -> tuple[Param, ...]:
-    """The parameters of the runtime's features: the refiner hand-off, the hires fix and seamless tiling."""
+    """The parameters of the runtime's features: the refiner hand-off, the hires fix, ControlNet units, seamless
+    tiling."""
+    from sdrt.runtime.control import PARAMS as CONTROL
     from sdrt.runtime.hires import PARAMS as HIRES
     from sdrt.runtime.seamless import PARAMS as TILING
     from sdrt.runtime.workflow import PARAMS as REFINER
 
-    return (*REFINER, *HIRES, *TILING)
+    return (*REFINER, *HIRES, *CONTROL, *TILING)
 
 
 def pipeline_params(model_families: list[Family]) -> ParamSet:

@@ -25,6 +25,8 @@ from sdrt.engines import Engine
 from sdrt.excerpt import excerpt
 from sdrt.manifest import Manifest
 from sdrt.params import ParamSet
+from sdrt.runtime.control import Control
+from sdrt.runtime.controlnets import ControlNetLibrary
 from sdrt.runtime.hires import Hires
 from sdrt.runtime.image_inputs import open_image, size_from_image
 from sdrt.runtime.latents import random_seed
@@ -62,6 +64,8 @@ class Pipeline:
         loras: LoraLibrary | None = None,
         model_dir: str | os.PathLike | None = None,
         upscalers: UpscalerLibrary | None = None,
+        controlnet_dir: str | os.PathLike | None = None,
+        annotator_dir: str | os.PathLike | None = None,
     ) -> None:
         if refiner is not None and refiner.family.name not in model.family.refiners:
             raise ValueError(
@@ -73,7 +77,9 @@ class Pipeline:
         self.max_images = max_images
         self.device = model.device
         models = {"base": model, **({REFINER: refiner} if refiner is not None else {})}
-        self.runner = Runner(models, loras, model_dir, upscalers)
+        self.annotator_dir = annotator_dir  # annotator models' weights (depth, openpose, ...) for ControlNet modules
+        controlnets = ControlNetLibrary(model, controlnet_dir, model.options)
+        self.runner = Runner(models, loras, model_dir, upscalers, controlnets)
         self.workflow = Workflow(self.runner, self._prepared)
         self.params: ParamSet = pipeline_params([m.family for m in models.values()])
 
@@ -90,6 +96,8 @@ class Pipeline:
         model_dir: str | os.PathLike | None = None,
         upscalers: UpscalerLibrary | None = None,
         vae_tiling: str = "auto",
+        controlnet_dir: str | os.PathLike | None = None,
+        annotator_dir: str | os.PathLike | None = None,
         **options: Any,
     ) -> Pipeline:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
@@ -100,10 +108,13 @@ class Pipeline:
         `lora_dir` LoRA files a prompt names as `<lora:name:weight>`, fused for that request only (torch
         backend, or tensorrt engines built with --refit, which also need `model_dir`: the model the artifact
         was exported from). `upscalers` are the GAN upscalers a hires fix may name (`sdrt.upscalers.library`; on a
-        backend other than torch, made by `sdrt.export.upscalers.open_library`). Backend options (e.g.
-        `optimization="all"` for onnxruntime) pass through to the backend. `vae_tiling` says when the VAE decodes and
-        encodes in tiles (`sdrt.runtime.vae_tiles`): "auto" (images over a megapixel, or beyond the VAE's profile),
-        "on" (anything over one tile, as diffusers' `vae.enable_tiling()`) or "off".
+        backend other than torch, made by `sdrt.export.upscalers.open_library`). `vae_tiling` says when the VAE
+        decodes and encodes in tiles (`sdrt.runtime.vae_tiles`): "auto" (images over a megapixel, or beyond the
+        VAE's profile), "on" (anything over one tile, as diffusers' `vae.enable_tiling()`) or "off".
+        `controlnet_dir` holds ControlNet artifacts requests may name (`control=[Control(NAME, ...)]`), loaded on
+        first use with this backend and its options; `annotator_dir` the annotator models' weights ControlNet
+        modules such as depth need (never downloaded). Backend options (e.g. `optimization="all"` for onnxruntime)
+        pass through to the backend.
         """
         embeddings = None if embeddings_dir is None else EmbeddingLibrary.load(embeddings_dir)
         model = Model.load(path, backend, device, ranges, embeddings=embeddings, vae_tiling=vae_tiling, **options)
@@ -113,7 +124,10 @@ class Pipeline:
                 refiner, backend, device, ranges, embeddings=embeddings, vae_tiling=vae_tiling, **options
             )
         loras = None if lora_dir is None else LoraLibrary.load(lora_dir)
-        return cls(model, refiner_model, loras=loras, model_dir=model_dir, upscalers=upscalers)
+        return cls(
+            model, refiner_model, loras=loras, model_dir=model_dir, upscalers=upscalers, controlnet_dir=controlnet_dir,
+            annotator_dir=annotator_dir,
+        )  # fmt: skip
 
     # the base model's parts, under the names callers use
     @property
@@ -161,6 +175,10 @@ class Pipeline:
     def upscalers(self) -> UpscalerLibrary | None:
         """The GAN upscalers of the pipeline's upscaler directory (None without one)."""
         return self.runner.upscalers
+
+    @property
+    def controlnets(self) -> ControlNetLibrary:
+        return self.runner.controlnets
 
     @property
     def clip_skip_max(self) -> int:
@@ -254,13 +272,14 @@ class Pipeline:
         hires = self.params["hires"].build(values["hires"])
         if hires is not None and not isinstance(hires, Hires):
             raise ValueError(f"hires {excerpt(hires)} is not a Hires or a mapping of its fields")
+        seed = values["seed"]
+        seed = random_seed() if seed is None else seed
+        control = self._control(values["control"], seed, values["height"], values["width"], image)
         options = {p.name: values[p.name] for m in self.models for p in m.family.params}
         for m in self.models:
             for param in m.family.params:
                 options[param.name] = param.check(options[param.name])
-        height, width, steps, seed, clip_skip = (
-            values[k] for k in ("height", "width", "num_inference_steps", "seed", "clip_skip")
-        )
+        height, width, steps, clip_skip = (values[k] for k in ("height", "width", "num_inference_steps", "clip_skip"))
         request = GenerationRequest(
             prompts=prompts,
             negative_prompts=negatives,
@@ -268,7 +287,7 @@ class Pipeline:
             width=default_width if width is None else width,
             steps=family.default_steps if steps is None else steps,
             guidance_scales=scales,
-            seed=random_seed() if seed is None else seed,
+            seed=seed,
             num_images_per_prompt=values["num_images_per_prompt"],
             scheduler=values["scheduler"],
             eta=values["eta"],
@@ -280,11 +299,36 @@ class Pipeline:
             refiner_switch_at=values["refiner_switch_at"],
             hires=hires,
             tiling=bool(self.params["tiling"].check(values["tiling"])),
+            control=control,
+            guess_mode=values["guess_mode"],
             options=options,
         )
         request = self.tokenized(request)
         self.check(request)
         return request
+
+    def _control(self, units: Any, seed: int, height: int | None, width: int | None, image: Any) -> tuple[Control, ...]:
+        """The request's ControlNet units, their images read and preprocessed; each ControlNet loaded and checked."""
+        units = self.params["control"].build(units)
+        if not units:
+            return ()
+        if height is None or width is None:  # the output's size, as the request's defaults will make it
+            factor = self.manifest.ranges.latent_factor
+            size = size_from_image(image, factor) if image is not None and not self.family.image_conditioned else None
+            default = size or (self.manifest.ranges.opt_size, self.manifest.ranges.opt_size)
+            height, width = height or default[0], width or default[1]
+        opened = []
+        for i, unit in enumerate(units):
+            try:
+                if not isinstance(unit, Control):
+                    raise ValueError(f"{excerpt(unit)} is not a Control unit (sdrt.Control)")
+                unit = unit.opened(height, width, seed, self.annotator_dir)
+                loaded = self.controlnets.get(unit.model)  # loads it once and checks it fits the base model
+                unit = replace(unit, label=f"{loaded.name} [{loaded.short_hash}]")
+            except ValueError as exc:
+                raise ValueError(f"control[{i}]: {exc}") from exc
+            opened.append(unit)
+        return tuple(opened)
 
     def _check_names(self, params: dict[str, Any]) -> None:
         """TypeError for a keyword no pipeline takes; ValueError for one another family's pipeline takes."""
@@ -335,6 +379,7 @@ class Pipeline:
                 image=None,
                 mask_image=None,
                 strength=None,
+                control=(),
                 init_latents=torch.empty(shape, device="meta"),
                 next_pass=None,
                 plan=None,

@@ -20,6 +20,7 @@ from PIL import Image
 from sdrt.conditioning.lora_prompts import LoraTags, request_loras
 from sdrt.conditioning.prompts import PromptTokens
 from sdrt.excerpt import check_text, excerpt
+from sdrt.runtime.control import Control
 from sdrt.runtime.hires import Hires
 from sdrt.runtime.image_inputs import check_mask_matches
 from sdrt.runtime.latents import MAX_SEED
@@ -54,6 +55,8 @@ class GenerationRequest:
     refiner_switch_at: float | None = None  # base + refiner: share of the schedule the base runs, 0 < F < 1
     hires: Hires | None = None  # text-to-image: the web UI's hires fix, a second pass at a larger size
     tiling: bool = False  # seamless tiling: the UNet's and VAE's convolutions pad circularly (runtime.seamless)
+    control: tuple[Control, ...] = ()  # ControlNet units, their hints made (Pipeline.request opens them)
+    guess_mode: bool = False  # diffusers' guess mode for every unit: conditional rows only, logspace scales
     # parameters model families declare (sdrt.params), by name: every one of the pipeline's, defaults filled in
     options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # a later pass (the workflow's): latents in instead of an image, (images, C, h, w), scaled
@@ -111,6 +114,16 @@ class GenerationRequest:
         if self.denoising_start is not None and self.init_latents is None:
             raise ValueError("denoising_start continues latents: give init_latents")
         self._check_images()
+        self._check_control()
+
+    def _check_control(self) -> None:
+        for i, unit in enumerate(self.control):
+            if not isinstance(unit, Control):
+                raise ValueError(f"control[{i}] {excerpt(unit)} is not a Control unit")
+            if unit.hint is None:
+                raise ValueError(f"control[{i}] has no hint: make the request with Pipeline.request, which reads it")
+        if not isinstance(self.guess_mode, bool):
+            raise ValueError(f"guess_mode {excerpt(self.guess_mode)} is not true or false")
 
     def _check_images(self) -> None:
         if self.hires is not None and not isinstance(self.hires, Hires):

@@ -15,7 +15,7 @@ from sdrt.runtime.timing import StageClock, Timings
 from sdrt.schedulers import sampler_label
 
 # what adds up when a request's timings span several passes (the total is the passes' totals added, too)
-_ADDED = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls")
+_ADDED = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls", "controlnet")
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,13 @@ def batch_timings(clock: StageClock, started: float, steps: int) -> Timings:
     return Timings(
         text_encoder=s.get("text_encoder", 0.0),
         unet=s.get("unet", 0.0),
-        scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0),
+        scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0) - s.get("controlnet", 0.0),
         vae_decode=s.get("vae_decode", 0.0),
         total=time.perf_counter() - started,
         steps=steps,
         unet_calls=clock.calls.get("unet", 0),
         vae_encode=s.get("vae_encode", 0.0),
+        controlnet=s.get("controlnet", 0.0),
     )
 
 
@@ -90,6 +91,8 @@ def infotexts(
     label = sampler_label(request.scheduler, base.scheduler_config)
     if request.tiling:  # the web UI writes "Tiling: True" for a seamless image
         extra = (*extra, ("Tiling", "True"))
+    # the web UI ControlNet extension's entries: "ControlNet 0: "Module: canny, Model: name [hash], ...""
+    extra = (*extra, *((f"ControlNet {i}", unit.infotext()) for i, unit in enumerate(request.control)))
     prompts = request.per_image(request.prompts)
     negatives = request.per_image(request.negative_prompts)
     scales = request.per_image(request.guidance_scales)

@@ -19,7 +19,10 @@ from PIL import Image
 
 from sdrt.conditioning.guidance import CONCAT, ClassifierFreeGuidance, Conditioning
 from sdrt.engines import call_in_chunks
-from sdrt.runtime.denoiser import ConcatChannels, Guided, UNetCall
+from sdrt.runtime.control_images import hint_tensor
+from sdrt.runtime.control_residuals import ControlNetEngine, ControlNetResiduals, Use, residual_weights
+from sdrt.runtime.controlnets import ControlNetLibrary
+from sdrt.runtime.denoiser import ConcatChannels, Guided, RowDenoiser, UNetCall
 from sdrt.runtime.image_inputs import preprocess_image, preprocess_mask
 from sdrt.runtime.images import to_pil
 from sdrt.runtime.init_latents import Inpainting, latent_mask
@@ -62,12 +65,14 @@ class Runner:
         loras: LoraLibrary | None = None,
         model_dir: str | os.PathLike | None = None,
         upscalers: UpscalerLibrary | None = None,
+        controlnets: ControlNetLibrary | None = None,
     ) -> None:
         self.models = models
         self.upscalers = upscalers  # the GAN upscalers a hires fix may name
         self.base = models["base"]
         self.device = self.base.device
         self.loras = loras or LoraLibrary()  # the LoRA files prompts may name
+        self.controlnets = controlnets or ControlNetLibrary(self.base, options=self.base.options)
         self.weights = LoraWeights(self.base, model_dir)  # the LoRAs the base model's engines hold
         self.fixed_loras: list[tuple[Path, float]] = []  # set_lora's, fused under every request's own
 
@@ -99,14 +104,36 @@ class Runner:
         latents, conditioning, after = self.start(
             model, plan, requests, gens, clock, scheduler, timesteps, conditioning
         )
-        unet = model.engines_for(first.tiling)[model.family.denoiser]
-        denoiser = Guided(ConcatChannels(UNetCall(unet, clock)), cfg, conditioning, first.calls_before)
+        unet: RowDenoiser = ConcatChannels(UNetCall(model.engines_for(first.tiling)[model.family.denoiser], clock))
+        nets = self.control(requests)
+        if nets:  # ControlNets add their residuals inside the UNet, each run once per step for its rows
+            unet = ControlNetResiduals(unet, nets, clock)
+        denoiser = Guided(unet, cfg, conditioning, first.calls_before)
         progress.steps = first.steps_before
         with clock.stage("denoise"):
             latents = denoise(
                 denoiser, scheduler, timesteps, latents, step_kwargs(scheduler, gens, first.eta), progress, after
             )
         return PassOutput(requests, model, latents, gens, clock, started, progress, denoiser.calls)
+
+    def control(self, requests: Sequence[GenerationRequest]) -> list[tuple[ControlNetEngine, list[Use]]]:
+        """The batch's ControlNets, each with its uses: one per unit and image, its map at the image's size."""
+        nets: dict[Path, tuple[ControlNetEngine, list[Use]]] = {}
+        first_image = 0
+        for r in requests:
+            for unit in r.control:
+                loaded = self.controlnets.get(unit.model)
+                run = loaded.run
+                hint = hint_tensor(unit.hint, r.height, r.width, unit.resize_mode).to(self.device)
+                weights = residual_weights(len(run.residuals), unit.scale, unit.mode, r.guess_mode, run.global_pool)
+                conditional_only = r.guess_mode or unit.mode == "control" or run.global_pool
+                uses = nets.setdefault(loaded.path, (run, []))[1]
+                uses += [
+                    Use(first_image + k, hint, weights, unit.start, unit.end, conditional_only)
+                    for k in range(r.num_images)
+                ]
+            first_image += r.num_images
+        return list(nets.values())
 
     def start(
         self,

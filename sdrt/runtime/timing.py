@@ -111,6 +111,7 @@ class Timings:
     steps: int  # denoising steps run
     vae_encode: float = 0.0  # VAE encoder calls (image-to-image, inpainting)
     unet_calls: int = 0  # UNet evaluations: more than steps for PNDM's warm-up, Heun and DPM2 (two per step)
+    controlnet: float = 0.0  # ControlNet calls (every ControlNet of the batch, every step it runs)
 
     @property
     def unet_per_call(self) -> float:
@@ -121,13 +122,14 @@ class Timings:
     @property
     def other(self) -> float:
         """Time outside the stages: scheduler set-up, first-use imports, image conversion."""
-        staged = self.text_encoder + self.vae_encode + self.unet + self.scheduler + self.vae_decode
+        staged = self.text_encoder + self.vae_encode + self.controlnet + self.unet + self.scheduler + self.vae_decode
         return max(0.0, self.total - staged)
 
     def rows(self) -> list[tuple[str, float]]:
         return [
             ("text encoder", self.text_encoder),
             ("vae encode", self.vae_encode),
+            *((("controlnet", self.controlnet),) if self.controlnet else ()),
             ("unet total", self.unet),
             ("unet per call", self.unet_per_call),
             ("scheduler + overhead", self.scheduler),

@@ -133,6 +133,7 @@ class Workflow:
                 image=None,
                 mask_image=None,
                 strength=None,
+                control=(),  # ControlNets steer the base: none exists for the refiner
                 init_latents=out.latents[rows],
                 generator_states=tuple(g.get_state() for g in out.generators[rows]),
                 calls_before=out.calls,

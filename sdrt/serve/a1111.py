@@ -33,8 +33,9 @@ from sdrt.runtime.request import GenerationRequest
 from sdrt.schedulers import SAMPLERS, canonical_sampler
 from sdrt.serve import a1111_sd_upscale, a1111_settings
 from sdrt.serve.a1111_settings import model_names, title
-from sdrt.serve.codec import decode_image, encode_all
+from sdrt.serve.codec import decode_image, encode_all, png_base64
 from sdrt.serve.config import ServeConfig
+from sdrt.serve.controlnet_api import script_units
 from sdrt.serve.errors import InputError, from_runtime
 from sdrt.serve.fields import Float, Int
 from sdrt.serve.generation import build_request
@@ -205,7 +206,6 @@ def _check_supported(body: _Common) -> None:
             not body.script_name or (isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body)),
             "the one web UI script sdrt runs is img2img's 'SD upscale' (GET /sdapi/v1/scripts)",
         ),
-        ("alwayson_scripts", not body.alwayson_scripts, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
         ("infotext", not body.infotext, "settings are not read from infotext; send them as fields"),
     ]
     if isinstance(body, Txt2ImgBody):
@@ -447,6 +447,8 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         tiling=bool(body.tiling),
     )
     if isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body):  # upscale, then img2img every tile
+        if body.alwayson_scripts:
+            raise InputError("alwayson_scripts", "the SD upscale script runs without always-on scripts (ControlNet)")
         images, tile_results, infotexts = await a1111_sd_upscale.run(body, http, api, pipe, common, seed, _NAMES)
         info = json.loads(_info(body, prompt, negative_prompt, pipe, tile_results, sampler, clip_skip, strength))
         parameters = body.model_dump()
@@ -455,18 +457,22 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         return ascii_json(
             {"images": images, "parameters": parameters, "info": json.dumps({**info, "infotexts": infotexts})}
         )
+    detected_maps: list[bool] = []  # per ControlNet unit: its map goes back after the images
 
     def build(pipe: Pipeline) -> list[tuple[GenerationRequest, Hashable]]:
         images: list[Image.Image | None] = [decode_image(b64, "init_images") for b64 in init_images] or [None]
+        # the ControlNet extension's units: a unit without an image takes the input image, as the extension does
+        units, detected_maps[:] = script_units(body.alwayson_scripts, images[0], state.config.max_control_units)
         mask = None
         if img2img and body.mask is not None:
             raw = decode_image(body.mask, "mask", mode=None)
             mask = _binary_mask(raw, bool(body.inpainting_mask_invert))
+        with_units = dict(common, control=units)
         if len(images) == 1:  # one image (or none) for every batch item: one request, seeds seed + i
             image = images[0]
             item_mask = None if image is None or mask is None else _fit(mask, image.size)
             params = dict(
-                common,
+                with_units,
                 seed=seed,
                 num_images_per_prompt=body.batch_size * body.n_iter,
                 image=image,
@@ -480,7 +486,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
             for j, image in enumerate(images):
                 item_mask = None if mask is None else _fit(mask, image.size)
                 params = dict(
-                    common, seed=first + iteration * len(images) + j, num_images_per_prompt=1, image=image,
+                    with_units, seed=first + iteration * len(images) + j, num_images_per_prompt=1, image=image,
                     mask_image=item_mask,
                 )  # fmt: skip
                 built.append(build_request(pipe, state.config, params, names=_NAMES))
@@ -492,6 +498,10 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
     if body.send_images:
         for result in results:
             images += await run_in_threadpool(encode_all, result)
+        units = results[0].request.control
+        for unit, send in zip(units, detected_maps, strict=True):  # the extension returns each unit's map
+            if send:
+                images.append(await run_in_threadpool(png_base64, unit.hint, f"ControlNet map: {unit.module}"))
     parameters = body.model_dump()
     if img2img and not body.include_init_images:
         parameters.update(init_images=None, mask=None)

@@ -60,13 +60,14 @@ class ServeConfig:
     max_images: int = 16  # most images per request (prompts x images per prompt, batch_size x n_iter, n)
     warm_shapes: tuple[WarmShape, ...] = ()  # (size, batch) shapes each engine meets at load, before ready
     styles: tuple[PromptStyle, ...] = ()  # the web UI API's prompt styles (`sdrt serve --styles styles.csv`)
+    max_control_units: int = 3  # most ControlNet units per request (the web UI extension's default unit count)
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and (isinstance(self.max_batch, bool) or self.max_batch < 1):
             raise ValueError(f"max_batch {self.max_batch} must be at least 1")
         if not 0.0 <= self.max_wait_ms <= 60_000.0:
             raise ValueError(f"max_wait_ms {self.max_wait_ms} is outside 0..60000")
-        for name in ("max_queue", "max_body_bytes", "max_prompt_chars", "max_images"):
+        for name in ("max_queue", "max_body_bytes", "max_prompt_chars", "max_images", "max_control_units"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
         if not 1 <= self.max_steps <= MAX_STEPS:

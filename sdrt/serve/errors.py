@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from sdrt.runtime.params import all_params
@@ -36,6 +37,9 @@ def from_runtime(exc: ValueError, names: Mapping[str, str] | None = None) -> Inp
         field = f"hires.{words[1]}"
     elif words and words[0] in all_params():
         field = words[0]
+    elif words and (unit := re.fullmatch(r"control\[(\d+)\]:", words[0])):  # "control[1]: ..." names the unit
+        prefix = (names or {}).get("control", "control")
+        return InputError(f"{prefix}.{unit.group(1)}", message)
     elif words[:2] == ["unknown", "scheduler"]:
         field = "scheduler"
     elif words[:1] == ["batch"]:  # "batch of N images ... is over the maximum"

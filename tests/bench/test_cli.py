@@ -54,6 +54,8 @@ def test_bench_errors_exit_nonzero_with_the_reason(artifact, capsys):
     assert "--batch '1,x' is not a comma-separated list of integers" in capsys.readouterr().err
     assert main(["bench", str(artifact), "--backend", "none", "--baseline", "none"]) == 2
     assert "nothing to time" in capsys.readouterr().err
+    assert main(["bench", str(artifact), "--controlnets", "0,1", "--no-cold-start"]) == 2
+    assert "1 ControlNets per image, but 0 are given (--controlnet)" in capsys.readouterr().err
 
 
 def test_a_contender_that_fails_is_reported_and_the_run_exits_nonzero(demo_model, tmp_path, capsys):

@@ -209,3 +209,45 @@ def test_gpu_bench_times_with_cuda_events(artifact, demo_model):
         assert record.memory()["peak_gpu_allocated_bytes"] > 0
     dtypes = {r.scenario.contender: r.scenario.dtype for r in result.records}
     assert dtypes == {"sdrt-torch": "float32", "diffusers": "float16"}
+
+
+def test_controlnet_scenarios_time_the_controlnet_stage_beside_diffusers(artifact, demo_model, controlnet_models,
+                                                                       controlnet_artifacts, tmp_path):  # fmt: skip
+    names = sorted(controlnet_models)
+    config = BenchConfig(
+        path=artifact,
+        model=demo_model,
+        backends=("onnxruntime", "torch"),
+        baselines=("diffusers",),
+        sizes=((64, 64),),
+        steps=2,
+        runs=1,
+        warmup=1,
+        controlnets=tuple(controlnet_artifacts / n for n in names),
+        controlnet_models=tuple(controlnet_models[n] for n in names),
+        control_counts=(0, 2),
+        device="cpu",
+        cold_start=False,
+        settle_seconds=0.0,
+    )
+    assert "--controlnets 0,2" in config.command()
+    result = run_bench(config)
+    assert [(r.scenario.contender, r.scenario.controlnets, r.status) for r in result.records] == [
+        (c, n, "ok") for n in (0, 2) for c in ("sdrt-onnxruntime", "sdrt-torch", "diffusers")
+    ]
+    for record in result.records:
+        (sample,) = record.samples
+        # two ControlNets per UNet call (batched guidance: one call a step) ran, and were timed, or none at all
+        assert (sample.controlnet > 0) == (record.scenario.controlnets == 2)
+        assert sample.unet_calls == 2
+        assert sample.loop_overhead >= 0 and sample.denoise >= sample.unet + sample.controlnet
+    table = format_table(result)
+    assert "2 ControlNets" in table and "ControlNet ms" in table
+    plot(result.records, tmp_path / "bench.png")
+    # a model directory that is not the artifact's source is refused before anything runs
+    swapped = BenchConfig(
+        path=artifact, model=demo_model, controlnets=tuple(controlnet_artifacts / n for n in names),
+        controlnet_models=tuple(controlnet_models[n] for n in reversed(names)), cold_start=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="is not the ControlNet artifact .* was exported from"):
+        run_bench(swapped)

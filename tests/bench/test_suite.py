@@ -34,7 +34,14 @@ def test_the_suites_time_what_the_issue_asks():
         ("sd15", ((256, 256),), (1,), 4, None),
         ("sdxl-small", ((256, 256),), (1,), 4, None),  # SDXL's topology at half widths, exported for onnxruntime
         ("unclip-tiny", ((128, 128),), (1,), 20, None),
+        ("tiny", ((128, 128),), (1,), 20, None),  # ControlNet: none, one and two nets
+        ("sd15", ((256, 256),), (1,), 4, None),  # one and two full-size ControlNets against diffusers'
     ]
+    assert [(m.controlnets, m.control_counts) for m in cpu[4:]] == [
+        (("controlnet-tiny", "controlnet-tiny"), (0, 1, 2)),
+        (("sd15-controlnet", "sd15-controlnet"), (1, 2)),
+    ]
+    assert cpu[5].baselines == ("diffusers",) and cpu[5].label == "sd15-random + ControlNet"
     assert cpu[3].mode == "variation" and gpu[3].mode == "variation"
     assert cpu[2].export is not None
     assert [(m.preset, m.sizes, m.batches, m.steps, m.refiner, m.refiner_switch_at) for m in gpu] == [
@@ -42,6 +49,8 @@ def test_the_suites_time_what_the_issue_asks():
         ("sdxl", ((1024, 1024),), (1,), 30, None, None),
         ("sdxl", ((1024, 1024),), (1,), 30, "sdxl-refiner", 0.8),
         ("unclip", ((768, 768),), (1,), 20, None, None),
+        ("sd15", ((512, 512),), (1,), 50, None, None),  # with one ControlNet
     ]
+    assert gpu[4].controlnets == ("sd15-controlnet",) and gpu[4].control_counts == (1,)
     assert gpu[0].export.max_batch == 8  # throughput up to batch 8 needs an artifact that takes it
     assert suites(artifact_on_gpu=False)["gpu"][0].export is None  # nothing would run an export

@@ -12,7 +12,20 @@ def test_sdxl_and_refiner_profiles_cover_their_conditioning(sdxl_artifact, sdxl_
         spec, ranges = manifest.components["unet"], manifest.ranges
         static, dynamic = build_profiles(spec, ranges, "both")
         shapes = dynamic.shapes(spec)
-        assert set(shapes) == {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"}
+        residuals = spec.attributes.get("residuals", [])  # ControlNet's, on the base only
+        assert len(residuals) == (0 if artifact == sdxl_refiner_artifact else len(spec.inputs) - 5)
+        assert set(shapes) == {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids", *residuals}
+        for name in residuals:  # each at its block's resolution: the latents' divided (rounded up), cfg-doubled
+            tensor = next(t for t in spec.inputs if t.name == name)
+            for shape, batch, latent in zip(
+                shapes[name],
+                (1, 2 * ranges.opt_batch, 2 * ranges.max_batch),
+                (ranges.min_size, ranges.opt_size, ranges.max_size),
+                strict=True,
+            ):
+                side = latent // ranges.latent_factor
+                values = {"cfg_batch": batch, "latent_height": side, "latent_width": side}
+                assert shape == tensor.concrete(values), name
         low, opt, high = shapes["encoder_hidden_states"]
         assert low == (1, 77, text_width) and high == (2 * ranges.max_batch, 77 * ranges.max_text_chunks, text_width)
         assert shapes["text_embeds"][2] == (2 * ranges.max_batch, 32)  # the cfg-doubled batch

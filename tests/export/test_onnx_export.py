@@ -79,7 +79,12 @@ def test_manifest_describes_the_artifact(artifact, demo_model):
     assert data["source_sha256"] == ModelDir.open(demo_model).weights_sha256()
     assert {"torch", "diffusers", "transformers", "onnx", "sdrt"} <= set(data["versions"])
     unet = data["components"]["unet"]
-    assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
+    residuals = [f"down_block_residual_{i}" for i in range(8)] + ["mid_block_residual"]  # ControlNets' (zeros)
+    assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states", *residuals]
+    assert unet["attributes"]["residuals"] == residuals
+    shapes = {i["name"]: i["shape"] for i in unet["inputs"]}
+    assert shapes["down_block_residual_0"] == ["cfg_batch", 32, "latent_height", "latent_width"]
+    assert shapes["mid_block_residual"] == ["cfg_batch", 64, "latent_height/8", "latent_width/8"]  # rounded up
     assert unet["inputs"][0]["shape"] == ["cfg_batch", 4, "latent_height", "latent_width"]
     assert unet["inputs"][2]["shape"] == ["cfg_batch", "text_sequence", 32]  # 1..4 chunks of 77 tokens
     assert data["dims"]["text_sequence"] == {"min": 77, "opt": 77, "max": 308}

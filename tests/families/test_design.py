@@ -58,7 +58,12 @@ def test_sdxl_manifests_round_trip_with_their_extras(sdxl_artifact, sdxl_refiner
     assert refiner.extras == {"force_zeros_for_empty_prompt": False, "requires_aesthetics_score": True}
     assert base.support == ("tokenizer", "tokenizer_2", "scheduler") and refiner.support == ("tokenizer_2", "scheduler")
     unet, ref_unet = base.components["unet"], refiner.components["unet"]
-    assert unet.input_names == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    conditioning = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    # The base UNet takes ControlNet residuals after its conditioning (a tiny SDXL has 6 down block
+    # outputs and a mid block at half resolution); the refiner has no ControlNet and no residual inputs.
+    residuals = [f"down_block_residual_{i}" for i in range(6)] + ["mid_block_residual"]
+    assert unet.input_names == conditioning + residuals and ref_unet.input_names == conditioning
+    assert unet.inputs[-1].shape == ("cfg_batch", 64, "latent_height/2", "latent_width/2")
     assert unet.inputs[4].shape == ("cfg_batch", 6) and ref_unet.inputs[4].shape == ("cfg_batch", 5)
     assert unet.fp32_inputs == {"timestep", "time_ids"}
     assert base.components["text_encoder_2"].output_names == ["text_embeddings", "pooled_embeddings"]

@@ -208,3 +208,44 @@ def test_a_poisoned_request_fails_alone_and_its_batch_mates_are_served():
 
     _run(main())
     assert engine.batches == [[1], [2], [3]]  # the batch of four failed; each ran alone, the poisoned one failed
+
+
+def test_a_later_pass_is_queued_and_batches_with_other_queued_work():
+    """A pass that returns a Continuation (a refiner hand-off, a hires fix) has its later requests queued as jobs of
+    their own, as old as the request they continue: they batch with queued work of their key, and the request's
+    result is what the continuation makes of theirs."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from sdrt.runtime.pipeline import Continuation
+
+    batches: list[list[str]] = []
+    timings = Timings(text_encoder=0, unet=0, scheduler=0, vae_decode=0, total=0, steps=2)
+
+    def run_pass(requests):
+        batches.append([r.prompts[0] for r in requests])
+        out = []
+        for r in requests:
+            if r.prompts[0].startswith("first"):
+                later = replace(r, prompts=(f"second of {r.prompts[0]}",), plan=SimpleNamespace(key="second"))
+
+                def finish(done, r=r):
+                    return GenerationResult([], r.seeds, [f"made from {done[0].request.prompts[0]}"], timings, r)
+
+                out.append(Continuation([later], finish, timings))
+            else:
+                out.append(GenerationResult([], r.seeds, [r.prompts[0]], timings, r))
+        return out
+
+    async def main():
+        batcher = Batcher(run_pass, max_images=4, max_wait=0.2, max_queue=16)
+        await batcher.start()
+        first = batcher.submit(replace(_request(1), prompts=("first",)), "first")
+        other = batcher.submit(replace(_request(2), prompts=("other second pass",)), "second")
+        results = await asyncio.gather(first.future, other.future)
+        await batcher.drain()
+        return results
+
+    first, other = _run(main())
+    assert batches == [["first"], ["other second pass", "second of first"]]  # the later pass joined the queued one
+    assert first.result.parameters == ["made from second of first"] and other.result.parameters == ["other second pass"]

@@ -166,3 +166,26 @@ def write_checkpoint(model_dir: Path, path: Path, family: str, dtype: torch.dtyp
     else:
         torch.save({"state_dict": state, "global_step": 1}, path)
     return path
+
+
+def controlnet_key(key: str, config: Mapping[str, Any]) -> str:
+    """A diffusers ControlNetModel key's name in the original ControlNet layout (without control_model.)."""
+    if key.startswith("controlnet_cond_embedding."):
+        rest = key[len("controlnet_cond_embedding.") :]
+        if rest.startswith("conv_in."):
+            return "input_hint_block.0." + rest[len("conv_in.") :]
+        if rest.startswith("conv_out."):
+            return "input_hint_block.14." + rest[len("conv_out.") :]
+        m = re.match(r"blocks\.(\d+)\.(.*)", rest)
+        assert m, key
+        return f"input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"
+    if m := re.match(r"controlnet_down_blocks\.(\d+)\.(.*)", key):
+        return f"zero_convs.{m[1]}.0.{m[2]}"
+    if key.startswith("controlnet_mid_block."):
+        return "middle_block_out.0." + key[len("controlnet_mid_block.") :]
+    return unet_key(key, config)
+
+
+def original_controlnet_weights(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], prefix: str) -> dict:
+    """A ControlNet's weights in the original layout (`prefix`: "control_model." as the web UI's files have)."""
+    return {prefix + controlnet_key(k, config): v for k, v in state.items()}

@@ -129,7 +129,7 @@ def test_published_sizes_are_recognized_and_every_part_fits_its_shipped_config(n
 def test_every_shipped_config_is_tested():
     assert {p.stem for p in CONFIG_DIR.glob("*.json")} == {
         "sd15", "sd15_inpainting", "sd21_768_v", "sd21_512_epsilon", "sd2_inpainting", "sdxl_base", "sdxl_refiner",
-        "sdxl_inpainting", "sd_x4_upscaler",
+        "sdxl_inpainting", "sd_x4_upscaler", "controlnet_sd15", "controlnet_sd21",  # controlnet_*: test_controlnet_file
     }  # fmt: skip
 
 
