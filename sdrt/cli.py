@@ -231,9 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=7.5, help="guidance scale (default 7.5)")
     p.add_argument(
         "--mode",
-        choices=("txt2img", "img2img", "variation"),
+        choices=("txt2img", "img2img", "variation", "upscale"),
         default="txt2img",
-        help="img2img adds the VAE encoder; variation is unCLIP's (the image encoder conditions)",
+        help="img2img adds the VAE encoder; variation is unCLIP's (the image encoder conditions); upscale the x4 "
+        "upscaler's (a low-res image of a quarter of --sizes in; an x4 model runs it by default)",
     )
     p.add_argument("--strength", type=float, default=0.8, help="img2img strength (default 0.8)")
     p.add_argument(
