@@ -205,8 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "path",
         type=Path,
-        help="an artifact (from 'sdrt export'; with --model for the torch backend and the baselines) or a diffusers "
-        "model directory alone (torch backend and baselines only)",
+        help="an artifact (from 'sdrt export'; with --model for the torch backend and the baselines), a diffusers "
+        "model directory alone (torch backend and baselines only), or a GAN upscaler file (.safetensors, .pth: its "
+        "backends against its torch module, one image of --sizes' first size, default 512x512)",
     )
     p.add_argument("--model", type=Path, default=None, help="the model directory the artifact was exported from")
     p.add_argument("--label", default=None, help="the model's name in tables (default: the directory's name)")
@@ -258,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG chart here")
+    _tile_args(p, prefix="upscaler-")
 
     p = sub.add_parser("doctor", help="print the GPU, CUDA, TensorRT and ONNX Runtime here, and which backends can run")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -687,9 +689,12 @@ def _info(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from sdrt.bench import BASELINES, BenchConfig, format_table, plot, run_bench, write_json
     from sdrt.bench.scenario import parse_ints, parse_size
+    from sdrt.upscalers.models import SUFFIXES
 
     quiet_third_party()
     backends = () if args.backend == "none" else tuple(b.strip() for b in args.backend.split(",") if b.strip())
+    if args.path.is_file() and args.path.suffix.lower() in SUFFIXES:
+        return _bench_upscaler(args, backends)
     baselines = () if args.baseline == "none" else ("diffusers",) if args.no_compile else BASELINES
     controlnets = tuple(Path(p.strip()) for p in args.controlnet.split(",") if p.strip())
     controlnet_models = tuple(Path(p.strip()) for p in args.controlnet_model.split(",") if p.strip())
@@ -733,6 +738,29 @@ def _bench(args: argparse.Namespace) -> int:
     for failure in result.failures():
         print(f"sdrt bench: failed: {failure}", file=sys.stderr)
     return 1 if result.failures() else 0
+
+
+def _bench_upscaler(args: argparse.Namespace, backends: tuple[str, ...]) -> int:
+    from sdrt.bench.run import resolve_device
+    from sdrt.bench.scenario import parse_size
+    from sdrt.bench.upscalers import bench_upscaler, format_upscaler_table
+
+    size = (512, 512) if args.sizes is None else parse_size(args.sizes.split(",")[0])
+    records = bench_upscaler(
+        args.path, backends, resolve_device(args.device), size, runs=args.runs, warmup=args.warmup,
+        tile=args.upscaler_tile, overlap=args.upscaler_tile_overlap,
+    )  # fmt: skip
+    print(format_upscaler_table(args.path, records, size))
+    if args.json is not None:
+        from sdrt.files import atomic_file
+
+        with atomic_file(args.json) as tmp:
+            Path(tmp).write_text(json.dumps({"size": size, "records": [r.to_json() for r in records]}, indent=2))
+        print(f"wrote {args.json}")
+    failed = [r for r in records if r.status == "failed"]
+    for record in failed:
+        print(f"sdrt bench: failed: {record.contender}: {record.reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
