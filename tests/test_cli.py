@@ -250,3 +250,21 @@ def test_serve_flags_reach_the_server_config(artifact, controlnet_artifacts, mon
     assert main(argv) == 0
     assert seen["config"].max_control_units == 5 and seen["options"]["controlnet_dir"] == controlnet_artifacts
     assert main(["serve", str(artifact), "--max-control-units", "-1"]) == 2  # checked by ServeConfig
+
+
+def test_export_tiling_flag_reaches_the_export(demo_model, artifact, tmp_path, monkeypatch, capsys):
+    """--tiling asks for the circular-padding twins (the session artifact is exported so: see its manifest)."""
+    import sdrt.export
+    from sdrt.manifest import read_manifest
+
+    seen = {}
+
+    def export_model(model_dir, output, config, **kwargs):
+        seen["config"] = config
+        return read_manifest(artifact)
+
+    monkeypatch.setattr(sdrt.export, "export_model", export_model)
+    assert main(["export", str(demo_model), "-o", str(tmp_path / "out"), "--tiling"]) == 0
+    assert seen["config"].tiling is True
+    assert main(["export", str(demo_model), "-o", str(tmp_path / "out")]) == 0
+    assert seen["config"].tiling is False
