@@ -9,6 +9,7 @@ pipeline can load, and changing a scale, a window or a mode rebuilds nothing. Ea
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +34,8 @@ RESIZE_MODES = {
     "fill": "Resize and Fill",  # scaled to fit inside the output, the rest filled with the border's median colour
 }
 MAX_SCALE = 2.0  # the extension's weight slider goes to 2
+# passes -> the extension's hr_option label
+PASSES = {"both": "Both", "first": "Low res only", "hires": "High res only"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,19 @@ class Control:
     threshold_a: float | None = declare(None, "float", "the preprocessor's first setting (canny: low threshold)")
     threshold_b: float | None = declare(None, "float", "the preprocessor's second setting (canny: high threshold)")
     mask: Any = declare(None, "image", "the inpaint preprocessor's mask: its white pixels are masked")
+    weights: Any = declare(
+        None,
+        "floats",
+        "each residual's own factor, down blocks then the mid block (13 for SD 1.x/2.x, 10 for SDXL), in place of "
+        "scale and mode (the extension's advanced_weighting)",
+    )
+    passes: str = declare(
+        "both",
+        "str",
+        "with the hires fix: the passes it steers, both, first (the low-resolution pass only) or hires (the second "
+        "pass only); without the hires fix it steers the one pass",
+        choices=tuple(PASSES),
+    )
     # the map the ControlNet reads: the image, or what the preprocessor made of it (set when the request is made)
     hint: Image.Image | None = None
     label: str | None = None  # the ControlNet as infotexts name it, "name [hash]" (set when the request is made)
@@ -89,6 +105,14 @@ class Control:
         if self.image is None:
             raise ValueError(f"control unit {self.model!r} has no image: give image=... (a map, or a photo and module)")
         check_declared(self, prefix="control ")
+        if self.weights is not None:
+            weights = self.weights if isinstance(self.weights, (list, tuple)) else None
+            if not weights or not all(_finite(w) and w >= 0 for w in weights):
+                raise ValueError(
+                    f"control weights {excerpt(self.weights)} is not a list of numbers >= 0 (one per residual: 13 for "
+                    "SD 1.x/2.x, 10 for SDXL)"
+                )
+            object.__setattr__(self, "weights", tuple(float(w) for w in weights))
         if self.start > self.end:
             raise ValueError(f"control start {self.start} is after end {self.end}: start <= end")
 
@@ -140,14 +164,34 @@ class Control:
         }
         return ", ".join(f"{k}: {v}" for k, v in fields.items())
 
+    def in_pass(self, hires_pass: bool) -> Control | None:
+        """The unit as it steers a pass of a hires fix (None: it does not steer that pass).
+
+        In the second pass the extension forces soft weights on canny and mlsd maps (its "soft injection" in high
+        resolution fixes, which it found to reduce artifacts): a balanced unit of those steers as "prompt" there.
+        """
+        if self.passes == ("first" if hires_pass else "hires"):
+            return None
+        if hires_pass and self.mode == "balanced" and ("canny" in self.module or "mlsd" in self.module):
+            return replace(self, mode="prompt")
+        return self
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 CLI_SYNTAX = "CONTROLNET=IMAGE[:SCALE[:START:END]][,FIELD=VALUE...]"
-_CLI_FIELDS = ("mode", "module", "resize_mode", "processor_res", "pixel_perfect", "threshold_a", "threshold_b", "mask")
+_CLI_FIELDS = (
+    "mode", "module", "resize_mode", "processor_res", "pixel_perfect", "threshold_a", "threshold_b", "mask",
+    "weights", "passes",
+)  # fmt: skip
 
 
 def parse_cli(value: str) -> Control:
     """`--control CN=IMAGE[:SCALE[:START:END]][,FIELD=VALUE...]` as a unit; FIELD is any of the unit's other
-    fields (mode, module, resize_mode, processor_res, pixel_perfect, threshold_a, threshold_b, mask)."""
+    fields (mode, module, resize_mode, processor_res, pixel_perfect, threshold_a, threshold_b, mask, weights as
+    numbers separated by /, passes)."""
     head, *options = value.split(",")
     model, sep, rest = head.partition("=")
     if not sep or not model or not rest:
@@ -186,6 +230,11 @@ def _cli_value(name: str, type: str, text: str, value: str) -> Any:
         return text.lower() in ("true", "1")
     if type == "image":
         return Path(text)
+    if type == "floats":  # weights=1/1/0.5/...: "/" between numbers (the unit's fields are comma-separated)
+        try:
+            return tuple(float(t) for t in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--control {value!r}: {name} {text!r} is not numbers separated by /") from None
     return text
 
 

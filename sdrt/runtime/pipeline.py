@@ -324,6 +324,12 @@ class Pipeline:
                     raise ValueError(f"{excerpt(unit)} is not a Control unit (sdrt.Control)")
                 unit = unit.opened(height, width, seed, self.annotator_dir)
                 loaded = self.controlnets.get(unit.model)  # loads it once and checks it fits the base model
+                count = len(loaded.run.residuals)
+                if unit.weights is not None and len(unit.weights) != count:
+                    raise ValueError(
+                        f"control weights has {len(unit.weights)} numbers; ControlNet {loaded.name} has {count} "
+                        "residuals (down blocks, then the mid block), one number each"
+                    )
                 unit = replace(unit, label=f"{loaded.name} [{loaded.short_hash}]")
             except ValueError as exc:
                 raise ValueError(f"control[{i}]: {exc}") from exc

@@ -122,10 +122,15 @@ class Runner:
         first_image = 0
         for r in requests:
             for unit in r.control:
+                if r.hires is not None and unit.in_pass(hires_pass=False) is None:
+                    continue  # a unit for the hires fix's second pass only
                 loaded = self.controlnets.get(unit.model)
                 run = loaded.run
                 hint = hint_tensor(unit.hint, r.height, r.width, unit.resize_mode).to(self.device)
-                weights = residual_weights(len(run.residuals), unit.scale, unit.mode, r.guess_mode, run.global_pool)
+                if unit.weights is not None:  # the extension's advanced weighting, in place of scale and mode
+                    weights = torch.tensor(unit.weights, dtype=torch.float32)
+                else:
+                    weights = residual_weights(len(run.residuals), unit.scale, unit.mode, r.guess_mode, run.global_pool)
                 conditional_only = r.guess_mode or unit.mode == "control" or run.global_pool
                 uses = nets.setdefault(loaded.path, (run, []))[1]
                 uses += [

@@ -231,6 +231,7 @@ def second_pass(
         strength=hires.strength,
         image=image,
         init_latents=latents,
+        control=tuple(u for u in (unit.in_pass(hires_pass=True) for unit in request.control) if u is not None),
         hires=None,
         tokens={},
         next_pass=None,

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdrt import __version__
 from sdrt.excerpt import excerpt
+from sdrt.runtime.control_images import fitted
 from sdrt.runtime.hires import Hires
 from sdrt.runtime.latents import random_seed
 from sdrt.runtime.params import all_params
@@ -458,6 +459,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
             {"images": images, "parameters": parameters, "info": json.dumps({**info, "infotexts": infotexts})}
         )
     detected_maps: list[bool] = []  # per ControlNet unit: its map goes back after the images
+    opened: list[GenerationRequest] = []  # the first request built (its units' maps made)
 
     def build(pipe: Pipeline) -> list[tuple[GenerationRequest, Hashable]]:
         images: list[Image.Image | None] = [decode_image(b64, "init_images") for b64 in init_images] or [None]
@@ -478,7 +480,9 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
                 image=image,
                 mask_image=item_mask,
             )
-            return [build_request(pipe, state.config, params, names=_NAMES)]
+            built = [build_request(pipe, state.config, params, names=_NAMES)]
+            opened[:] = [built[0][0]]
+            return built
         # one init image per batch item, as the web UI: item j of iteration k has image j and seed + k * batch + j
         first = seed if seed is not None else random_seed()
         built = []
@@ -490,6 +494,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
                     mask_image=item_mask,
                 )  # fmt: skip
                 built.append(build_request(pipe, state.config, params, names=_NAMES))
+        opened[:] = [built[0][0]]
         return built
 
     completed = await state.generate_all(http, api, build)
@@ -498,10 +503,14 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
     if body.send_images:
         for result in results:
             images += await run_in_threadpool(encode_all, result)
-        units = results[0].request.control
-        for unit, send in zip(units, detected_maps, strict=True):  # the extension returns each unit's map
-            if send:
-                images.append(await run_in_threadpool(png_base64, unit.hint, f"ControlNet map: {unit.module}"))
+        first = opened[0]
+        sizes = [(first.height, first.width)]  # the extension returns each unit's map at the output's size,
+        if hires is not None:  # with the hires fix at the second pass's size first
+            sizes.insert(0, hires.geometry(first.height, first.width, pipe.manifest.ranges.latent_factor).size)
+        for unit, send in zip(first.control, detected_maps, strict=True):
+            for height, width in sizes if send else ():
+                image = fitted(unit.hint, height, width, unit.resize_mode)
+                images.append(await run_in_threadpool(png_base64, image, f"ControlNet map: {unit.module}"))
     parameters = body.model_dump()
     if img2img and not body.include_init_images:
         parameters.update(init_images=None, mask=None)

@@ -12,6 +12,7 @@ images in the answer, as the extension returns them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,13 +21,14 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from sdrt.excerpt import excerpt
-from sdrt.runtime.control import CONTROL_MODES, RESIZE_MODES, Control
+from sdrt.runtime.control import CONTROL_MODES, PASSES, RESIZE_MODES, Control
 from sdrt.runtime.preprocessors import ALIASES, MODULES, detect, module_named
 from sdrt.serve.codec import decode_image, png_base64
 from sdrt.serve.errors import InputError
 
 router = APIRouter(prefix="/controlnet")
 
+log = logging.getLogger(__name__)
 API_VERSION = 3  # the extension's API version this follows
 SCRIPT = "controlnet"  # the alwayson script's name, in any case
 _CONTROL_MODES = {**{label: mode for mode, label in CONTROL_MODES.items()}, 0: "balanced", 1: "prompt", 2: "control"}
@@ -44,7 +46,7 @@ _RESIZE_MODES = {
 _ALIASES = {"input_image": "image", "guidance": "guidance_end", "lowvram": "low_vram", "mask_image": "mask"}
 # accepted and without effect here (memory handling, UI state, features of other control models)
 _IGNORED = {"low_vram", "is_ui", "input_mode", "batch_images", "output_dir", "loopback", "inpaint_crop_input_image",
-            "hr_option", "pulid_mode", "union_control_type", "batch_mask_dir", "animatediff_batch",
+            "pulid_mode", "union_control_type", "batch_mask_dir", "animatediff_batch",
             "batch_modifiers", "batch_image_files", "batch_keyframe_idx"}  # fmt: skip
 
 
@@ -128,25 +130,35 @@ def _unit(raw: Any, where: str, init_image: Image.Image | None) -> tuple[Control
             fields[key] = _number(values[key], f"{where}.{key}")
     if values.get("pixel_perfect") is not None:
         fields["pixel_perfect"] = bool(values["pixel_perfect"])
+    if values.get("advanced_weighting") is not None:
+        fields["weights"] = values["advanced_weighting"]
+    if values.get("hr_option") is not None:
+        choice = values["hr_option"]
+        table = {**{label: key for key, label in PASSES.items()}, **{i: key for i, key in enumerate(PASSES)}}
+        if isinstance(choice, bool) or choice not in table:
+            known = ", ".join(str(k) for k in table)
+            raise InputError(f"{where}.hr_option", f"{where}.hr_option {excerpt(choice)} is not one of {known}")
+        fields["passes"] = table[choice]
     unknown = sorted(set(values) - set(_KNOWN) - _IGNORED)
-    if unknown:
-        raise InputError(f"{where}.{unknown[0]}", f"{where}.{unknown[0]}: sdrt does not run this unit field")
+    if unknown:  # as the extension does: a field it does not know is logged and left out
+        log.warning("%s: unknown ControlNet unit fields %s ignored", where, ", ".join(map(excerpt, unknown)))
     try:
         return Control(**fields), bool(values.get("save_detected_map", True))
     except ValueError as exc:
         field = str(exc).split(maxsplit=2)[1] if str(exc).startswith("control ") else None
-        name = {"scale": "weight", "start": "guidance_start", "end": "guidance_end"}.get(field or "", field)
+        renamed = {"scale": "weight", "start": "guidance_start", "end": "guidance_end", "weights": "advanced_weighting"}
+        name = renamed.get(field or "", field)
         raise InputError(f"{where}.{name}" if name else where, f"{where}: {exc}") from None
 
 
 _KNOWN = {"enabled", "model", "module", "image", "mask", "weight", "guidance_start", "guidance_end", "control_mode",
           "resize_mode", "processor_res", "threshold_a", "threshold_b", "pixel_perfect", "save_detected_map",
-          "advanced_weighting", "effective_region_mask", "ipadapter_input"}  # fmt: skip
+          "advanced_weighting", "hr_option", "effective_region_mask", "ipadapter_input"}  # fmt: skip
 
 
 def _images(values: Mapping[str, Any], where: str) -> tuple[Image.Image | None, Image.Image | None]:
     """A unit's image and mask from its `image` (base64, {image, mask}, [image, mask]) and `mask` fields."""
-    for feature in ("advanced_weighting", "effective_region_mask", "ipadapter_input"):
+    for feature in ("effective_region_mask", "ipadapter_input"):
         if values.get(feature) is not None:
             raise InputError(f"{where}.{feature}", f"{where}.{feature} is not supported by sdrt")
     image, mask = values.get("image"), values.get("mask")

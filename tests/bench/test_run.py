@@ -14,7 +14,17 @@ from sdrt.bench.memory import MemorySampler
 from sdrt.bench.run import resolve_device
 from sdrt.bench.weights import contender, resolve_weights
 
-STAGES = {"text_encoder", "vae_encode", "unet", "unet_per_call", "scheduler_per_step", "vae_decode", "other", "total"}
+STAGES = {
+    "text_encoder",
+    "vae_encode",
+    "controlnet",
+    "unet",
+    "unet_per_call",
+    "scheduler_per_step",
+    "vae_decode",
+    "other",
+    "total",
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +85,7 @@ def test_json_records_hold_stages_throughput_memory_and_ratios(result, tmp_path)
         assert seconds["total"]["median"] > seconds["unet"]["median"] > 0
         assert seconds["text_encoder"]["median"] > 0, "the prompt encoders' engine calls are timed too"
         assert seconds["vae_encode"]["max"] == 0.0  # text-to-image never calls the VAE encoder
+        assert seconds["controlnet"]["max"] == 0.0  # no ControlNet in this scenario
         # guidance doubles the rows; the artifact takes 2 x max_batch = 4 rows, so one UNet call per step
         assert record["steps_run"] == 2 and record["unet_calls_per_run"] == 2
         assert record["throughput_images_per_second"] == pytest.approx(batch / seconds["total"]["median"])

@@ -367,6 +367,8 @@ def test_the_cli_unit_syntax_takes_every_field():
     assert (unit.model, unit.image, unit.scale, unit.start, unit.end) == ("canny", Path("photo.png"), 0.8, 0.1, 0.9)
     assert (unit.module, unit.mode, unit.threshold_a, unit.pixel_perfect) == ("canny", "prompt", 50.0, True)
     assert parse_cli("depth=map.png").scale == 1.0
+    unit = parse_cli("depth=map.png,weights=1/0.5/0,passes=first")
+    assert unit.weights == (1.0, 0.5, 0.0) and unit.passes == "first"
     for bad, reason in [
         ("canny", "is not CONTROLNET=IMAGE"),
         ("canny=a.png:1:2", "is not CONTROLNET=IMAGE"),
@@ -374,6 +376,50 @@ def test_the_cli_unit_syntax_takes_every_field():
         ("canny=a.png,processor_res=big", "processor_res 'big' is not a number"),
         ("canny=a.png,mode=loud", "mode 'loud' is not one of balanced, prompt, control"),
         ("canny=a.png:3", "scale 3.0 is outside 0..2"),
+        ("canny=a.png,weights=1/x", "weights '1/x' is not numbers separated by /"),
+        ("canny=a.png,passes=last", "passes 'last' is not one of both, first, hires"),
     ]:
         with pytest.raises(ValueError, match=reason):
             parse_cli(bad)
+
+
+def test_per_residual_weights_replace_scale_and_mode(controlnet_pipelines):
+    """`weights` (the extension's advanced_weighting) are the residuals' factors: all 0.6 is scale 0.6, the soft
+    weights are the "prompt" mode; a list of the wrong length is refused naming both counts."""
+    pipe = controlnet_pipelines["onnxruntime"]
+    count = len(pipe.controlnets.get("tiny_canny").run.residuals)
+    soft = tuple(0.825 ** float(12 - i) for i in range(count))
+    cases = [({"scale": 0.6}, {"weights": (0.6,) * count}), ({"mode": "prompt"}, {"weights": soft})]
+    for plain, weighted in cases:
+        a, b = (_ours(pipe, prompt="a gate", seed=2, control=[Control("tiny_canny", image=hint(3), **f)]) for f in
+                (plain, weighted))  # fmt: skip
+        assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    uneven = _ours(pipe, prompt="a gate", seed=2, control=[Control("tiny_canny", image=hint(3),
+                   weights=(1.0,) * (count - 1) + (0.0,))])  # fmt: skip
+    assert not np.array_equal(np.asarray(uneven.images[0]), np.asarray(a.images[0]))
+    with pytest.raises(ValueError, match=rf"control\[0\]: control weights has 3 numbers; ControlNet tiny_canny has "
+                       rf"{count} residuals"):  # fmt: skip
+        pipe.request("x", height=HEIGHT, width=WIDTH, control=[Control("tiny_canny", image=hint(), weights=(1, 1, 1))])
+    with pytest.raises(ValueError, match=r"control weights \[1, -1\] is not a list of numbers >= 0"):
+        Control("tiny_canny", image=hint(), weights=[1, -1])
+
+
+def test_units_can_steer_one_pass_of_the_hires_fix(controlnet_pipelines):
+    """`passes` (the extension's hr_option): "hires" leaves the first pass alone, "first" the second; a canny map
+    steers the second pass with soft weights, as the extension forces there."""
+    from sdrt import Hires
+
+    pipe = controlnet_pipelines["onnxruntime"]
+    base = dict(height=64, width=72, num_inference_steps=3, seed=3, scheduler="euler")
+    upscale_only = Hires(scale=1.5, strength=0.0)  # the second pass is the first pass's image upscaled
+    plain = pipe.generate("a tower", hires=upscale_only, **base)
+    later = pipe.generate("a tower", hires=upscale_only, control=[Control("tiny_canny", image=hint(6), passes="hires")],
+                          **base)  # fmt: skip
+    both = pipe.generate("a tower", hires=upscale_only, control=[Control("tiny_canny", image=hint(6))], **base)
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(later.images[0]))
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(both.images[0]))
+    hires = Hires(scale=1.5, strength=0.5)
+    first = pipe.request("a tower", hires=hires, control=[Control("tiny_canny", image=hint(6), passes="first")], **base)
+    assert first.control and first.next_pass.control == ()
+    canny = pipe.request("a tower", hires=hires, control=[Control("tiny_canny", image=hint(6), module="canny")], **base)
+    assert canny.control[0].mode == "balanced" and canny.next_pass.control[0].mode == "prompt"

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from sdrt import Control, Pipeline
+from sdrt.runtime.control_images import fitted
 from sdrt.serve.app import create_app
 from sdrt.serve.config import ServeConfig
 from tests.runtime.test_controlnet import hint
@@ -54,7 +55,8 @@ def test_units_give_the_python_apis_images_and_their_maps(cn_server, cn_pipe):
     )  # fmt: skip
     for ours, theirs in zip(images[:2], expected.images, strict=True):
         assert max_diff(ours, theirs) <= 1
-    assert max_diff(images[3], hint(1).point(lambda v: 255 - v)) == 0  # the invert module's map
+    # the invert module's map, at the output's size as the extension returns it
+    assert max_diff(images[3], fitted(hint(1), 64, 72, "resize").point(lambda v: 255 - v)) <= 1
     info = response.json()["info"]
     assert 'ControlNet 0: \\"Module: none, Model: tiny_canny [' in info and "Control Mode: My prompt is more" in info
 
@@ -105,6 +107,9 @@ def test_the_extensions_routes(cn_server):
         ({**UNIT, "weight": 5}, "alwayson_scripts.ControlNet.args.0.weight", "outside 0..2"),
         ({**UNIT, "resize_mode": "Stretch"}, "alwayson_scripts.ControlNet.args.0.resize_mode", "not one of"),
         ({**UNIT, "model": "None"}, "alwayson_scripts.ControlNet.args.0.model", "required"),
+        ({**UNIT, "hr_option": "Sometimes"}, "alwayson_scripts.ControlNet.args.0.hr_option", "not one of Both"),
+        ({**UNIT, "advanced_weighting": [1, 1]}, "alwayson_scripts.controlnet.args.0", "has 2 numbers"),
+        ({**UNIT, "effective_region_mask": "x"}, "alwayson_scripts.ControlNet.args.0.effective_region_mask", "not"),
     ],
 )
 def test_bad_units_are_4xx_naming_the_unit_and_field(cn_server, unit, field, says):
@@ -122,3 +127,31 @@ def test_more_units_than_the_server_allows_and_other_scripts_are_refused(cn_serv
     body = {"prompt": "x", **SIZE, "alwayson_scripts": {"Dynamic Prompts": {"args": []}}}
     response = httpx.post(f"{cn_server}/sdapi/v1/txt2img", json=body, timeout=60)
     assert response.status_code == 422 and "not available" in response.text
+
+
+def test_advanced_weighting_hr_option_and_unknown_fields(cn_server, cn_pipe):
+    """advanced_weighting gives the Python API's per-residual weights; a field the extension does not know is left
+    out, as the extension does; with the hires fix each unit's map comes back at both passes' sizes (the second
+    pass's first) and hr_option picks the passes a unit steers."""
+    from sdrt import Hires
+
+    count = len(cn_pipe.controlnets.get("tiny_canny").run.residuals)
+    weights = [0.5 + 0.05 * i for i in range(count)]
+    unit = {**UNIT, "image": png_b64(hint(0)), "advanced_weighting": weights, "foo": True, "is_ui": False}
+    response = _txt2img(cn_server, [unit])
+    assert response.status_code == 200, response.text
+    expected = cn_pipe.generate(
+        "a lighthouse", width=72, height=64, num_inference_steps=4, seed=11, scheduler="euler", guidance_scale=7.0,
+        control=[Control("tiny_canny", image=hint(0), weights=weights)],
+    )  # fmt: skip
+    assert max_diff(decode_png(response.json()["images"][0]), expected.images[0]) <= 1
+    hires = dict(enable_hr=True, hr_scale=1.5, denoising_strength=0.5, hr_upscaler="Latent")
+    response = _txt2img(cn_server, [{**UNIT, "image": png_b64(hint(0)), "hr_option": "Low res only"}], **hires)
+    assert response.status_code == 200, response.text
+    images = [decode_png(b64) for b64 in response.json()["images"]]
+    assert [i.size for i in images] == [(104, 96), (104, 96), (72, 64)]  # the image, the maps: second pass, first
+    expected = cn_pipe.generate(
+        "a lighthouse", width=72, height=64, num_inference_steps=4, seed=11, scheduler="euler", guidance_scale=7.0,
+        hires=Hires(scale=1.5, strength=0.5), control=[Control("tiny_canny", image=hint(0), scale=0.8, passes="first")],
+    )  # fmt: skip
+    assert max_diff(images[0], expected.images[0]) <= 1
