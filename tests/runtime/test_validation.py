@@ -65,15 +65,16 @@ def test_missing_path(tmp_path):
         Pipeline.load(tmp_path)
 
 
-# 3: text encoders took token ids, where format 4's take the looked-up embeddings (textual inversion)
-@pytest.mark.parametrize("version", [99, 3])
+# 4: UNets without ControlNet residual inputs; 3: text encoders took token ids (format 4's take the looked-up
+# embeddings, for textual inversion)
+@pytest.mark.parametrize("version", [99, 4, 3])
 def test_artifact_from_another_format_version(artifact, tmp_path, version):
     copy = tmp_path / "art"
     shutil.copytree(artifact, copy, ignore=shutil.ignore_patterns("engines"))
     data = json.loads((copy / "manifest.json").read_text())
     data["format_version"] = version
     (copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=f"format version {version} is not supported .* reads version 4.* re-export"):
+    with pytest.raises(ValueError, match=f"format version {version} is not supported .* reads version {FORMAT_VERSION}.* re-export"):
         Pipeline.load(copy)
 
 

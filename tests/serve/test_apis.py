@@ -170,7 +170,7 @@ def test_web_ui_lists(server):
         ({"subseed_strength": 0.3}, "subseed_strength"),
         ({"styles": ["cinematic"]}, "styles"),
         ({"script_name": "x/y/z plot"}, "script_name"),
-        ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
+        ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts.ADetailer"),  # ControlNet's runs
         ({"sampler_name": "Euler a", "eta": 0.5}, "eta"),
         ({"sampler_name": "Euler a", "scheduler": "Karras"}, "scheduler"),
         ({"batch_size": 20}, "batch_size"),
