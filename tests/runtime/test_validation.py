@@ -74,7 +74,8 @@ def test_artifact_from_another_format_version(artifact, tmp_path, version):
     data = json.loads((copy / "manifest.json").read_text())
     data["format_version"] = version
     (copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=f"format version {version} is not supported .* reads version {FORMAT_VERSION}.* re-export"):
+    message = f"format version {version} is not supported .* reads version {FORMAT_VERSION}.* re-export"
+    with pytest.raises(ValueError, match=message):
         Pipeline.load(copy)
 
 
