@@ -36,6 +36,8 @@ PRESETS = {
     "sdxl-controlnet": ("sdxl", "controlnet-sdxl"),
     "sdxl-small-controlnet": ("sdxl-small", "controlnet-sdxl"),
     "controlnet-tiny": ("tiny", "controlnet"),
+    "x4": ("x4", "upscaler_x4"),  # the SD x4 upscaler at its published sizes
+    "x4-tiny": ("tiny", "upscaler_x4"),
 }
 
 

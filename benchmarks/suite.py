@@ -84,6 +84,9 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
             SuiteModel("sd15-random", "sd15", cpu_sd15, ((256, 256),), (1,), steps=4, runs=3, warmup=1,
                        controlnets=("sd15-controlnet", "sd15-controlnet"), control_counts=(1, 2),
                        backends=("onnxruntime",), baselines=("diffusers",)),
+            # the SD x4 upscaler at its published sizes: a 128x128 image to 512x512 (sizes count output pixels)
+            SuiteModel("x4-random", "x4", ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=512),
+                       ((512, 512),), (1,), steps=4, runs=3, warmup=1, mode="upscale"),
         ),
         # one H100/H200: SD 1.5 at 512x512, 50 steps, batch 1 and 8; SDXL base at 1024x1024, 30 steps, batch 1,
         # alone and with its refiner from 0.8

@@ -1,4 +1,4 @@
-"""The `sdrt` command: demo-model, export, build, generate, info, bench, serve, doctor."""
+"""The `sdrt` command: demo-model, export, build, generate, upscale, info, bench, serve, doctor."""
 
 from __future__ import annotations
 
@@ -95,6 +95,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact directory")
     p.add_argument(
+        "--tiling",
+        action="store_true",
+        help="also export the UNet and VAE with circular padding, for seamless tiling (tiling=True); costs their "
+        "export time and disk space once more",
+    )
+    p.add_argument(
         "--prediction-type",
         choices=("epsilon", "v_prediction"),
         default=None,
@@ -179,6 +185,25 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     _backend_args(p, default="onnxruntime")
 
 
+def _upscale_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Upscales an image with an ESRGAN, Real-ESRGAN (compact) or SwinIR file, in tiles. On a backend other than "
+        "torch the file is exported to ONNX once, into the cache (--cache-dir, $SDRT_CACHE_DIR, else ~/.cache/sdrt)."
+    )
+    p.add_argument(
+        "model", type=Path, help="the upscaler: .safetensors, or .pth/.pt (read with the weights-only loader)"
+    )
+    p.add_argument("image", type=Path, help="the image to upscale")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG path")
+    p.add_argument(
+        "--scale", type=float, default=None, help="upscale by this, as the web UI (default: one pass of the model)"
+    )
+    p.add_argument("--width", type=int, default=0, help="with --height: upscale to this size (centred, cropped)")
+    p.add_argument("--height", type=int, default=0, help="with --width: upscale to this size (centred, cropped)")
+    _tile_args(p, prefix="")
+    _backend_args(p, default="onnxruntime")
+
+
 def _detect_args(p: argparse.ArgumentParser) -> None:
     from sdrt.runtime.preprocessors import MODULES
 
@@ -209,8 +234,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "path",
         type=Path,
-        help="an artifact (from 'sdrt export'; with --model for the torch backend and the baselines) or a diffusers "
-        "model directory alone (torch backend and baselines only)",
+        help="an artifact (from 'sdrt export'; with --model for the torch backend and the baselines), a diffusers "
+        "model directory alone (torch backend and baselines only), or a GAN upscaler file (.safetensors, .pth: its "
+        "backends against its torch module, one image of --sizes' first size, default 512x512)",
     )
     p.add_argument("--model", type=Path, default=None, help="the model directory the artifact was exported from")
     p.add_argument("--label", default=None, help="the model's name in tables (default: the directory's name)")
@@ -235,9 +261,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", type=float, default=7.5, help="guidance scale (default 7.5)")
     p.add_argument(
         "--mode",
-        choices=("txt2img", "img2img", "variation"),
+        choices=("txt2img", "img2img", "variation", "upscale"),
         default="txt2img",
-        help="img2img adds the VAE encoder; variation is unCLIP's (the image encoder conditions)",
+        help="img2img adds the VAE encoder; variation is unCLIP's (the image encoder conditions); upscale the x4 "
+        "upscaler's (a low-res image of a quarter of --sizes in; an x4 model runs it by default)",
     )
     p.add_argument("--strength", type=float, default=0.8, help="img2img strength (default 0.8)")
     p.add_argument(
@@ -261,6 +288,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG chart here")
+    _tile_args(p, prefix="upscaler-")
 
 
 def _doctor_args(p: argparse.ArgumentParser) -> None:
@@ -363,6 +391,10 @@ _ARGUMENTS = {
     "generate": (
         "text-to-image, image-to-image (--image), inpainting (--image --mask), or unCLIP variations (--image)",
         _generate_args,
+    ),
+    "upscale": (
+        "upscale an image with a GAN upscaler file (ESRGAN, Real-ESRGAN, SwinIR), on any backend",
+        _upscale_args,
     ),
     "detect": ("run a ControlNet preprocessor (module) on an image: the map a ControlNet reads", _detect_args),
     "info": ("print an artifact's summary: family, networks, sizes, engines built (--json: the manifest)", _info_args),
@@ -507,11 +539,48 @@ def _extra_network_args(p: argparse.ArgumentParser, refit_flag: str = "--model-d
         help="annotator models' weights for ControlNet modules such as depth and openpose (never downloaded)",
     )
 
+    p.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        default=None,
+        help="GAN upscaler files (ESRGAN, Real-ESRGAN, SwinIR: .safetensors, .pth) a hires fix or the web UI's extras "
+        "name by file stem",
+    )
+    _tile_args(p, prefix="upscaler-")
+    p.add_argument(
+        "--vae-tiling",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="decode and encode in tiles, as diffusers' vae.enable_tiling(): auto (default: images over a megapixel "
+        "or beyond the VAE's profile), on (anything over one tile) or off",
+    )
 
-def _load_options(args: argparse.Namespace) -> dict:
-    """Pipeline.load's extra-network directories, as given."""
+
+def _tile_args(p: argparse.ArgumentParser, prefix: str) -> None:
+    p.add_argument(
+        f"--{prefix}tile", type=int, default=192, help="GAN upscaler tile side in input pixels; 0: whole images (192)"
+    )
+    p.add_argument(f"--{prefix}tile-overlap", type=int, default=8, help="pixels neighbouring tiles share (default 8)")
+
+
+def _load_options(args: argparse.Namespace, upscalers: bool = True) -> dict:
+    """Pipeline.load's extra-network directories, as given, and the upscalers of --upscaler-dir (as a directory,
+    `upscaler_dir`, when not `upscalers`: Ray replicas open it themselves)."""
     names = ("embeddings_dir", "lora_dir", "model_dir", "hypernetwork_dir", "controlnet_dir", "annotator_dir")
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "vae_tiling", None) is not None and upscalers:  # (Ray: an engine option, not a directory)
+        options["vae_tiling"] = args.vae_tiling
+    if getattr(args, "upscaler_dir", None) is not None and not upscalers:
+        options["upscaler_dir"] = args.upscaler_dir
+    elif getattr(args, "upscaler_dir", None) is not None:
+        from sdrt.export.upscalers import open_library
+        from sdrt.upscalers import Tiling
+
+        tiling = Tiling(args.upscaler_tile, args.upscaler_tile_overlap)
+        options["upscalers"] = open_library(
+            args.upscaler_dir, args.backend, args.device, tiling, **_backend_options(args)
+        )
+    return options
 
 
 def _backend_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -602,6 +671,7 @@ def _export(args: argparse.Namespace) -> int:
         opset=args.opset,
         precision=args.precision,
         vae_precision=args.vae_precision,
+        tiling=args.tiling,
     )
     source = SourceOptions(
         prediction_type=args.prediction_type, config_dir=args.config, allow_pickle=args.allow_pickle, vae=args.vae,
@@ -692,6 +762,38 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upscale(args: argparse.Namespace) -> int:
+    from sdrt.export.upscalers import open_library
+    from sdrt.files import atomic_file
+    from sdrt.runtime import extras
+    from sdrt.runtime.image_inputs import open_image
+    from sdrt.upscalers import Tiling
+    from sdrt.upscalers.models import SUFFIXES
+
+    quiet_third_party()
+    if args.model.suffix.lower() not in SUFFIXES or not args.model.is_file():
+        raise ValueError(f"upscaler {args.model} is not a {', '.join(SUFFIXES)} file")
+    image = open_image(args.image, "image")
+    library = open_library(args.model.parent, args.backend, args.device, Tiling(args.tile, args.tile_overlap),
+                           **_backend_options(args))  # fmt: skip
+    upscaler = library.get(args.model.stem)
+    upscaler.progress = True
+    if args.scale is None and not args.width:
+        result, info = upscaler.run(image), {"Postprocess upscale by": str(upscaler.scale)}
+        info["Postprocess upscaler"] = upscaler.name
+    else:
+        request = extras.ExtrasUpscale(upscaler.name, args.scale or 1.0, args.width, args.height)
+        result, info = extras.upscale(image, request, library)
+    with atomic_file(args.output) as tmp:
+        from PIL.PngImagePlugin import PngInfo
+
+        chunk = PngInfo()
+        chunk.add_text("postprocessing", extras.infotext(info))
+        result.save(tmp, format="PNG", pnginfo=chunk)
+    print(f"wrote {args.output} ({result.width}x{result.height}, {extras.infotext(info)})")
+    return 0
+
+
 def _detect(args: argparse.Namespace) -> int:
     from sdrt.runtime.image_inputs import open_image
     from sdrt.runtime.images import save_png
@@ -757,9 +859,12 @@ def _mb(path: Path) -> str:
 def _bench(args: argparse.Namespace) -> int:
     from sdrt.bench import BASELINES, BenchConfig, format_table, plot, run_bench, write_json
     from sdrt.bench.scenario import parse_ints, parse_size
+    from sdrt.upscalers.models import SUFFIXES
 
     quiet_third_party()
     backends = () if args.backend == "none" else tuple(b.strip() for b in args.backend.split(",") if b.strip())
+    if args.path.is_file() and args.path.suffix.lower() in SUFFIXES:
+        return _bench_upscaler(args, backends)
     baselines = () if args.baseline == "none" else ("diffusers",) if args.no_compile else BASELINES
     controlnets = tuple(Path(p.strip()) for p in args.controlnet.split(",") if p.strip())
     controlnet_models = tuple(Path(p.strip()) for p in args.controlnet_model.split(",") if p.strip())
@@ -803,6 +908,29 @@ def _bench(args: argparse.Namespace) -> int:
     for failure in result.failures():
         print(f"sdrt bench: failed: {failure}", file=sys.stderr)
     return 1 if result.failures() else 0
+
+
+def _bench_upscaler(args: argparse.Namespace, backends: tuple[str, ...]) -> int:
+    from sdrt.bench.run import resolve_device
+    from sdrt.bench.scenario import parse_size
+    from sdrt.bench.upscalers import bench_upscaler, format_upscaler_table
+
+    size = (512, 512) if args.sizes is None else parse_size(args.sizes.split(",")[0])
+    records = bench_upscaler(
+        args.path, backends, resolve_device(args.device), size, runs=args.runs, warmup=args.warmup,
+        tile=args.upscaler_tile, overlap=args.upscaler_tile_overlap,
+    )  # fmt: skip
+    print(format_upscaler_table(args.path, records, size))
+    if args.json is not None:
+        from sdrt.files import atomic_file
+
+        with atomic_file(args.json) as tmp:
+            Path(tmp).write_text(json.dumps({"size": size, "records": [r.to_json() for r in records]}, indent=2))
+        print(f"wrote {args.json}")
+    failed = [r for r in records if r.status == "failed"]
+    for record in failed:
+        print(f"sdrt bench: failed: {record.contender}: {record.reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -871,9 +999,12 @@ def _serve(args: argparse.Namespace) -> int:
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
     )
+    if args.vae_tiling is not None:
+        options["vae_tiling"] = args.vae_tiling
     app = ray_app.deployment(
         args.paths, args.backend, args.device, config, ray_options, refiner=args.refiner, engine_options=options,
-        models_dir=args.models_dir, max_loaded=args.max_loaded_models, max_bytes=memory, **_load_options(args),
+        models_dir=args.models_dir, max_loaded=args.max_loaded_models, max_bytes=memory,
+        **_load_options(args, upscalers=False),
     )  # fmt: skip
     return ray_app.run(app, args.host, args.port, address=args.ray_address)
 
@@ -889,6 +1020,7 @@ _COMMANDS = {
     "export": _export,
     "build": _build,
     "generate": _generate,
+    "upscale": _upscale,
     "detect": _detect,
     "info": _info,
     "bench": _bench,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdrt.engines.base import circular_padding  # noqa: F401  (what the exporter uses to export TILING twins)
 from sdrt.spec import ComponentSpec, TensorSpec
 
 # the network names every family uses for the parts the generic runtime drives
@@ -213,19 +214,25 @@ def image_encoder_spec(image_size: int, embedding_dim: int) -> ComponentSpec:
     )
 
 
-def vae_decoder_spec(latent_channels: int, latent_factor: int, force_upcast: bool = False) -> ComponentSpec:
-    """VAE decoder: unscaled latents (B, C, h, w) -> images (B, 3, 8h, 8w) in [-1, 1]."""
+def vae_decoder_spec(
+    latent_channels: int, latent_factor: int, force_upcast: bool = False, sample_size: int | None = None
+) -> ComponentSpec:
+    """VAE decoder: unscaled latents (B, C, h, w) -> images (B, 3, 8h, 8w) in [-1, 1].
+
+    `sample_size` (the VAE config's, in pixels) is the tile size of a tiled decode (`runtime.vae_tiles`)."""
     f = latent_factor
     return ComponentSpec(
         name=VAE_DECODER,
         inputs=(TensorSpec("latent", "float32", ("batch", latent_channels, "latent_height", "latent_width")),),
         outputs=(TensorSpec("images", "float32", ("batch", 3, f"{f}*latent_height", f"{f}*latent_width")),),
         role="vae_decoder",
-        attributes={"latent_channels": latent_channels, "force_upcast": force_upcast},
+        attributes={"latent_channels": latent_channels, "force_upcast": force_upcast, "sample_size": sample_size},
     )
 
 
-def vae_encoder_spec(latent_channels: int, latent_factor: int, force_upcast: bool = False) -> ComponentSpec:
+def vae_encoder_spec(
+    latent_channels: int, latent_factor: int, force_upcast: bool = False, sample_size: int | None = None
+) -> ComponentSpec:
     """VAE encoder: images (B, 3, 8h, 8w) in [-1, 1] -> latent distribution parameters (B, 2C, h, w): mean, logvar."""
     f = latent_factor
     return ComponentSpec(
@@ -235,7 +242,7 @@ def vae_encoder_spec(latent_channels: int, latent_factor: int, force_upcast: boo
             TensorSpec("latent_parameters", "float32", ("batch", 2 * latent_channels, "latent_height", "latent_width")),
         ),
         role="vae_encoder",
-        attributes={"latent_channels": latent_channels, "force_upcast": force_upcast},
+        attributes={"latent_channels": latent_channels, "force_upcast": force_upcast, "sample_size": sample_size},
     )
 
 
@@ -243,15 +250,22 @@ def vae_specs(vae_config: Mapping[str, Any], encoder: bool = True) -> dict[str, 
     """The VAE decoder (and encoder) of an AutoencoderKL config."""
     channels, factor = int(vae_config["latent_channels"]), latent_factor(vae_config)
     upcast = bool(vae_config.get("force_upcast", False))
-    specs = {VAE_DECODER: vae_decoder_spec(channels, factor, upcast)}
+    size = vae_config.get("sample_size")
+    size = int(size[0] if isinstance(size, (list, tuple)) else size) if size else None
+    specs = {VAE_DECODER: vae_decoder_spec(channels, factor, upcast, size)}
     if encoder:
-        specs[VAE_ENCODER] = vae_encoder_spec(channels, factor, upcast)
+        specs[VAE_ENCODER] = vae_encoder_spec(channels, factor, upcast, size)
     return specs
 
 
 def latent_factor(vae_config: Mapping[str, Any]) -> int:
     """Pixels per latent cell: the VAE downsamples once per block after the first."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+# the networks whose convolutions pad circularly for seamless tiling (the web UI's `tiling`), by role
+TILING_ROLES = ("denoiser", "vae_decoder", "vae_encoder")
+TILING = "tiling"  # the name of their circular-padding variant (manifest `variants`, `sdrt export --tiling`)
 
 
 class SpecModule(nn.Module):

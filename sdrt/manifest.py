@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdrt.engines.base import NetworkSet
 from sdrt.families import Family, family_named
 from sdrt.files import read_json_object
 from sdrt.hashing import file_sha256
@@ -55,6 +56,9 @@ class Manifest:
     vae: Mapping[str, str] | None = None
     loras: tuple[Mapping[str, Any], ...] = ()
     hypernetworks: tuple[Mapping[str, Any], ...] = ()
+    # graphs some networks also have, exported another way, by variant: "tiling" (every convolution of the UNet and
+    # VAE padding circularly: seamless textures, `sdrt export --tiling`) -> network -> its ONNX file
+    variants: Mapping[str, Mapping[str, OnnxFile]] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
     format_version: int = FORMAT_VERSION  # bumped on any incompatible change
 
@@ -100,7 +104,7 @@ class Manifest:
             components=specs,
             vae_scaling_factor=family.vae_scaling_factor(model.configs),
             source_sha256=model.weights_sha256(),
-            inpainting=is_inpainting_unet(model.configs),
+            inpainting=is_inpainting_unet(model.configs, family.image_channels),
             prediction_type=family.prediction_type(model.configs),
             support=tuple(p.name for p in family.support_parts),
             extras=family.manifest_extras(model.index, model.configs),
@@ -134,6 +138,7 @@ class Manifest:
             "vae": dict(self.vae) if self.vae is not None else None,
             "loras": [dict(lora) for lora in self.loras],
             **({"hypernetworks": [dict(h) for h in self.hypernetworks]} if self.hypernetworks else {}),
+            "variants": {v: {n: vars(f) for n, f in files.items()} for v, files in self.variants.items()},
             "components": {
                 name: {
                     **spec.to_json(),
@@ -174,11 +179,21 @@ class Manifest:
                 vae=dict(data["vae"]) if data.get("vae") is not None else None,
                 loras=tuple(dict(lora) for lora in data.get("loras", ())),
                 hypernetworks=tuple(dict(h) for h in data.get("hypernetworks", ())),
+                variants={
+                    v: {n: OnnxFile(**f) for n, f in files.items()} for v, files in data.get("variants", {}).items()
+                },
                 versions=dict(data.get("versions", {})),
                 format_version=version,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"manifest is malformed: {exc!r}") from exc
+
+    def variant(self, name: str) -> NetworkSet:
+        """The networks of variant `name` ("tiling"), their graphs as exported for it; ValueError if it has none."""
+        files = self.variants.get(name)
+        if not files:
+            raise ValueError(f"this artifact has no {name} graphs; export it again with --{name}")
+        return NetworkSet({n: self.components[n] for n in files}, self.ranges, dict(files), self.source_sha256)
 
     def with_files(
         self, files: Mapping[str, OnnxFile], versions: Mapping[str, str], token_tables: Mapping[str, DataFile]
@@ -186,12 +201,15 @@ class Manifest:
         return replace(self, files=dict(files), versions=dict(versions), token_tables=dict(token_tables))
 
 
-def is_inpainting_unet(configs: Mapping[str, Any]) -> bool:
-    """True for an inpainting UNet: its input is latents, a 1-channel mask and masked-image latents."""
+def is_inpainting_unet(configs: Mapping[str, Any], image_channels: int = 0) -> bool:
+    """True for an inpainting UNet: its input is latents, a 1-channel mask and masked-image latents (a family whose
+    input image adds `image_channels` to the latents', as the x4 upscaler's low-res image, has no inpainting UNet)."""
     if "unet" not in configs or "vae" not in configs:
         return False  # no UNet to inpaint with (a ControlNet)
     latent = int(configs["vae"]["latent_channels"])
     channels = int(configs["unet"]["in_channels"])
+    if image_channels:
+        return False  # the family checks its own UNet's channels
     if channels not in (latent, 2 * latent + 1):
         raise ValueError(
             f"UNet in_channels {channels} is neither {latent} (text-to-image) nor {2 * latent + 1} (inpainting)"
@@ -214,6 +232,8 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     manifest = Manifest.from_json(read_json_object(path))
     paths = [(n, f.path) for n, f in manifest.token_tables.items()]
     paths += [(n, rel) for n, f in manifest.files.items() for rel in (f.path, f.external_data)]
+    paths += [(f"{n} ({v})", rel) for v, fs in manifest.variants.items() for n, f in fs.items()
+              for rel in (f.path, f.external_data)]  # fmt: skip
     for name, rel in paths:
         if rel is None:
             continue

@@ -174,7 +174,8 @@ class TensorSpec:
 
 
 # What a network does in a generation; backends and the exporter decide by role, never by a network's name.
-ROLES = ("text_encoder", "image_encoder", "denoiser", "controlnet", "vae_decoder", "vae_encoder")
+# ("upscaler": a GAN upscaler, images in, larger images out; its "latent" axes are pixels, at latent factor 1)
+ROLES = ("text_encoder", "image_encoder", "denoiser", "controlnet", "vae_decoder", "vae_encoder", "upscaler")
 
 
 @dataclass(frozen=True)

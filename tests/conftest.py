@@ -9,6 +9,16 @@ import pytest
 
 from sdrt.spec import ShapeRanges
 
+# Tiny GAN upscaler files, one per layout and format: (architecture, layout, scale, suffix) by file stem
+UPSCALER_FILES = {
+    "esrgan-original": ("ESRGAN", "original", 4, ".pth"),
+    "esrgan-bsrgan": ("ESRGAN", "bsrgan", 4, ".safetensors"),
+    "realesrgan-x4plus": ("ESRGAN", "realesrgan", 4, ".pth"),
+    "realesrgan-x2plus": ("ESRGAN", "realesrgan", 2, ".safetensors"),
+    "compact-x4": ("Compact", "realesrgan", 4, ".pth"),
+    "swinir-x4": ("SwinIR", "swinir", 4, ".pth"),
+    "swinir-x2": ("SwinIR", "swinir", 2, ".safetensors"),
+}
 # The shapes the test artifact supports; the torch backend is given the same so both chunk alike.
 RANGES = ShapeRanges(max_batch=2, min_size=64, max_size=256, opt_size=128)
 BACKENDS = ("torch", "onnxruntime")
@@ -21,12 +31,12 @@ def write_model(tmp_path_factory, name: str, variant: str = "sd1") -> Path:
     return write_demo_model(tmp_path_factory.mktemp("models") / name, variant=variant)
 
 
-def export(model: Path, tmp_path_factory, name: str, opt_size: int | None = 128) -> Path:
-    """`model` exported for RANGES' batch and sizes."""
+def export(model: Path, tmp_path_factory, name: str, opt_size: int | None = 128, tiling: bool = False) -> Path:
+    """`model` exported for RANGES' batch and sizes (and with `tiling`, the UNet's and VAE's circular twins)."""
     from sdrt.export import ExportConfig, export_model
 
     out = tmp_path_factory.mktemp("artifacts") / name
-    config = ExportConfig(max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size)
+    config = ExportConfig(max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size, tiling=tiling)
     export_model(model, out, config if opt_size is None else replace(config, opt_size=opt_size))
     return out
 
@@ -58,13 +68,25 @@ def private_caches(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def upscaler_dir(tmp_path_factory) -> Path:
+    """A directory of one tiny random upscaler file per entry of UPSCALER_FILES (milliseconds to write)."""
+    from sdrt.demo.upscalers import write_upscaler
+
+    directory = tmp_path_factory.mktemp("upscalers")
+    for i, (name, (architecture, layout, scale, suffix)) in enumerate(UPSCALER_FILES.items()):
+        write_upscaler(directory / f"{name}{suffix}", architecture, layout, scale=scale, seed=i)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
     return write_model(tmp_path_factory, "demo")
 
 
 @pytest.fixture(scope="session")
 def artifact(demo_model, tmp_path_factory) -> Path:
-    return export(demo_model, tmp_path_factory, "demo")
+    """The demo model's artifact, with the circular-padding graphs of seamless tiling (`sdrt export --tiling`)."""
+    return export(demo_model, tmp_path_factory, "demo", tiling=True)
 
 
 @pytest.fixture()
@@ -192,6 +214,32 @@ def family_manifests(tmp_path_factory, request) -> dict[str, dict]:
             model = write_model(tmp_path_factory, variant, variant=variant)
         out[variant] = family_manifest(model)
     return out
+
+
+@pytest.fixture(scope="session")
+def x4_model(tmp_path_factory) -> Path:
+    """A tiny random-weight SD x4 upscaler: a 7-channel UNet with a noise-level class embedding, a 4x VAE."""
+    return write_model(tmp_path_factory, "x4", variant="upscaler_x4")
+
+
+@pytest.fixture(scope="session")
+def x4_artifact(x4_model, tmp_path_factory) -> Path:
+    """Exported for outputs of 64..256 pixels (low-res images of 16..64)."""
+    return export(x4_model, tmp_path_factory, "x4")
+
+
+@pytest.fixture(scope="session")
+def x4_pipelines(x4_model, x4_artifact) -> dict:
+    """The x4 upscaler on torch (its directory, RANGES at its VAE's factor 4), onnxruntime and openvino."""
+    from dataclasses import replace
+
+    from sdrt import Pipeline
+
+    return {
+        "torch": Pipeline.load(x4_model, backend="torch", ranges=replace(RANGES, latent_factor=4)),
+        "onnxruntime": Pipeline.load(x4_artifact, backend="onnxruntime"),
+        "openvino": Pipeline.load(x4_artifact, backend="openvino"),
+    }
 
 
 @pytest.fixture(scope="session")

@@ -193,6 +193,41 @@ def test_generate_variations_of_an_image(unclip_artifact, unclip_pipelines, tmp_
     assert "noise_level 1000 is outside 0..999" in capsys.readouterr().err
 
 
+def test_upscale_a_file_on_a_backend(upscaler_dir, tmp_path, capsys, monkeypatch):
+    from sdrt.upscalers import Tiling, Upscaler, load_upscaler, to_image, to_tensor
+    from sdrt.upscalers.library import torch_engines
+
+    monkeypatch.setenv("SDRT_CACHE_DIR", str(tmp_path / "cache"))  # the ONNX export goes here, not to ~/.cache
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(source)
+    model = upscaler_dir / "realesrgan-x2plus.safetensors"
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(model), str(source), "-o", str(out), "--tile", "16", "--tile-overlap", "4"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    written = Image.open(out)
+    assert written.size == (82, 60) and written.text["postprocessing"].endswith("upscaler: realesrgan-x2plus")
+    reference = Upscaler("x2", torch_engines()(load_upscaler(model)), Tiling(16, 4))  # the module, same tiles
+    expected = to_image(reference(to_tensor(Image.open(source)))[0])
+    assert np.abs(np.asarray(written.convert("RGB"), np.int16) - np.asarray(expected, np.int16)).max() <= 1
+    assert main(["upscale", str(model), str(source), "-o", str(out), "--width", "100", "--height", "50"]) == 0
+    assert Image.open(out).size == (100, 50)
+    assert main(["upscale", str(tmp_path / "missing.pth"), str(source), "-o", str(out)]) == 2
+    assert "missing.pth is not a .safetensors, .pth, .pt file" in capsys.readouterr().err
+
+
+def test_generate_with_the_x4_upscaler(x4_artifact, x4_pipelines, tmp_path):
+    from tests.runtime.test_upscaler_x4 import low_res
+
+    small = tmp_path / "small.png"
+    low_res(seed=3).save(small)
+    out = tmp_path / "big.png"
+    args = ["generate", str(x4_artifact), "a castle", "--image", str(small), "--noise-level", "30", "--seed", "2"]
+    assert main([*args, "--steps", "3", "-o", str(out)]) == 0
+    same = x4_pipelines["onnxruntime"].generate("a castle", image=small, noise_level=30, seed=2, num_inference_steps=3)
+    assert Image.open(out).size == (96, 64)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(same.images[0]))
+
+
 def test_export_a_controlnet_generate_with_it_and_detect(
     artifact, controlnet_models, controlnet_pipelines, tmp_path, capsys
 ):
@@ -244,3 +279,21 @@ def test_serve_flags_reach_the_server_config(artifact, controlnet_artifacts, mon
     assert main(argv) == 0
     assert seen["config"].max_control_units == 5 and seen["options"]["controlnet_dir"] == controlnet_artifacts
     assert main(["serve", str(artifact), "--max-control-units", "-1"]) == 2  # checked by ServeConfig
+
+
+def test_export_tiling_flag_reaches_the_export(demo_model, artifact, tmp_path, monkeypatch, capsys):
+    """--tiling asks for the circular-padding twins (the session artifact is exported so: see its manifest)."""
+    import sdrt.export
+    from sdrt.manifest import read_manifest
+
+    seen = {}
+
+    def export_model(model_dir, output, config, **kwargs):
+        seen["config"] = config
+        return read_manifest(artifact)
+
+    monkeypatch.setattr(sdrt.export, "export_model", export_model)
+    assert main(["export", str(demo_model), "-o", str(tmp_path / "out"), "--tiling"]) == 0
+    assert seen["config"].tiling is True
+    assert main(["export", str(demo_model), "-o", str(tmp_path / "out")]) == 0
+    assert seen["config"].tiling is False

@@ -68,6 +68,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def run_mode(mode: str, family: str) -> str:
+    """The mode a family runs: the x4 upscaler always upscales (its default txt2img means upscale); others as asked."""
+    if family == "upscaler_x4":
+        if mode not in ("txt2img", "upscale"):
+            raise ValueError(f"mode {mode} is not for the x4 upscaler: it runs upscale (a low-res image in)")
+        return "upscale"
+    if mode == "upscale":
+        raise ValueError(f"mode upscale is the x4 upscaler's; this model is a {family} model")
+    return mode
+
+
 def plan(config: BenchConfig, weights: Weights) -> tuple[list[tuple[int, int]], list[int], list[str]]:
     """The sizes and batches to run, and notes on what was dropped; ValueError for sizes the artifact cannot take."""
     notes = []
@@ -98,6 +109,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     if refiner is not None and (weights.family, refiner.family) != ("sdxl", "sdxl_refiner"):
         raise ValueError(f"--refiner {config.refiner} is a {refiner.family} model; an sdxl base takes an sdxl_refiner")
     sizes, batches, notes = plan(config, weights)
+    mode = run_mode(config.mode, weights.family)
     if config.mode == "img2img" and weights.artifact is not None:
         from sdrt.manifest import read_manifest
 
@@ -131,8 +143,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
             steps=config.steps,
             scheduler=config.scheduler,
             guidance_scale=config.guidance_scale,
-            mode=config.mode,
-            strength=config.strength if config.mode == "img2img" else None,
+            mode=mode,
+            strength=config.strength if mode == "img2img" else None,
             refiner_switch_at=config.refiner_switch_at,
             controlnets=controlnets,
         )

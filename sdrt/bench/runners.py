@@ -162,7 +162,7 @@ class SdrtRunner:
     def run(self, scenario: Scenario, seed: int) -> Sample:
         self.clock.reset()
         self.loop.reset()
-        image = init_image(scenario.width, scenario.height) if scenario.mode in ("img2img", "variation") else None
+        image = init_image(*scenario.input_size) if scenario.mode in ("img2img", "variation", "upscale") else None
         start = _synced_time(self.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # random weights may give NaN pixels
@@ -263,6 +263,8 @@ class DiffusersRunner:
             kwargs["callback_on_step_end"] = self._on_step_end  # else the VAE decode closes the loop's bracket
         if scenario.mode == "img2img":
             kwargs |= {"image": init_image(scenario.width, scenario.height), "strength": scenario.strength}
+        elif scenario.mode == "upscale":  # the low-res image sets the size; noise_level at both sides' default, 20
+            kwargs |= {"image": init_image(*scenario.input_size)}
         else:
             kwargs |= {"height": scenario.height, "width": scenario.width}
         if scenario.mode == "variation":  # unCLIP: the image conditions, the latents start from noise
@@ -324,6 +326,7 @@ _PIPELINES = {
     "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline"},
     "sdxl_refiner": {"img2img": "StableDiffusionXLImg2ImgPipeline"},
     "unclip": {"variation": "StableUnCLIPImg2ImgPipeline"},
+    "upscaler_x4": {"upscale": "StableDiffusionUpscalePipeline"},
 }
 
 

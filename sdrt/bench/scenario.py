@@ -14,8 +14,11 @@ SDRT_BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino")
 BASELINES = ("diffusers", "diffusers-compile")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16")
-MODES = ("txt2img", "img2img", "variation")  # variation: unCLIP, the input image conditions
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "unclip")
+# variation: unCLIP, the input image conditions; upscale: the SD x4 upscaler, a low-res image of a quarter of the
+# scenario's (output) size in
+MODES = ("txt2img", "img2img", "variation", "upscale")
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "unclip", "upscaler_x4")
+UPSCALE = 4  # the x4 upscaler's factor: output pixels per low-res pixel, each side
 SIZE_STEP = 8  # every SD family's VAE works in 8-pixel cells
 
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
@@ -55,6 +58,13 @@ class Scenario:
             _check_int(name, value, minimum=SIZE_STEP)
             if value % SIZE_STEP:
                 raise ValueError(f"{name} {value} is not a multiple of {SIZE_STEP}")
+        if (self.mode == "upscale") != (self.family == "upscaler_x4"):
+            raise ValueError(f"mode {self.mode} does not go with family {self.family}: the x4 upscaler runs upscale")
+        if self.mode == "upscale" and (self.width % (UPSCALE * SIZE_STEP) or self.height % (UPSCALE * SIZE_STEP)):
+            raise ValueError(
+                f"upscale size {self.size} is not a multiple of {UPSCALE * SIZE_STEP}: the low-res image is a quarter "
+                f"of it, in {SIZE_STEP}-pixel cells"
+            )
         _check_int("batch", self.batch, minimum=1)
         _check_int("steps", self.steps, minimum=1)
         g = self.guidance_scale
@@ -66,6 +76,12 @@ class Scenario:
                 raise ValueError(f"strength {s!r} is outside (0, 1]; img2img needs one")
         elif self.strength is not None:
             raise ValueError(f"strength {self.strength!r} is only for img2img (mode is {self.mode})")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the input image: the scenario's, or with upscale the low-res image's."""
+        factor = UPSCALE if self.mode == "upscale" else 1
+        return self.width // factor, self.height // factor
 
     @property
     def is_baseline(self) -> bool:

@@ -30,16 +30,18 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "unclip",
         "controlnet",
         "controlnet-sdxl",
+        "upscaler_x4",
     ),
     "sd15": ("sd1", "inpaint", "controlnet"),
     "sd21": ("sd2", "unclip"),
     "sdxl": ("sdxl", "sdxl-refiner", "controlnet-sdxl"),
     "sdxl-small": ("sdxl", "sdxl-refiner", "controlnet-sdxl"),  # SDXL's topologies at half widths, for CPU benchmarks
+    "x4": ("upscaler_x4",),  # the SD x4 upscaler's published sizes
 }
 # every variant: those the presets list
 VARIANT_NAMES = tuple(dict.fromkeys(variant for variants in PRESETS.values() for variant in variants))
 # the modules that write them (each lists its VARIANTS); imported when a model is written, as they import torch
-_WRITERS = ("sd", "sdxl", "unclip", "controlnet")
+_WRITERS = ("sd", "sdxl", "unclip", "controlnet", "upscaler_x4")
 
 
 def writers() -> dict[str, ModuleType]:
@@ -78,8 +80,9 @@ def write_demo_model(
     Variants: "sd1" (SD 1.x), "sd2" (SD 2.x 768: OpenCLIP-style gelu text encoder, linear-projection UNet with
     upcast attention, v-prediction), "inpaint" (SD 1.x inpainting: 9-channel UNet input), "sdxl" (SDXL base: two
     text encoders, size and crop conditioning), "sdxl-refiner" (the SDXL refiner: ViT-bigG alone, aesthetic
-    score), "sdxl-inpaint" (SDXL with a 9-channel UNet), "unclip" (SD 2.1 unCLIP image variations), and
-    "controlnet" / "controlnet-sdxl" (a ControlNet for the SD 1.x / SDXL model of the same preset). None picks
+    score), "sdxl-inpaint" (SDXL with a 9-channel UNet), "unclip" (SD 2.1 unCLIP image variations),
+    "controlnet" / "controlnet-sdxl" (a ControlNet for the SD 1.x / SDXL model of the same preset) and "upscaler_x4"
+    (the SD x4 upscaler; preset "x4" has its published sizes). None picks
     the preset's own (see PRESETS). Weights are made on `device` (default: the CPU; cuda for full-size SDXL when
     there is one, which makes 3.5 B random numbers in seconds).
     """

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sdrt.lazy import lazy_names
 
 if TYPE_CHECKING:
-    from sdrt.engines.base import BuildRecord, Engine, Networks, call_in_chunks, max_batch
+    from sdrt.engines.base import BuildRecord, Engine, Networks, NetworkSet, call_in_chunks, max_batch
 
 # backend name -> module; imported only when asked for, so a missing optional library never breaks the others
 BACKENDS = {
@@ -24,7 +24,7 @@ DEVICES = ("cpu", "cuda")
 
 
 # the protocol's names, imported from sdrt.engines.base on first use: it imports torch, which the CLI does without
-_BASE = ("BuildRecord", "Engine", "Networks", "call_in_chunks", "max_batch")
+_BASE = ("BuildRecord", "Engine", "NetworkSet", "Networks", "call_in_chunks", "max_batch")
 __getattr__ = lazy_names(__name__, {name: "sdrt.engines.base" for name in _BASE})
 
 
@@ -83,6 +83,7 @@ __all__ = [
     "BACKENDS",
     "BuildRecord",
     "Engine",
+    "NetworkSet",
     "Networks",
     "backend_module",
     "build_engines",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +26,16 @@ class Networks(Protocol):
     source_sha256: str  # the weights the graphs were exported from (keys weight maps)
 
 
+@dataclass(frozen=True)
+class NetworkSet:
+    """A `Networks` of chosen networks: some of an artifact's, or a variant of their graphs (seamless tiling's)."""
+
+    components: Mapping[str, ComponentSpec]
+    ranges: ShapeRanges
+    files: Mapping[str, OnnxFile]
+    source_sha256: str = ""
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A runnable component. Inputs and outputs are torch tensors on `device` (no host copies on a GPU)."""
@@ -41,6 +52,15 @@ class ModuleEngine(Protocol):
     """An engine that computes with a torch module it holds (the torch backend): its weights are the module's."""
 
     module: nn.Module  # a module with the engine's spec IO; changing its parameters changes the engine
+
+
+@runtime_checkable
+class Circular(Protocol):
+    """An engine that can run its network with every convolution padding circularly (seamless tiling) without graphs
+    exported for it: it computes with a torch module (the torch backend)."""
+
+    def circular(self) -> Engine:
+        """The same network and weights, every Conv2d padding circularly."""
 
 
 @runtime_checkable
@@ -77,6 +97,21 @@ class CheckedEngine:
 
     def _run(self, feeds: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+@contextmanager
+def circular_padding(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` with every Conv2d padding circularly for the block, as the web UI's tiling and diffusers' seamless
+    recipe set them: an image that wraps around at its edges (a texture that repeats without seams)."""
+    convs = [layer for layer in module.modules() if isinstance(layer, nn.Conv2d)]
+    saved = [conv.padding_mode for conv in convs]
+    for conv in convs:
+        conv.padding_mode = "circular"
+    try:
+        yield module
+    finally:
+        for conv, mode in zip(convs, saved, strict=True):
+            conv.padding_mode = mode
 
 
 def indexed(device: torch.device) -> torch.device:

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 BACKEND = "openvino"
 BLOB_FILE = "model.blob"
 NEEDS = "the openvino backend needs OpenVINO (pip install 'sdrt[openvino]') and runs on the CPU"
-STATIC_ROLES = ("denoiser", "controlnet", "vae_decoder", "vae_encoder")  # few shapes per generation: one model each
+# a few shapes per generation (an upscaler's: its tile size): compiled per shape
+STATIC_ROLES = ("denoiser", "controlnet", "vae_decoder", "vae_encoder", "upscaler")
 INFERENCE_PRECISION = "f32"  # never bf16 or f16: speed must not buy a different image
 DYNAMIC = "dynamic"
 

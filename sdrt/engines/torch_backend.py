@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdrt.engines.base import BuildRecord, CheckedEngine, Networks, indexed
+from sdrt.engines.base import BuildRecord, CheckedEngine, Networks, circular_padding, indexed
 from sdrt.engines.cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache, GraphCaptureError, capture, shape_key
 from sdrt.engines.options import make_options
 from sdrt.spec import ComponentSpec, ShapeRanges
@@ -157,6 +157,14 @@ class TorchEngine(CheckedEngine):
         """Another network on this engine's device, dtype and layout (e.g. DeepCache's, on the UNet's own module)."""
         return TorchEngine(module, spec, self.ranges, self.device, self.dtype, self.channels_last, tf32=self.tf32)
 
+    def circular(self) -> TorchEngine:
+        """This network with every Conv2d padding circularly (seamless tiling), sharing this engine's module: each
+        call switches the padding for its duration and back (eagerly: no torch.compile, no CUDA graphs). Calls of the
+        two engines must not overlap (the runtime runs one batch at a time)."""
+        return _CircularTorchEngine(
+            self.module, self.spec, self.ranges, self.device, self.dtype, self.channels_last, tf32=self.tf32
+        )
+
     def float32_copy(self) -> TorchEngine:
         """This engine's network computing in float32 on the same device: the fallback when a float16 run overflows.
 
@@ -169,6 +177,20 @@ class TorchEngine(CheckedEngine):
         return TorchEngine(
             module, self.spec, self.ranges, self.device, torch.float32, self.channels_last, tf32=self.tf32
         )
+
+
+class _CircularTorchEngine(TorchEngine):
+    """A TorchEngine whose calls run its (shared) module with circular padding."""
+
+    def _run_module(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with circular_padding(self.module):
+            return super()._run_module(feeds)
+
+    def circular(self) -> TorchEngine:
+        return self
+
+    def float32_copy(self) -> TorchEngine:
+        return super().float32_copy().circular()
 
 
 @contextmanager
@@ -264,8 +286,8 @@ def load(
     modules: Callable[[], Mapping[str, nn.Module]] | None = None,
 ) -> dict[str, TorchEngine]:
     """An engine per network around its torch module; `modules` loads them (the model directory's, with spec IO)."""
-    _check_model_dir(path)
     if modules is None:
+        _check_model_dir(path)
         raise ValueError(f"the torch backend needs the torch modules of {path}'s networks to run; none were given")
     loaded = modules()
     use_sdpa(loaded.values())
@@ -282,6 +304,12 @@ def _settings(spec: ComponentSpec, opts: TorchOptions) -> dict:
     """A network's engine settings by its role: the VAE's dtype for the VAE, compile and graphs for the denoiser."""
     if spec.role in ("vae_decoder", "vae_encoder"):
         return {"dtype": opts.vae_compute_dtype, "channels_last": opts.use_channels_last, "tf32": opts.tf32}
+    if spec.role == "upscaler":  # float32 unless asked: SwinIR's attention overflows fp16
+        return {
+            "dtype": COMPUTE_DTYPES[opts.dtype or "float32"],
+            "channels_last": opts.use_channels_last,
+            "tf32": opts.tf32,
+        }
     if spec.role in ("denoiser", "controlnet"):  # the networks called every step
         return {
             "dtype": opts.compute_dtype,

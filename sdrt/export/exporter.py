@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sdrt.components import TILING, TILING_ROLES, circular_padding
 from sdrt.export.disk import check_free_space, export_size
 from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component
@@ -19,6 +20,7 @@ from sdrt.hashing import file_sha256
 from sdrt.manifest import TOKEN_TABLE_FILE, DataFile, Manifest, write_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.model_source import SourceOptions, open_model
+from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
 from sdrt.versions import library_versions
 
@@ -38,6 +40,7 @@ class ExportConfig:
     precision: str = "fp32"  # text encoder and UNet: fp32, or fp16 (weights and math; graph IO stays float32)
     # VAE decoder and encoder: fp32 (cannot overflow), or fp16 (fine for SD 1.x/2.x VAEs; SDXL's overflows)
     vae_precision: str = "fp32"
+    tiling: bool = False  # also export the UNet and VAE with circular padding, for seamless tiling (`tiling=True`)
 
     def __post_init__(self) -> None:
         for name in ("precision", "vae_precision"):
@@ -110,17 +113,26 @@ def _export(model: ModelDir, out: Path, config: ExportConfig, progress: bool) ->
         files, tables = {}, {}
         networks = tqdm(model.iter_modules(), total=len(manifest.components), desc="export", unit="component",
                         disable=not progress)  # fmt: skip
+        variants: dict[str, OnnxFile] = {}
         for name, module in networks:  # one part's weights in memory at a time
             spec = manifest.components[name]
             files[name] = export_component(module, spec, manifest.ranges, tmp / name, config.opset)
             if spec.role == "text_encoder":  # the engine starts after the token lookup: keep the table beside it
                 tables[name] = write_token_table(module.token_table(), tmp, name)
+            if config.tiling and spec.role in TILING_ROLES:  # its seamless twin: the same weights, circular padding
+                with circular_padding(module) as circular:
+                    exported = export_component(circular, spec, manifest.ranges, tmp / TILING / name, config.opset)
+                variants[name] = _variant_file(exported)
             del module
             if config.component_precision(spec) == "fp16":
                 files[name] = convert_component(tmp, files[name], spec)
+                if name in variants:
+                    variants[name] = convert_component(tmp, variants[name], spec)
         for part in manifest.support:
             shutil.copytree(model.part_dir(part), tmp / part)
         manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)}, tables)
+        if variants:
+            manifest = replace(manifest, variants={TILING: variants})
         write_manifest(tmp, manifest)
     log.info("exported %s to %s", model.path, out)
     return manifest
@@ -134,6 +146,15 @@ def write_token_table(table: torch.Tensor, artifact: Path, component: str) -> Da
     save_file({"weight": table.detach().to("cpu", torch.float32).contiguous()}, str(path))
     path.chmod(0o644)
     return DataFile(path=str(path.relative_to(artifact)), sha256=file_sha256(path))
+
+
+def _variant_file(onnx_file: OnnxFile) -> OnnxFile:
+    """A variant's graph, described relative to the variant's directory, as the artifact root describes it."""
+    return replace(
+        onnx_file,
+        path=f"{TILING}/{onnx_file.path}",
+        external_data=None if onnx_file.external_data is None else f"{TILING}/{onnx_file.external_data}",
+    )
 
 
 def _with_precision(spec: ComponentSpec, precision: str) -> ComponentSpec:

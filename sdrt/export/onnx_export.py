@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
@@ -44,15 +45,22 @@ def trace_values(spec: ComponentSpec, ranges: ShapeRanges) -> dict[str, int]:
 
 
 def export_component(
-    module: nn.Module, spec: ComponentSpec, ranges: ShapeRanges, out_dir: Path, opset: int = 17
+    module: nn.Module,
+    spec: ComponentSpec,
+    ranges: ShapeRanges,
+    out_dir: Path,
+    opset: int = 17,
+    values: Mapping[str, int] | None = None,
 ) -> OnnxFile:
     """Trace `module` to `out_dir/model.onnx` with the spec's names and dynamic axes.
 
-    Graphs over ~2 GB keep their weights in one external file beside it (`model.onnx.data`).
-    Returns paths relative to `out_dir`'s parent (the artifact root).
+    It is traced at `values` (symbol -> size), by default `trace_values`. Graphs over ~2 GB keep their weights in
+    one external file beside it (`model.onnx.data`). Returns paths relative to `out_dir`'s parent (the artifact
+    root).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    feeds = spec.sample_inputs(trace_values(spec, ranges), torch.Generator().manual_seed(0))
+    at = trace_values(spec, ranges) if values is None else values
+    feeds = spec.sample_inputs(at, torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix=f"sdrt-export-{spec.name}-") as scratch:
         raw = Path(scratch) / ONNX_FILE
         log.info("tracing %s to ONNX (opset %d)", spec.name, opset)

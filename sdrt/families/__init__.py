@@ -27,7 +27,7 @@ def unregister(name: str) -> None:
     _FAMILIES.pop(name, None)
 
 
-_BUILTIN_ORDER = ("sd1", "sd2", "sdxl", "sdxl_refiner", "unclip", "controlnet")
+_BUILTIN_ORDER = ("sd1", "sd2", "sdxl", "sdxl_refiner", "unclip", "upscaler_x4", "controlnet")
 
 
 def families() -> dict[str, Family]:
@@ -60,7 +60,7 @@ def family_for(index: Mapping[str, Any], configs: Mapping[str, Any], where: str 
 
 def _load_builtin() -> None:
     # imported here, not at the top: each module registers its families, and some import sdrt.runtime
-    from sdrt.families import controlnet, sd, sdxl, unclip  # noqa: F401
+    from sdrt.families import controlnet, sd, sdxl, unclip, upscaler_x4  # noqa: F401
 
 
 __all__ = ["Family", "UnknownFamily", "families", "family_for", "family_named", "register", "unregister"]

@@ -20,6 +20,15 @@ from sdrt.conditioning.embedders import ConditioningContext, Embedder
 from sdrt.params import Param
 from sdrt.spec import ComponentSpec
 
+# the noise added to an image that conditions a model: unCLIP's image embedding, the x4 upscaler's low-res image
+NOISE_LEVEL = Param(
+    "noise_level",
+    "int",
+    "noise added to the conditioning image, a timestep of the model's image-noising scheduler: unCLIP's image "
+    "embedding (default 0; more: looser variations), the x4 upscaler's low-res image (default 20, at most 350)",
+    minimum=0,
+    owner="unclip, upscaler_x4",
+)
 MODEL = "model"  # a part whose weights become a torch module
 SUPPORT = "support"  # a part copied into the artifact as it is: tokenizer, scheduler, image processor
 PART_KINDS = (MODEL, SUPPORT)
@@ -85,6 +94,10 @@ class Family:
     # an input image conditions the model (unCLIP's image embedding) instead of starting its latents: requests get
     # no strength, and their size defaults to the artifact's rather than the image's
     image_conditioned: bool = False
+    # an image-conditioned family's output is this many times its input image (the x4 upscaler's 4; the size
+    # defaults to it); 0: the output size defaults to the artifact's tuned size
+    image_scale: int = 0
+    image_channels: int = 0  # channels an input image adds to the UNet's input (the x4 upscaler's low-res RGB)
     # the web UI's "Approx cheap" preview: rows are latent channels, columns R, G, B (latents as sampled)
     latent_rgb: tuple[tuple[float, float, float], ...] = ()
     refiners: tuple[str, ...] = ()  # families whose models can refine this family's latents (base -> refiner)

@@ -22,7 +22,7 @@ from sdrt.conditioning.guidance import VECTOR, Conditioning
 from sdrt.conditioning.text import TextEmbedder
 from sdrt.engines import call_in_chunks
 from sdrt.families import register
-from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
+from sdrt.families.base import NOISE_LEVEL, Family, TextEncoderPair, model_part, support_part
 from sdrt.families.sd import SD_LATENT_RGB, TOKENIZERS
 from sdrt.files import read_json_object
 from sdrt.params import Param
@@ -33,15 +33,7 @@ NORMALIZER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 PARAMS = (
-    Param(
-        "noise_level",
-        "int",
-        "unCLIP: noise added to the image's embedding, a timestep of the model's image-noising scheduler "
-        "(more: looser variations)",
-        default=0,
-        minimum=0,
-        owner="unclip",
-    ),
+    NOISE_LEVEL,  # unCLIP's default: 0
     Param(
         "image_embeds",
         "vector",
@@ -50,6 +42,12 @@ PARAMS = (
         owner="unclip",
     ),
 )
+
+
+def noise_level(request: ConditionedRequest) -> int:
+    """The request's noise level for its image embedding: unCLIP's default is 0."""
+    value = NOISE_LEVEL.check(request.option("noise_level"))
+    return 0 if value is None else int(value)
 
 
 class ImageEmbedder:
@@ -91,7 +89,7 @@ class ImageEmbedder:
                 raise ValueError("image_embeds must be a tensor of shape (E,) or (1, E): one image's CLIP embedding")
             if embeds.dim() == 2 and embeds.shape[0] != 1:
                 raise ValueError(f"image_embeds has {embeds.shape[0]} rows; give one image's embedding")
-        level = PARAMS[0].check(request.option("noise_level"))
+        level = noise_level(request)
         if not 0 <= level < self.noise_levels:
             raise ValueError(
                 f"noise_level {level} is outside 0..{self.noise_levels - 1} "
@@ -109,7 +107,7 @@ class ImageEmbedder:
         labels = []
         first_image = 0  # index of each request's first image: its generator draws the request's embedding noise
         for request, embeds in zip(batch.requests, self.image_embeddings(batch.requests), strict=True):
-            noised = self.noise_augment(embeds, request.option("noise_level"), batch.generators[first_image])
+            noised = self.noise_augment(embeds, noise_level(request), batch.generators[first_image])
             labels.append(noised.expand(request.num_images, -1))
             first_image += request.num_images
         cond = torch.cat(labels).to(batch.cfg.device)

@@ -1,8 +1,8 @@
 """The web UI's hires fix: generate at a first size, upscale, then denoise again at the target size (img2img).
 
 Latent upscalers interpolate the first pass's latents (torch's `interpolate`, with the web UI's modes); image
-upscalers decode them, resize the image with PIL and encode it again. Upscalers that need model weights
-(ESRGAN, Real-ESRGAN, SwinIR, ...) are not served.
+upscalers decode them, resize the image and encode it again: with PIL (Lanczos, Nearest), or with a GAN upscaler
+(ESRGAN, Real-ESRGAN, SwinIR) named by its file's stem in the pipeline's upscaler directory (`sdrt.upscalers`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from PIL import Image
 from sdrt.excerpt import check_text, excerpt
 from sdrt.params import Param, check_declared, declare, declared
 from sdrt.schedulers import check_sampler, sampler_label
+from sdrt.upscalers.library import UpscalerLibrary
 
 # the web UI's latent upscale modes: name -> (torch interpolate mode, antialias)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
@@ -59,7 +60,10 @@ class Hires:
     width: int = declare(0, "int", "target width in pixels (0: from the scale, or from height)", webui="hr_resize_x")
     height: int = declare(0, "int", "target height in pixels (0: from the scale, or from width)", webui="hr_resize_y")
     upscaler: str = declare(
-        "Latent", "str", "Latent, Latent (nearest), Latent (bicubic), ... or Lanczos, Nearest", webui="hr_upscaler"
+        "Latent",
+        "str",
+        "Latent, Latent (nearest), Latent (bicubic), ..., Lanczos, Nearest, or a GAN upscaler file's stem",
+        webui="hr_upscaler",
     )
     steps: int | None = declare(
         None, "int", "second-pass steps (default: the first pass's)", minimum=1, webui="hr_second_pass_steps"
@@ -82,12 +86,8 @@ class Hires:
         ):
             raise ValueError(f"hires steps {excerpt(self.steps)} is not a positive integer (None: the first pass's)")
         check_declared(self, prefix="hires ")
-        if self.upscaler not in LATENT_UPSCALERS and self.upscaler not in IMAGE_UPSCALERS:
-            raise ValueError(
-                f"hires upscaler {excerpt(self.upscaler)} is not served here; served: "
-                f"{', '.join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])} (upscalers that need model weights, such as "
-                "ESRGAN, are not available)"
-            )
+        if not isinstance(self.upscaler, str) or not self.upscaler.strip():
+            raise ValueError(f"hires upscaler {excerpt(self.upscaler)} is not an upscaler's name")
         for name in ("prompt", "negative_prompt"):
             text = getattr(self, name)
             if text is not None:
@@ -98,6 +98,21 @@ class Hires:
     def latent(self) -> bool:
         """True when the latents are interpolated; False when the decoded image is resized."""
         return self.upscaler in LATENT_UPSCALERS
+
+    def check_upscaler(self, upscalers: UpscalerLibrary | None) -> None:
+        """ValueError unless the upscaler is one sdrt has or a file of `upscalers` (the pipeline's directory)."""
+        if self.upscaler in LATENT_UPSCALERS or self.upscaler in IMAGE_UPSCALERS:
+            return
+        files = [] if upscalers is None else upscalers.names()
+        if self.upscaler in files:
+            return
+        hint = (
+            "GAN upscalers are the files of the upscaler directory, by name"
+            if upscalers is not None
+            else "GAN upscalers (ESRGAN, ...) need an upscaler directory (--upscaler-dir)"
+        )
+        served = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS, *files])
+        raise ValueError(f"hires upscaler {excerpt(self.upscaler)} is not served here; served: {served} ({hint})")
 
     def geometry(self, height: int, width: int, factor: int) -> HiresGeometry:
         """The upscale and crop from a first pass of height x width pixels, as the web UI computes them."""
@@ -147,9 +162,21 @@ def upscale_latents(latents: torch.Tensor, hires: Hires, geometry: HiresGeometry
     return up[:, :, top : top + rows, left : left + cols]
 
 
-def upscale_image(image: Image.Image, hires: Hires, geometry: HiresGeometry, factor: int) -> Image.Image:
-    """A decoded first-pass image resized with the upscaler's filter and cropped to the target."""
-    up = image.resize((geometry.upscaled[1], geometry.upscaled[0]), IMAGE_UPSCALERS[hires.upscaler])
+def upscale_image(
+    image: Image.Image,
+    hires: Hires,
+    geometry: HiresGeometry,
+    factor: int,
+    upscalers: UpscalerLibrary | None = None,
+) -> Image.Image:
+    """A decoded first-pass image resized with the upscaler (a PIL filter, or a GAN upscaler of `upscalers` as the
+    web UI resizes with one) and cropped to the target."""
+    size = (geometry.upscaled[1], geometry.upscaled[0])
+    if hires.upscaler in IMAGE_UPSCALERS:
+        up = image.resize(size, IMAGE_UPSCALERS[hires.upscaler])
+    else:
+        hires.check_upscaler(upscalers)  # a file of the library: check_upscaler refuses a name without one
+        up = upscalers.get(hires.upscaler).resize(image, *size)  # type: ignore[union-attr]
     top, left = geometry.crop[0] * factor, geometry.crop[1] * factor
     return up.crop((left, top, left + geometry.size[1], top + geometry.size[0]))
 

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sdrt.components import TILING, TILING_ROLES
 from sdrt.conditioning.embedders import Conditioner, ConditioningContext
 from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
 from sdrt.deep_cache_unet import DeepCacheUNetModule, deep_cache_specs
 from sdrt.engines import Engine, check_device, load_engines
+from sdrt.engines.base import Circular
 from sdrt.families import Family
 from sdrt.files import read_json_object
 from sdrt.manifest import MANIFEST_NAME, Manifest, read_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.runtime.vae_guard import VaeDecoderGuard
+from sdrt.runtime.vae_tiles import TiledVae
 from sdrt.schedulers import make_scheduler
 from sdrt.spec import ShapeRanges
 
@@ -40,15 +43,14 @@ class Model:
         path: Path | None = None,
         backend: str | None = None,
         embeddings: EmbeddingLibrary | None = None,
+        vae_tiling: str = "auto",
     ) -> None:
         self.manifest = manifest
         self.family: Family = manifest.model_family
-        self.engines = dict(engines)
-        decoder = self.engines[self.family.vae_decoder]
-        if not isinstance(decoder, VaeDecoderGuard):  # NaN/Inf from an fp16 decoder: decode again in float32
-            self.engines[self.family.vae_decoder] = VaeDecoderGuard(
-                decoder, fallback=getattr(decoder, "float32_copy", None)
-            )
+        self.vae_tiling = vae_tiling  # large images decode and encode in tiles (runtime.vae_tiles)
+        self.engines = self._wrapped_vae(dict(engines))
+        self._tiling: dict[str, Engine] | None = None  # seamless tiling's engines, made on first use
+        self.load_tiling: Callable[[], Mapping[str, Engine]] | None = None  # loads an artifact's tiling graphs
         self.tokenizers = dict(tokenizers)  # support part -> (tokenizer, key)
         self.scheduler_config = dict(scheduler_config)
         make_scheduler(None, self.scheduler_config)  # a bad config fails here, not at the first generation
@@ -86,11 +88,13 @@ class Model:
         device: str = "cpu",
         ranges: ShapeRanges | None = None,
         embeddings: EmbeddingLibrary | None = None,
+        vae_tiling: str = "auto",
         **options: Any,
     ) -> Model:
         """Load an artifact (from `sdrt export`) or, for the torch backend, a diffusers model directory.
 
-        `embeddings` are the textual-inversion embeddings its prompts may name.
+        `embeddings` are the textual-inversion embeddings its prompts may name; `vae_tiling` says when the VAE runs
+        in tiles ("auto": large images, "on": as diffusers' enable_tiling, "off").
         """
         root = Path(path)
         check_device(device)
@@ -126,11 +130,59 @@ class Model:
         tables = {p.network: _token_table(root, manifest, engines, p.network) for p in family.text_encoders}
         model = cls(
             manifest, engines, tokenizers, scheduler_config, tables, name=Path(os.path.abspath(root)).name, path=root,
-            backend=backend, embeddings=embeddings,
+            backend=backend, embeddings=embeddings, vae_tiling=vae_tiling,
         )  # fmt: skip
+        if TILING in manifest.variants:  # seamless tiling's graphs, loaded on the first request that asks
+            model.load_tiling = lambda: load_engines(root, manifest.variant(TILING), backend, device, **options)
         model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)
         model.engines_seconds = engines_seconds
         return model
+
+    def _wrapped_vae(self, engines: dict[str, Engine]) -> dict[str, Engine]:
+        """`engines` with the VAE decoder guarded against fp16 overflow and both VAE halves tiled when large."""
+        decoder = engines[self.family.vae_decoder]
+        if not isinstance(decoder, (VaeDecoderGuard, TiledVae)):  # NaN/Inf from fp16: decode again in float32
+            decoder = VaeDecoderGuard(decoder, fallback=getattr(decoder, "float32_copy", None))
+        for name in (self.family.vae_decoder, self.family.vae_encoder):
+            engine = decoder if name == self.family.vae_decoder else engines.get(name)
+            if engine is not None:
+                inner = engine.inner if isinstance(engine, TiledVae) else engine
+                engines[name] = TiledVae(inner, self.vae_tiling)
+        return engines
+
+    def check_tiling(self) -> None:
+        """ValueError unless this model can run seamless tiling (an artifact needs `sdrt export --tiling`)."""
+        if self._tiling is not None or all(isinstance(self._raw(n), Circular) for n in self._tiling_networks()):
+            return
+        if self.load_tiling is None or TILING not in self.manifest.variants:
+            raise ValueError(
+                f"tiling needs circular-padding graphs, which this artifact ({self.name}) does not have: export it "
+                "again with --tiling (sdrt export --tiling), or run the model directory on the torch backend"
+            )
+
+    def engines_for(self, tiling: bool) -> dict[str, Engine]:
+        """The engines a request runs: these, or with `tiling` the UNet's and VAE's circular-padding twins."""
+        if not tiling:
+            return self.engines
+        if self._tiling is None:
+            self.check_tiling()
+            names = self._tiling_networks()
+            if all(isinstance(self._raw(n), Circular) for n in names):
+                twins: Mapping[str, Engine] = {n: self._raw(n).circular() for n in names}  # type: ignore[union-attr]
+            else:
+                twins = self.load_tiling()  # type: ignore[misc]  # check_tiling made sure there is a loader
+            self._tiling = self._wrapped_vae({**self.engines, **twins})
+        return self._tiling
+
+    def _tiling_networks(self) -> list[str]:
+        return [n for n, e in self.engines.items() if e.spec.role in TILING_ROLES]
+
+    def _raw(self, name: str) -> Engine:
+        """The backend's engine of network `name`, without the runtime's VAE wrappers."""
+        engine = self.engines[name]
+        while isinstance(engine, (TiledVae, VaeDecoderGuard)):
+            engine = engine.inner if isinstance(engine, TiledVae) else engine.decoder
+        return engine
 
     @property
     def denoiser(self) -> Engine:

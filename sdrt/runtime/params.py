@@ -105,13 +105,15 @@ CORE = (
 
 
 def feature_params() -> tuple[Param, ...]:
-    """The parameters of the runtime's features: the refiner hand-off, the hires fix, ControlNet units, DeepCache."""
+    """The parameters of the runtime's features: the refiner hand-off, the hires fix, ControlNet units, DeepCache,
+    seamless tiling."""
     from sdrt.runtime.control import PARAMS as CONTROL
     from sdrt.runtime.deep_cache import PARAMS as DEEP_CACHE
     from sdrt.runtime.hires import PARAMS as HIRES
+    from sdrt.runtime.seamless import PARAMS as TILING
     from sdrt.runtime.workflow import PARAMS as REFINER
 
-    return (*REFINER, *HIRES, *CONTROL, *DEEP_CACHE)
+    return (*REFINER, *HIRES, *CONTROL, *DEEP_CACHE, *TILING)
 
 
 def pipeline_params(model_families: list[Family]) -> ParamSet:

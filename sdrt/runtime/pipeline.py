@@ -41,6 +41,7 @@ from sdrt.runtime.runner import Runner
 from sdrt.runtime.sampling import Progress, StepCallback
 from sdrt.runtime.workflow import Continuation, Outcome, Workflow, second_pass
 from sdrt.spec import ShapeRanges
+from sdrt.upscalers.library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Pipeline:
         model_dir: str | os.PathLike | None = None,
         hypernetworks: HypernetworkLibrary | None = None,
         refiner_model_dir: str | os.PathLike | None = None,
+        upscalers: UpscalerLibrary | None = None,
         controlnet_dir: str | os.PathLike | None = None,
         annotator_dir: str | os.PathLike | None = None,
     ) -> None:
@@ -80,7 +82,7 @@ class Pipeline:
         models = {"base": model, **({REFINER: refiner} if refiner is not None else {})}
         self.annotator_dir = annotator_dir  # annotator models' weights (depth, openpose, ...) for ControlNet modules
         controlnets = ControlNetLibrary(model, controlnet_dir, model.options)
-        self.runner = Runner(models, loras, model_dir, hypernetworks, refiner_model_dir, controlnets)
+        self.runner = Runner(models, loras, model_dir, hypernetworks, refiner_model_dir, upscalers, controlnets)
         self.workflow = Workflow(self.runner, self._prepared)
         self.params: ParamSet = pipeline_params([m.family for m in models.values()])
 
@@ -97,6 +99,8 @@ class Pipeline:
         model_dir: str | os.PathLike | None = None,
         hypernetwork_dir: str | os.PathLike | None = None,
         refiner_model_dir: str | os.PathLike | None = None,
+        upscalers: UpscalerLibrary | None = None,
+        vae_tiling: str = "auto",
         controlnet_dir: str | os.PathLike | None = None,
         annotator_dir: str | os.PathLike | None = None,
         **options: Any,
@@ -110,21 +114,28 @@ class Pipeline:
         fused for that request only (torch backend, or tensorrt engines built with --refit, which also need
         `model_dir`: the model the artifact was exported from; `refiner_model_dir` the refiner's);
         `hypernetwork_dir` hypernetwork files a prompt names as `<hypernet:name:multiplier>`, run for that
-        request only (torch backend). `controlnet_dir` holds ControlNet artifacts requests may name
+        request only (torch backend). `upscalers` are the GAN upscalers a hires fix may name
+        (`sdrt.upscalers.library`; on a backend other than torch, made by `sdrt.export.upscalers.open_library`).
+        `vae_tiling` says when the VAE decodes and encodes in tiles (`sdrt.runtime.vae_tiles`): "auto" (images over
+        a megapixel, or beyond the VAE's profile), "on" (anything over one tile, as diffusers'
+        `vae.enable_tiling()`) or "off". `controlnet_dir` holds ControlNet artifacts requests may name
         (`control=[Control(NAME, ...)]`), loaded on first use with this backend and its options; `annotator_dir`
         the annotator models' weights ControlNet modules such as depth need (never downloaded). Backend options
         (e.g. `optimization="all"` for onnxruntime) pass through to the backend.
         """
         embeddings = None if embeddings_dir is None else EmbeddingLibrary.load(embeddings_dir)
-        model = Model.load(path, backend, device, ranges, embeddings=embeddings, **options)
+        model = Model.load(path, backend, device, ranges, embeddings=embeddings, vae_tiling=vae_tiling, **options)
         refiner_model = None
         if refiner is not None:
-            refiner_model = Model.load(refiner, backend, device, ranges, embeddings=embeddings, **options)
+            refiner_model = Model.load(
+                refiner, backend, device, ranges, embeddings=embeddings, vae_tiling=vae_tiling, **options
+            )
         loras = None if lora_dir is None else LoraLibrary.load(lora_dir)
         hypernetworks = None if hypernetwork_dir is None else HypernetworkLibrary.load(hypernetwork_dir)
         return cls(
             model, refiner_model, loras=loras, model_dir=model_dir, hypernetworks=hypernetworks,
-            refiner_model_dir=refiner_model_dir, controlnet_dir=controlnet_dir, annotator_dir=annotator_dir,
+            refiner_model_dir=refiner_model_dir, upscalers=upscalers, controlnet_dir=controlnet_dir,
+            annotator_dir=annotator_dir,
         )  # fmt: skip
 
     # the base model's parts, under the names callers use
@@ -188,6 +199,11 @@ class Pipeline:
         library = self.model.embeddings.reloaded()
         for model in self.models:
             model.use_embeddings(library)
+
+    @property
+    def upscalers(self) -> UpscalerLibrary | None:
+        """The GAN upscalers of the pipeline's upscaler directory (None without one)."""
+        return self.runner.upscalers
 
     @property
     def controlnets(self) -> ControlNetLibrary:
@@ -288,6 +304,9 @@ class Pipeline:
                 )
             if strength is None:
                 strength = 1.0 if mask is not None else family.default_strength
+        elif image is not None and family.image_scale:  # the x4 upscaler: four times the image's size
+            size = size_from_image(image, self.manifest.ranges.latent_factor)
+            default_height, default_width = (family.image_scale * side for side in size)
         hires = self.params["hires"].build(values["hires"])
         if hires is not None and not isinstance(hires, Hires):
             raise ValueError(f"hires {excerpt(hires)} is not a Hires or a mapping of its fields")
@@ -320,6 +339,7 @@ class Pipeline:
             image_conditions=family.image_conditioned,
             refiner_switch_at=values["refiner_switch_at"],
             hires=hires,
+            tiling=bool(self.params["tiling"].check(values["tiling"])),
             control=control,
             guess_mode=values["guess_mode"],
             deep_cache=deep_cache,
@@ -426,6 +446,7 @@ class Pipeline:
                 self.manifest.ranges.check_size(height, width)
             except ValueError as exc:
                 raise ValueError(f"hires: the second pass's {exc}") from None
+            request.hires.check_upscaler(self.upscalers)
         if request.init_latents is not None:
             factor = model.manifest.ranges.latent_factor
             shape = (request.num_images, model.latent_channels, request.height // factor, request.width // factor)
@@ -439,10 +460,14 @@ class Pipeline:
             )
         model.family.check_request(request)
         if request.deep_cache is not None:
+            if request.tiling:
+                raise ValueError("deep_cache with tiling is not supported yet: give one or the other")
             try:
                 model.deep_cache_engines(request.deep_cache.branch)  # made once; ValueError for a branch it lacks
             except ValueError as exc:
                 raise ValueError(f"deep_cache: {exc}") from None
+        if request.tiling:
+            model.check_tiling()
         if request.loras:
             self.runner.request_loras(request.loras)  # every name resolves to a file
             self.runner.weights[request.plan.stage].check()  # the backend can switch LoRAs (ONNX Runtime cannot)

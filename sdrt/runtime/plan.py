@@ -97,6 +97,7 @@ def make_plan(request: Any, models: dict[str, Any]) -> Plan:
         request.loras,  # one LoRA set per batch: it changes the weights every image runs on
         request.deep_cache,  # one DeepCache setting per batch: full and shallow steps are the batch's
         request.hypernetworks,  # one hypernetwork chain per batch: it changes every attention layer
+        request.tiling,  # seamless tiling runs other engines
         model.conditioner.batch_key(request),
     )
     return Plan(request.stage, start, request.denoising_start, switch, timesteps, then, key)

@@ -55,6 +55,7 @@ class GenerationRequest:
     image_conditions: bool = False
     refiner_switch_at: float | None = None  # base + refiner: share of the schedule the base runs, 0 < F < 1
     hires: Hires | None = None  # text-to-image: the web UI's hires fix, a second pass at a larger size
+    tiling: bool = False  # seamless tiling: the UNet's and VAE's convolutions pad circularly (runtime.seamless)
     control: tuple[Control, ...] = ()  # ControlNet units, their hints made (Pipeline.request opens them)
     guess_mode: bool = False  # diffusers' guess mode for every unit: conditional rows only, logspace scales
     deep_cache: DeepCache | None = None  # DeepCache step caching (None: every step runs the whole UNet)
@@ -111,6 +112,8 @@ class GenerationRequest:
             isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0.0 < switch < 1.0
         ):
             raise ValueError(f"refiner_switch_at {excerpt(switch)} is outside 0 < F < 1 (the share the base runs)")
+        if not isinstance(self.tiling, bool):
+            raise ValueError(f"tiling {excerpt(self.tiling)} is not true or false")
         if self.stage not in STAGES:
             raise ValueError(f"stage {excerpt(self.stage)} is not one of {', '.join(STAGES)}")
         if self.denoising_start is not None and self.init_latents is None:

@@ -98,6 +98,8 @@ def infotexts(
     if request.refiner_switch_at is not None:  # the web UI's "Refiner: name [hash]"
         refiner = f"{last.name} [{last.manifest.source_sha256[:10]}]"
     label = sampler_label(request.scheduler, base.scheduler_config)
+    if request.tiling:  # the web UI writes "Tiling: True" for a seamless image
+        extra = (*extra, ("Tiling", "True"))
     # the web UI ControlNet extension's entries: "ControlNet 0: "Module: canny, Model: name [hash], ...""
     extra = (*extra, *((f"ControlNet {i}", unit.infotext()) for i, unit in enumerate(request.control)))
     prompts = request.per_image(request.prompts)

@@ -39,6 +39,7 @@ from sdrt.runtime.sampling import AfterStep, Progress, denoise, step_kwargs
 from sdrt.runtime.timing import StageClock
 from sdrt.runtime.weights import NetworkWeights, can_skip
 from sdrt.schedulers import make_scheduler
+from sdrt.upscalers.library import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ class Runner:
         model_dir: str | os.PathLike | None = None,
         hypernetworks: HypernetworkLibrary | None = None,
         refiner_model_dir: str | os.PathLike | None = None,
+        upscalers: UpscalerLibrary | None = None,
         controlnets: ControlNetLibrary | None = None,
     ) -> None:
         self.models = models
+        self.upscalers = upscalers  # the GAN upscalers a hires fix may name
         self.base = models["base"]
         self.device = self.base.device
         self.loras = loras or LoraLibrary()  # the LoRA files prompts may name
@@ -152,7 +155,7 @@ class Runner:
         latents, conditioning, after = self.start(
             model, plan, requests, gens, clock, scheduler, timesteps, conditioning
         )
-        call: RowDenoiser = UNetCall(model.denoiser, clock)
+        call: RowDenoiser = UNetCall(model.engines_for(first.tiling)[model.family.denoiser], clock)
         if first.deep_cache is not None:  # full steps as the DeepCache helper counts them, from the pass's first
             full, shallow = model.deep_cache_engines(first.deep_cache.branch)
             call = DeepCacheUNet(full, shallow, first.deep_cache.full_steps(scheduler.timesteps, timesteps), clock)
@@ -271,18 +274,19 @@ class Runner:
         self, model: Model, requests: Sequence[GenerationRequest], images: list[torch.Tensor]
     ) -> torch.Tensor:
         """Latent Gaussian parameters (N, 2C, h, w): each request's image encoded once, one row per image."""
-        encoder = model.engines[model.family.vae_encoder]
+        encoder = model.engines_for(requests[0].tiling)[model.family.vae_encoder]
         rows = [
             call_in_chunks(encoder, {"images": image})["latent_parameters"].expand(r.num_images, -1, -1, -1)
             for r, image in zip(requests, images, strict=True)
         ]
         return torch.cat(rows)
 
-    def decode(self, model: Model, latents: torch.Tensor, clock: StageClock) -> list[Image.Image]:
-        """Latents -> 8-bit images with a model's VAE decoder."""
+    def decode(self, model: Model, latents: torch.Tensor, clock: StageClock, tiling: bool = False) -> list[Image.Image]:
+        """Latents -> 8-bit images with a model's VAE decoder (its circular-padding twin for seamless tiling)."""
         with clock.stage("vae_decode"):
             latents = latents / model.manifest.vae_scaling_factor
-            images = call_in_chunks(model.engines[model.family.vae_decoder], {"latent": latents})["images"]
+            decoder = model.engines_for(tiling)[model.family.vae_decoder]
+            images = call_in_chunks(decoder, {"latent": latents})["images"]
         return to_pil(images)
 
     def _sync(self) -> None:

@@ -103,7 +103,7 @@ class Workflow:
         if any(decoded):
             wanted = [i for i, d in enumerate(decoded) if d]
             latents = torch.cat([out.latents[rows[i]] for i in wanted])
-            pil = self.runner.decode(out.model, latents, out.clock)
+            pil = self.runner.decode(out.model, latents, out.clock, out.requests[0].tiling)
             for i in wanted:
                 images[i], pil = pil[: out.requests[i].num_images], pil[out.requests[i].num_images :]
         for i, r in enumerate(out.requests):
@@ -158,8 +158,9 @@ class Workflow:
         factor = out.model.manifest.ranges.latent_factor
         geometry = hires.geometry(request.height, request.width, factor)
         if hires.latent:
-            return self.runner.decode(out.model, upscale_latents(out.latents[rows], hires, geometry, factor), out.clock)
-        return [upscale_image(image, hires, geometry, factor) for image in images]
+            upscaled = upscale_latents(out.latents[rows], hires, geometry, factor)
+            return self.runner.decode(out.model, upscaled, out.clock, request.tiling)
+        return [upscale_image(image, hires, geometry, factor, self.runner.upscalers) for image in images]
 
     def _hires(self, request, out: PassOutput, rows: slice, images, timings) -> Continuation:
         """The hires fix's second passes: each image upscaled, then image-to-image as a request of its own (its
@@ -170,7 +171,7 @@ class Workflow:
         if hires.latent:
             sources: list = list(upscale_latents(out.latents[rows], hires, geometry, factor).split(1))
         else:
-            sources = [upscale_image(image, hires, geometry, factor) for image in images]
+            sources = [upscale_image(image, hires, geometry, factor, self.runner.upscalers) for image in images]
         passes = [self.prepare(second_pass(request, factor, i, source)) for i, source in enumerate(sources)]
         base = self.runner.base
 

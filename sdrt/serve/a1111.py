@@ -3,8 +3,9 @@
 Fields are those of the web UI's `StableDiffusionProcessingTxt2Img` / `...Img2Img` and its API models, with
 their defaults (steps 50, cfg_scale 7, 512x512, sampler Euler, seed -1 = random). A field the web UI
 has and sdrt does not implement is accepted at its default; a value that would change the image in a
-way sdrt cannot honour (face restoration, tiling, variation seeds, scripts, ...) is refused with a
-422 naming the field, never silently ignored. Hires fix (`enable_hr`) runs the runtime's `Hires`.
+way sdrt cannot honour (face restoration, variation seeds, scripts other than "SD upscale", ...) is refused
+with a 422 naming the field, never silently ignored. Hires fix (`enable_hr`) runs the runtime's `Hires`,
+`tiling` seamless tiling (an artifact exported with --tiling).
 Unknown fields are ignored, as the web UI ignores them.
 """
 
@@ -31,7 +32,7 @@ from sdrt.runtime.params import all_params
 from sdrt.runtime.pipeline import GenerationResult, Pipeline
 from sdrt.runtime.request import GenerationRequest
 from sdrt.schedulers import SAMPLERS, canonical_sampler
-from sdrt.serve import a1111_settings
+from sdrt.serve import a1111_sd_upscale, a1111_settings
 from sdrt.serve.a1111_settings import model_names, title
 from sdrt.serve.codec import decode_image, encode_all, png_base64
 from sdrt.serve.config import ServeConfig
@@ -198,13 +199,16 @@ def _check_supported(body: _Common) -> None:
         ("seed_resize_from_h", body.seed_resize_from_h <= 0, "seed resizing is not implemented"),
         ("seed_resize_from_w", body.seed_resize_from_w <= 0, "seed resizing is not implemented"),
         ("restore_faces", not body.restore_faces, "face restoration is not available (GET /sdapi/v1/face-restorers)"),
-        ("tiling", not body.tiling, "tiling is not implemented"),
         ("s_min_uncond", body.s_min_uncond in (None, 0), "negative guidance minimum sigma is not implemented"),
         ("s_churn", body.s_churn in (None, 0), "sampler churn is not implemented"),
         ("s_tmin", body.s_tmin in (None, 0), "sampler churn is not implemented"),
         ("s_tmax", body.s_tmax in (None, 0) or body.s_tmax == math.inf, "sampler churn is not implemented"),
         ("firstpass_image", body.firstpass_image is None, "a given first-pass image is not implemented"),
-        ("script_name", not body.script_name, "web UI scripts are not available (GET /sdapi/v1/scripts)"),
+        (
+            "script_name",
+            not body.script_name or (isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body)),
+            "the one web UI script sdrt runs is img2img's 'SD upscale' (GET /sdapi/v1/scripts)",
+        ),
         ("infotext", not body.infotext, "settings are not read from infotext; send them as fields"),
     ]
     if isinstance(body, Txt2ImgBody):
@@ -433,6 +437,33 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         )
     seed = _seed(body)
     hires = _hires(body, pipe, sampler) if isinstance(body, Txt2ImgBody) else None
+    common = dict(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        height=body.height,
+        width=body.width,
+        num_inference_steps=body.steps,
+        guidance_scale=body.cfg_scale,
+        scheduler=sampler,
+        eta=eta,
+        clip_skip=clip_skip,
+        strength=strength,
+        refiner_switch_at=refiner_switch_at,
+        hires=hires,
+        tiling=bool(body.tiling),
+        deep_cache=deep_cache,
+    )
+    if isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body):  # upscale, then img2img every tile
+        if body.alwayson_scripts:
+            raise InputError("alwayson_scripts", "the SD upscale script runs without always-on scripts (ControlNet)")
+        images, tile_results, infotexts = await a1111_sd_upscale.run(body, http, api, pipe, common, seed, _NAMES)
+        info = json.loads(_info(body, prompt, negative_prompt, pipe, tile_results, sampler, clip_skip, strength))
+        parameters = body.model_dump()
+        if not body.include_init_images:
+            parameters.update(init_images=None, mask=None)
+        return ascii_json(
+            {"images": images, "parameters": parameters, "info": json.dumps({**info, "infotexts": infotexts})}
+        )
     detected_maps: list[bool] = []  # per ControlNet unit: its map goes back after the images
     opened: list[GenerationRequest] = []  # the first request built (its units' maps made)
 
@@ -444,27 +475,12 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
         if img2img and body.mask is not None:
             raw = decode_image(body.mask, "mask", mode=None)
             mask = _binary_mask(raw, bool(body.inpainting_mask_invert))
-        common = dict(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            height=body.height,
-            width=body.width,
-            num_inference_steps=body.steps,
-            guidance_scale=body.cfg_scale,
-            scheduler=sampler,
-            eta=eta,
-            clip_skip=clip_skip,
-            strength=strength,
-            refiner_switch_at=refiner_switch_at,
-            hires=hires,
-            control=units,
-            deep_cache=deep_cache,
-        )
+        with_units = dict(common, control=units)
         if len(images) == 1:  # one image (or none) for every batch item: one request, seeds seed + i
             image = images[0]
             item_mask = None if image is None or mask is None else _fit(mask, image.size)
             params = dict(
-                common,
+                with_units,
                 seed=seed,
                 num_images_per_prompt=body.batch_size * body.n_iter,
                 image=image,
@@ -480,7 +496,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
             for j, image in enumerate(images):
                 item_mask = None if mask is None else _fit(mask, image.size)
                 params = dict(
-                    common, seed=first + iteration * len(images) + j, num_images_per_prompt=1, image=image,
+                    with_units, seed=first + iteration * len(images) + j, num_images_per_prompt=1, image=image,
                     mask_image=item_mask,
                 )  # fmt: skip
                 built.append(build_request(pipe, state.config, params, names=_NAMES))

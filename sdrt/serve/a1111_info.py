@@ -1,8 +1,9 @@
 """The web UI API's listings, options and PNG info: what this server really serves, in the web UI's shapes.
 
-Listings name only what runs here: the samplers, the models (and a refiner), the upscalers that need no
-weights, the prompt styles of `--styles` (extra networks: `sdrt.serve.extra_networks`). Face restorers, Real-ESRGAN
-models and scripts are empty lists: sdrt has none, and a request that asks for one is refused with a 422 saying so.
+Listings name only what runs here: the samplers, the models (and a refiner), the upscalers (those that need no
+weights and the files of `--upscaler-dir`), the prompt styles of `--styles`, the img2img script it runs ("SD
+upscale"); extra networks in `sdrt.serve.extra_networks`. Face restorers and Real-ESRGAN's built-in models are empty
+lists: sdrt has none, and a request that asks for one is refused with a 422 saying so.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from sdrt.runtime.images import parse_infotext
 from sdrt.schedulers import sampler_choices
@@ -107,14 +109,24 @@ async def cmd_flags(http: Request) -> dict:
 
 
 @router.get("/upscalers")
-async def upscalers() -> list[dict]:
-    """The image upscalers of hires fix that need no weights (ESRGAN and friends need model files sdrt has not)."""
+async def upscalers(http: Request) -> list[dict]:
+    """The image upscalers: those that need no weights, then the files of --upscaler-dir by stem, each with its
+    true scale (read from its weights) and its file's name (never the server's path)."""
     from sdrt.runtime.hires import IMAGE_UPSCALERS
 
-    return [
+    listed = [
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
         for name in ("None", *IMAGE_UPSCALERS)
     ]
+    library = http.app.state.sdrt.require_pipeline().upscalers
+    if library is not None:
+        entries = await run_in_threadpool(library.entries)  # the first listing reads each file's weights
+        listed += [
+            {"name": e.name, "model_name": e.architecture, "model_path": e.path.name, "model_url": None,
+             "scale": e.scale}
+            for e in entries
+        ]  # fmt: skip
+    return listed
 
 
 @router.get("/latent-upscale-modes")
@@ -134,7 +146,6 @@ async def prompt_styles(http: Request) -> list[dict]:
 
 @router.get("/face-restorers")
 @router.get("/realesrgan-models")
-@router.get("/script-info")
 async def none_here() -> list:
     """sdrt has none of these; requests that ask for one are refused with a 422."""
     return []
@@ -142,7 +153,25 @@ async def none_here() -> list:
 
 @router.get("/scripts")
 async def scripts() -> dict:
-    return {"txt2img": [], "img2img": []}
+    """The web UI scripts sdrt runs: img2img's "SD upscale"."""
+    return {"txt2img": [], "img2img": ["sd upscale"]}
+
+
+@router.get("/script-info")
+async def script_info(http: Request) -> list[dict]:
+    """The SD upscale script's arguments, as the web UI describes them (script_args in this order)."""
+    from sdrt.runtime.extras import NONE
+    from sdrt.runtime.hires import IMAGE_UPSCALERS
+
+    library = http.app.state.sdrt.require_pipeline().upscalers
+    upscalers = [NONE, *IMAGE_UPSCALERS, *([] if library is None else await run_in_threadpool(library.names))]
+    args = [
+        {"label": "", "value": None},
+        {"label": "Tile overlap", "value": 64, "minimum": 0, "maximum": 256, "step": 16},
+        {"label": "Upscaler", "value": NONE, "choices": upscalers},
+        {"label": "Scale Factor", "value": 2.0, "minimum": 1.0, "maximum": 4.0, "step": 0.05},
+    ]
+    return [{"name": "sd upscale", "is_alwayson": False, "is_img2img": True, "args": args}]
 
 
 class PngInfoBody(BaseModel):

@@ -270,7 +270,16 @@ def create_app(
 
     Shutting the app down (lifespan end) stops admitting and finishes every admitted request first.
     """
-    from sdrt.serve import a1111, a1111_info, controlnet_api, extra_networks, native, openai_images, openapi
+    from sdrt.serve import (
+        a1111,
+        a1111_extras,
+        a1111_info,
+        controlnet_api,
+        extra_networks,
+        native,
+        openai_images,
+        openapi,
+    )
 
     state = ServeState(config or ServeConfig())
 
@@ -334,6 +343,7 @@ def create_app(
     app.include_router(a1111.router)
     app.include_router(extra_networks.router)
     app.include_router(a1111_info.router)
+    app.include_router(a1111_extras.router)
     app.include_router(openai_images.router)
     app.include_router(controlnet_api.router)
     openapi.install(app, state)

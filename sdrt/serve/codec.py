@@ -55,17 +55,18 @@ def decode_image_bytes(data: bytes, field: str, mode: str | None = "RGB") -> Ima
         raise InputError(field, f"{field} cannot be decoded as an image: {exc}") from exc
 
 
-def png_bytes(image: Image.Image, parameters: str) -> bytes:
-    """`image` as PNG bytes with a `parameters` text chunk, as sdrt.runtime.images.save_png writes files."""
+def png_bytes(image: Image.Image, parameters: str, key: str = "parameters") -> bytes:
+    """`image` as PNG bytes with a `parameters` text chunk (the web UI's extras write theirs as "postprocessing"),
+    as sdrt.runtime.images.save_png writes files."""
     info = PngInfo()
-    info.add_text("parameters", parameters)
+    info.add_text(key, parameters)
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info)
     return out.getvalue()
 
 
-def png_base64(image: Image.Image, parameters: str) -> str:
-    return base64.b64encode(png_bytes(image, parameters)).decode("ascii")
+def png_base64(image: Image.Image, parameters: str, key: str = "parameters") -> str:
+    return base64.b64encode(png_bytes(image, parameters, key)).decode("ascii")
 
 
 def encode_all(result: GenerationResult) -> list[str]:

@@ -117,9 +117,17 @@ class ModelSources:
         from sdrt.serve.model_pool import memory_budget
 
         budget = memory_budget(self.device) if self.max_bytes is None else self.max_bytes
+        options = dict(self.load_options)
+        upscaler_dir = options.pop("upscaler_dir", None)
+        if upscaler_dir is not None:  # the replica's own upscaler engines, on its backend and device
+            from sdrt.export.upscalers import open_library
+
+            options["upscalers"] = open_library(
+                upscaler_dir, self.backend, self.device, cache_dir=options.get("cache_dir")
+            )
         models = ModelSet.from_paths(
             self.paths, self.models_dir, self.backend, self.device, self.refiner, self.max_loaded, budget,
-            preload=False, **self.load_options,
+            preload=False, **options,
         )  # fmt: skip
         return models
 
@@ -385,8 +393,9 @@ def deployment(
 
     `paths` are artifacts (the first is the default) and `models_dir` a directory of them; `refiner` an SDXL
     refiner artifact; `engine_options` go to the backend (e.g. cuda_graphs=True); `load_options` are directories
-    Pipeline.load takes (embeddings_dir, lora_dir, model_dir), resolved for the replicas. Each replica keeps at
-    most `max_loaded` models and `max_bytes` bytes of weights loaded.
+    Pipeline.load takes (embeddings_dir, lora_dir, model_dir, ...) and upscaler_dir (each replica opens its
+    upscalers), resolved for the replicas. Each replica keeps at most `max_loaded` models and `max_bytes` bytes
+    of weights loaded.
     """
     config = config or ServeConfig()
     options = options or RayOptions()

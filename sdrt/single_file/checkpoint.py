@@ -39,6 +39,7 @@ MODEL_TYPES = {
     "xl_base": "sdxl_base",
     "xl_refiner": "sdxl_refiner",
     "xl_inpaint": "sdxl_inpainting",
+    "upscale": "sd_x4_upscaler",
 }
 EOT = "<|endoftext|>"
 
@@ -120,7 +121,9 @@ def model_type(checkpoint: Mapping[str, torch.Tensor]) -> str:
             "--config DIR (a diffusers directory of that architecture)"
         )
     if found not in MODEL_TYPES:
-        raise ValueError(f"it is a {found} checkpoint; sdrt runs Stable Diffusion 1.x, 2.x and SDXL checkpoints")
+        raise ValueError(
+            f"it is a {found} checkpoint; sdrt runs Stable Diffusion 1.x, 2.x, SDXL and x4 upscaler checkpoints"
+        )
     return found
 
 
@@ -323,9 +326,11 @@ def write_diffusers_dir(
             shutil.copytree(pad, root / name)
         else:
             clip_tokenizer(pad).save_pretrained(root / name)
-    (root / "scheduler").mkdir()
-    scheduler = json.dumps(conversion.configs["scheduler"], indent=2) + "\n"
-    (root / "scheduler" / "scheduler_config.json").write_text(scheduler)
+    for part in family.support_parts:  # the schedulers (the x4 upscaler's low-res noising one too)
+        if part.config == "scheduler_config.json":
+            (root / part.name).mkdir()
+            config = json.dumps(conversion.configs[part.name], indent=2) + "\n"
+            (root / part.name / "scheduler_config.json").write_text(config)
     (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 

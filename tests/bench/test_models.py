@@ -99,3 +99,21 @@ def test_unclip_variations_are_timed_against_diffusers(tmp_path):
         sample = record.samples[0]
         # the image encoder is part of the conditioning stage in both
         assert sample.steps == 2 and sample.unet_calls == 2 and sample.text_encoder > 0
+
+
+def test_the_x4_upscaler_is_timed_against_diffusers(tmp_path):
+    """An x4 model runs upscale by default: a 16x16 low-res image in, 64x64 out, on sdrt and diffusers' pipeline."""
+    model = write_model(tmp_path / "x4-tiny", "x4-tiny", device="cpu")
+    config = BenchConfig(
+        path=model, backends=("torch",), sizes=((64, 64),), steps=2, runs=1, warmup=0, device="cpu",
+        cold_start=False, settle_seconds=0.0, scheduler="ddim",
+    )  # fmt: skip
+    result = run_bench(config)
+    ok = [r for r in result.records if r.status == "ok"]
+    assert {r.scenario.contender for r in ok} == {"sdrt-torch", "diffusers"}
+    for record in ok:
+        assert record.scenario.mode == "upscale" and record.scenario.input_size == (16, 16)
+        sample = record.samples[0]
+        assert sample.steps == 2 and sample.unet_calls == 2 and sample.vae_decode > 0
+    with pytest.raises(ValueError, match="mode img2img is not for the x4 upscaler"):
+        run_bench(BenchConfig(path=model, mode="img2img", backends=("torch",), cold_start=False))

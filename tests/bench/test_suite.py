@@ -36,8 +36,10 @@ def test_the_suites_time_what_the_issue_asks():
         ("unclip-tiny", ((128, 128),), (1,), 20, None),
         ("tiny", ((128, 128),), (1,), 20, None),  # ControlNet: none, one and two nets
         ("sd15", ((256, 256),), (1,), 4, None),  # one and two full-size ControlNets against diffusers'
+        ("x4", ((512, 512),), (1,), 4, None),  # the x4 upscaler, 128x128 in, against diffusers' pipeline
     ]
-    assert [(m.controlnets, m.control_counts) for m in cpu[4:]] == [
+    assert cpu[6].mode == "upscale" and cpu[6].export.max_size == 512
+    assert [(m.controlnets, m.control_counts) for m in cpu[4:6]] == [
         (("controlnet-tiny", "controlnet-tiny"), (0, 1, 2)),
         (("sd15-controlnet", "sd15-controlnet"), (1, 2)),
     ]

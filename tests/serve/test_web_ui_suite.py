@@ -2,8 +2,8 @@
 
 Every body below is what the web UI's `test_txt2img.py`, `test_img2img.py` and `test_utils.py` send (their
 defaults: Euler a with eta 0, 64x64, 3 steps, the web UI's other fields at its defaults). They pass here
-as there, except what sdrt does not do (face restoration, tiling, web UI scripts): those get a 422 naming
-the field.
+as there, except what sdrt does not do (face restoration, web UI scripts other than "SD upscale"): those get a
+422 naming the field.
 """
 
 from __future__ import annotations
@@ -160,16 +160,18 @@ def test_hires_refusals_name_the_field(server, change, field, says):
     assert detail["loc"] == ["body", field] and says in detail["msg"], detail
 
 
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [({"tiling": True}, "tiling"), ({"restore_faces": True}, "restore_faces")],
-    ids=["with_tiling", "with_restore_faces"],
-)
-def test_txt2img_refused_clearly(server, change, field):
-    response = httpx.post(f"{server}/sdapi/v1/txt2img", json={**_txt2img_body(), **change})
+def test_txt2img_with_tiling_performed(server):
+    response = httpx.post(f"{server}/sdapi/v1/txt2img", json={**_txt2img_body(), "tiling": True}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert decode_png(response.json()["images"][0]).size == (64, 64)
+    assert "Tiling: True" in json.loads(response.json()["info"])["infotexts"][0]
+
+
+def test_txt2img_with_restore_faces_refused_clearly(server):
+    response = httpx.post(f"{server}/sdapi/v1/txt2img", json={**_txt2img_body(), "restore_faces": True})
     assert response.status_code == 422
     detail = response.json()["detail"][0]
-    assert detail["loc"] == ["body", field] and "not" in detail["msg"]
+    assert detail["loc"] == ["body", "restore_faces"] and "not" in detail["msg"]
 
 
 def test_img2img_simple_performed(server):
@@ -186,11 +188,16 @@ def test_inpainting_performed(server, invert):
     assert json.loads(response.json()["info"])["denoising_strength"] == 0.75
 
 
-def test_img2img_sd_upscale_refused_clearly(server):
+def test_img2img_sd_upscale_performed(server):
     body = {**_img2img_body(), "script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0]}
-    response = httpx.post(f"{server}/sdapi/v1/img2img", json=body)
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "script_name"]
+    response = httpx.post(f"{server}/sdapi/v1/img2img", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    # the 96x80 init image upscaled by 2 with Lanczos, redrawn in 64x64 tiles (4 x 3 of them, sharing 8 or more)
+    assert decode_png(response.json()["images"][0]).size == (192, 160)
+    infotext = json.loads(response.json()["info"])["infotexts"][0]
+    assert "Size: 64x64" in infotext and "SD upscale overlap: 8, SD upscale upscaler: Lanczos" in infotext
+    other = httpx.post(f"{server}/sdapi/v1/img2img", json={**body, "script_name": "x/y/z plot"})
+    assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["body", "script_name"]
 
 
 def test_options_write(server):
@@ -228,7 +235,9 @@ def test_listings_say_what_is_served(server):
         "negative_prompt": "cartoon",
     }
     assert httpx.get(f"{server}/sdapi/v1/face-restorers").json() == []
-    assert httpx.get(f"{server}/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert httpx.get(f"{server}/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["sd upscale"]}
+    (info,) = httpx.get(f"{server}/sdapi/v1/script-info").json()
+    assert info["name"] == "sd upscale" and info["args"][2]["choices"] == ["None", "Lanczos", "Nearest"]
 
 
 def test_styles_apply_and_png_info_reads_the_infotext(server):

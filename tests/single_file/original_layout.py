@@ -34,6 +34,8 @@ def _resnet(rest: str) -> str:
 def unet_key(key: str, config: Mapping[str, Any]) -> str:
     """A diffusers UNet2DConditionModel key's name in the LDM UNet (without model.diffusion_model.)."""
     per = int(config["layers_per_block"]) + 1
+    if key == "class_embedding.weight":  # the x4 upscaler's noise-level embedding (num_classes)
+        return "label_emb.weight"
     for new, old in _UNET_TOP.items():
         if key.startswith(new + "."):
             return old + key[len(new) :]

@@ -89,7 +89,8 @@ def test_sd1_and_openclip_tokenizers_differ_only_in_the_pad_token():
 
 
 @pytest.mark.parametrize("variant, family", [("sd1", "sd1"), ("sd2", "sd2"), ("inpaint", "sd1"),
-                                             ("sdxl", "sdxl"), ("sdxl-refiner", "sdxl_refiner")])  # fmt: skip
+                                             ("sdxl", "sdxl"), ("sdxl-refiner", "sdxl_refiner"),
+                                             ("upscaler_x4", "sd2")])  # fmt: skip
 def test_diffusers_conversion_of_the_original_layout_gives_the_directorys_weights(tmp_path_factory, variant, family):
     """Every part converted by diffusers' functions equals the diffusers directory's weights exactly."""
     model_dir = write_model(tmp_path_factory, variant, variant=variant)
@@ -128,11 +129,12 @@ def _published_checkpoint(name: str, extra_sd2_layer: bool = False) -> dict[str,
 @pytest.mark.parametrize(
     "name, prediction_type",
     [("sd15", None), ("sd15_inpainting", None), ("sd21_768_v", "v_prediction"), ("sd21_512_epsilon", "epsilon"),
-     ("sd2_inpainting", None), ("sdxl_base", None), ("sdxl_refiner", None), ("sdxl_inpainting", None)],
+     ("sd2_inpainting", None), ("sdxl_base", None), ("sdxl_refiner", None), ("sdxl_inpainting", None),
+     ("sd_x4_upscaler", None)],
 )  # fmt: skip
 def test_published_sizes_are_recognized_and_every_part_fits_its_shipped_config(name, prediction_type):
     """The family from the keys and shapes alone (diffusers' inference), then every part checked against its config."""
-    checkpoint = _published_checkpoint(name, extra_sd2_layer=name.startswith("sd2"))
+    checkpoint = _published_checkpoint(name, extra_sd2_layer=name.startswith("sd2") or name == "sd_x4_upscaler")
     assert choose_config(model_type(checkpoint), prediction_type) == name
     conversion = plan(checkpoint, prediction_type)
     for part, entry in _model_parts(conversion.index):
@@ -144,7 +146,7 @@ def test_published_sizes_are_recognized_and_every_part_fits_its_shipped_config(n
 def test_every_shipped_config_is_tested():
     assert {p.stem for p in CONFIG_DIR.glob("*.json")} == {
         "sd15", "sd15_inpainting", "sd21_768_v", "sd21_512_epsilon", "sd2_inpainting", "sdxl_base", "sdxl_refiner",
-        "sdxl_inpainting", "controlnet_sd15", "controlnet_sd21",  # the last two: tests/single_file/test_controlnet_file
+        "sdxl_inpainting", "sd_x4_upscaler", "controlnet_sd15", "controlnet_sd21",  # controlnet_*: test_controlnet_file
     }  # fmt: skip
 
 
@@ -231,6 +233,19 @@ def test_sdxl_checkpoint_exports_what_its_directory_exports(sdxl_model, sdxl_art
     export_model(file, ours, _export_config(), source=SourceOptions(config_dir=sdxl_model))
     _same_export(ours, sdxl_artifact)
     _same_images(ours, sdxl_artifact)
+
+
+def test_x4_upscaler_checkpoint_exports_what_its_directory_exports(x4_model, x4_artifact, tmp_path):
+    """x4-upscaler-ema.safetensors' layout: the low-res scheduler and max_noise_level come from the configs."""
+    from PIL import Image
+
+    file = write_checkpoint(x4_model, tmp_path / "x4.safetensors", "sd2")
+    ours = tmp_path / "x4-file"
+    export_model(file, ours, _export_config(), source=SourceOptions(config_dir=x4_model))
+    _same_export(ours, x4_artifact)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 20, 3), dtype=np.uint8))
+    _same_images(ours, x4_artifact, image=image, height=64, width=80)
+    assert read_manifest(ours).extras == {"max_noise_level": 350}
 
 
 def _export_config():
