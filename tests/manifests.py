@@ -17,11 +17,10 @@ FAKE_SHA = "0" * 64
 VARIANTS = ["sd1", "sd2", "inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint", "unclip", "controlnet", "controlnet-sdxl"]
 
 
-def family_manifest(model: Path) -> dict[str, Any]:
+def family_manifest(model: Path, latent_factor: int = 8) -> dict[str, Any]:
     """The manifest an export of `model` writes (its files named as the exporter names them, their hashes made up)."""
-    manifest = Manifest.for_model(
-        ModelDir.open(model), ShapeRanges(max_batch=2, min_size=64, max_size=256, opt_size=128)
-    )
+    ranges = ShapeRanges(max_batch=2, min_size=64, max_size=256, opt_size=128, latent_factor=latent_factor)
+    manifest = Manifest.for_model(ModelDir.open(model), ranges)
     files = {name: OnnxFile(f"{name}/model.onnx", FAKE_SHA) for name in manifest.components}
     tables = {
         name: DataFile(f"{name}/token_embeddings.safetensors", FAKE_SHA)

@@ -109,3 +109,20 @@ def test_text_encoders_carry_their_token_tables(validator, family_manifests):
     manifest = copy.deepcopy(family_manifests["sd1"])
     manifest["components"]["unet"]["token_embeddings"] = manifest["components"]["text_encoder"]["token_embeddings"]
     assert list(validator.iter_errors(manifest))
+
+
+def test_the_x4_upscaler_and_the_optional_members_validate(validator, family_manifests, x4_model):
+    """The SD x4 upscaler's manifest (a family the C++ runtime does not read), and the members an export writes
+    when asked: graphs of a variant (--tiling), hypernetworks traced in, a LoRA with its own UNet weight."""
+    from tests.manifests import FAKE_SHA, family_manifest
+
+    x4 = family_manifest(x4_model, latent_factor=4)
+    assert x4["family"] == "upscaler_x4" and not list(validator.iter_errors(x4))
+    manifest = copy.deepcopy(family_manifests["sd1"])
+    graph = {"path": "tiling/unet/model.onnx", "sha256": FAKE_SHA, "external_data": None, "external_data_sha256": None}
+    manifest["variants"] = {"tiling": {"unet": graph}}
+    manifest["hypernetworks"] = [{"name": "anime.pt", "sha256": FAKE_SHA, "multiplier": 0.7}]
+    manifest["loras"] = [{"name": "style.safetensors", "sha256": FAKE_SHA, "weight": 0.8, "unet_weight": 0.5}]
+    assert not [e.message for e in validator.iter_errors(manifest)]
+    manifest["variants"]["tiling"]["unet"] = {"path": "tiling/unet/model.onnx"}
+    assert any("sha256" in e.message for e in validator.iter_errors(manifest))
