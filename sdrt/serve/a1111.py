@@ -456,7 +456,7 @@ async def _generate(body: _Common, http: Request, api: str) -> Response:
     if isinstance(body, Img2ImgBody) and a1111_sd_upscale.requested(body):  # upscale, then img2img every tile
         if body.alwayson_scripts:
             raise InputError("alwayson_scripts", "the SD upscale script runs without always-on scripts (ControlNet)")
-        images, tile_results, infotexts = await a1111_sd_upscale.run(body, http, api, pipe, common, seed, _NAMES)
+        images, tile_results, infotexts = await a1111_sd_upscale.run(body, http, api, served, common, seed, _NAMES)
         info = json.loads(_info(body, prompt, negative_prompt, pipe, tile_results, sampler, clip_skip, strength))
         parameters = body.model_dump()
         if not body.include_init_images:

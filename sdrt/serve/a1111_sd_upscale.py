@@ -17,6 +17,7 @@ from sdrt.runtime.request import GenerationRequest
 from sdrt.serve.codec import decode_image, png_base64
 from sdrt.serve.errors import InputError
 from sdrt.serve.generation import build_request
+from sdrt.serve.models import Served
 
 NAMES = ("sd upscale",)  # the script's name, as clients send it (case-insensitive)
 
@@ -53,13 +54,14 @@ def script(body: Any, pipe: Pipeline) -> sd_upscale.SdUpscale:
 
 
 async def run(
-    body: Any, http: Request, api: str, pipe: Pipeline, common: Mapping[str, Any], seed: int | None,
+    body: Any, http: Request, api: str, served: Served, common: Mapping[str, Any], seed: int | None,
     names: Mapping[str, str],
 ) -> tuple[list[str], list[GenerationResult], list[str]]:  # fmt: skip
     """The joined images (base64 PNGs), every tile's result, and each joined image's infotext."""
     from sdrt.runtime.latents import random_seed
 
     state = http.app.state.sdrt
+    pipe = served.pipeline
     args = script(body, pipe)
     if not body.init_images:
         raise InputError("init_images", "init_images is required: the SD upscale script upscales init_images[0]")
@@ -86,7 +88,7 @@ async def run(
                              f"of {state.config.max_images * 16}")  # fmt: skip
         return built
 
-    completed = await state.generate_all(http, api, build)
+    completed = await state.generate_all(http, api, build, served)
     results = [c.result for c in completed]
     plan = plan_of["plan"]
     count = len(plan.tiles)

@@ -321,7 +321,7 @@ def test_sdxl_refiner_takes_the_networks_that_fit_it(sdxl_model, sdxl_refiner_mo
             refiner.unet.get_submodule(path).weight += 0.9 * delta
     decoded = []  # the latents the refiner's pass leaves: its networks' share is too small to show in the pixels
     runner_decode = pipe.runner.decode
-    pipe.runner.decode = lambda model, latents, clock: decoded.append(latents) or runner_decode(model, latents, clock)
+    pipe.runner.decode = lambda model, latents, *rest: decoded.append(latents) or runner_decode(model, latents, *rest)
     try:
         ours = pipe.generate(prompt, **size, num_inference_steps=REFINER_STEPS, seed=60, refiner_switch_at=0.3)
     finally:

@@ -165,7 +165,8 @@ def test_several_init_images_one_per_batch_item(server):
 def test_the_openapi_schema_states_the_real_limits_and_answers(server):
     doc = httpx.get(f"{server}/openapi.json").json()
     schemas = doc["components"]["schemas"]
-    width = schemas["Txt2ImgBody"]["properties"]["width"]
+    width = schemas["Txt2ImgBody"]["properties"]["width"]  # optional (the artifact's tuned size): its integer branch
+    width = next(b for b in width.get("anyOf", [width]) if b.get("type") == "integer")
     assert (width["minimum"], width["maximum"], width["multipleOf"]) == (64, 256, 8)  # the artifact's range
     assert schemas["Txt2ImgBody"]["properties"]["batch_size"]["maximum"] == 8  # this server's --max-images
     assert schemas["Img2ImgBody"]["properties"]["prompt"]["maxLength"] == 4000
