@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from sdrt.components import SpecModule
+from sdrt.components import FEATURE
+from sdrt.network_modules import SpecModule
 from sdrt.spec import ComponentSpec, TensorSpec
 
-FEATURE = "deep_feature"  # the cached feature: an output of the full network, an input of the shallow one
 LAYERS_PER_BRANCH_BLOCK = 3  # the helper's branch id = 3 * block + layer
 SUPPORTED_BLOCKS = frozenset({"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"})
 

@@ -23,3 +23,32 @@ def lazy_names(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
         return value
 
     return __getattr__
+
+
+class DeferredModule:
+    """A module imported when one of its attributes is first read.
+
+    A module on the path of `sdrt --help` and `sdrt generate --help` (the families and the features whose
+    parameters the CLI lists) writes `torch = deferred("torch")` under `if not TYPE_CHECKING` and uses `torch`
+    as usual inside its functions: torch loads on the first call that needs it, not at import. Nothing is put in
+    `sys.modules` until the real import runs.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        # called only for names not on the proxy itself: everything the real module has
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attribute)
+
+    def __repr__(self) -> str:
+        state = "imported" if self._module is not None else "not imported yet"
+        return f"<deferred module {self._name!r}, {state}>"
+
+
+def deferred(name: str) -> Any:
+    """The module `name`, imported on first attribute access (see `DeferredModule`)."""
+    return DeferredModule(name)

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from sdrt.hashing import file_sha256
+from sdrt.lazy import deferred
+
+if TYPE_CHECKING:
+    import onnx
+else:
+    onnx = deferred("onnx")
 
 ONNX_FILE = "model.onnx"  # a component's graph, in its own directory (exported or engine-optimized)
 ONNX_DATA_FILE = "model.onnx.data"  # its weights, when the graph passes 2 GB

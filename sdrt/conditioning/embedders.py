@@ -14,14 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
 from PIL import Image
 
 from sdrt.conditioning.guidance import ClassifierFreeGuidance, Conditioning
 from sdrt.conditioning.prompts import PromptEncoder, PromptTokens, RowCache
 from sdrt.engines import Engine
+from sdrt.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 
 class ConditionedRequest(Protocol):

@@ -21,14 +21,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import torch
+from typing import TYPE_CHECKING, TypeAlias
 
 from sdrt.conditioning.prompt_syntax import parse_prompt, prompt_schedule
 from sdrt.engines import Engine, call_in_chunks
 from sdrt.excerpt import excerpt
 from sdrt.hashing import files_sha256
+from sdrt.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 MAX_EMPHASIS = 1000.0  # largest emphasis weight a token may carry (1.1 ** 72 is about 956)
 
@@ -180,7 +184,7 @@ def tokenize_prompt(
 
 
 # (text encoder, row ids, clip skip) -> (the row's text states, its pooled embedding or None): each row once a batch
-RowCache = dict[tuple[str, tuple[int, ...], int], tuple[torch.Tensor, torch.Tensor | None]]
+RowCache: TypeAlias = "dict[tuple[str, tuple[int, ...], int], tuple[torch.Tensor, torch.Tensor | None]]"
 
 
 @dataclass(frozen=True)

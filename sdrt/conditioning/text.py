@@ -10,12 +10,17 @@ schedule is encoded for the whole batch, each distinct text-encoder row once for
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from sdrt.conditioning.embedders import ConditionedRequest, EmbedBatch
 from sdrt.conditioning.guidance import CROSSATTN, VECTOR, ClassifierFreeGuidance, Conditioning, is_guided
 from sdrt.conditioning.prompts import PromptEncoder, PromptTokens, RowCache, TokenizedPrompt
+from sdrt.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 STATES = "encoder_hidden_states"  # the UNet's cross-attention input
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
-from torch import nn
-
+from sdrt.lazy import deferred
 from sdrt.onnx_files import OnnxFile
 from sdrt.spec import ComponentSpec, ShapeRanges
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch = deferred("torch")
+    nn = deferred("torch.nn")
 
 
 class Networks(Protocol):

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sdrt.components import TILING, TILING_ROLES, circular_padding
+from sdrt.components import TILING, TILING_ROLES
+from sdrt.engines.base import circular_padding
 from sdrt.export.disk import check_free_space, export_size
 from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component

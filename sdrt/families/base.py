@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sdrt.components import UNET, VAE_DECODER, VAE_ENCODER, latent_factor
 from sdrt.conditioning.embedders import ConditioningContext, Embedder
 from sdrt.params import Param
 from sdrt.spec import ComponentSpec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # the noise added to an image that conditions a model: unCLIP's image embedding, the x4 upscaler's low-res image
 NOISE_LEVEL = Param(
@@ -150,15 +151,15 @@ class Family:
 
     def module(self, spec: ComponentSpec, part: nn.Module) -> nn.Module:
         """A network's torch module with exactly its spec's IO, around its loaded model part (by the spec's role)."""
-        from sdrt import components
+        from sdrt import network_modules as modules
 
         wrappers = {
-            "text_encoder": lambda: components.TextEncoderModule(part, spec),
-            "denoiser": lambda: components.UNetModule(part, spec),
-            "controlnet": lambda: components.ControlNetModule(part, spec),
-            "image_encoder": lambda: components.ImageEncoderModule(part),
-            "vae_decoder": lambda: components.VaeDecoderModule(part),
-            "vae_encoder": lambda: components.VaeEncoderModule(part),
+            "text_encoder": lambda: modules.TextEncoderModule(part, spec),
+            "denoiser": lambda: modules.UNetModule(part, spec),
+            "controlnet": lambda: modules.ControlNetModule(part, spec),
+            "image_encoder": lambda: modules.ImageEncoderModule(part),
+            "vae_decoder": lambda: modules.VaeDecoderModule(part),
+            "vae_encoder": lambda: modules.VaeEncoderModule(part),
         }
         if spec.role not in wrappers:
             raise ValueError(f"family {self.name} has no module for {spec.name} (role {spec.role})")

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sdrt.components import residual_specs, text_encoder_spec, unet_spec, vae_specs
 from sdrt.conditioning.embedders import ConditionedRequest, ConditioningContext, EmbedBatch, Embedder
@@ -23,8 +21,14 @@ from sdrt.conditioning.text import TextEmbedder
 from sdrt.families import register
 from sdrt.families.base import Family, TextEncoderPair, model_part, support_part
 from sdrt.families.sd import TOKENIZERS
+from sdrt.lazy import deferred
 from sdrt.params import Param
 from sdrt.spec import ComponentSpec, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
 # the web UI's "Approx cheap" fit for SDXL latents (modules/sd_vae_approx.py)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sdrt.components import image_encoder_spec, text_encoder_spec, unet_spec, vae_specs
 from sdrt.conditioning.embedders import ConditionedRequest, ConditioningContext, EmbedBatch, Embedder
@@ -25,8 +23,14 @@ from sdrt.families import register
 from sdrt.families.base import NOISE_LEVEL, Family, TextEncoderPair, model_part, support_part
 from sdrt.families.sd import SD_LATENT_RGB, TOKENIZERS
 from sdrt.files import read_json_object
+from sdrt.lazy import deferred
 from sdrt.params import Param
 from sdrt.spec import ComponentSpec, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 PIPELINES = ("StableUnCLIPImg2ImgPipeline",)
 NORMALIZER_WEIGHTS = "diffusion_pytorch_model.safetensors"

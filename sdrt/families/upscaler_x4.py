@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sdrt.components import latent_factor, text_encoder_spec, unet_spec, vae_specs
 from sdrt.conditioning.embedders import ConditionedRequest, ConditioningContext, EmbedBatch, Embedder
@@ -25,7 +23,13 @@ from sdrt.families import register
 from sdrt.families.base import NOISE_LEVEL, Family, TextEncoderPair, model_part, support_part
 from sdrt.families.sd import TOKENIZERS
 from sdrt.files import read_json_object
+from sdrt.lazy import deferred
 from sdrt.spec import ComponentSpec, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 PIPELINES = ("StableDiffusionUpscalePipeline",)
 IMAGE = "low_res_image"  # the UNet input of the noised low-res image (concatenated to the latents' channels)

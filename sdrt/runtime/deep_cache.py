@@ -13,16 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
+from sdrt.components import FEATURE
 from sdrt.conditioning.guidance import CONCAT, CONTROL
-from sdrt.deep_cache_unet import FEATURE
 from sdrt.engines import Engine, call_in_chunks
 from sdrt.excerpt import excerpt
+from sdrt.lazy import deferred
 from sdrt.params import Param, check_declared, declare, declared
 from sdrt.runtime.denoiser import Rows
 from sdrt.runtime.timing import StageClock
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 MAX_INTERVAL = 1000
 CLI_SYNTAX = "INTERVAL[:BRANCH]"

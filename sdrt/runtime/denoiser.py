@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from sdrt.conditioning.guidance import CONCAT, CONTROL, ClassifierFreeGuidance, Conditioning
 from sdrt.engines import Engine, call_in_chunks
+from sdrt.lazy import deferred
 from sdrt.runtime.timing import StageClock
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 
 @dataclass(frozen=True)

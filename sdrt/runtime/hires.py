@@ -8,15 +8,23 @@ upscalers decode them, resize the image and encode it again: with PIL (Lanczos, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from sdrt.excerpt import check_text, excerpt
+from sdrt.lazy import deferred
 from sdrt.params import Param, check_declared, declare, declared
 from sdrt.schedulers import check_sampler, sampler_label
-from sdrt.upscalers.library import UpscalerLibrary
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+
+    from sdrt.upscalers.library import UpscalerLibrary
+else:
+    torch = deferred("torch")
+    F = deferred("torch.nn.functional")
 
 # the web UI's latent upscale modes: name -> (torch interpolate mode, antialias)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {

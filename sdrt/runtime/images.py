@@ -6,12 +6,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdrt.files import atomic_file
+from sdrt.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

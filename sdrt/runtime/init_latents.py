@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
+from sdrt.lazy import deferred
 from sdrt.runtime.request import strength_steps
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:
+    torch = deferred("torch")
+    F = deferred("torch.nn.functional")
 
 
 def stage_timesteps(

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+from sdrt.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
+
 
 MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds (a negative one is its two's complement)
 

@@ -4,12 +4,16 @@ what follows it, and the key of the requests it can share every engine call with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from sdrt.lazy import deferred
 from sdrt.runtime.init_latents import stage_timesteps
 from sdrt.schedulers import canonical_sampler, make_scheduler
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 # where denoising starts
 NOISE = "noise"  # pure noise (text-to-image, variations)

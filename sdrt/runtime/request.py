@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from PIL import Image
 
 from sdrt.conditioning.lora_prompts import HypernetTags, LoraTags, request_hypernetworks, request_loras
 from sdrt.conditioning.prompts import PromptTokens
 from sdrt.excerpt import check_text, excerpt
+from sdrt.lazy import deferred
 from sdrt.runtime.control import Control
 from sdrt.runtime.deep_cache import DeepCache
 from sdrt.runtime.hires import Hires
@@ -27,6 +27,11 @@ from sdrt.runtime.image_inputs import check_mask_matches
 from sdrt.runtime.latents import MAX_SEED
 from sdrt.runtime.params import CORE
 from sdrt.schedulers import check_sampler
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch")
 
 T = TypeVar("T")
 _CORE = {p.name: p for p in CORE}

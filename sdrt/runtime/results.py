@@ -6,14 +6,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from sdrt.runtime.images import Parameters
-from sdrt.runtime.model import Model
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.timing import StageClock, Timings
 from sdrt.schedulers import sampler_label
+
+if TYPE_CHECKING:
+    from sdrt.runtime.model import Model
 
 log = logging.getLogger(__name__)
 

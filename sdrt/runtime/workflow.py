@@ -12,18 +12,25 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 
+from sdrt.lazy import deferred
 from sdrt.params import Param
 from sdrt.runtime.hires import infotext_fields, upscale_image, upscale_latents
 from sdrt.runtime.plan import HIRES, REFINER, UPSCALE
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.results import GenerationResult, added, batch_timings, results
-from sdrt.runtime.runner import PassOutput, Runner
-from sdrt.runtime.sampling import Progress
 from sdrt.runtime.timing import Timings
+
+if TYPE_CHECKING:
+    import torch
+
+    from sdrt.runtime.runner import PassOutput, Runner
+    from sdrt.runtime.sampling import Progress
+else:
+    torch = deferred("torch")
 
 PARAMS = (
     Param(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdrt import Pipeline
-from sdrt.components import circular_padding
+from sdrt.engines.base import circular_padding
 from sdrt.manifest import read_manifest
 from sdrt.schedulers import make_scheduler
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
