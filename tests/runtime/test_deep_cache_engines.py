@@ -144,3 +144,18 @@ def test_inpainting_matches_the_helper_on_torch(inpaint_model):
         guidance_scale=7.5,
     )  # fmt: skip
     assert_images_close(ours.images, theirs)
+
+
+def test_request_loras_are_refused_with_exported_deep_cache_engines(demo_model, deep_cache_artifacts, tmp_path):
+    """A refit (TensorRT) reaches the UNet engine alone, so DeepCache's engines would run without the LoRA: refused
+    on every exported backend, naming what to do."""
+    from sdrt import Pipeline
+    from sdrt.model_dir import ModelDir
+    from tests.test_lora import lora_factors, write_kohya_lora
+
+    model = ModelDir.open(demo_model)
+    modules = {"text_encoder": model.load_part("text_encoder"), "unet": model.load_part("unet")}
+    write_kohya_lora(tmp_path / "style.safetensors", lora_factors(modules, seed=1))
+    pipe = Pipeline.load(deep_cache_artifacts["sd1"], backend="onnxruntime", lora_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"deep_cache with LoRAs named in the request runs on the torch backend only"):
+        pipe.request("a cat <lora:style:0.7>", **SIZE, deep_cache=DeepCache(2, 0))
