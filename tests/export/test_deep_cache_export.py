@@ -190,3 +190,36 @@ def test_fp16_graphs_share_their_weights_too(demo_model, tmp_path):
     got, _ = session.run(None, {n: feeds[n] for n in specs["unet_deep_cache_full_1"].input_names})
     rms, largest = _errors(want.numpy().astype(np.float64), got)  # the bounds the fp16 UNet graph keeps
     assert rms <= RMS_BOUND and largest <= MAX_BOUND, f"rms {rms:.2e}, max {largest:.2e}"
+
+
+@pytest.mark.parametrize("variant", ["inpaint", "sdxl-refiner"])
+def test_every_unet_of_the_families_exports_its_graphs(request, variant, tmp_path):
+    """The inpainting UNet (9 channels in) and the SDXL refiner's (5 time ids, no ControlNet residuals): their
+    graphs, exported as `sdrt export --deep-cache` exports them, compute what the torch networks do."""
+    import onnxruntime as ort
+    from diffusers import UNet2DConditionModel
+
+    from sdrt.export.exporter import export_deep_cache
+    from sdrt.model_dir import ModelDir
+
+    model = request.getfixturevalue({"inpaint": "inpaint_model", "sdxl-refiner": "sdxl_refiner_model"}[variant])
+    spec = Manifest.for_model(ModelDir.open(model), RANGES).components["unet"]
+    unet = UNet2DConditionModel.from_pretrained(model / "unet").eval()
+    config = dict(unet.config)
+    specs, files = export_deep_cache(unet, spec, config, (1,), RANGES, tmp_path, ExportConfig(deep_cache=(1,)))
+    full, shallow = specs.values()
+    values = {"cfg_batch": 2, "latent_height": 9, "latent_width": 13, "text_sequence": 77}
+    feeds = full.sample_inputs(values, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want_pred, want_feature = DeepCacheUNetModule(unet, full, config)(**feeds)
+        shallow_feeds = {n: feeds.get(n, want_feature) for n in shallow.input_names}
+        want_shallow = DeepCacheUNetModule(unet, shallow, config)(**shallow_feeds)
+    got_pred, got_feature = ort.InferenceSession(str(tmp_path / files[full.name].path)).run(
+        None, {k: v.numpy() for k, v in feeds.items()}
+    )
+    (got_shallow,) = ort.InferenceSession(str(tmp_path / files[shallow.name].path)).run(
+        None, {k: v.numpy() for k, v in shallow_feeds.items()}
+    )
+    assert feeds["sample"].shape[1] == (9 if variant == "inpaint" else 4)
+    for got, want in ((got_pred, want_pred), (got_feature, want_feature), (got_shallow, want_shallow)):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4)

@@ -159,3 +159,13 @@ def test_request_loras_are_refused_with_exported_deep_cache_engines(demo_model, 
     pipe = Pipeline.load(deep_cache_artifacts["sd1"], backend="onnxruntime", lora_dir=tmp_path)
     with pytest.raises(ValueError, match=r"deep_cache with LoRAs named in the request runs on the torch backend only"):
         pipe.request("a cat <lora:style:0.7>", **SIZE, deep_cache=DeepCache(2, 0))
+
+
+def test_sdrt_build_builds_the_deep_cache_engines_too(deep_cache_artifacts, tmp_path, capsys):
+    from sdrt.cli import main
+
+    cache = tmp_path / "cache"  # a cache of its own: the session artifact's engines stay as the other tests left them
+    assert main(["build", str(deep_cache_artifacts["sd1"]), "--backend", "onnxruntime", "--cache-dir", str(cache)]) == 0
+    built = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"unet", "unet_deep_cache_full_0", "unet_deep_cache_shallow_0", "unet_deep_cache_shallow_1"} <= built
+    assert (cache / "engines" / "onnxruntime" / "unet_deep_cache_shallow_1").is_dir()
