@@ -5,6 +5,8 @@ code: their `DeepCacheSDHelper` (PyPI DeepCache 0.1.1) on diffusers' pipelines, 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -164,8 +166,9 @@ def test_request_loras_are_refused_with_exported_deep_cache_engines(demo_model, 
 def test_sdrt_build_builds_the_deep_cache_engines_too(deep_cache_artifacts, tmp_path, capsys):
     from sdrt.cli import main
 
-    cache = tmp_path / "cache"  # a cache of its own: the session artifact's engines stay as the other tests left them
+    cache = tmp_path / "cache"  # built here, or reused from the artifact where earlier tests built them
     assert main(["build", str(deep_cache_artifacts["sd1"]), "--backend", "onnxruntime", "--cache-dir", str(cache)]) == 0
-    built = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
-    assert {"unet", "unet_deep_cache_full_0", "unet_deep_cache_shallow_0", "unet_deep_cache_shallow_1"} <= built
-    assert (cache / "engines" / "onnxruntime" / "unet_deep_cache_shallow_1").is_dir()
+    built = {line.split()[0]: Path(line.split()[-1]) for line in capsys.readouterr().out.splitlines()}
+    names = {f"unet_deep_cache_{part}_{b}" for part in ("full", "shallow") for b in (0, 1)}
+    assert {"unet", *names} <= set(built)
+    assert all((built[n] / "build.json").is_file() and built[n].parent.name == n for n in names)
