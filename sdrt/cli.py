@@ -101,6 +101,15 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         "export time and disk space once more",
     )
     p.add_argument(
+        "--deep-cache",
+        type=_branch_ids,
+        default=(),
+        metavar="BRANCH[,BRANCH...]",
+        help="also export DeepCache's full and shallow UNet graphs for these branch ids, which the onnxruntime, "
+        "openvino and tensorrt backends need to run deep_cache requests; the graphs share one copy of the UNet's "
+        "weights (about one UNet more on disk)",
+    )
+    p.add_argument(
         "--prediction-type",
         choices=("epsilon", "v_prediction"),
         default=None,
@@ -672,6 +681,7 @@ def _export(args: argparse.Namespace) -> int:
         precision=args.precision,
         vae_precision=args.vae_precision,
         tiling=args.tiling,
+        deep_cache=args.deep_cache,
     )
     source = SourceOptions(
         prediction_type=args.prediction_type, config_dir=args.config, allow_pickle=args.allow_pickle, vae=args.vae,
@@ -684,8 +694,19 @@ def _export(args: argparse.Namespace) -> int:
     print(
         f"exported {args.model_dir} ({manifest.family}) to {args.output}: "
         f"{', '.join(manifest.components)}; batch 1..{r.max_batch}, sizes {r.min_size}..{r.max_size} px"
+        + (f"; DeepCache branches {', '.join(map(str, manifest.deep_cache_branches))}" if manifest.deep_cache else "")
     )
     return 0
+
+
+def _branch_ids(text: str) -> tuple[int, ...]:
+    """--deep-cache's value: branch ids separated by commas ("0" or "0,1")."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of branch ids (e.g. 0 or 0,1)"
+        ) from None
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -699,7 +720,11 @@ def _build(args: argparse.Namespace) -> int:
         options["timing_cache"] = str(args.timing_cache)
     if args.refit:
         options["refit"] = True
-    records = build_engines(args.artifact_dir, read_manifest(args.artifact_dir), args.backend, args.device, **options)
+    manifest = read_manifest(args.artifact_dir)
+    records = build_engines(args.artifact_dir, manifest, args.backend, args.device, **options)
+    for branch in manifest.deep_cache_branches:  # DeepCache's graphs (sdrt export --deep-cache), built alike
+        networks = manifest.deep_cache_networks(branch)
+        records += build_engines(args.artifact_dir, networks, args.backend, args.device, **options)
     for r in records:
         state = "reused" if r.reused else f"built in {r.seconds:.1f} s"
         print(f"{r.component:<14} {state:<18} {r.path}")

@@ -25,7 +25,10 @@ from sdrt.components import FEATURE
 from sdrt.network_modules import SpecModule
 from sdrt.spec import ComponentSpec, TensorSpec
 
+TEXT_STATES = "encoder_hidden_states"
 LAYERS_PER_BRANCH_BLOCK = 3  # the helper's branch id = 3 * block + layer
+PARTS = ("full", "shallow")  # the two networks of a branch
+SUFFIX = "_deep_cache"  # a UNet's DeepCache networks are named <unet>_deep_cache_<part>_<branch>
 SUPPORTED_BLOCKS = frozenset({"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"})
 
 
@@ -42,6 +45,11 @@ class Branch:
     feature_channels: int
     feature_downsamplings: int  # the feature is at the latents' size over 2 ** this, rounded up
     residuals: tuple[int, ...]  # indices of the down-block residuals (ControlNet) a shallow step adds: 0..k
+
+
+def network_name(unet: str, part: str, branch: int) -> str:
+    """The name of the `part` network ("full" or "shallow") of DeepCache branch `branch` of UNet network `unet`."""
+    return f"{unet}{SUFFIX}_{part}_{branch}"
 
 
 def branches(config: Mapping[str, Any]) -> int:
@@ -97,16 +105,18 @@ def deep_cache_specs(
     if residuals and cut.from_mid:
         kept.add(residuals[-1])
     inputs = tuple(t for t in unet.inputs if t.name not in residuals or t.name in kept)
+    if not _shallow_attends(config, cut):  # a graph has no input it never reads: the shallow one may not take the text
+        inputs = tuple(t for t in inputs if t.name != TEXT_STATES)
     attributes = {**unet.attributes, "deep_cache_branch": branch}
     full = replace(
         unet,
-        name=f"{unet.name}_deep_cache_full_{branch}",
+        name=network_name(unet.name, "full", branch),
         outputs=(*unet.outputs, feature),
         attributes={**attributes, "deep_cache_part": "full"},
     )
     shallow = replace(
         unet,
-        name=f"{unet.name}_deep_cache_shallow_{branch}",
+        name=network_name(unet.name, "shallow", branch),
         inputs=(*inputs, feature),
         attributes={
             **attributes,
@@ -115,6 +125,18 @@ def deep_cache_specs(
         },
     )
     return full, shallow
+
+
+def _shallow_attends(config: Mapping[str, Any], cut: Branch) -> bool:
+    """True when a shallow step reads the text states: a cross-attention block runs in it, or the UNet's embedding
+    reads them (any addition embedding but SDXL's size/pooled-text one, a projection of the states)."""
+    if config.get("addition_embed_type") not in (None, "text_time") or config.get("encoder_hid_dim_type") is not None:
+        return True
+    down, up = tuple(config["down_block_types"]), tuple(config["up_block_types"])
+    n = len(down)
+    running_down = [*down[: cut.block], *((down[cut.block],) if cut.down_layers else ())]
+    running_up = [up[n - 1 - b] for b in range(cut.block + 1)]
+    return any(block.startswith("CrossAttn") for block in (*running_down, *running_up))
 
 
 class DeepCacheUNetModule(SpecModule):
@@ -225,7 +247,8 @@ class DeepCacheUNetModule(SpecModule):
     def _prelude(self, feeds: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The latents as conv_in takes them, the time embedding, the text states: diffusers' forward before conv_in."""
         unet = self.unet
-        sample, timestep, states = feeds["sample"], feeds["timestep"], feeds["encoder_hidden_states"]
+        # the text states are absent from a shallow network that never reads them (no cross-attention runs in it)
+        sample, timestep, states = feeds["sample"], feeds["timestep"], feeds.get(TEXT_STATES)
         added = {name: feeds[name] for name in self.added_cond}
         if unet.config.center_input_sample:
             sample = 2 * sample - 1.0
@@ -244,4 +267,13 @@ class DeepCacheUNetModule(SpecModule):
         return sample, emb, states
 
 
-__all__: Sequence[str] = ("FEATURE", "Branch", "DeepCacheUNetModule", "branch_of", "branches", "deep_cache_specs")
+__all__: Sequence[str] = (
+    "FEATURE",
+    "PARTS",
+    "Branch",
+    "DeepCacheUNetModule",
+    "branch_of",
+    "branches",
+    "deep_cache_specs",
+    "network_name",
+)

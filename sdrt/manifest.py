@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdrt.deep_cache_unet import PARTS, network_name
 from sdrt.engines.base import NetworkSet
 from sdrt.families import Family, family_named
 from sdrt.files import read_json_object
@@ -25,6 +26,8 @@ FORMAT_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 TOKEN_TABLE_FILE = "token_embeddings.safetensors"  # a text encoder's token table: tensor "weight" (vocab, D) float32
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# DeepCache's graphs (`sdrt export --deep-cache`) lie in the directory <unet>_deep_cache/, sharing this weights file
+DEEP_CACHE_DATA_FILE = "weights.onnx.data"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class Manifest:
     # graphs some networks also have, exported another way, by variant: "tiling" (every convolution of the UNet and
     # VAE padding circularly: seamless textures, `sdrt export --tiling`) -> network -> its ONNX file
     variants: Mapping[str, Mapping[str, OnnxFile]] = field(default_factory=dict)
+    # DeepCache's networks of the UNet (`sdrt export --deep-cache BRANCH`): name -> spec, two per branch ("full":
+    # the UNet's inputs, noise_pred and the branch's feature out; "shallow": the feature in), named
+    # <unet>_deep_cache_<part>_<branch> with attributes deep_cache_branch and deep_cache_part; and their files
+    deep_cache: Mapping[str, ComponentSpec] = field(default_factory=dict)
+    deep_cache_files: Mapping[str, OnnxFile] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)  # library versions used for the export
     format_version: int = FORMAT_VERSION  # bumped on any incompatible change
 
@@ -83,6 +91,54 @@ class Manifest:
         needed = {p.name for p in family.support_parts}
         if set(self.support) != needed:
             raise ValueError(f"a {self.family} artifact has support directories {sorted(needed)}, not {self.support}")
+        self._check_deep_cache(family)
+
+    def _check_deep_cache(self, family: Family) -> None:
+        """ValueError unless the DeepCache networks come in full/shallow pairs of the UNet, named as their branch."""
+        if not self.deep_cache:
+            return
+        if family.denoiser not in self.components:
+            raise ValueError(f"manifest lists DeepCache networks, but a {self.family} artifact has no UNet")
+        for name, spec in self.deep_cache.items():
+            branch, part = spec.attributes.get("deep_cache_branch"), spec.attributes.get("deep_cache_part")
+            if isinstance(branch, bool) or not isinstance(branch, int) or branch < 0 or part not in PARTS:
+                raise ValueError(
+                    f"DeepCache network {name} has deep_cache_branch {branch!r} and deep_cache_part {part!r}; "
+                    f"they must be a branch id (an integer from 0) and one of {list(PARTS)}"
+                )
+            if name != network_name(family.denoiser, part, branch) or spec.name != name:
+                raise ValueError(f"DeepCache network {name} is not named {network_name(family.denoiser, part, branch)}")
+        for branch in self.deep_cache_branches:
+            for part in PARTS:
+                if network_name(family.denoiser, part, branch) not in self.deep_cache:
+                    raise ValueError(f"manifest lists DeepCache branch {branch} without its {part} network")
+        if self.files and set(self.deep_cache_files) != set(self.deep_cache):
+            raise ValueError(
+                f"manifest lists DeepCache files for {sorted(self.deep_cache_files)}, but its DeepCache networks "
+                f"are {sorted(self.deep_cache)}"
+            )
+
+    @property
+    def deep_cache_branches(self) -> tuple[int, ...]:
+        """The DeepCache branch ids this artifact has graphs for (`sdrt export --deep-cache`), in order."""
+        return tuple(sorted({int(s.attributes["deep_cache_branch"]) for s in self.deep_cache.values()}))
+
+    def deep_cache_networks(self, branch: int) -> NetworkSet:
+        """The full and shallow networks of DeepCache branch `branch` (in that order); ValueError naming the export
+        that adds them when the artifact lacks them."""
+        if branch not in self.deep_cache_branches:
+            have = ", ".join(map(str, self.deep_cache_branches)) or "none"
+            raise ValueError(
+                f"this artifact has no DeepCache graphs for branch {branch} (it has: {have}); export it again with "
+                f"sdrt export --deep-cache {branch}, or run the model directory on the torch backend"
+            )
+        names = [network_name(self.model_family.denoiser, part, branch) for part in PARTS]
+        return NetworkSet(
+            {n: self.deep_cache[n] for n in names},
+            self.ranges,
+            {n: self.deep_cache_files[n] for n in names if n in self.deep_cache_files},
+            self.source_sha256,
+        )
 
     @property
     def model_family(self) -> Family:
@@ -139,6 +195,7 @@ class Manifest:
             "loras": [dict(lora) for lora in self.loras],
             **({"hypernetworks": [dict(h) for h in self.hypernetworks]} if self.hypernetworks else {}),
             "variants": {v: {n: vars(f) for n, f in files.items()} for v, files in self.variants.items()},
+            **({"deep_cache": self._deep_cache_json()} if self.deep_cache else {}),
             "components": {
                 name: {
                     **spec.to_json(),
@@ -148,6 +205,15 @@ class Manifest:
                 for name, spec in self.components.items()
             },
             "versions": dict(self.versions),
+        }
+
+    def _deep_cache_json(self) -> dict[str, Any]:
+        return {
+            name: {
+                **spec.to_json(),
+                "onnx": vars(self.deep_cache_files[name]) if name in self.deep_cache_files else None,
+            }
+            for name, spec in self.deep_cache.items()
         }
 
     @classmethod
@@ -160,6 +226,7 @@ class Manifest:
             )
         try:
             components = {n: ComponentSpec.from_json(c) for n, c in data["components"].items()}
+            deep_cache = data.get("deep_cache", {})
             files = {n: OnnxFile(**c["onnx"]) for n, c in data["components"].items() if c.get("onnx")}
             tables = {
                 n: DataFile(**c["token_embeddings"]) for n, c in data["components"].items() if c.get("token_embeddings")
@@ -182,6 +249,8 @@ class Manifest:
                 variants={
                     v: {n: OnnxFile(**f) for n, f in files.items()} for v, files in data.get("variants", {}).items()
                 },
+                deep_cache={n: ComponentSpec.from_json(c) for n, c in deep_cache.items()},
+                deep_cache_files={n: OnnxFile(**c["onnx"]) for n, c in deep_cache.items() if c.get("onnx")},
                 versions=dict(data.get("versions", {})),
                 format_version=version,
             )
@@ -234,6 +303,7 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     paths += [(n, rel) for n, f in manifest.files.items() for rel in (f.path, f.external_data)]
     paths += [(f"{n} ({v})", rel) for v, fs in manifest.variants.items() for n, f in fs.items()
               for rel in (f.path, f.external_data)]  # fmt: skip
+    paths += [(n, rel) for n, f in manifest.deep_cache_files.items() for rel in (f.path, f.external_data)]
     for name, rel in paths:
         if rel is None:
             continue

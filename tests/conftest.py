@@ -31,12 +31,23 @@ def write_model(tmp_path_factory, name: str, variant: str = "sd1") -> Path:
     return write_demo_model(tmp_path_factory.mktemp("models") / name, variant=variant)
 
 
-def export(model: Path, tmp_path_factory, name: str, opt_size: int | None = 128, tiling: bool = False) -> Path:
-    """`model` exported for RANGES' batch and sizes (and with `tiling`, the UNet's and VAE's circular twins)."""
+def export(
+    model: Path,
+    tmp_path_factory,
+    name: str,
+    opt_size: int | None = 128,
+    tiling: bool = False,
+    deep_cache: tuple[int, ...] = (),
+) -> Path:
+    """`model` exported for RANGES' batch and sizes (and with `tiling`, the UNet's and VAE's circular twins; with
+    `deep_cache`, DeepCache's graphs of those branches)."""
     from sdrt.export import ExportConfig, export_model
 
     out = tmp_path_factory.mktemp("artifacts") / name
-    config = ExportConfig(max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size, tiling=tiling)
+    config = ExportConfig(
+        max_batch=RANGES.max_batch, min_size=RANGES.min_size, max_size=RANGES.max_size, tiling=tiling,
+        deep_cache=deep_cache,
+    )  # fmt: skip
     export_model(model, out, config if opt_size is None else replace(config, opt_size=opt_size))
     return out
 
@@ -146,6 +157,15 @@ def sdxl_artifact(sdxl_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sdxl_refiner_artifact(sdxl_refiner_model, tmp_path_factory) -> Path:
     return export(sdxl_refiner_model, tmp_path_factory, "sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def deep_cache_artifacts(demo_model, sdxl_model, tmp_path_factory) -> dict[str, Path]:
+    """The demo SD 1.x and SDXL models exported with DeepCache's graphs of branches 0 and 1 (`--deep-cache 0,1`)."""
+    return {
+        "sd1": export(demo_model, tmp_path_factory, "demo-deep-cache", deep_cache=(0, 1)),
+        "sdxl": export(sdxl_model, tmp_path_factory, "sdxl-deep-cache", deep_cache=(0, 1)),
+    }
 
 
 @pytest.fixture(scope="session")

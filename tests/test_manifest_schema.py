@@ -46,6 +46,25 @@ def test_exported_artifacts_validate(validator, artifact, sdxl_artifact):
         assert not [e.message for e in validator.iter_errors(manifest)]
 
 
+def test_deep_cache_networks_validate_and_bad_ones_are_refused(validator, deep_cache_artifacts):
+    """`sdrt export --deep-cache`: the deep_cache member validates; a part or name the readers refuse, it refuses."""
+    from sdrt.manifest import Manifest
+
+    for directory in deep_cache_artifacts.values():
+        manifest = json.loads((directory / "manifest.json").read_text())
+        assert not [e.message for e in validator.iter_errors(manifest)]
+    for edit in (
+        lambda d: d["unet_deep_cache_full_0"]["attributes"].update(deep_cache_part="middle"),
+        lambda d: d["unet_deep_cache_full_0"]["attributes"].update(deep_cache_branch=-1),
+        lambda d: d.update(unet_deep_cache_full_x=d.pop("unet_deep_cache_full_0")),
+    ):
+        bad = copy.deepcopy(manifest)
+        edit(bad["deep_cache"])
+        assert list(validator.iter_errors(bad))
+        with pytest.raises(ValueError):
+            Manifest.from_json(bad)
+
+
 @pytest.mark.parametrize(
     ("variant", "path", "value"),
     [

@@ -7,18 +7,22 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import onnx
 import torch
 from tqdm.auto import tqdm
 
 from sdrt.components import TILING, TILING_ROLES
+from sdrt.deep_cache_unet import SUFFIX, DeepCacheUNetModule, branch_of, deep_cache_specs
 from sdrt.engines.base import circular_padding
 from sdrt.export.disk import check_free_space, export_size
 from sdrt.export.fp16 import PRECISIONS, convert_component
 from sdrt.export.onnx_export import export_component
+from sdrt.export.shared_weights import SharedWeights
 from sdrt.files import atomic_directory
 from sdrt.hashing import file_sha256
-from sdrt.manifest import TOKEN_TABLE_FILE, DataFile, Manifest, write_manifest
+from sdrt.manifest import DEEP_CACHE_DATA_FILE, TOKEN_TABLE_FILE, DataFile, Manifest, write_manifest
 from sdrt.model_dir import ModelDir
 from sdrt.model_source import SourceOptions, open_model
 from sdrt.onnx_files import OnnxFile
@@ -42,6 +46,8 @@ class ExportConfig:
     # VAE decoder and encoder: fp32 (cannot overflow), or fp16 (fine for SD 1.x/2.x VAEs; SDXL's overflows)
     vae_precision: str = "fp32"
     tiling: bool = False  # also export the UNet and VAE with circular padding, for seamless tiling (`tiling=True`)
+    # DeepCache branch ids to export the UNet's full and shallow graphs for (`deep_cache=DeepCache(n, branch)`)
+    deep_cache: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("precision", "vae_precision"):
@@ -53,6 +59,13 @@ class ExportConfig:
             raise ValueError(f"max_batch {self.max_batch} must be at least 1")
         if self.min_size > self.max_size:
             raise ValueError(f"min_size {self.min_size} is larger than max_size {self.max_size}")
+        branches = tuple(self.deep_cache)
+        for branch in branches:
+            if isinstance(branch, bool) or not isinstance(branch, int) or branch < 0:
+                raise ValueError(f"deep_cache branch {branch!r} is not a branch id (an integer from 0)")
+        if len(set(branches)) != len(branches):
+            raise ValueError(f"deep_cache {list(branches)} names a branch twice")
+        object.__setattr__(self, "deep_cache", tuple(sorted(branches)))
 
     def ranges(self, latent_factor: int, native_size: int = 512) -> ShapeRanges:
         """The artifact's shape ranges; `native_size` is the size the model was trained at (512, or 768 for SD 2.x)."""
@@ -109,12 +122,19 @@ def _export(model: ModelDir, out: Path, config: ExportConfig, progress: bool) ->
                 spec.name,
             )
     fp16 = frozenset(n for n, s in manifest.components.items() if config.component_precision(s) == "fp16")
-    check_free_space(export_size(model, fp16), out)  # before gigabytes of weights are loaded
+    deep_cache_config = _deep_cache_config(model, manifest, config.deep_cache)  # a bad branch fails here, first
+    size = export_size(model, fp16)
+    if config.deep_cache:  # the shared weights file holds about one more UNet; one traced graph waits beside it
+        unet_part = model.family.part_of(model.family.denoiser)
+        size = replace(size, parts={**size.parts, f"{unet_part} (DeepCache graphs)": 2 * size.parts[unet_part]})
+    check_free_space(size, out)  # before gigabytes of weights are loaded
     with atomic_directory(out) as tmp:
         files, tables = {}, {}
         networks = tqdm(model.iter_modules(), total=len(manifest.components), desc="export", unit="component",
                         disable=not progress)  # fmt: skip
         variants: dict[str, OnnxFile] = {}
+        deep_specs: dict[str, ComponentSpec] = {}
+        deep_files: dict[str, OnnxFile] = {}
         for name, module in networks:  # one part's weights in memory at a time
             spec = manifest.components[name]
             files[name] = export_component(module, spec, manifest.ranges, tmp / name, config.opset)
@@ -124,6 +144,10 @@ def _export(model: ModelDir, out: Path, config: ExportConfig, progress: bool) ->
                 with circular_padding(module) as circular:
                     exported = export_component(circular, spec, manifest.ranges, tmp / TILING / name, config.opset)
                 variants[name] = _variant_file(exported)
+            if deep_cache_config is not None and name == model.family.denoiser:
+                deep_specs, deep_files = export_deep_cache(
+                    module.unet, spec, deep_cache_config, config.deep_cache, manifest.ranges, tmp, config
+                )
             del module
             if config.component_precision(spec) == "fp16":
                 files[name] = convert_component(tmp, files[name], spec)
@@ -134,9 +158,72 @@ def _export(model: ModelDir, out: Path, config: ExportConfig, progress: bool) ->
         manifest = manifest.with_files(files, {**library_versions(), "onnx_opset": str(config.opset)}, tables)
         if variants:
             manifest = replace(manifest, variants={TILING: variants})
+        if deep_specs:
+            manifest = replace(manifest, deep_cache=deep_specs, deep_cache_files=deep_files)
         write_manifest(tmp, manifest)
     log.info("exported %s to %s", model.path, out)
     return manifest
+
+
+def _deep_cache_config(model: ModelDir, manifest: Manifest, branches: tuple[int, ...]) -> dict[str, Any] | None:
+    """The config of the UNet whose DeepCache graphs are asked for (None: none asked); ValueError for a branch it
+    has not, before any weights are loaded."""
+    if not branches:
+        return None
+    unet = model.family.denoiser
+    if unet not in manifest.components:
+        raise ValueError(f"deep_cache {list(branches)}: a {model.family.description} has no UNet to cache")
+    config = dict(model.configs[model.family.part_of(unet)])
+    for branch in branches:
+        try:
+            branch_of(config, branch)
+        except ValueError as exc:
+            raise ValueError(f"--deep-cache (ExportConfig.deep_cache): {exc}") from None
+    return config
+
+
+def export_deep_cache(
+    unet: torch.nn.Module,
+    spec: ComponentSpec,
+    unet_config: dict[str, Any],
+    branches: tuple[int, ...],
+    ranges: ShapeRanges,
+    artifact: Path,
+    config: ExportConfig,
+) -> tuple[dict[str, ComponentSpec], dict[str, OnnxFile]]:
+    """DeepCache's full and shallow graphs of each branch (`sdrt.deep_cache_unet`), under `artifact/<unet>_deep_cache/`
+    as `<part>_<branch>.onnx`, all reading their weights from one shared file there (`SharedWeights`).
+
+    Returns the networks' specs and files by name. Each graph is traced (and converted to fp16) in a scratch
+    directory beside, then its weights moved into the shared file: the UNet's weights are written once for all.
+    """
+    directory = artifact / f"{spec.name}{SUFFIX}"
+    shared = SharedWeights(directory, DEEP_CACHE_DATA_FILE)
+    specs: dict[str, ComponentSpec] = {}
+    files: dict[str, OnnxFile] = {}
+    scratch = artifact / f".{directory.name}.scratch"
+    try:
+        for branch in branches:
+            for part in deep_cache_specs(spec, unet_config, branch):
+                part_dir = scratch / part.name
+                traced = export_component(DeepCacheUNetModule(unet, part, unet_config), part, ranges, part_dir,
+                                          config.opset)  # fmt: skip
+                if config.component_precision(part) == "fp16":
+                    traced = convert_component(scratch, traced, part)
+                graph = onnx.load(str(scratch / traced.path), load_external_data=False)
+                kind = part.attributes["deep_cache_part"]
+                files[part.name] = shared.save(graph, part_dir, f"{kind}_{branch}.onnx", artifact)
+                specs[part.name] = part
+                shutil.rmtree(part_dir)
+    finally:
+        data, data_sha256 = shared.close(artifact)
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info(
+        "DeepCache graphs of branches %s: %.1f MB of weights shared by %d graphs that read %.1f MB",
+        list(branches), shared.written / 1e6, len(files), shared.referenced / 1e6,
+    )  # fmt: skip
+    files = {n: replace(f, external_data=data, external_data_sha256=data_sha256) for n, f in files.items()}
+    return specs, files
 
 
 def write_token_table(table: torch.Tensor, artifact: Path, component: str) -> DataFile:

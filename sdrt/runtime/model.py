@@ -14,7 +14,7 @@ from sdrt.components import TILING, TILING_ROLES
 from sdrt.conditioning.embedders import Conditioner, ConditioningContext
 from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.prompts import PromptEncoder, load_tokenizer, tokenizer_key
-from sdrt.deep_cache_unet import DeepCacheUNetModule, deep_cache_specs
+from sdrt.deep_cache_unet import PARTS, DeepCacheUNetModule, deep_cache_specs, network_name
 from sdrt.engines import Engine, check_device, load_engines
 from sdrt.engines.base import Circular
 from sdrt.families import Family
@@ -61,6 +61,8 @@ class Model:
         self.options: dict[str, Any] = {}  # backend options it was loaded with
         self.engines_seconds = 0.0  # wall time its engines took to load: verified, built where missing, opened
         self._deep_cache: dict[int, tuple[Engine, Engine]] = {}  # branch -> DeepCache's full and shallow engines
+        # an artifact's DeepCache graphs of a branch (`sdrt export --deep-cache`) -> their engines, by name
+        self.load_deep_cache: Callable[[int], Mapping[str, Engine]] | None = None
         self.use_embeddings(embeddings or EmbeddingLibrary())
 
     def use_embeddings(self, embeddings: EmbeddingLibrary) -> None:
@@ -134,6 +136,10 @@ class Model:
         )  # fmt: skip
         if TILING in manifest.variants:  # seamless tiling's graphs, loaded on the first request that asks
             model.load_tiling = lambda: load_engines(root, manifest.variant(TILING), backend, device, **options)
+        if modules is None:  # an artifact: DeepCache runs its exported graphs, loaded on the first request that asks
+            model.load_deep_cache = lambda branch: load_engines(
+                root, manifest.deep_cache_networks(branch), backend, device, **options
+            )
         model.options = dict(options)  # the backend options it was loaded with (ControlNets load with the same)
         model.engines_seconds = engines_seconds
         return model
@@ -199,18 +205,24 @@ class Model:
     def deep_cache_engines(self, branch: int) -> tuple[Engine, Engine]:
         """DeepCache's full and shallow UNet networks for `branch` (`sdrt.deep_cache_unet`), made once.
 
-        The torch backend runs them on the UNet's own module (its weights and LoRAs shared); ValueError for a branch
-        the UNet has not, or a backend without them.
+        The torch backend runs them on the UNet's own module (its weights and LoRAs shared); the other backends
+        load the artifact's graphs of the branch (`sdrt export --deep-cache BRANCH`). ValueError for a branch the
+        UNet or the artifact has not.
         """
         if branch not in self._deep_cache:
             engine = self.denoiser
             module = getattr(getattr(engine, "module", None), "unet", None)
             sibling = getattr(engine, "sibling", None)
             if module is None or sibling is None:
-                raise ValueError(
-                    f"the {self.backend} backend runs DeepCache from exported networks, which this artifact lacks; "
-                    "use the torch backend"
-                )
+                if self.load_deep_cache is None:
+                    raise ValueError(
+                        f"the {self.backend} backend runs DeepCache from an artifact's exported graphs (sdrt export "
+                        f"--deep-cache {branch}), and this model was not loaded from one; use the torch backend"
+                    )
+                engines = self.load_deep_cache(branch)
+                parts = [network_name(self.family.denoiser, part, branch) for part in PARTS]
+                self._deep_cache[branch] = (engines[parts[0]], engines[parts[1]])
+                return self._deep_cache[branch]
             config = dict(module.config)
             full, shallow = deep_cache_specs(engine.spec, config, branch)
             self._deep_cache[branch] = (

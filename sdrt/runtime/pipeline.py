@@ -22,6 +22,7 @@ from sdrt.conditioning.embeddings import EmbeddingLibrary
 from sdrt.conditioning.lora_prompts import strip_loras
 from sdrt.conditioning.prompts import PromptTokens
 from sdrt.engines import Engine
+from sdrt.engines.base import ModuleEngine
 from sdrt.excerpt import excerpt
 from sdrt.manifest import Manifest
 from sdrt.params import ParamSet
@@ -463,9 +464,15 @@ class Pipeline:
             if request.tiling:
                 raise ValueError("deep_cache with tiling is not supported yet: give one or the other")
             try:
-                model.deep_cache_engines(request.deep_cache.branch)  # made once; ValueError for a branch it lacks
+                full, _ = model.deep_cache_engines(request.deep_cache.branch)  # made once; ValueError: branch it lacks
             except ValueError as exc:
                 raise ValueError(f"deep_cache: {exc}") from None
+            if request.loras and not isinstance(full, ModuleEngine):  # a refit reaches the UNet engine alone
+                raise ValueError(
+                    f"deep_cache with LoRAs named in the request runs on the torch backend only (the {model.backend} "
+                    "backend's DeepCache engines keep the exported weights); fuse them at export (sdrt export "
+                    "--lora) or leave deep_cache off"
+                )
         if request.tiling:
             model.check_tiling()
         if request.loras:

@@ -172,3 +172,13 @@ def test_controlnet_artifact_is_refused_by_the_runtime(cpp_tools, family_manifes
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "is a ControlNet (made for sd1 models)" in result.stderr and "sdrt-cpp runs no ControlNets" in result.stderr
     assert not out.exists()
+
+
+def test_artifact_with_deep_cache_networks_is_read(cpp_tools, deep_cache_artifacts):
+    """sdrt-cpp runs no DeepCache: it reads an artifact exported with --deep-cache, its components as without."""
+    directory = deep_cache_artifacts["sd1"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert len(manifest["deep_cache"]) == 4 and not list(schema_validator().iter_errors(manifest))
+    read = cpp_tools.inspect_json("manifest", str(directory), "cfg_batch=2", "latent_height=9", "latent_width=13")
+    assert read["family"] == "sd1" and read["components"] == len(manifest["components"]) == 4
+    assert read["shapes"]["unet"]["mid_block_residual"] == [2, 64, 2, 2]

@@ -251,3 +251,23 @@ def test_lora_switching_by_refit_is_exact(gpu_artifact, demo_model, tmp_path):
         images.append(pipe.generate("a cat", **KWARGS).images[0])
     assert _max_diff(images[0], images[1]) > 0
     assert _max_diff(images[0], images[2]) == 0 and _max_diff(images[3], base) == 0
+
+
+@pytest.fixture()
+def deep_cache_gpu_artifact(request):
+    reason = _tensorrt_reason()
+    if reason:
+        pytest.skip(reason)
+    return request.getfixturevalue("deep_cache_artifacts")["sd1"]  # exported only where TensorRT runs
+
+
+@pytest.mark.gpu
+def test_deep_cache_engines_read_the_shared_weights_and_match_onnxruntime(deep_cache_gpu_artifact):
+    """TensorRT's parser reads the DeepCache graphs' weights from their shared file (external data by offset), and
+    the engines give ONNX Runtime's images (TF32 off: fp32 both)."""
+    from sdrt.runtime.deep_cache import DeepCache
+
+    kwargs = {**KWARGS, "deep_cache": DeepCache(2, 1)}
+    reference = Pipeline.load(deep_cache_gpu_artifact, backend="onnxruntime").generate("a cat", **kwargs).images[0]
+    ours = Pipeline.load(deep_cache_gpu_artifact, backend="tensorrt", device="cuda").generate("a cat", **kwargs)
+    assert _max_diff(ours.images[0], reference) <= 2

@@ -164,3 +164,23 @@ def test_versions_outside_10_and_11_are_refused_before_any_work(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
             tensorrt_build.tensorrt()
+
+
+@pytest.mark.parametrize("version", ["10.16.1", "11.4.0"])
+def test_deep_cache_networks_build_with_profiles_like_the_unets(version, deep_cache_artifacts, tmp_path):
+    """`sdrt export --deep-cache`'s full and shallow networks: a static and a dynamic profile each, over every input
+    the graph takes (the cached feature's at the latents' range over its divisor). The stand-in reads the graph's
+    inputs, not its weights: whether TensorRT's own parser reads the shared weights file is untested without a GPU."""
+    manifest = read_manifest(deep_cache_artifacts["sdxl"])
+    networks = manifest.deep_cache_networks(0)
+    unet_profiles = build_profiles(manifest.components["unet"], manifest.ranges)
+    for name, spec in networks.components.items():
+        (tmp_path / name).mkdir()
+        onnx_path = deep_cache_artifacts["sdxl"] / networks.files[name].path
+        _, plan, profiles = _build(version, (onnx_path, spec, networks.ranges), tmp_path / name)
+        assert [p.kind for p in profiles] == [p.kind for p in unet_profiles] == ["static", "dynamic"]
+        assert plan["profiles"] == [{k: [list(s) for s in v] for k, v in p.shapes(spec).items()} for p in profiles]
+        assert set(plan["profiles"][1]) == set(spec.input_names)
+        unet_shapes = unet_profiles[1].shapes(manifest.components["unet"])
+        shared = {k: v for k, v in plan["profiles"][1].items() if k in unet_shapes}
+        assert shared and shared == {k: [list(s) for s in unet_shapes[k]] for k in shared}  # the UNet's ranges
