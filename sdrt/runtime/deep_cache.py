@@ -22,7 +22,7 @@ from sdrt.engines import Engine, call_in_chunks
 from sdrt.excerpt import excerpt
 from sdrt.params import Param, check_declared, declare, declared
 from sdrt.runtime.denoiser import Rows
-from sdrt.runtime.timing import StageClock
+from sdrt.runtime.timing import UNET, UNET_SHALLOW, StageClock
 
 MAX_INTERVAL = 1000
 CLI_SYNTAX = "INTERVAL[:BRANCH]"
@@ -105,7 +105,7 @@ class DeepCacheUNet:
         missing = [t for t in engine.spec.inputs if t.name not in given]
         if missing:  # residual inputs no ControlNet gave: zeros, which the UNet adds exactly
             given.update(_zeros(missing, rows))
-        with self.clock.stage("unet"):
+        with self.clock.stage(UNET if full else UNET_SHALLOW):
             out = call_in_chunks(engine, given)
         self.calls["full" if full else "shallow"] += 1
         if full:
