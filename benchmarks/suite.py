@@ -23,6 +23,7 @@ from sdrt.bench import BASELINES, SDRT_BACKENDS, BenchConfig, BenchResult, forma
 from sdrt.bench.machine import machine_info, machine_slug, versions
 from sdrt.export import ExportConfig
 from sdrt.files import atomic_file
+from sdrt.runtime.deep_cache import DeepCache
 
 log = logging.getLogger("benchmarks.suite")
 
@@ -53,6 +54,7 @@ class SuiteModel:
     # of them each image uses, one scenario per count (0: the model without ControlNet, in the same run)
     controlnets: tuple[str, ...] = ()
     control_counts: tuple[int, ...] = (0,)
+    deep_caches: tuple[DeepCache, ...] = ()  # DeepCache settings timed beside exact on every sdrt backend
 
     @property
     def label(self) -> str:
@@ -65,6 +67,9 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
     gpu_sd15 = ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512) if artifact_on_gpu else None
     cpu_sd15 = ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256)
     demo = ExportConfig(max_batch=4, min_size=64, max_size=256, opt_size=128)
+    # DeepCache (issue 23) on the torch backend, exact against intervals 3 and 5 at branch 0, in one run; the engine
+    # backends run it from artifacts exported with --deep-cache, which these rows do not make yet
+    deep_cache = (DeepCache(3, 0), DeepCache(5, 0))
     return {
         # the 2-core machine: the tiny demo model (batch 1 to 4), full-size SD 1.5 at 256x256 with 4 steps, and
         # SDXL's full topology at half widths (benchmarks.models "sdxl-small": a 0.64 B UNet) at 256x256, 4 steps
@@ -87,6 +92,11 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
             # the SD x4 upscaler at its published sizes: a 128x128 image to 512x512 (sizes count output pixels)
             SuiteModel("x4-random", "x4", ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=512),
                        ((512, 512),), (1,), steps=4, runs=3, warmup=1, mode="upscale"),
+            # DeepCache: full-size SD 1.5 and SDXL-small at 256x256, 20 steps, exact vs intervals 3 and 5
+            SuiteModel("sd15-random", "sd15", None, ((256, 256),), (1,), steps=20, runs=3, warmup=1,
+                       backends=("torch",), baselines=(), deep_caches=deep_cache),
+            SuiteModel("sdxl-small-random", "sdxl-small", None, ((256, 256),), (1,), steps=20, runs=3, warmup=1,
+                       backends=("torch",), baselines=(), deep_caches=deep_cache),
         ),
         # one H100/H200: SD 1.5 at 512x512, 50 steps, batch 1 and 8; SDXL base at 1024x1024, 30 steps, batch 1,
         # alone and with its refiner from 0.8
@@ -99,6 +109,12 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
                        mode="variation"),
             SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1,), steps=50, runs=3, warmup=1,
                        controlnets=("sd15-controlnet",), control_counts=(1,)),
+            # DeepCache: SD 1.5 at 512x512, 50 steps (the paper's setting) and SDXL base at 1024x1024, 30 steps, exact
+            # vs intervals 3 and 5
+            SuiteModel("sd15-random", "sd15", None, ((512, 512),), (1,), steps=50, runs=3, warmup=1,
+                       backends=("torch",), baselines=(), deep_caches=deep_cache),
+            SuiteModel("sdxl-random", "sdxl", None, ((1024, 1024),), (1,), steps=30, runs=3, warmup=1,
+                       backends=("torch",), baselines=(), deep_caches=deep_cache),
         ),
         # benchmarks/gpu_check.sh, minutes on a lent GPU: SD 1.5 only, two runs, no torch.compile baseline
         "gpu-check": (
@@ -116,7 +132,13 @@ def quick_suites() -> dict[str, tuple[SuiteModel, ...]]:
                          refiner="sdxl-refiner-tiny", refiner_switch_at=0.5)  # fmt: skip
     control = SuiteModel("demo", "tiny", tiny, ((64, 64),), (1,), steps=2, runs=1, warmup=1,
                          controlnets=("controlnet-tiny", "controlnet-tiny"), control_counts=(0, 2))  # fmt: skip
-    return {"cpu": (demo, sdxl, control), "gpu": (demo, sdxl, refined, control), "gpu-check": (demo,)}
+    cached = SuiteModel("demo", "tiny", None, ((64, 64),), (1,), steps=4, runs=1, warmup=1, backends=("torch",),
+                        baselines=(), deep_caches=(DeepCache(2, 0),))  # fmt: skip
+    return {
+        "cpu": (demo, sdxl, control, cached),
+        "gpu": (demo, sdxl, refined, control, cached),
+        "gpu-check": (demo,),
+    }
 
 
 def prepare(
@@ -177,28 +199,7 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
         nets = [prepare(f"{p}-{i}", p, model.export, tag, root, seed=i) for i, p in enumerate(model.controlnets)]
         nets = [(_relative(d), a and _relative(a)) for d, a in nets]
         log.info("%s ready in %.0f s", model.name, time.perf_counter() - t0)
-        config = BenchConfig(
-            path=artifact or model_dir,
-            model=model_dir if artifact else None,
-            label=model.label,
-            backends=model.backends,
-            sizes=model.sizes,
-            batches=model.batches,
-            steps=model.steps,
-            runs=model.runs,
-            warmup=model.warmup,
-            scheduler=SCHEDULER,
-            refiner=refiner_artifact or refiner_dir,
-            refiner_model=refiner_dir if refiner_artifact else None,
-            refiner_switch_at=model.refiner_switch_at,
-            mode=model.mode,
-            device=device,
-            cold_start=cold_start,
-            baselines=model.baselines,
-            controlnets=tuple(a or d for d, a in nets),
-            controlnet_models=tuple(d for d, a in nets if a),
-            control_counts=model.control_counts,
-        )
+        config = bench_config(model, model_dir, artifact, (refiner_dir, refiner_artifact), nets, device, cold_start)
         commands.append(config.command())
         t0 = time.perf_counter()
         result = run_bench(config)
@@ -237,6 +238,62 @@ def run_suite(suite: str, quick: bool, root: Path, results: Path, update_readme:
     for failure in merged.failures():
         print(f"benchmarks.suite: failed: {failure}", file=sys.stderr)
     return 1 if merged.failures() else 0
+
+
+def bench_config(
+    model: SuiteModel,
+    model_dir: Path,
+    artifact: Path | None,
+    refiner: tuple[Path | None, Path | None],
+    nets: list[tuple[Path, Path | None]],
+    device: str,
+    cold_start: bool,
+) -> BenchConfig:
+    """The `sdrt bench` configuration of one suite model (its model directory, artifact, refiner and ControlNets
+    as (directory, artifact) pairs)."""
+    refiner_dir, refiner_artifact = refiner
+    return BenchConfig(
+        path=artifact or model_dir,
+        model=model_dir if artifact else None,
+        label=model.label,
+        backends=model.backends,
+        sizes=model.sizes,
+        batches=model.batches,
+        steps=model.steps,
+        runs=model.runs,
+        warmup=model.warmup,
+        scheduler=SCHEDULER,
+        refiner=refiner_artifact or refiner_dir,
+        refiner_model=refiner_dir if refiner_artifact else None,
+        refiner_switch_at=model.refiner_switch_at,
+        mode=model.mode,
+        device=device,
+        cold_start=cold_start,
+        baselines=model.baselines,
+        controlnets=tuple(a or d for d, a in nets),
+        controlnet_models=tuple(d for d, a in nets if a),
+        control_counts=model.control_counts,
+        deep_caches=model.deep_caches,
+    )
+
+
+def dry_run(suite: str, quick: bool, root: Path, cold_start: bool = True) -> list[str]:
+    """The `sdrt bench` commands a suite would run, each configuration checked, without making or timing anything."""
+    models = (quick_suites() if quick else suites(_artifact_on_gpu()))[suite]
+    tag = f"{suite}-quick" if quick else suite
+    device = "cpu" if suite == "cpu" else "cuda"
+
+    def paths(name: str, export: ExportConfig | None) -> tuple[Path, Path | None]:
+        artifact = None if export is None else _relative(root / "artifacts" / f"{name}-{tag}")
+        return _relative(root / "models" / name), artifact
+
+    commands = []
+    for model in models:
+        refiner = paths(model.refiner, model.export) if model.refiner else (None, None)
+        nets = [paths(f"{p}-{i}", model.export) for i, p in enumerate(model.controlnets)]
+        model_dir, artifact = paths(model.name, model.export)
+        commands.append(bench_config(model, model_dir, artifact, refiner, nets, device, cold_start).command())
+    return commands
 
 
 def _markdown(result: BenchResult, suite: str, machine: str, commands: list[str], minutes: float) -> str:
@@ -298,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="where models/ and artifacts/ are kept")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts")
     parser.add_argument(
+        "--dry-run", action="store_true", help="print the sdrt bench commands the suite runs (checked), run nothing"
+    )
+    parser.add_argument(
         "--results", type=Path, default=None, help="results directory (default benchmarks/results; README untouched)"
     )
     args = parser.parse_args(argv)
@@ -307,6 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     from sdrt.library_logging import quiet_third_party
 
     quiet_third_party()
+    if args.dry_run:
+        try:
+            commands = dry_run(args.suite, args.quick, args.root, cold_start=not args.no_cold_start)
+        except ValueError as exc:
+            print(f"benchmarks.suite: error: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(commands))
+        return 0
     results = args.results or (ROOT / "outputs" / "bench-quick" if args.quick else RESULTS)
     try:
         update = not args.quick and args.results is None

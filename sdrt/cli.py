@@ -293,6 +293,14 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="ControlNets per image, one scenario each, e.g. 0,1,2 (default: all given; 0 without --controlnet)",
     )
+    p.add_argument(
+        "--deep-cache",
+        action="append",
+        default=[],
+        metavar="INTERVAL[:BRANCH]",
+        help="also time DeepCache with this setting beside exact on every sdrt backend, e.g. 3 or 3:1 (branch default "
+        "0); repeat it or give a comma list (3,5) for several",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu or cuda[:N]")
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process cold starts and builds")
     p.add_argument("--json", type=Path, default=None, help="write one JSON record per scenario here")
@@ -883,12 +891,14 @@ def _mb(path: Path) -> str:
 
 def _bench(args: argparse.Namespace) -> int:
     from sdrt.bench import BASELINES, BenchConfig, format_table, plot, run_bench, write_json
-    from sdrt.bench.scenario import parse_ints, parse_size
+    from sdrt.bench.scenario import parse_deep_caches, parse_ints, parse_size
     from sdrt.upscalers.models import SUFFIXES
 
     quiet_third_party()
     backends = () if args.backend == "none" else tuple(b.strip() for b in args.backend.split(",") if b.strip())
     if args.path.is_file() and args.path.suffix.lower() in SUFFIXES:
+        if args.deep_cache:
+            raise ValueError(f"--deep-cache is for diffusion models; {args.path} is a GAN upscaler")
         return _bench_upscaler(args, backends)
     baselines = () if args.baseline == "none" else ("diffusers",) if args.no_compile else BASELINES
     controlnets = tuple(Path(p.strip()) for p in args.controlnet.split(",") if p.strip())
@@ -918,6 +928,7 @@ def _bench(args: argparse.Namespace) -> int:
         controlnets=controlnets,
         controlnet_models=controlnet_models,
         control_counts=counts,
+        deep_caches=parse_deep_caches(args.deep_cache),
         device=args.device,
         cold_start=not args.no_cold_start,
     )

@@ -41,6 +41,7 @@ class Record:
     cold_start: ColdStart | None = None  # measured for one scenario per contender
     cold_start_error: str | None = None  # why the cold start could not be measured
     vs_baseline: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline contender -> comparison
+    vs_exact: dict[str, Any] | None = None  # a DeepCache scenario against its backend's exact one (deep_cache.py)
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)  # machine, versions, gpu, timing method
 
@@ -108,11 +109,15 @@ class Record:
             "seconds": {name: s.to_json() for name, s in self.summaries().items()},
             "throughput_images_per_second": self.throughput,
             "unet_calls_per_run": self.samples[0].unet_calls if self.samples else None,
+            # of those, the calls that ran the whole UNet and DeepCache's shallow ones (0 without DeepCache)
+            "unet_full_calls_per_run": self.samples[0].unet_full_calls if self.samples else None,
+            "unet_shallow_calls_per_run": self.samples[0].unet_shallow_calls if self.samples else None,
             "steps_run": self.samples[0].steps if self.samples else None,
             "memory": self.memory() or None,
             "cold_start": None if self.cold_start is None else self.cold_start.to_json(),
             "cold_start_error": self.cold_start_error,
             "vs_baseline": self.vs_baseline,
+            "vs_exact": self.vs_exact,
             "notes": self.notes,
             "samples": [s.to_json() for s in self.samples],
             **self.environment,

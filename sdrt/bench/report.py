@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from sdrt.bench.deep_cache import deep_cache_table
 from sdrt.bench.records import Record
 from sdrt.bench.run import BenchResult
 from sdrt.files import atomic_file
@@ -29,6 +30,9 @@ def format_table(result: BenchResult, markdown: bool = False) -> str:
     out: list[str] = []
     for group in _groups(records):
         out += [_title(group, markdown), "", _latency_table(group, markdown), ""]
+        cached = deep_cache_table(group, markdown, _render, _ms)
+        if cached:
+            out += ["DeepCache against exact, per sdrt backend (medians; calls per run):", "", cached, ""]
         slower = _slower_lines(group)
         out += [f"- {line}" if markdown else f"  {line}" for line in slower] + ([""] if slower else [])
     throughput = _throughput_table(records, markdown)

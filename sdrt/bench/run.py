@@ -8,11 +8,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sdrt.bench.coldstart import measure_cold_start
+from sdrt.bench.deep_cache import attach_exact
 from sdrt.bench.machine import gpu_info, machine_info, versions
 from sdrt.bench.memory import MemorySampler
 from sdrt.bench.records import MEMORY_MEANING, SCHEMA, Record, attach_comparisons
@@ -20,10 +21,15 @@ from sdrt.bench.runners import Runner, load_runner
 from sdrt.bench.scenario import BASELINES, BenchConfig, Scenario
 from sdrt.bench.weights import ContenderSpec, Weights, contender, engine_dtype, resolve_weights
 
+if TYPE_CHECKING:
+    from sdrt.runtime.deep_cache import DeepCache
+
 log = logging.getLogger(__name__)
 
 WARMUP_SEED = 0
 RUN_SEED = 1000
+
+Entry = tuple[str, "DeepCache | None"]  # a contender: (backend or baseline, DeepCache setting or None for exact)
 
 
 @dataclass
@@ -129,7 +135,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
         else:
             reasons[backend] = reason or "unavailable"
 
-    def scenario(backend: str, width: int, height: int, batch: int, controlnets: int) -> Scenario:
+    def scenario(entry: Entry, width: int, height: int, batch: int, controlnets: int) -> Scenario:
+        backend, deep_cache = entry
         spec = specs.get(backend)
         return Scenario(
             model=config.label or weights.label,
@@ -147,34 +154,42 @@ def run_bench(config: BenchConfig) -> BenchResult:
             strength=config.strength if mode == "img2img" else None,
             refiner_switch_at=config.refiner_switch_at,
             controlnets=controlnets,
+            deep_cache=deep_cache,
         )
 
+    # contenders: every sdrt backend exact and with each DeepCache setting (one loaded pipeline runs them all), then
+    # the baselines
+    entries: list[Entry] = [(b, d) for b in config.backends for d in (None, *config.deep_caches)]
+    entries += [(b, None) for b in config.baselines]
     groups = [(w, h, b, n) for (w, h) in sizes for b in batches for n in config.control_counts]
-    records: dict[tuple[str, tuple[int, int, int, int]], Record] = {}
+    records: dict[tuple[Entry, tuple[int, int, int, int]], Record] = {}
     for group in groups:
-        for backend in config.backends + config.baselines:
-            record = Record(scenario(backend, *group), "ok", warmup=config.warmup, environment=environment)
-            if backend in reasons:
-                record.status, record.reason, record.warmup = "skipped", reasons[backend], 0
-            records[(backend, group)] = record
+        for entry in entries:
+            record = Record(scenario(entry, *group), "ok", warmup=config.warmup, environment=environment)
+            if entry[0] in reasons:
+                record.status, record.reason, record.warmup = "skipped", reasons[entry[0]], 0
+            records[(entry, group)] = record
 
     if config.cold_start:  # first, while this process holds no model: the machine is the child's alone
-        _cold_starts(specs, {b: records[(b, groups[0])] for b in specs})
+        _cold_starts(specs, {b: records[((b, None), groups[0])] for b in specs})
 
     runners: dict[str, Runner] = {}
     for backend, spec in specs.items():
-        log.info("loading %s", records[(backend, groups[0])].scenario.contender)
+        log.info("loading %s", records[((backend, None), groups[0])].scenario.contender)
         try:
             runners[backend] = load_runner(spec)
         except Exception as exc:  # a contender that cannot load is reported, and the others still run
-            _fail([records[(backend, g)] for g in groups], f"loading failed: {type(exc).__name__}: {exc}")
+            mine = [records[(e, g)] for e in entries if e[0] == backend for g in groups]
+            _fail(mine, f"loading failed: {type(exc).__name__}: {exc}")
+    _skip_refused([r for (e, _), r in records.items() if e[1] is not None and e[0] in runners], runners)
 
     with MemorySampler(device) as sampler:
         for group in groups:
-            _time_group({b: records[(b, group)] for b in runners}, runners, config, sampler)
+            _time_group({e: records[(e, group)] for e in entries if e[0] in runners}, runners, config, sampler)
 
-    ordered = [records[(b, g)] for g in groups for b in config.backends + config.baselines]
+    ordered = [records[(e, g)] for g in groups for e in entries]
     attach_comparisons(ordered)
+    attach_exact(ordered)
     for record in ordered:
         record.notes.extend(notes)
     return BenchResult(ordered, notes)
@@ -192,30 +207,42 @@ def _cold_starts(specs: dict[str, ContenderSpec], records: dict[str, Record]) ->
             log.error("cold start of %s failed: %s", record.scenario.contender, exc)
 
 
+def _skip_refused(records: Sequence[Record], runners: dict[str, Runner]) -> None:
+    """Mark skipped, with the pipeline's reason, the scenarios a loaded contender refuses (e.g. DeepCache on a
+    backend whose artifact lacks its networks), before any is timed."""
+    for record in records:
+        check = getattr(runners[record.scenario.backend], "refusal", None)
+        reason = None if check is None or record.status != "ok" else check(record.scenario)
+        if reason is not None:
+            log.warning("%s: skipped: %s", record.scenario.contender, reason)
+            record.status, record.reason, record.warmup = "skipped", reason, 0
+
+
 def _time_group(
-    records: dict[str, Record], runners: dict[str, Runner], config: BenchConfig, sampler: MemorySampler
+    records: dict[Entry, Record], runners: dict[str, Runner], config: BenchConfig, sampler: MemorySampler
 ) -> None:
     """Warm up each contender, then alternate timed runs, rotating who goes first so drift hits all alike."""
-    live = [b for b, r in records.items() if r.status == "ok"]
-    for backend in list(live):
-        log.info("warm-up: %s, %s", records[backend].scenario.contender, _describe(records[backend].scenario))
+    live = [e for e, r in records.items() if r.status == "ok"]
+    for entry in list(live):
+        record = records[entry]
+        log.info("warm-up: %s, %s", record.scenario.contender, _describe(record.scenario))
         try:
             for i in range(config.warmup):
                 time.sleep(config.settle_seconds)
-                runners[backend].run(records[backend].scenario, seed=WARMUP_SEED + i)
+                runners[record.scenario.backend].run(record.scenario, seed=WARMUP_SEED + i)
         except Exception as exc:
-            _fail([records[backend]], f"warm-up failed: {type(exc).__name__}: {exc}")
-            live.remove(backend)
+            _fail([record], f"warm-up failed: {type(exc).__name__}: {exc}")
+            live.remove(entry)
     for i in range(config.runs):
         order = live[i % len(live) :] + live[: i % len(live)] if live else []
-        for backend in order:
-            record = records[backend]
+        for entry in order:
+            record = records[entry]
             if record.status != "ok":
                 continue
             time.sleep(config.settle_seconds)
             try:
                 with sampler.window() as window:
-                    sample = runners[backend].run(record.scenario, seed=RUN_SEED + i)
+                    sample = runners[record.scenario.backend].run(record.scenario, seed=RUN_SEED + i)
             except Exception as exc:
                 _fail([record], f"run {i + 1} failed: {type(exc).__name__}: {exc}")
                 continue

@@ -21,7 +21,7 @@ from PIL import Image
 from sdrt.bench.scenario import NEGATIVE_PROMPT, PROMPT, Scenario
 from sdrt.bench.weights import ContenderSpec
 from sdrt.runtime.control import Control
-from sdrt.runtime.timing import StageClock
+from sdrt.runtime.timing import UNET_SHALLOW, StageClock
 
 LOOP = "denoise"
 # sdrt component -> stage it is timed as
@@ -33,6 +33,7 @@ _SDRT_STAGES = {
     "vae_decoder": "vae_decode",
     "vae_encoder": "vae_encode",
 }
+SHALLOW = UNET_SHALLOW  # DeepCache's shallow UNet calls: a stage apart from the full ones ("unet")
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,20 @@ class Sample:
 
     total: float  # end to end, synchronized host clock
     text_encoder: float  # text encoder calls (both encoders for SDXL)
-    unet: float  # all UNet calls
+    unet: float  # all UNet calls (DeepCache's shallow ones included)
     unet_calls: int  # UNet calls made
     denoise: float  # start of the first UNet call to the end of the last denoising step
     steps: int  # denoising steps run
     vae_decode: float  # VAE decoder calls
     vae_encode: float = 0.0  # VAE encoder calls (img2img)
     controlnet: float = 0.0  # ControlNet calls, every net of the run
+    unet_shallow: float = 0.0  # DeepCache's shallow UNet calls (a part of `unet`)
+    unet_shallow_calls: int = 0  # of `unet_calls`, those that ran only DeepCache's shallow branch
+
+    @property
+    def unet_full_calls(self) -> int:
+        """UNet calls that ran the whole UNet: all of them without DeepCache, its full steps with it."""
+        return self.unet_calls - self.unet_shallow_calls
 
     @property
     def loop_overhead(self) -> float:
@@ -67,6 +75,10 @@ class Sample:
             "controlnet": self.controlnet,
             "unet": self.unet,
             "unet_per_call": self.unet / self.unet_calls if self.unet_calls else 0.0,
+            "unet_full_per_call": (self.unet - self.unet_shallow) / self.unet_full_calls
+            if self.unet_full_calls
+            else 0.0,
+            "unet_shallow_per_call": self.unet_shallow / self.unet_shallow_calls if self.unet_shallow_calls else 0.0,
             "scheduler_per_step": self.loop_overhead / self.steps if self.steps else 0.0,
             "vae_decode": self.vae_decode,
             "other": self.other,
@@ -124,6 +136,11 @@ class TimedEngine:
         self.ranges = engine.ranges
         self.device = engine.device
         self.clock, self.stage, self.before = clock, stage, before
+        if hasattr(engine, "sibling"):  # networks made on this one's module (DeepCache's) are timed too
+            self.sibling = self._sibling
+
+    def _sibling(self, module: Any, spec: Any) -> TimedEngine:
+        return TimedEngine(self.engine.sibling(module, spec), self.clock, _stage(spec), self.before)
 
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.before is not None:
@@ -155,37 +172,57 @@ class SdrtRunner:
         for model in self.pipe.models:
             for name, engine in list(model.engines.items()):
                 role = engine.spec.role
-                model.engines[name] = TimedEngine(engine, self.clock, _SDRT_STAGES[role], before.get(role))
+                model.engines[name] = TimedEngine(engine, self.clock, _stage(engine.spec), before.get(role))
         for path in self.controlnets:  # loaded now (not in the first timed run), their calls timed
             self.pipe.controlnets.wrap(path, lambda e: TimedEngine(e, self.clock, "controlnet", self.loop.begin))
+
+    def params(self, scenario: Scenario, seed: int) -> dict[str, Any]:
+        """The keywords of `Pipeline.generate` that run `scenario`."""
+        image = init_image(*scenario.input_size) if scenario.mode in ("img2img", "variation", "upscale") else None
+        return {
+            "negative_prompt": NEGATIVE_PROMPT,
+            "height": scenario.height,
+            "width": scenario.width,
+            "num_inference_steps": scenario.steps,
+            "guidance_scale": scenario.guidance_scale,
+            "seed": seed,
+            "num_images_per_prompt": scenario.batch,
+            "scheduler": scenario.scheduler,
+            "image": image,
+            "strength": scenario.strength,
+            "refiner_switch_at": scenario.refiner_switch_at,
+            "control": [
+                Control(path, image=control_map(scenario.width, scenario.height, i))
+                for i, path in enumerate(self.controlnets[: scenario.controlnets])
+            ],
+            "deep_cache": scenario.deep_cache,
+        }
+
+    def refusal(self, scenario: Scenario) -> str | None:
+        """Why this pipeline cannot run `scenario` (e.g. DeepCache on an artifact without its networks), or None."""
+        try:
+            self.pipe.check(self.pipe.request(PROMPT, **self.params(scenario, seed=0)))
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def run(self, scenario: Scenario, seed: int) -> Sample:
         self.clock.reset()
         self.loop.reset()
-        image = init_image(*scenario.input_size) if scenario.mode in ("img2img", "variation", "upscale") else None
+        params = self.params(scenario, seed)
         start = _synced_time(self.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # random weights may give NaN pixels
-            result = self.pipe.generate(
-                PROMPT,
-                negative_prompt=NEGATIVE_PROMPT,
-                height=scenario.height,
-                width=scenario.width,
-                num_inference_steps=scenario.steps,
-                guidance_scale=scenario.guidance_scale,
-                seed=seed,
-                num_images_per_prompt=scenario.batch,
-                scheduler=scenario.scheduler,
-                image=image,
-                strength=scenario.strength,
-                refiner_switch_at=scenario.refiner_switch_at,
-                control=[
-                    Control(path, image=control_map(scenario.width, scenario.height, i))
-                    for i, path in enumerate(self.controlnets[: scenario.controlnets])
-                ],  # fmt: skip
-            )
+            result = self.pipe.generate(PROMPT, **params)
         total = _synced_time(self.device) - start
-        return _sample(self.clock, total, result.timings.steps)
+        sample = _sample(self.clock, total, result.timings.steps)
+        if sample.unet_shallow_calls < result.timings.unet_shallow_calls:
+            raise RuntimeError(
+                f"the pipeline made {result.timings.unet_shallow_calls} DeepCache shallow UNet calls and the bench "
+                f"timed {sample.unet_shallow_calls}: this backend's DeepCache networks escape the bench's clock "
+                "(sdrt.bench.runners.TimedEngine)"
+            )
+        return sample
 
 
 class DiffusersRunner:
@@ -366,18 +403,31 @@ def _synced_time(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def _per(seconds: float, calls: int) -> float:
+    return seconds / calls if calls else 0.0
+
+
+def _stage(spec: Any) -> str:
+    """The stage an sdrt network's calls are timed in: by its role, DeepCache's shallow UNet apart."""
+    if spec.attributes.get("deep_cache_part") == "shallow":
+        return SHALLOW
+    return _SDRT_STAGES[spec.role]
+
+
 def _sample(clock: StageClock, total: float, steps: int) -> Sample:
     seconds, calls = clock.seconds, clock.calls
     return Sample(
         total=total,
         text_encoder=seconds.get("text_encoder", 0.0),
-        unet=seconds.get("unet", 0.0),
-        unet_calls=calls.get("unet", 0),
+        unet=seconds.get("unet", 0.0) + seconds.get(SHALLOW, 0.0),
+        unet_calls=calls.get("unet", 0) + calls.get(SHALLOW, 0),
         denoise=seconds.get(LOOP, 0.0),
         steps=steps,
         vae_decode=seconds.get("vae_decode", 0.0),
         vae_encode=seconds.get("vae_encode", 0.0),
         controlnet=seconds.get("controlnet", 0.0),
+        unet_shallow=seconds.get(SHALLOW, 0.0),
+        unet_shallow_calls=calls.get(SHALLOW, 0),
     )
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import math
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdrt.runtime.deep_cache import DeepCache
 
 # sdrt's backends a benchmark knows of; one that this sdrt lacks is listed as skipped, never faked
 SDRT_BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino")
@@ -44,8 +49,13 @@ class Scenario:
     strength: float | None = None  # img2img only: share of the schedule run, in (0, 1]
     refiner_switch_at: float | None = None  # base + refiner: share of the steps the base runs, in (0, 1)
     controlnets: int = 0  # ControlNet units per image, each a different ControlNet (0: none)
+    deep_cache: DeepCache | None = None  # sdrt only: DeepCache step caching (None: exact, every step the whole UNet)
 
     def __post_init__(self) -> None:
+        if self.deep_cache is not None:
+            object.__setattr__(self, "deep_cache", _deep_cache(self.deep_cache))
+            if self.backend in BASELINES:
+                raise ValueError(f"deep_cache is sdrt's: the {self.backend} baseline runs exact")
         _check_choice("family", self.family, FAMILIES)
         _check_int("controlnets", self.controlnets, minimum=0)
         _check_switch(self.refiner_switch_at)
@@ -89,8 +99,9 @@ class Scenario:
 
     @property
     def contender(self) -> str:
-        """Display name: "sdrt-onnxruntime", "diffusers", ..."""
-        return self.backend if self.is_baseline else f"sdrt-{self.backend}"
+        """Display name: "sdrt-onnxruntime", "sdrt-torch+deepcache-3:0", "diffusers", ..."""
+        name = self.backend if self.is_baseline else f"sdrt-{self.backend}"
+        return name if self.deep_cache is None else f"{name}+deepcache-{self.deep_cache.label()}"
 
     @property
     def size(self) -> str:
@@ -98,14 +109,17 @@ class Scenario:
 
     @property
     def group(self) -> tuple:
-        """What contenders share to be compared: everything but backend and dtype."""
+        """What contenders share to be compared: everything but backend, dtype and DeepCache (exact and cached runs of
+        one scenario side by side)."""
         return (
             self.model, self.width, self.height, self.batch, self.steps, self.mode, self.refiner_switch_at,
             self.controlnets,
         )  # fmt: skip
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"contender": self.contender}
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__} | {"contender": self.contender}
+        dc = self.deep_cache
+        return fields | {"deep_cache": None if dc is None else {"interval": dc.interval, "branch": dc.branch}}
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,9 @@ class BenchConfig:
     controlnets: tuple[Path, ...] = ()
     controlnet_models: tuple[Path, ...] = ()
     control_counts: tuple[int, ...] = (0,)
+    # DeepCache settings timed beside exact on every sdrt backend, each a contender of its own (a backend that
+    # cannot run one lists it as skipped, with why)
+    deep_caches: tuple[DeepCache, ...] = ()
     cold_start: bool = True  # measure load-to-first-image and engine builds in fresh processes
     # pause before every run: thread pools that spin-wait after a run (ONNX Runtime's, OpenMP's) would
     # otherwise take the CPU from the next contender (measured: 5 ms -> 100 ms on a 2-core machine)
@@ -186,6 +203,11 @@ class BenchConfig:
             _check_int("controlnets per image", count, minimum=0)
             if count > nets:
                 raise ValueError(f"{count} ControlNets per image, but {nets} are given (--controlnet)")
+        object.__setattr__(self, "deep_caches", tuple(_deep_cache(d) for d in self.deep_caches))
+        if len(set(self.deep_caches)) != len(self.deep_caches):
+            raise ValueError(f"deep_caches {[d.label() for d in self.deep_caches]} repeat a setting")
+        if self.deep_caches and not self.backends:
+            raise ValueError("deep_caches need an sdrt backend: the diffusers baselines run exact only")
         if self.device != "auto" and self.device.split(":")[0] not in DEVICES:
             raise ValueError(f"device {self.device!r} is not auto, cpu or cuda[:N]")
 
@@ -220,6 +242,8 @@ class BenchConfig:
             args += ["--controlnet-model", ",".join(map(str, self.controlnet_models))]
         if self.control_counts != (0,):
             args += ["--controlnets", ",".join(map(str, self.control_counts))]
+        if self.deep_caches:
+            args += ["--deep-cache", ",".join(d.label() for d in self.deep_caches)]
         args += ["--device", self.device] + ([] if self.cold_start else ["--no-cold-start"])
         return " ".join(shlex.quote(a) for a in args)
 
@@ -240,8 +264,29 @@ def parse_ints(name: str, text: str) -> tuple[int, ...]:
         raise ValueError(f"{name} {text!r} is not a comma-separated list of integers") from exc
 
 
+def parse_deep_caches(texts: list[str] | tuple[str, ...]) -> tuple[DeepCache, ...]:
+    """--deep-cache values, each one or a comma list of INTERVAL[:BRANCH]: ("3,5", "3:1") -> 3:0, 5:0, 3:1."""
+    from sdrt.runtime.deep_cache import parse_cli
+
+    return tuple(parse_cli(part.strip()) for text in texts for part in text.split(",") if part.strip())
+
+
 def model_label(path: str | os.PathLike) -> str:
     return Path(path).resolve().name
+
+
+def _deep_cache(value: object) -> DeepCache:
+    """A DeepCache, or one from a mapping of its fields (a scenario read back from JSON); ValueError otherwise."""
+    from sdrt.runtime.deep_cache import DeepCache
+
+    if isinstance(value, Mapping):
+        try:
+            return DeepCache(**value)
+        except TypeError as exc:
+            raise ValueError(f"deep_cache {dict(value)!r} is not interval and branch: {exc}") from None
+    if not isinstance(value, DeepCache):
+        raise ValueError(f"deep_cache {value!r} is not a DeepCache")
+    return value
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

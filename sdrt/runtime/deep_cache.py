@@ -22,7 +22,7 @@ from sdrt.excerpt import excerpt
 from sdrt.lazy import deferred
 from sdrt.params import Param, check_declared, declare, declared
 from sdrt.runtime.denoiser import Rows
-from sdrt.runtime.timing import StageClock
+from sdrt.runtime.timing import UNET, UNET_SHALLOW, StageClock
 
 if TYPE_CHECKING:
     import torch
@@ -110,7 +110,7 @@ class DeepCacheUNet:
         missing = [t for t in engine.spec.inputs if t.name not in given]
         if missing:  # residual inputs no ControlNet gave: zeros, which the UNet adds exactly
             given.update(_zeros(missing, rows))
-        with self.clock.stage("unet"):
+        with self.clock.stage(UNET if full else UNET_SHALLOW):
             out = call_in_chunks(engine, given)
         self.calls["full" if full else "shallow"] += 1
         if full:

@@ -12,7 +12,17 @@ from PIL import Image
 
 from sdrt.runtime.images import Parameters
 from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.timing import StageClock, Timings
+from sdrt.runtime.timing import (
+    CONTROLNET,
+    DENOISE,
+    TEXT_ENCODER,
+    UNET,
+    UNET_SHALLOW,
+    VAE_DECODE,
+    VAE_ENCODE,
+    StageClock,
+    Timings,
+)
 from sdrt.schedulers import sampler_label
 
 if TYPE_CHECKING:
@@ -25,7 +35,10 @@ NetworkFields = Callable[[GenerationRequest], Fields]  # a request's extra netwo
 _UNSAFE = str.maketrans("", "", ":,")  # the web UI drops these from the names in its hash lists
 
 # what adds up when a request's timings span several passes (the total is the passes' totals added, too)
-_ADDED = ("text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls", "controlnet")
+_ADDED = (
+    "text_encoder", "unet", "scheduler", "vae_decode", "vae_encode", "total", "steps", "unet_calls", "controlnet",
+    "unet_shallow", "unet_shallow_calls",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,17 +54,20 @@ class GenerationResult:
 
 def batch_timings(clock: StageClock, started: float, steps: int) -> Timings:
     """The timings of one batch's pass from its clock (`started`: perf_counter when it began)."""
-    s = clock.seconds
+    s, calls = clock.seconds, clock.calls
+    unet = s.get(UNET, 0.0) + s.get(UNET_SHALLOW, 0.0)
     return Timings(
-        text_encoder=s.get("text_encoder", 0.0),
-        unet=s.get("unet", 0.0),
-        scheduler=s.get("denoise", 0.0) - s.get("unet", 0.0) - s.get("controlnet", 0.0),
-        vae_decode=s.get("vae_decode", 0.0),
+        text_encoder=s.get(TEXT_ENCODER, 0.0),
+        unet=unet,
+        scheduler=s.get(DENOISE, 0.0) - unet - s.get(CONTROLNET, 0.0),
+        vae_decode=s.get(VAE_DECODE, 0.0),
         total=time.perf_counter() - started,
         steps=steps,
-        unet_calls=clock.calls.get("unet", 0),
-        vae_encode=s.get("vae_encode", 0.0),
-        controlnet=s.get("controlnet", 0.0),
+        unet_calls=calls.get(UNET, 0) + calls.get(UNET_SHALLOW, 0),
+        vae_encode=s.get(VAE_ENCODE, 0.0),
+        controlnet=s.get(CONTROLNET, 0.0),
+        unet_shallow=s.get(UNET_SHALLOW, 0.0),
+        unet_shallow_calls=calls.get(UNET_SHALLOW, 0),
     )
 
 

@@ -15,6 +15,16 @@ if TYPE_CHECKING:
 else:
     torch = deferred("torch")
 
+# The stages the runtime times (StageClock names; `Timings` adds them up per request):
+TEXT_ENCODER = "text_encoder"  # tokenization and text/image encoder calls
+VAE_ENCODE = "vae_encode"  # VAE encoder calls (image-to-image, inpainting)
+CONTROLNET = "controlnet"  # ControlNet calls, every net, every step it runs
+UNET = "unet"  # calls of the whole UNet: every call without DeepCache, DeepCache's full steps with it
+UNET_SHALLOW = "unet_shallow"  # DeepCache's shallow steps: only the branch's shallow part of the UNet runs
+DENOISE = "denoise"  # the whole denoising loop (UNet, ControlNet, scheduler and guidance)
+VAE_DECODE = "vae_decode"  # VAE decoder calls
+STAGES = (TEXT_ENCODER, VAE_ENCODE, CONTROLNET, UNET, UNET_SHALLOW, DENOISE, VAE_DECODE)
+
 
 def _no_sync() -> None:
     pass
@@ -109,7 +119,7 @@ class Timings:
     """Seconds spent per stage of one generation."""
 
     text_encoder: float  # tokenization and text encoder calls
-    unet: float  # all UNet calls
+    unet: float  # all UNet calls (DeepCache's shallow ones included)
     scheduler: float  # scheduler steps, guidance and other per-step runtime work
     vae_decode: float  # VAE decoder calls
     total: float  # end to end, including image conversion
@@ -117,6 +127,24 @@ class Timings:
     vae_encode: float = 0.0  # VAE encoder calls (image-to-image, inpainting)
     unet_calls: int = 0  # UNet evaluations: more than steps for PNDM's warm-up, Heun and DPM2 (two per step)
     controlnet: float = 0.0  # ControlNet calls (every ControlNet of the batch, every step it runs)
+    unet_shallow: float = 0.0  # DeepCache's shallow UNet calls (a part of `unet`)
+    unet_shallow_calls: int = 0  # of `unet_calls`, those that ran only DeepCache's shallow branch
+
+    @property
+    def unet_full_calls(self) -> int:
+        """UNet calls that ran the whole UNet (all of them without DeepCache)."""
+        return (self.unet_calls or self.steps) - self.unet_shallow_calls
+
+    @property
+    def unet_full_per_call(self) -> float:
+        """Seconds per call of the whole UNet."""
+        calls = self.unet_full_calls
+        return (self.unet - self.unet_shallow) / calls if calls else 0.0
+
+    @property
+    def unet_shallow_per_call(self) -> float:
+        """Seconds per DeepCache shallow call (0 without DeepCache)."""
+        return self.unet_shallow / self.unet_shallow_calls if self.unet_shallow_calls else 0.0
 
     @property
     def unet_per_call(self) -> float:
@@ -137,6 +165,11 @@ class Timings:
             *((("controlnet", self.controlnet),) if self.controlnet else ()),
             ("unet total", self.unet),
             ("unet per call", self.unet_per_call),
+            *(
+                (("unet per full call", self.unet_full_per_call), ("unet per shallow call", self.unet_shallow_per_call))
+                if self.unet_shallow_calls
+                else ()
+            ),
             ("scheduler + overhead", self.scheduler),
             ("vae decode", self.vae_decode),
             ("other (setup, image conversion)", self.other),

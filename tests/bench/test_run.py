@@ -20,6 +20,8 @@ STAGES = {
     "controlnet",
     "unet",
     "unet_per_call",
+    "unet_full_per_call",
+    "unet_shallow_per_call",
     "scheduler_per_step",
     "vae_decode",
     "other",

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from benchmarks.suite import _stale, _update_readme, suites
 from sdrt.export import ExportConfig
+from sdrt.runtime.deep_cache import DeepCache
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_an_artifact_is_re_exported_only_when_missing_or_different(artifact, demo_model, tmp_path):
@@ -37,6 +47,8 @@ def test_the_suites_time_what_the_issue_asks():
         ("tiny", ((128, 128),), (1,), 20, None),  # ControlNet: none, one and two nets
         ("sd15", ((256, 256),), (1,), 4, None),  # one and two full-size ControlNets against diffusers'
         ("x4", ((512, 512),), (1,), 4, None),  # the x4 upscaler, 128x128 in, against diffusers' pipeline
+        ("sd15", ((256, 256),), (1,), 20, None),  # DeepCache: exact vs intervals 3 and 5, one run
+        ("sdxl-small", ((256, 256),), (1,), 20, None),
     ]
     assert cpu[6].mode == "upscale" and cpu[6].export.max_size == 512
     assert [(m.controlnets, m.control_counts) for m in cpu[4:6]] == [
@@ -52,7 +64,28 @@ def test_the_suites_time_what_the_issue_asks():
         ("sdxl", ((1024, 1024),), (1,), 30, "sdxl-refiner", 0.8),
         ("unclip", ((768, 768),), (1,), 20, None, None),
         ("sd15", ((512, 512),), (1,), 50, None, None),  # with one ControlNet
+        ("sd15", ((512, 512),), (1,), 50, None, None),  # DeepCache
+        ("sdxl", ((1024, 1024),), (1,), 30, None, None),  # DeepCache
     ]
+    intervals = (DeepCache(3, 0), DeepCache(5, 0))
+    assert [m.deep_caches for m in cpu[7:]] == [intervals] * 2 and [m.deep_caches for m in gpu[5:]] == [intervals] * 2
+    assert not any(m.deep_caches for m in cpu[:7] + gpu[:5])
     assert gpu[4].controlnets == ("sd15-controlnet",) and gpu[4].control_counts == (1,)
     assert gpu[0].export.max_batch == 8  # throughput up to batch 8 needs an artifact that takes it
     assert suites(artifact_on_gpu=False)["gpu"][0].export is None  # nothing would run an export
+
+
+@pytest.mark.parametrize("script", ["cpu.sh", "gpu.sh"])
+def test_the_scripts_dry_run_without_a_gpu(script):
+    """Each script's bench commands are built and checked (gpu.sh cannot run here: this is what checks it)."""
+    env = os.environ | {"PY": sys.executable, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / script), "--dry-run"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    commands = done.stdout.splitlines()
+    assert len(commands) == (9 if script == "cpu.sh" else 7) and all(c.startswith("sdrt bench ") for c in commands)
+    cached = [c for c in commands if "--deep-cache" in c]
+    size, steps = ("256x256", "20") if script == "cpu.sh" else ("512x512", "50")
+    assert len(cached) == 2 and all("--deep-cache 3:0,5:0" in c and "--backend torch" in c for c in cached)
+    assert f"--sizes {size} --batch 1 --steps {steps}" in cached[0]
