@@ -173,8 +173,18 @@ class SdrtRunner:
             for name, engine in list(model.engines.items()):
                 role = engine.spec.role
                 model.engines[name] = TimedEngine(engine, self.clock, _stage(engine.spec), before.get(role))
+            if model.load_deep_cache is not None:  # an artifact's DeepCache graphs, loaded on first use: timed too
+                model.load_deep_cache = self._timed_loader(model.load_deep_cache, before["denoiser"])
         for path in self.controlnets:  # loaded now (not in the first timed run), their calls timed
             self.pipe.controlnets.wrap(path, lambda e: TimedEngine(e, self.clock, "controlnet", self.loop.begin))
+
+    def _timed_loader(
+        self, load: Callable[[int], Mapping[str, Any]], before: Callable[[], None]
+    ) -> Callable[[int], dict[str, TimedEngine]]:
+        def timed(branch: int) -> dict[str, TimedEngine]:
+            return {name: TimedEngine(e, self.clock, _stage(e.spec), before) for name, e in load(branch).items()}
+
+        return timed
 
     def params(self, scenario: Scenario, seed: int) -> dict[str, Any]:
         """The keywords of `Pipeline.generate` that run `scenario`."""

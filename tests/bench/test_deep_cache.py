@@ -124,3 +124,27 @@ def test_a_backend_that_cannot_run_deep_cache_lists_it_as_skipped(artifact, demo
     assert cached.scenario.contender == "sdrt-onnxruntime+deepcache-2:0"
     assert not result.failures()
     assert f"sdrt-onnxruntime+deepcache-2:0  interval 2, branch 0  skipped: {cached.reason}" in format_table(result)
+
+
+def test_an_artifacts_deep_cache_graphs_are_timed(deep_cache_artifacts, demo_model):
+    # onnxruntime loads the branch's graphs on first use (Model.load_deep_cache): their calls are timed too
+    config = BenchConfig(
+        path=deep_cache_artifacts["sd1"],
+        model=demo_model,
+        backends=("onnxruntime",),
+        baselines=(),
+        sizes=((64, 64),),
+        steps=STEPS,
+        runs=1,
+        warmup=0,
+        device="cpu",
+        cold_start=False,
+        deep_caches=(DeepCache(3, 1),),
+    )
+    result = run_bench(config)
+    assert not result.failures()
+    exact, cached = result.records
+    assert exact.status == "ok" and cached.status == "ok"
+    (sample,) = cached.samples
+    assert (sample.unet_calls, sample.unet_shallow_calls) == (STEPS, 4)
+    assert sample.unet > sample.unet_shallow > 0
