@@ -64,11 +64,17 @@ class SuiteModel:
 
 def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
     """The suites; the GPU one exports SD 1.5 only when a backend can run the export there (else nothing would)."""
-    gpu_sd15 = ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512) if artifact_on_gpu else None
-    cpu_sd15 = ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256)
+    # the SD 1.5 and SDXL-small artifacts carry DeepCache's branch-0 graphs (`--deep-cache 0`) for the rows below
+    gpu_sd15 = (
+        ExportConfig(max_batch=8, min_size=512, max_size=512, opt_size=512, deep_cache=(0,))
+        if artifact_on_gpu
+        else None
+    )
+    cpu_sd15 = ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256, deep_cache=(0,))
+    cpu_sdxl_small = ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256, deep_cache=(0,))
     demo = ExportConfig(max_batch=4, min_size=64, max_size=256, opt_size=128)
-    # DeepCache (issue 23) on the torch backend, exact against intervals 3 and 5 at branch 0, in one run; the engine
-    # backends run it from artifacts exported with --deep-cache, which these rows do not make yet
+    # DeepCache (issue 23): exact against intervals 3 and 5 at branch 0, in one run, on onnxruntime (the artifact's
+    # graphs) and torch (the UNet's own module); TensorRT on the GPU. Not every backend: each holds two UNets then.
     deep_cache = (DeepCache(3, 0), DeepCache(5, 0))
     return {
         # the 2-core machine: the tiny demo model (batch 1 to 4), full-size SD 1.5 at 256x256 with 4 steps, and
@@ -76,9 +82,8 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
         "cpu": (
             SuiteModel("demo", "tiny", demo, ((128, 128),), (1, 2, 4), steps=20, runs=5, warmup=1),
             SuiteModel("sd15-random", "sd15", cpu_sd15, ((256, 256),), (1,), steps=4, runs=3, warmup=1),
-            SuiteModel("sdxl-small-random", "sdxl-small",
-                       ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=256),
-                       ((256, 256),), (1,), steps=4, runs=3, warmup=1),
+            SuiteModel("sdxl-small-random", "sdxl-small", cpu_sdxl_small, ((256, 256),), (1,), steps=4, runs=3,
+                       warmup=1),
             SuiteModel("unclip-demo", "unclip-tiny", ExportConfig(max_batch=1, min_size=64, max_size=256, opt_size=128),
                        ((128, 128),), (1,), steps=20, runs=5, warmup=1, mode="variation"),
             # ControlNet: none, one and two nets per image, every backend on the demo model; one and two on the
@@ -93,10 +98,10 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
             SuiteModel("x4-random", "x4", ExportConfig(max_batch=1, min_size=256, max_size=512, opt_size=512),
                        ((512, 512),), (1,), steps=4, runs=3, warmup=1, mode="upscale"),
             # DeepCache: full-size SD 1.5 and SDXL-small at 256x256, 20 steps, exact vs intervals 3 and 5
-            SuiteModel("sd15-random", "sd15", None, ((256, 256),), (1,), steps=20, runs=3, warmup=1,
-                       backends=("torch",), baselines=(), deep_caches=deep_cache),
-            SuiteModel("sdxl-small-random", "sdxl-small", None, ((256, 256),), (1,), steps=20, runs=3, warmup=1,
-                       backends=("torch",), baselines=(), deep_caches=deep_cache),
+            SuiteModel("sd15-random", "sd15", cpu_sd15, ((256, 256),), (1,), steps=20, runs=3, warmup=1,
+                       backends=("onnxruntime", "torch"), baselines=(), deep_caches=deep_cache),
+            SuiteModel("sdxl-small-random", "sdxl-small", cpu_sdxl_small, ((256, 256),), (1,), steps=20, runs=3,
+                       warmup=1, backends=("onnxruntime", "torch"), baselines=(), deep_caches=deep_cache),
         ),
         # one H100/H200: SD 1.5 at 512x512, 50 steps, batch 1 and 8; SDXL base at 1024x1024, 30 steps, batch 1,
         # alone and with its refiner from 0.8
@@ -111,8 +116,8 @@ def suites(artifact_on_gpu: bool) -> dict[str, tuple[SuiteModel, ...]]:
                        controlnets=("sd15-controlnet",), control_counts=(1,)),
             # DeepCache: SD 1.5 at 512x512, 50 steps (the paper's setting) and SDXL base at 1024x1024, 30 steps, exact
             # vs intervals 3 and 5
-            SuiteModel("sd15-random", "sd15", None, ((512, 512),), (1,), steps=50, runs=3, warmup=1,
-                       backends=("torch",), baselines=(), deep_caches=deep_cache),
+            SuiteModel("sd15-random", "sd15", gpu_sd15, ((512, 512),), (1,), steps=50, runs=3, warmup=1,
+                       backends=("tensorrt", "torch"), baselines=(), deep_caches=deep_cache),
             SuiteModel("sdxl-random", "sdxl", None, ((1024, 1024),), (1,), steps=30, runs=3, warmup=1,
                        backends=("torch",), baselines=(), deep_caches=deep_cache),
         ),

@@ -72,6 +72,9 @@ def test_the_suites_time_what_the_issue_asks():
     assert not any(m.deep_caches for m in cpu[:7] + gpu[:5])
     assert gpu[4].controlnets == ("sd15-controlnet",) and gpu[4].control_counts == (1,)
     assert gpu[0].export.max_batch == 8  # throughput up to batch 8 needs an artifact that takes it
+    # the artifacts the DeepCache rows run on carry the branch-0 graphs
+    assert cpu[1].export.deep_cache == cpu[2].export.deep_cache == gpu[0].export.deep_cache == (0,)
+    assert cpu[7].export is cpu[1].export and cpu[8].export is cpu[2].export
     assert suites(artifact_on_gpu=False)["gpu"][0].export is None  # nothing would run an export
 
 
@@ -87,5 +90,7 @@ def test_the_scripts_dry_run_without_a_gpu(script):
     assert len(commands) == (9 if script == "cpu.sh" else 7) and all(c.startswith("sdrt bench ") for c in commands)
     cached = [c for c in commands if "--deep-cache" in c]
     size, steps = ("256x256", "20") if script == "cpu.sh" else ("512x512", "50")
-    assert len(cached) == 2 and all("--deep-cache 3:0,5:0" in c and "--backend torch" in c for c in cached)
+    backends = "--backend onnxruntime,torch" if script == "cpu.sh" else "--backend tensorrt,torch"
+    assert len(cached) == 2 and all("--deep-cache 3:0,5:0" in c for c in cached)
+    assert backends in cached[0] and (backends in cached[1]) == (script == "cpu.sh")
     assert f"--sizes {size} --batch 1 --steps {steps}" in cached[0]
