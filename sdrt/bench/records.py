@@ -43,6 +43,7 @@ class Record:
     vs_baseline: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline contender -> comparison
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)  # machine, versions, gpu, timing method
+    unet_peak: dict[str, Any] | None = None  # CPU: FLOPs of a UNet call and its share of the FMA peak (bench.peak)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -114,6 +115,7 @@ class Record:
             "cold_start_error": self.cold_start_error,
             "vs_baseline": self.vs_baseline,
             "notes": self.notes,
+            "unet_fma_peak": self.unet_peak,
             "samples": [s.to_json() for s in self.samples],
             **self.environment,
         }
