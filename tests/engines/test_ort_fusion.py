@@ -62,3 +62,20 @@ def test_engine_build_fuses_the_cpu_unet_only_when_asked_and_keys_the_cache(fres
     (name,) = out_fused
     scale = max(1.0, float(out_plain[name].abs().max()))
     assert (out_fused[name] - out_plain[name]).abs().max().item() < 1e-4 * scale
+
+
+def test_fused_unet_images_match_diffusers(fresh_artifact, diffusers_pipe):
+    """With fusions=True the pipeline's images stay within the parity tests' tolerance of diffusers'."""
+    from sdrt import Pipeline
+    from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
+
+    pipe = Pipeline.load(fresh_artifact, backend="onnxruntime", fusions=True)
+    prompt, negative = "a photo of an astronaut riding a horse", "blurry, low quality"
+    size = {"height": HEIGHT, "width": WIDTH, "num_inference_steps": STEPS}
+    ours = pipe.generate(prompt, negative_prompt=negative, **size, guidance_scale=7.5, seed=123)
+    diffusers_pipe.scheduler = diffusers_pipe.original_scheduler
+    theirs = diffusers_pipe(
+        [prompt], negative_prompt=[negative], **size, guidance_scale=7.5,
+        generator=[torch.Generator("cpu").manual_seed(123)],
+    ).images  # fmt: skip
+    assert_images_close(ours.images, theirs)
