@@ -183,12 +183,11 @@ def profile(artifact: Path, name: str, size: int, rows: int) -> dict[str, Any]:
     if variant.backend != "onnxruntime":
         raise ValueError(f"--profile takes an ONNX Runtime variant, not {name} ({variant.backend})")
     feeds, _ = _inputs(artifact, size, rows)
-    prefix = str(Path(tempfile.mkdtemp(prefix="sdrt-unet-profile-")) / "profile")
-    call, session = _ort_session(artifact, variant.options, profile=prefix)
-    call(feeds)
-    call(feeds)
-    path = session.end_profiling()
-    events = json.loads(Path(path).read_text())
+    with tempfile.TemporaryDirectory(prefix="sdrt-unet-profile-") as scratch:
+        call, session = _ort_session(artifact, variant.options, profile=str(Path(scratch) / "profile"))
+        call(feeds)
+        call(feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
     runs = [e for e in events if e.get("name") == "model_run"]
     last_run = runs[-1]
     begin, end = last_run["ts"], last_run["ts"] + last_run["dur"]
