@@ -44,6 +44,7 @@ class Record:
     vs_exact: dict[str, Any] | None = None  # a DeepCache scenario against its backend's exact one (deep_cache.py)
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)  # machine, versions, gpu, timing method
+    unet_peak: dict[str, Any] | None = None  # CPU: FLOPs of a UNet call and its share of the FMA peak (bench.peak)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -119,6 +120,7 @@ class Record:
             "vs_baseline": self.vs_baseline,
             "vs_exact": self.vs_exact,
             "notes": self.notes,
+            "unet_fma_peak": self.unet_peak,
             "samples": [s.to_json() for s in self.samples],
             **self.environment,
         }

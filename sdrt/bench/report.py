@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sdrt.bench.deep_cache import deep_cache_table
+from sdrt.bench.peak import peak_line
 from sdrt.bench.records import Record
 from sdrt.bench.run import BenchResult
 from sdrt.files import atomic_file
@@ -35,6 +36,8 @@ def format_table(result: BenchResult, markdown: bool = False) -> str:
             out += ["DeepCache against exact, per sdrt backend (medians; calls per run):", "", cached, ""]
         slower = _slower_lines(group)
         out += [f"- {line}" if markdown else f"  {line}" for line in slower] + ([""] if slower else [])
+        peak = peak_line(group)
+        out += [peak, ""] if peak else []
     throughput = _throughput_table(records, markdown)
     if throughput:
         out += ["Throughput, images per second (batch / median end-to-end time):", "", throughput, ""]

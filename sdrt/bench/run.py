@@ -16,6 +16,7 @@ from sdrt.bench.coldstart import measure_cold_start
 from sdrt.bench.deep_cache import attach_exact
 from sdrt.bench.machine import gpu_info, machine_info, versions
 from sdrt.bench.memory import MemorySampler
+from sdrt.bench.peak import annotate as annotate_peak
 from sdrt.bench.records import MEMORY_MEANING, SCHEMA, Record, attach_comparisons
 from sdrt.bench.runners import Runner, load_runner
 from sdrt.bench.scenario import BASELINES, BenchConfig, Scenario
@@ -190,6 +191,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
     ordered = [records[(e, g)] for g in groups for e in entries]
     attach_comparisons(ordered)
     attach_exact(ordered)
+    if not device.startswith("cuda") and weights.artifact is not None:  # the UNet against the FMA peak
+        annotate_peak(ordered, weights.artifact)
     for record in ordered:
         record.notes.extend(notes)
     return BenchResult(ordered, notes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BACKEND = "onnxruntime"
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+FUSIONS = "ort-transformers-unet-cpu/1"  # in the cache key of a fused engine: bump when ort_fusion's choice changes
 # IO binding takes numpy element types
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64}
 
@@ -55,6 +57,7 @@ class OnnxRuntimeOptions:
     max_cuda_graphs: int = DEFAULT_MAX_GRAPHS  # graphs per engine; further shapes run without one (run-time only)
     tf32: bool = False  # CUDA only: let fp32 math use TF32 (faster, not fp32-exact; ONNX Runtime's default is on)
     cache_dir: str | None = None  # engine cache outside the artifact (default $SDRT_CACHE_DIR, else the artifact)
+    fusions: bool = False  # CPU: fuse the UNet's attention/LayerNorm/GELU first (ort_fusion; slower here: off)
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:
@@ -98,13 +101,14 @@ def options(**kwargs) -> OnnxRuntimeOptions:
     return opts
 
 
-def cache_key(onnx_file: OnnxFile, opts: OnnxRuntimeOptions, artifact: Path, name: str = "") -> str:
+def cache_key(onnx_file: OnnxFile, opts: OnnxRuntimeOptions, artifact: Path, name: str = "", fuse: bool = False) -> str:
     """Hash of everything the optimized model depends on: ONNX bytes, settings, library version, hardware."""
     import onnxruntime as ort
 
     return json_sha256(
         {
             **onnx_digests(artifact, name, onnx_file),
+            **({"fusions": FUSIONS} if fuse else {}),
             "optimization": opts.optimization,
             "provider": opts.torch_device.type,
             "onnxruntime": ort.__version__,
@@ -121,8 +125,8 @@ def build(path: str | os.PathLike, manifest: Networks, opts: OnnxRuntimeOptions)
     opts.providers()  # fail on a missing execution provider before hashing gigabytes
     cache = EngineCache.for_artifact(artifact, opts.cache_dir)
     records = []
-    for name in manifest.components:
-        engine = _engine(cache, artifact, name, manifest.files[name], opts)
+    for name, spec in manifest.components.items():
+        engine = _engine(cache, artifact, name, manifest.files[name], opts, _fuses(spec, opts))
         records.append(BuildRecord(name, engine.record["key"], str(engine.path), engine.reused, engine.seconds))
     return records
 
@@ -135,7 +139,7 @@ def load(path: str | os.PathLike, manifest: Networks, opts: OnnxRuntimeOptions) 
     cache = EngineCache.for_artifact(artifact, opts.cache_dir)
     engines = {}
     for name, spec in manifest.components.items():
-        engine = _engine(cache, artifact, name, manifest.files[name], opts)
+        engine = _engine(cache, artifact, name, manifest.files[name], opts, _fuses(spec, opts))
         # Only the UNet (and ControlNets) run every step; the others run once per generation, where launch
         # overhead is noise.
         cuda_graphs = opts.cuda_graphs and spec.role in ("denoiser", "controlnet") and _graphs_possible(engine, name)
@@ -297,7 +301,14 @@ class CudaGraphBindings:
         return {name: tensor.clone() for name, tensor in outputs.items()}
 
 
-def _engine(cache: EngineCache, root: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntimeOptions) -> CachedEngine:
+def _fuses(spec: ComponentSpec, opts: OnnxRuntimeOptions) -> bool:
+    """Whether a component's graph goes through the UNet fusions first: the CPU denoiser, when `fusions` is on."""
+    return opts.fusions and opts.torch_device.type == "cpu" and spec.role == "denoiser"
+
+
+def _engine(
+    cache: EngineCache, root: Path, name: str, onnx_file: OnnxFile, opts: OnnxRuntimeOptions, fuse: bool = False
+) -> CachedEngine:
     """The optimized graph of one component (under `root`) from the engine cache, built when missing or damaged."""
     import onnxruntime as ort
 
@@ -308,16 +319,35 @@ def _engine(cache: EngineCache, root: Path, name: str, onnx_file: OnnxFile, opts
         if onnx_file.external_data:
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ONNX_DATA_FILE)
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        ort.InferenceSession(str(root / onnx_file.path), so, providers=opts.providers())
+        source, fused = root / onnx_file.path, {}
+        if fuse:
+            source, fused = _fused_source(root / onnx_file.path, tmp / "fused", name)
+        ort.InferenceSession(str(source), so, providers=opts.providers())
+        shutil.rmtree(tmp / "fused", ignore_errors=True)  # the engine is the optimized graph alone
         return {
             "optimization": opts.optimization,
             "provider": opts.torch_device.type,
+            "fused": fused,
             "memcpy_nodes": _memcpy_nodes(tmp / ONNX_FILE),
         }
 
-    key = cache_key(onnx_file, opts, root, name)
-    what = f"{BACKEND} engine for {name} (optimization {opts.optimization})"
+    key = cache_key(onnx_file, opts, root, name, fuse)
+    what = f"{BACKEND} engine for {name} (optimization {opts.optimization}{', fused' if fuse else ''})"
     return ensure_engine(cache, BACKEND, name, key, {"onnxruntime": ort.__version__}, optimize, what=what)
+
+
+def _fused_source(source: Path, out_dir: Path, name: str) -> tuple[Path, dict[str, int]]:
+    """The UNet fusions' graph of `source` in `out_dir` and the fused op counts; `source` itself where they fail."""
+    from sdrt.engines.ort_fusion import fuse_unet
+
+    try:
+        fused = fuse_unet(source, out_dir)
+    except Exception as exc:  # the optimizer's pattern matchers raise anything on graphs they do not expect
+        log.warning(
+            "%s: ONNX Runtime's UNet fusions failed (%s: %s); building it unfused", name, type(exc).__name__, exc
+        )
+        return source, {}
+    return out_dir / ONNX_FILE, fused
 
 
 def _memcpy_nodes(path: Path) -> int:

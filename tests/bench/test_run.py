@@ -134,6 +134,26 @@ def test_table_lists_every_contender_and_why_some_did_not_run(result):
     assert "| contender | dtype | text enc ms |" in markdown and "|---|---|---:|" in markdown
 
 
+def test_cpu_tables_print_the_unet_share_of_the_fma_peak(result, artifact, tmp_path):
+    from sdrt.bench.peak import fma_peak, onnx_flops, unet_shapes
+
+    text = format_table(result)
+    assert "UNet per call as a share of the CPU's FMA peak" in text and fma_peak().method in text
+    graph = artifact / "unet" / "model.onnx"
+    for batch in (1, 2):
+        for name in ("sdrt-onnxruntime", "sdrt-openvino", "sdrt-torch", "diffusers"):
+            peak = _by(result, name, batch).unet_peak
+            # guidance: 2 rows per image; the share is the FLOPs over the median UNet call time over the peak
+            assert peak["flops_per_call"] == onnx_flops(graph, unet_shapes(artifact, 64, 64, rows=2 * batch))
+            seconds = _by(result, name, batch).summaries()["unet_per_call"].median
+            assert peak["fraction"] == pytest.approx(peak["flops_per_call"] / seconds / fma_peak().flops_per_second)
+            assert f"{name} {peak['fraction'] * 100:.0f}%" in text
+        assert _by(result, "sdrt-tensorrt", batch).unet_peak is None  # skipped: nothing timed
+    write_json(result, tmp_path / "bench.json")
+    record = json.loads((tmp_path / "bench.json").read_text())["records"][0]
+    assert record["unet_fma_peak"]["fma_peak"]["method"] == fma_peak().method
+
+
 def test_plot_writes_a_png(result, tmp_path):
     out = tmp_path / "chart.png"
     plot(result.records, out)
