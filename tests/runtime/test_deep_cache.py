@@ -253,3 +253,38 @@ def np_image(result):
     import numpy as np
 
     return np.asarray(result.images[0])
+
+
+def test_a_server_batch_with_and_without_deep_cache_gives_solo_images(torch_pipes):
+    """Requests with and without DeepCache submitted together to the server's batcher: each setting batches apart
+    (its plan's key), requests of one setting share a batch, and every image is the request's solo image."""
+    import asyncio
+
+    from sdrt.serve.batcher import Batcher
+
+    pipe = torch_pipes["sd1"]
+    settings = (None, DeepCache(2, 0), None, DeepCache(2, 0), DeepCache(3, 1))
+    requests = [
+        pipe.request(PROMPT if i % 2 else "a castle", **SIZE, num_inference_steps=STEPS, seed=20 + i, deep_cache=dc)
+        for i, dc in enumerate(settings)
+    ]
+    batches: list[list[int]] = []
+
+    def run_pass(batch):
+        batches.append([requests.index(r) for r in batch])
+        return pipe.run_pass(batch)
+
+    async def serve():
+        batcher = Batcher(run_pass, max_images=4, max_wait=0.5, max_queue=16)
+        await batcher.start()
+        jobs = [batcher.submit(r, r.plan.key) for r in requests]
+        results = await asyncio.gather(*(job.future for job in jobs))
+        await batcher.drain()
+        return [job.result for job in results]
+
+    served = asyncio.run(serve())
+    assert sorted(sorted(b) for b in batches) == [[0, 2], [1, 3], [4]]  # one batch per setting
+    # within the batching bound of tests/runtime/test_batching.py: a batch of 4 UNet rows against 2 changes float
+    # rounding in the kernels, not what is computed
+    for request, result in zip(requests, served, strict=True):
+        assert_images_close(result.images, pipe.run_batch([request])[0].images)
