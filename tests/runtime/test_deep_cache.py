@@ -11,27 +11,9 @@ import torch
 
 from sdrt.deep_cache_unet import FEATURE, DeepCacheUNetModule, branch_of, branches, deep_cache_specs
 from sdrt.runtime.deep_cache import DeepCache, parse_cli
-from sdrt.schedulers import make_scheduler
 from tests.conftest import RANGES
 from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
-
-helper_module = pytest.importorskip(
-    "DeepCache", reason="the reference is the authors' DeepCache package (requirements-nodeps.txt installs it)"
-)
-SIZE = {"height": HEIGHT, "width": WIDTH}
-PROMPT, NEGATIVE = "a photo of an astronaut riding a horse", "blurry"
-
-
-def with_helper(pipe, interval: int, branch: int, scheduler: str | None, seed: int, **kwargs):
-    """diffusers' images with the authors' helper enabled on the pipeline (a fresh scheduler, as sdrt makes)."""
-    pipe.scheduler = make_scheduler(scheduler, pipe.original_scheduler.config) if scheduler else pipe.original_scheduler
-    helper = helper_module.DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=interval, cache_branch_id=branch)
-    helper.enable()
-    try:
-        return pipe(**kwargs, generator=[torch.Generator("cpu").manual_seed(seed)]).images
-    finally:
-        helper.disable()
+from tests.runtime.deep_cache_reference import NEGATIVE, PROMPT, SIZE, helper_module, with_helper
 
 
 @pytest.fixture(scope="module")

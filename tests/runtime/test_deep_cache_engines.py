@@ -8,35 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from sdrt.runtime.deep_cache import DeepCache
-from tests.runtime.compare import HEIGHT, STEPS, WIDTH, assert_images_close
+from tests.runtime.compare import STEPS, assert_images_close
+from tests.runtime.deep_cache_reference import NEGATIVE, PROMPT, SIZE, with_helper
 
-helper_module = pytest.importorskip(
-    "DeepCache", reason="the reference is the authors' DeepCache package (requirements-nodeps.txt installs it)"
-)
-SIZE = {"height": HEIGHT, "width": WIDTH}
-PROMPT, NEGATIVE = "a photo of an astronaut riding a horse", "blurry"
 # per model: the sampler, seed and what else the reference pipeline needs to match sdrt's defaults
 SETTINGS = {
     "sd1": ("dpmpp_2m", 4, {"negative_prompt": NEGATIVE}, {"negative_prompt": NEGATIVE}),
     "sdxl": ("euler_a", 5, {}, {"guidance_scale": 5.0}),
 }
-
-
-def with_helper(pipe, interval: int, branch: int, scheduler: str, seed: int, **kwargs):
-    """diffusers' images with the authors' helper enabled on the pipeline (a fresh scheduler, as sdrt makes)."""
-    from sdrt.schedulers import make_scheduler
-
-    pipe.scheduler = make_scheduler(scheduler, pipe.original_scheduler.config)
-    helper = helper_module.DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=interval, cache_branch_id=branch)
-    helper.enable()
-    try:
-        return pipe(**kwargs, generator=[torch.Generator("cpu").manual_seed(seed)]).images
-    finally:
-        helper.disable()
 
 
 @pytest.fixture(scope="module")
