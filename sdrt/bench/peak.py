@@ -241,7 +241,8 @@ def annotate(records: Sequence[Record], artifact: str | os.PathLike) -> None:
         s = record.scenario
         if s.device != "cpu" or not record.ok or s.controlnets:  # (a ControlNet's own calls are not counted)
             continue
-        seconds = record.summaries()["unet_per_call"].median
+        # a DeepCache run's calls mix whole-UNet and shallow ones: its whole (full-network) calls do the UNet's FLOPs
+        seconds = record.summaries()["unet_full_per_call" if s.deep_cache else "unet_per_call"].median
         if seconds <= 0:
             continue
         rows = s.batch * (2 if s.guidance_scale > 1 else 1)
@@ -262,6 +263,7 @@ def peak_line(group: Sequence[Record]) -> str | None:
     first = marked[0].unet_peak
     shares = ", ".join(f"{r.scenario.contender} {r.unet_peak['fraction'] * 100:.0f}%" for r in marked)
     return (
-        f"UNet per call as a share of the CPU's FMA peak ({first['flops_per_call'] / 1e9:.1f} GFLOP per call): "
+        f"UNet per call as a share of the CPU's FMA peak ({first['flops_per_call'] / 1e9:.1f} GFLOP per call; "
+        "DeepCache runs: their whole-UNet calls): "
         f"{shares}; {first['fma_peak']['method']}"
     )

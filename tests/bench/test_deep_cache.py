@@ -148,3 +148,10 @@ def test_an_artifacts_deep_cache_graphs_are_timed(deep_cache_artifacts, demo_mod
     (sample,) = cached.samples
     assert (sample.unet_calls, sample.unet_shallow_calls) == (STEPS, 4)
     assert sample.unet > sample.unet_shallow > 0
+    # the FMA-peak share of a DeepCache run is its whole-UNet calls' (the shallow ones would inflate it)
+    from sdrt.bench.peak import fma_peak, fraction_of_peak
+
+    full = cached.summaries()["unet_full_per_call"].median
+    want = fraction_of_peak(cached.unet_peak["flops_per_call"], full, fma_peak())
+    assert cached.unet_peak["fraction"] == pytest.approx(want)
+    assert cached.unet_peak["flops_per_call"] == exact.unet_peak["flops_per_call"]
