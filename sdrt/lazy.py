@@ -39,10 +39,14 @@ class DeferredModule:
         self._module: Any = None
 
     def __getattr__(self, attribute: str) -> Any:
-        # called only for names not on the proxy itself: everything the real module has
+        # called only for names not on the proxy itself: the first read of each of the real module's names, which is
+        # then kept on the proxy, so later reads (the denoising loop's) are plain attribute reads. A name the module
+        # rebinds after that first read is not seen again: torch's public names are not rebound.
         if self._module is None:
             self._module = importlib.import_module(self._name)
-        return getattr(self._module, attribute)
+        value = getattr(self._module, attribute)
+        self.__dict__[attribute] = value
+        return value
 
     def __repr__(self) -> str:
         state = "imported" if self._module is not None else "not imported yet"

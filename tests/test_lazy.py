@@ -15,6 +15,7 @@ def test_a_deferred_module_imports_on_first_use(tmp_path, monkeypatch):
     assert "sdrt_lazy_probe" not in sys.modules
     assert "not imported yet" in repr(probe)
     assert probe.VALUE == 42 and probe.double(4) == 8
+    assert vars(probe)["VALUE"] == 42  # kept on the proxy: the next read does not ask the module again
     assert sys.modules["sdrt_lazy_probe"].VALUE == 42
     assert "imported" in repr(probe) and "not imported" not in repr(probe)
     with pytest.raises(AttributeError, match="nothing_here"):

@@ -104,20 +104,7 @@ def test_exact_and_deep_cache_side_by_side(demo_model, tmp_path, capsys):
 
 
 def test_a_backend_that_cannot_run_deep_cache_lists_it_as_skipped(artifact, demo_model):
-    config = BenchConfig(
-        path=artifact,
-        model=demo_model,
-        backends=("onnxruntime",),
-        baselines=(),
-        sizes=((64, 64),),
-        steps=2,
-        runs=1,
-        warmup=0,
-        device="cpu",
-        cold_start=False,
-        deep_caches=(DeepCache(2, 0),),
-    )
-    result = run_bench(config)
+    result = onnxruntime_bench(artifact, demo_model, 2, DeepCache(2, 0))
     exact, cached = result.records
     assert exact.status == "ok" and exact.vs_exact is None
     assert cached.status == "skipped" and "deep_cache" in cached.reason and not cached.samples
@@ -128,20 +115,7 @@ def test_a_backend_that_cannot_run_deep_cache_lists_it_as_skipped(artifact, demo
 
 def test_an_artifacts_deep_cache_graphs_are_timed(deep_cache_artifacts, demo_model):
     # onnxruntime loads the branch's graphs on first use (Model.load_deep_cache): their calls are timed too
-    config = BenchConfig(
-        path=deep_cache_artifacts["sd1"],
-        model=demo_model,
-        backends=("onnxruntime",),
-        baselines=(),
-        sizes=((64, 64),),
-        steps=STEPS,
-        runs=1,
-        warmup=0,
-        device="cpu",
-        cold_start=False,
-        deep_caches=(DeepCache(3, 1),),
-    )
-    result = run_bench(config)
+    result = onnxruntime_bench(deep_cache_artifacts["sd1"], demo_model, STEPS, DeepCache(3, 1))
     assert not result.failures()
     exact, cached = result.records
     assert exact.status == "ok" and cached.status == "ok"
@@ -155,3 +129,21 @@ def test_an_artifacts_deep_cache_graphs_are_timed(deep_cache_artifacts, demo_mod
     want = fraction_of_peak(cached.unet_peak["flops_per_call"], full, fma_peak())
     assert cached.unet_peak["fraction"] == pytest.approx(want)
     assert cached.unet_peak["flops_per_call"] == exact.unet_peak["flops_per_call"]
+
+
+def onnxruntime_bench(artifact, model, steps: int, deep_cache: DeepCache):
+    """One run of exact and `deep_cache` on onnxruntime at 64x64, no baseline, no cold start."""
+    config = BenchConfig(
+        path=artifact,
+        model=model,
+        backends=("onnxruntime",),
+        baselines=(),
+        sizes=((64, 64),),
+        steps=steps,
+        runs=1,
+        warmup=0,
+        device="cpu",
+        cold_start=False,
+        deep_caches=(deep_cache,),
+    )
+    return run_bench(config)
